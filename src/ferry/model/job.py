@@ -1,0 +1,543 @@
+"""The BITS job: files, progress, times, error and the state machine (SPEC §2). Pure: no I/O.
+
+Methods that change a job take ``now`` (epoch seconds) from the caller and raise
+``FerryError`` with the BITS code when the change is not allowed, leaving the job untouched.
+Methods that need the outside world to act first (``cancel``, ``complete``) only say what
+must be done; the queue manager does it and then calls the method that records it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import FerryError, format_hresult, hresult_of
+from ..security.token import Token
+from .types import (
+    DEFAULT_NOTIFY_FLAGS,
+    ErrorContext,
+    JobState,
+    JobType,
+    NotifyFlags,
+    Priority,
+    TokenFlags,
+)
+
+DEFAULT_MIN_RETRY_DELAY = 600
+MIN_RETRY_DELAY_FLOOR = 5
+DEFAULT_NO_PROGRESS_TIMEOUT = 1_209_600
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Configurable limits (SPEC §2.5); the defaults are generous."""
+
+    jobs_per_user: int = 100_000
+    jobs_per_machine: int = 1_000_000
+    files_per_job: int = 100_000
+    display_name_len: int = 256
+    description_len: int = 1024
+    url_len: int = 8192
+    path_len: int = 4096
+    cmdline_len: int = 8192
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def check_string(what: str, value: str, limit: int) -> None:
+    if "\x00" in value:
+        raise FerryError("E_INVALIDARG", f"{what} contains a NUL byte")
+    if len(value) > limit:
+        raise FerryError(
+            "BG_E_STRING_TOO_LONG", f"{what} is {len(value)} characters; the limit is {limit}"
+        )
+
+
+@dataclass(slots=True)
+class JobFile:
+    remote_name: str
+    local_name: str
+    bytes_total: int | None = None
+    bytes_transferred: int = 0
+    completed: bool = False
+    temp_name: str | None = None
+    # Transfer bookkeeping used by the engine: the validator the partial data belongs to
+    # (ETag or Last-Modified) and the URL the last request ended at after redirects.
+    validator: str | None = None
+    final_url: str | None = None
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "remote_name": self.remote_name,
+            "local_name": self.local_name,
+            "bytes_total": self.bytes_total,
+            "bytes_transferred": self.bytes_transferred,
+            "completed": self.completed,
+            "final_url": self.final_url,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "remote_name": self.remote_name,
+            "local_name": self.local_name,
+            "bytes_total": self.bytes_total,
+            "bytes_transferred": self.bytes_transferred,
+            "completed": self.completed,
+            "temp_name": self.temp_name,
+            "validator": self.validator,
+            "final_url": self.final_url,
+        }
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> JobFile:
+        return cls(
+            remote_name=d["remote_name"],
+            local_name=d["local_name"],
+            bytes_total=d.get("bytes_total"),
+            bytes_transferred=int(d.get("bytes_transferred", 0)),
+            completed=bool(d.get("completed", False)),
+            temp_name=d.get("temp_name"),
+            validator=d.get("validator"),
+            final_url=d.get("final_url"),
+        )
+
+
+@dataclass(slots=True)
+class JobError:
+    code: str
+    context: ErrorContext
+    description: str
+    file_index: int | None = None
+    hresult: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.hresult:
+            self.hresult = hresult_of(self.code)
+
+    @classmethod
+    def from_ferry_error(
+        cls, exc: FerryError, context: ErrorContext, file_index: int | None = None
+    ) -> JobError:
+        return cls(exc.code, context, exc.message, file_index, exc.hresult)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "hresult": self.hresult,
+            "context": self.context.value,
+            "description": self.description,
+            "file_index": self.file_index,
+        }
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> JobError:
+        return cls(
+            code=d["code"],
+            context=ErrorContext(d["context"]),
+            description=d.get("description", ""),
+            file_index=d.get("file_index"),
+            hresult=int(d.get("hresult", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CompletePlan:
+    """What ``complete`` must do on disk before the job may be ACKNOWLEDGED."""
+
+    rename: tuple[int, ...]  # indices of fully transferred files: temp -> local name
+    discard: tuple[int, ...]  # indices of unfinished files whose temporary file goes
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.discard)
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    display_name: str
+    owner: Token
+    type: JobType = JobType.DOWNLOAD
+    priority: Priority = Priority.NORMAL
+    state: JobState = JobState.SUSPENDED
+    description: str = ""
+    files: list[JobFile] = field(default_factory=list)
+    created: float = 0.0
+    modified: float = 0.0
+    transfer_completed: float | None = None
+    error: JobError | None = None
+    error_count: int = 0
+    min_retry_delay: int = DEFAULT_MIN_RETRY_DELAY
+    no_progress_timeout: int = DEFAULT_NO_PROGRESS_TIMEOUT
+    notify_flags: NotifyFlags = DEFAULT_NOTIFY_FLAGS
+    notify_cmdline: list[str] | None = None
+    helper_token: Token | None = None
+    helper_flags: TokenFlags = TokenFlags(0)
+    # Scheduler bookkeeping: when a TRANSIENT_ERROR job may retry, and the start of the
+    # current stretch without progress (for no_progress_timeout).
+    retry_at: float | None = None
+    no_progress_since: float | None = None
+
+    # ---- construction -------------------------------------------------------------
+
+    @classmethod
+    def new(
+        cls,
+        owner: Token,
+        display_name: str,
+        now: float,
+        limits: Limits,
+        type: JobType = JobType.DOWNLOAD,
+        priority: Priority = Priority.NORMAL,
+        description: str = "",
+    ) -> Job:
+        check_string("display_name", display_name, limits.display_name_len)
+        check_string("description", description, limits.description_len)
+        return cls(
+            id=str(uuid.uuid4()),
+            display_name=display_name,
+            owner=owner,
+            type=type,
+            priority=priority,
+            description=description,
+            created=now,
+            modified=now,
+        )
+
+    # ---- derived views ------------------------------------------------------------
+
+    @property
+    def bytes_total(self) -> int | None:
+        total = 0
+        for f in self.files:
+            if f.bytes_total is None:
+                return None
+            total += f.bytes_total
+        return total
+
+    @property
+    def bytes_transferred(self) -> int:
+        return sum(f.bytes_transferred for f in self.files)
+
+    @property
+    def files_transferred(self) -> int:
+        return sum(1 for f in self.files if f.completed)
+
+    @property
+    def all_transferred(self) -> bool:
+        return bool(self.files) and all(f.completed for f in self.files)
+
+    # ---- state machine: client calls ---------------------------------------------
+
+    def _require_not_final(self, action: str) -> None:
+        if self.state.is_final:
+            raise FerryError(
+                "BG_E_INVALID_STATE", f"cannot {action}: the job is {self.state.value}"
+            )
+
+    def _set_state(self, state: JobState, now: float) -> None:
+        self.state = state
+        if state not in (JobState.ERROR, JobState.TRANSIENT_ERROR):
+            self.error = None
+            self.retry_at = None
+        self.modified = now
+
+    def add_files(self, files: list[JobFile], limits: Limits, now: float) -> None:
+        """AddFileSet: all files or none. Paths must already be validated (see paths.py)."""
+        self._require_not_final("add files")
+        if not files:
+            raise FerryError("E_INVALIDARG", "no files given")
+        if self.type is not JobType.DOWNLOAD and len(self.files) + len(files) > 1:
+            raise FerryError("BG_E_TOO_MANY_FILES", "an upload job has exactly one file")
+        if len(self.files) + len(files) > limits.files_per_job:
+            raise FerryError(
+                "BG_E_TOO_MANY_FILES_IN_JOB",
+                f"a job may hold at most {limits.files_per_job} files",
+            )
+        taken = {f.local_name for f in self.files}
+        for f in files:
+            if f.local_name in taken:
+                raise FerryError(
+                    "E_INVALIDARG", f"local name {f.local_name} is already used in this job"
+                )
+            taken.add(f.local_name)
+        self.files.extend(files)
+        if self.state is JobState.TRANSFERRED:
+            # The new files still have to move: the job waits for resume like a new one.
+            self._set_state(JobState.SUSPENDED, now)
+        self.modified = now
+
+    def resume(self, now: float) -> bool:
+        """Returns True when the job was (re)queued, False for a no-op success."""
+        self._require_not_final("resume")
+        if not self.files:
+            raise FerryError("BG_E_EMPTY", "the job has no files")
+        if self.state.is_active:
+            return False
+        if self.state is JobState.TRANSFERRED and self.all_transferred:
+            return False
+        self._set_state(JobState.QUEUED, now)
+        self.no_progress_since = now
+        return True
+
+    def suspend(self, now: float) -> bool:
+        self._require_not_final("suspend")
+        if self.state is JobState.SUSPENDED:
+            return False
+        self._set_state(JobState.SUSPENDED, now)
+        return True
+
+    def plan_complete(self) -> CompletePlan:
+        self._require_not_final("complete")
+        if self.type is not JobType.DOWNLOAD:
+            # Upload jobs are completed by the upload protocol issue; refuse honestly.
+            if not self.all_transferred:
+                raise FerryError(
+                    "BG_E_INVALID_STATE", "an upload job can be completed once it is transferred"
+                )
+        rename = tuple(i for i, f in enumerate(self.files) if f.completed)
+        discard = tuple(i for i, f in enumerate(self.files) if not f.completed)
+        return CompletePlan(rename, discard)
+
+    def mark_acknowledged(self, plan: CompletePlan, now: float) -> None:
+        for i in plan.discard:
+            f = self.files[i]
+            f.temp_name = None
+        for i in plan.rename:
+            self.files[i].temp_name = None
+        self._set_state(JobState.ACKNOWLEDGED, now)
+
+    def plan_cancel(self) -> tuple[int, ...]:
+        """Indices of files whose temporary files must be deleted."""
+        self._require_not_final("cancel")
+        return tuple(i for i, f in enumerate(self.files) if f.temp_name)
+
+    def mark_cancelled(self, now: float) -> None:
+        for f in self.files:
+            f.temp_name = None
+        self._set_state(JobState.CANCELLED, now)
+
+    def set_properties(self, props: dict[str, Any], limits: Limits, now: float) -> None:
+        """SetDisplayName/SetDescription/SetPriority/...: validates everything, then applies."""
+        self._require_not_final("change properties")
+        new: dict[str, Any] = {}
+        for key, value in props.items():
+            if key == "display_name":
+                _require_type(key, value, str)
+                check_string(key, value, limits.display_name_len)
+                if not value:
+                    raise FerryError("E_INVALIDARG", "display_name must not be empty")
+            elif key == "description":
+                _require_type(key, value, str)
+                check_string(key, value, limits.description_len)
+            elif key == "priority":
+                _require_type(key, value, str)
+                try:
+                    value = Priority(value)
+                except ValueError:
+                    raise FerryError("E_INVALIDARG", f"unknown priority {value!r}") from None
+            elif key == "min_retry_delay":
+                _require_type(key, value, int)
+                if value < MIN_RETRY_DELAY_FLOOR:
+                    raise FerryError(
+                        "E_INVALIDARG", f"min_retry_delay must be at least {MIN_RETRY_DELAY_FLOOR}"
+                    )
+            elif key == "no_progress_timeout":
+                _require_type(key, value, int)
+                if value < 0:
+                    raise FerryError("E_INVALIDARG", "no_progress_timeout must not be negative")
+            elif key == "notify_flags":
+                _require_type(key, value, int)
+                if value < 0 or value > int(NotifyFlags.all()):
+                    raise FerryError("E_INVALIDARG", f"notify_flags 0x{value:X} is not valid")
+                value = NotifyFlags(value)
+            elif key == "notify_cmdline":
+                value = _check_cmdline(value, limits)
+            else:
+                raise FerryError("E_INVALIDARG", f"unknown property {key!r}")
+            new[key] = value
+        for key, value in new.items():
+            setattr(self, key, value)
+        self.modified = now
+
+    def take_ownership(self, new_owner: Token, now: float) -> None:
+        self._require_not_final("take ownership")
+        self.owner = new_owner
+        self.modified = now
+
+    # ---- state machine: the scheduler and the transfer engine -------------------
+
+    def start(self, now: float) -> None:
+        """The scheduler picked the job: QUEUED -> CONNECTING."""
+        if self.state is not JobState.QUEUED:
+            raise FerryError("BG_E_INVALID_STATE", f"cannot start a {self.state.value} job")
+        self._set_state(JobState.CONNECTING, now)
+
+    def transferring(self, now: float) -> None:
+        if self.state is JobState.CONNECTING:
+            self._set_state(JobState.TRANSFERRING, now)
+
+    def requeue(self, now: float) -> None:
+        """Pre-empted, retry time reached, or the owner logged off mid-transfer."""
+        if self.state in (JobState.CONNECTING, JobState.TRANSFERRING, JobState.TRANSIENT_ERROR):
+            self._set_state(JobState.QUEUED, now)
+
+    def record_progress(self, index: int, bytes_transferred: int, now: float) -> None:
+        f = self.files[index]
+        if bytes_transferred > f.bytes_transferred:
+            self.no_progress_since = now
+        f.bytes_transferred = bytes_transferred
+
+    def file_completed(self, index: int, now: float) -> None:
+        f = self.files[index]
+        f.completed = True
+        if f.bytes_total is None:
+            f.bytes_total = f.bytes_transferred
+        self.no_progress_since = now
+        if self.all_transferred and self.state.is_active:
+            self._set_state(JobState.TRANSFERRED, now)
+            self.transfer_completed = now
+
+    def fail(self, error: JobError, transient: bool, now: float) -> None:
+        """Record an error. A transient one retries after min_retry_delay unless the job has
+        made no progress for no_progress_timeout (0: errors are final at once)."""
+        self.error_count += 1
+        since = self.no_progress_since if self.no_progress_since is not None else now
+        if transient and (
+            self.no_progress_timeout == 0 or now - since >= self.no_progress_timeout
+        ):
+            transient = False
+        self.state = JobState.TRANSIENT_ERROR if transient else JobState.ERROR
+        self.error = error
+        self.retry_at = now + self.min_retry_delay if transient else None
+        self.modified = now
+
+    # ---- views --------------------------------------------------------------------
+
+    def to_public(self) -> dict[str, Any]:
+        """The JSON job object of SPEC §6."""
+        err: dict[str, Any] | None = None
+        if self.error is not None:
+            e = self.error
+            file_info = None
+            if e.file_index is not None and 0 <= e.file_index < len(self.files):
+                jf = self.files[e.file_index]
+                file_info = {"remote_name": jf.remote_name, "local_name": jf.local_name}
+            err = {
+                "code": e.code,
+                "hresult": format_hresult(e.hresult),
+                "context": e.context.value,
+                "description": e.description,
+                "file": file_info,
+            }
+        helper: dict[str, Any] | None = None
+        if self.helper_token is not None or self.helper_flags:
+            helper = {
+                "sid": self.helper_token.sid if self.helper_token else None,
+                "flags": self.helper_flags.names(),
+            }
+        return {
+            "id": self.id,
+            "display_name": self.display_name,
+            "description": self.description,
+            "type": self.type.value,
+            "state": self.state.value,
+            "priority": self.priority.value,
+            "owner": self.owner.summary(),
+            "progress": {
+                "bytes_total": self.bytes_total,
+                "bytes_transferred": self.bytes_transferred,
+                "files_total": len(self.files),
+                "files_transferred": self.files_transferred,
+            },
+            "times": {
+                "created": iso(self.created),
+                "modified": iso(self.modified),
+                "transfer_completed": iso(self.transfer_completed),
+            },
+            "error": err,
+            "error_count": self.error_count,
+            "min_retry_delay": self.min_retry_delay,
+            "no_progress_timeout": self.no_progress_timeout,
+            "notify_flags": int(self.notify_flags),
+            "notify_cmdline": self.notify_cmdline,
+            "helper_token": helper,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything but the files, for the store."""
+        return {
+            "id": self.id,
+            "display_name": self.display_name,
+            "description": self.description,
+            "owner": self.owner.to_json(),
+            "type": self.type.value,
+            "priority": self.priority.value,
+            "state": self.state.value,
+            "created": self.created,
+            "modified": self.modified,
+            "transfer_completed": self.transfer_completed,
+            "error": self.error.to_record() if self.error else None,
+            "error_count": self.error_count,
+            "min_retry_delay": self.min_retry_delay,
+            "no_progress_timeout": self.no_progress_timeout,
+            "notify_flags": int(self.notify_flags),
+            "notify_cmdline": self.notify_cmdline,
+            "helper_token": self.helper_token.to_json() if self.helper_token else None,
+            "helper_flags": int(self.helper_flags),
+            "retry_at": self.retry_at,
+            "no_progress_since": self.no_progress_since,
+        }
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any], files: list[JobFile]) -> Job:
+        return cls(
+            id=d["id"],
+            display_name=d["display_name"],
+            description=d.get("description", ""),
+            owner=Token.from_json(d["owner"]),
+            type=JobType(d["type"]),
+            priority=Priority(d["priority"]),
+            state=JobState(d["state"]),
+            files=files,
+            created=float(d["created"]),
+            modified=float(d["modified"]),
+            transfer_completed=d.get("transfer_completed"),
+            error=JobError.from_record(d["error"]) if d.get("error") else None,
+            error_count=int(d.get("error_count", 0)),
+            min_retry_delay=int(d.get("min_retry_delay", DEFAULT_MIN_RETRY_DELAY)),
+            no_progress_timeout=int(d.get("no_progress_timeout", DEFAULT_NO_PROGRESS_TIMEOUT)),
+            notify_flags=NotifyFlags(int(d.get("notify_flags", int(DEFAULT_NOTIFY_FLAGS)))),
+            notify_cmdline=d.get("notify_cmdline"),
+            helper_token=Token.from_json(d["helper_token"]) if d.get("helper_token") else None,
+            helper_flags=TokenFlags(int(d.get("helper_flags", 0))),
+            retry_at=d.get("retry_at"),
+            no_progress_since=d.get("no_progress_since"),
+        )
+
+
+def _require_type(key: str, value: Any, kind: type) -> None:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise FerryError("E_INVALIDARG", f"{key} must be of type {kind.__name__}")
+
+
+def _check_cmdline(value: Any, limits: Limits) -> list[str] | None:
+    """BITS SetNotifyCmdLine: a program (absolute path) and its arguments; None clears."""
+    if value is None or value == []:
+        return None
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise FerryError("E_INVALIDARG", "notify_cmdline must be a list of strings")
+    total = sum(len(a) + 1 for a in value)
+    for a in value:
+        check_string("notify_cmdline", a, limits.cmdline_len)
+    if total > limits.cmdline_len:
+        raise FerryError("BG_E_STRING_TOO_LONG", "notify_cmdline is too long")
+    if not value[0].startswith("/"):
+        raise FerryError("E_INVALIDARG", "notify_cmdline's program must be an absolute path")
+    return list(value)

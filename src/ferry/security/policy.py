@@ -1,0 +1,46 @@
+"""Access rules (SPEC §4.2, §4.4): who may see or change a job, and which token a job's
+file and network accesses act for. Pure functions over tokens and jobs."""
+
+from __future__ import annotations
+
+from ..errors import FerryError
+from ..model.job import Job
+from ..model.types import TokenFlags
+from .token import Token
+
+
+def may_access(caller: Token, job: Job) -> bool:
+    """The owner (same uid) and admins may see and operate on a job."""
+    return caller.admin or caller.uid == job.owner.uid
+
+
+def check_access(caller: Token, job: Job) -> None:
+    if not may_access(caller, job):
+        raise FerryError(
+            "E_ACCESSDENIED", f"{caller.sid} may not access job {job.id} owned by {job.owner.sid}"
+        )
+
+
+def may_list_all(caller: Token) -> bool:
+    return caller.admin
+
+
+def _helper_for(job: Job, flag: TokenFlags) -> Token:
+    if flag not in job.helper_flags:
+        return job.owner
+    if job.helper_token is None:
+        raise FerryError(
+            "BG_E_TOKEN_REQUIRED",
+            f"the job's helper token flags include {flag.name} but no helper token is set",
+        )
+    return job.helper_token
+
+
+def local_file_token(job: Job) -> Token:
+    """The token for the job's local files: temporary file, final rename, upload source."""
+    return _helper_for(job, TokenFlags.LOCAL_FILE)
+
+
+def network_token(job: Job) -> Token:
+    """The token for remote access: file:// sources and implicit HTTP credentials."""
+    return _helper_for(job, TokenFlags.NETWORK)
