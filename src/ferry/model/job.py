@@ -295,12 +295,11 @@ class Job:
 
     def plan_complete(self) -> CompletePlan:
         self._require_not_final("complete")
-        if self.type is not JobType.DOWNLOAD:
-            # Upload jobs are completed by the upload protocol issue; refuse honestly.
-            if not self.all_transferred:
-                raise FerryError(
-                    "BG_E_INVALID_STATE", "an upload job can be completed once it is transferred"
-                )
+        if self.type is not JobType.DOWNLOAD and not self.all_transferred:
+            # An upload has one file; completing it before it is sent would lose it.
+            raise FerryError(
+                "BG_E_INVALID_STATE", "an upload job can be completed once it is transferred"
+            )
         rename = tuple(i for i, f in enumerate(self.files) if f.completed)
         discard = tuple(i for i, f in enumerate(self.files) if not f.completed)
         return CompletePlan(rename, discard)
@@ -409,9 +408,7 @@ class Job:
         made no progress for no_progress_timeout (0: errors are final at once)."""
         self.error_count += 1
         since = self.no_progress_since if self.no_progress_since is not None else now
-        if transient and (
-            self.no_progress_timeout == 0 or now - since >= self.no_progress_timeout
-        ):
+        if transient and (self.no_progress_timeout == 0 or now - since >= self.no_progress_timeout):
             transient = False
         self.state = JobState.TRANSIENT_ERROR if transient else JobState.ERROR
         self.error = error

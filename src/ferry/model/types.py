@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum, IntFlag
+from enum import IntFlag, StrEnum
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     QUEUED = "QUEUED"
     CONNECTING = "CONNECTING"
     TRANSFERRING = "TRANSFERRING"
@@ -26,13 +26,13 @@ class JobState(str, Enum):
         return self in (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING)
 
 
-class JobType(str, Enum):
+class JobType(StrEnum):
     DOWNLOAD = "download"
     UPLOAD = "upload"
     UPLOAD_REPLY = "upload-reply"
 
 
-class Priority(str, Enum):
+class Priority(StrEnum):
     FOREGROUND = "foreground"
     HIGH = "high"
     NORMAL = "normal"
@@ -47,7 +47,7 @@ class Priority(str, Enum):
 _PRIORITY_RANK = {Priority.FOREGROUND: 0, Priority.HIGH: 1, Priority.NORMAL: 2, Priority.LOW: 3}
 
 
-class ErrorContext(str, Enum):
+class ErrorContext(StrEnum):
     NONE = "NONE"
     UNKNOWN = "UNKNOWN"
     GENERAL_QUEUE_MANAGER = "GENERAL_QUEUE_MANAGER"

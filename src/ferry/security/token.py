@@ -59,5 +59,5 @@ class Token:
 
 
 def is_admin(uid: int, groups: tuple[int, ...], admin_groups: frozenset[int]) -> bool:
-    """"Has an enabled administrators SID": root, or a member of a configured admin group."""
+    """ "Has an enabled administrators SID": root, or a member of a configured admin group."""
     return uid == 0 or any(g in admin_groups for g in groups)

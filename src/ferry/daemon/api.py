@@ -1,0 +1,560 @@
+"""The HTTP/JSON API over the Unix socket (SPEC §5).
+
+One route table drives both the aiohttp router and the OpenAPI document, so the document
+cannot drift from what is served. Every request carries the caller's token, captured from
+the connection by SO_PEERCRED; every failure is the error body of SPEC §5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .._version import __version__
+from ..errors import FerryError
+from ..model.types import JobType, Priority
+from ..security.peer import token_from_socket
+from ..security.token import Token
+from ..service import events as ev
+from ..service.events import EventBus
+from ..service.manager import QueueManager
+
+log = logging.getLogger("ferry.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 16 * 1024 * 1024
+SSE_KEEPALIVE = 15.0
+
+# ---- schemas (JSON Schema fragments, also used for request validation) -----------------
+
+JOB_SCHEMA: dict[str, Any] = {"$ref": "#/components/schemas/Job"}
+FILE_SCHEMA: dict[str, Any] = {"$ref": "#/components/schemas/File"}
+RESULT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "result": {
+            "type": "object",
+            "properties": {"code": {"type": "string"}, "hresult": {"type": "string"}},
+        },
+        "job": JOB_SCHEMA,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: type | tuple[type, ...]
+    required: bool = False
+    schema: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    name: str
+    summary: str
+    handler: str
+    body: dict[str, Field] | None = None
+    query: dict[str, str] = field(default_factory=dict)
+    response: dict[str, Any] = field(default_factory=dict)
+    status: int = 200
+    stream: bool = False
+
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+JOB_PATH = "/v1/jobs/{job}"
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/openapi.json", "openapi", "This document", "openapi"),
+    Route("GET", "/v1/status", "status", "Daemon status and the caller's identity", "status"),
+    Route(
+        "GET",
+        "/v1/jobs",
+        "list_jobs",
+        "List the caller's jobs (admins: all users')",
+        "list_jobs",
+        query={"all_users": "boolean"},
+        response={"type": "object", "properties": {"jobs": {"type": "array", "items": JOB_SCHEMA}}},
+    ),
+    Route(
+        "POST",
+        "/v1/jobs",
+        "create_job",
+        "Create a job (it starts SUSPENDED)",
+        "create_job",
+        body={
+            "display_name": Field(str, True, _STR),
+            "type": Field(str, False, {"enum": [t.value for t in JobType]}),
+            "priority": Field(str, False, {"enum": [p.value for p in Priority]}),
+            "description": Field(str, False, _STR),
+        },
+        response=JOB_SCHEMA,
+        status=201,
+    ),
+    Route("GET", JOB_PATH, "get_job", "One job", "get_job", response=JOB_SCHEMA),
+    Route(
+        "PATCH",
+        JOB_PATH,
+        "set_job",
+        "Change job properties",
+        "set_job",
+        body={
+            "display_name": Field(str, False, _STR),
+            "description": Field(str, False, _STR),
+            "priority": Field(str, False, {"enum": [p.value for p in Priority]}),
+            "min_retry_delay": Field(int, False, _INT),
+            "no_progress_timeout": Field(int, False, _INT),
+            "notify_flags": Field(int, False, _INT),
+            "notify_cmdline": Field(
+                (list, type(None)), False, {"type": ["array", "null"], "items": _STR}
+            ),
+        },
+        response=JOB_SCHEMA,
+    ),
+    Route(
+        "GET",
+        JOB_PATH + "/files",
+        "list_files",
+        "The job's files",
+        "list_files",
+        response={
+            "type": "object",
+            "properties": {"files": {"type": "array", "items": FILE_SCHEMA}},
+        },
+    ),
+    Route(
+        "POST",
+        JOB_PATH + "/files",
+        "add_files",
+        "Add files (all or none)",
+        "add_files",
+        body={
+            "files": Field(
+                list,
+                True,
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["remote_name", "local_name"],
+                        "properties": {"remote_name": _STR, "local_name": _STR},
+                        "additionalProperties": False,
+                    },
+                },
+            )
+        },
+        response=JOB_SCHEMA,
+    ),
+    *(
+        Route(
+            "POST",
+            f"{JOB_PATH}/{action}",
+            action.replace("-", "_"),
+            summary,
+            "action",
+            body={},
+            response=RESULT_SCHEMA,
+        )
+        for action, summary in (
+            ("resume", "Queue the job for transfer"),
+            ("suspend", "Stop transferring"),
+            ("cancel", "Delete temporary files; the job becomes CANCELLED"),
+            ("complete", "Publish transferred files; the job becomes ACKNOWLEDGED"),
+            ("take-ownership", "Make the caller the owner"),
+        )
+    ),
+    Route(
+        "GET",
+        "/v1/events",
+        "events",
+        "Server-Sent Events of job changes",
+        "events",
+        query={"job": "string", "all_users": "boolean"},
+        stream=True,
+    ),
+)
+
+_JOB_COMPONENT: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "id",
+        "display_name",
+        "description",
+        "type",
+        "state",
+        "priority",
+        "owner",
+        "progress",
+        "times",
+        "error",
+        "error_count",
+        "min_retry_delay",
+        "no_progress_timeout",
+        "notify_flags",
+        "notify_cmdline",
+        "helper_token",
+    ],
+    "properties": {
+        "id": _STR,
+        "display_name": _STR,
+        "description": _STR,
+        "type": {"enum": [t.value for t in JobType]},
+        "state": _STR,
+        "priority": {"enum": [p.value for p in Priority]},
+        "owner": {"type": "object"},
+        "progress": {"type": "object"},
+        "times": {"type": "object"},
+        "error": {"type": ["object", "null"]},
+        "error_count": _INT,
+        "min_retry_delay": _INT,
+        "no_progress_timeout": _INT,
+        "notify_flags": _INT,
+        "notify_cmdline": {"type": ["array", "null"]},
+        "helper_token": {"type": ["object", "null"]},
+    },
+}
+_FILE_COMPONENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["remote_name", "local_name", "bytes_total", "bytes_transferred", "completed"],
+    "properties": {
+        "remote_name": _STR,
+        "local_name": _STR,
+        "bytes_total": {"type": ["integer", "null"]},
+        "bytes_transferred": _INT,
+        "completed": {"type": "boolean"},
+        "final_url": {"type": ["string", "null"]},
+    },
+}
+_ERROR_COMPONENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "hresult", "message"],
+            "properties": {"code": _STR, "hresult": _STR, "message": _STR},
+        }
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for r in ROUTES:
+        op: dict[str, Any] = {"operationId": r.name, "summary": r.summary}
+        params = [
+            {"name": q, "in": "query", "required": False, "schema": {"type": t}}
+            for q, t in r.query.items()
+        ]
+        if "{job}" in r.path:
+            params.insert(
+                0,
+                {
+                    "name": "job",
+                    "in": "path",
+                    "required": True,
+                    "schema": _STR,
+                    "description": "job id, or a display name unique among the caller's jobs",
+                },
+            )
+        if params:
+            op["parameters"] = params
+        if r.body is not None:
+            op["requestBody"] = {
+                "required": r.method == "POST" and any(f.required for f in r.body.values()),
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": [k for k, f in r.body.items() if f.required],
+                            "properties": {k: f.schema for k, f in r.body.items()},
+                        }
+                    }
+                },
+            }
+        ok_type = "text/event-stream" if r.stream else "application/json"
+        op["responses"] = {
+            str(r.status): {
+                "description": "success",
+                "content": {ok_type: {"schema": r.response or {"type": "object"}}},
+            },
+            "default": {
+                "description": "a BITS error",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+        }
+        paths.setdefault(r.path, {})[r.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ferryd API", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": {"Job": _JOB_COMPONENT, "File": _FILE_COMPONENT, "Error": _ERROR_COMPONENT}
+        },
+    }
+
+
+# ---- the application ------------------------------------------------------------------
+
+
+def _error_response(exc: FerryError, status: int | None = None) -> web.Response:
+    return web.json_response(exc.to_json(), status=status or exc.api_status)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no", ""):
+        return False
+    raise FerryError("E_INVALIDARG", f"query parameter {name} must be true or false")
+
+
+class Api:
+    def __init__(
+        self,
+        manager: QueueManager,
+        bus: EventBus,
+        admin_groups: frozenset[int],
+        mode: str,
+        only_uid: int | None,
+    ) -> None:
+        self.manager = manager
+        self.bus = bus
+        self.admin_groups = admin_groups
+        self.mode = mode
+        self.only_uid = only_uid
+        self._tokens: weakref.WeakKeyDictionary[Any, Token] = weakref.WeakKeyDictionary()
+        self._openapi = json.dumps(openapi_document())
+        self._streams: set[web.StreamResponse] = set()
+        self.closing = asyncio.Event()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY)
+        for r in ROUTES:
+            app.router.add_route(r.method, r.path, self._bind(r), name=r.name)
+        return app
+
+    def _bind(self, route: Route) -> Handler:
+        method = getattr(self, "h_" + route.handler)
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            request["route"] = route
+            result: web.StreamResponse = await method(request)
+            return result
+
+        return handler
+
+    # ---- identity and errors ----------------------------------------------------
+
+    def token(self, request: web.Request) -> Token:
+        """The caller's token, captured once per connection."""
+        transport = request.transport
+        if transport is None:
+            raise FerryError("E_ACCESSDENIED", "the connection is gone")
+        try:
+            cached = self._tokens.get(transport)
+        except TypeError:
+            cached = None
+        if cached is not None:
+            return cached
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            raise FerryError("E_ACCESSDENIED", "cannot identify the caller")
+        token = token_from_socket(sock, self.admin_groups)
+        with contextlib.suppress(TypeError):
+            self._tokens[transport] = token
+        return token
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            token = self.token(request)
+            if self.only_uid is not None and token.uid != self.only_uid:
+                raise FerryError(
+                    "E_ACCESSDENIED", "this is a per-user ferryd; only its own user may connect"
+                )
+            request["token"] = token
+            return await handler(request)
+        except FerryError as exc:
+            return _error_response(exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = "BG_E_NOT_FOUND" if exc.status == 404 else "E_INVALIDARG"
+            return _error_response(
+                FerryError(code, f"{request.method} {request.path}: {exc.reason}"), exc.status
+            )
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as exc:
+            log.exception("internal error in %s %s", request.method, request.path)
+            return _error_response(FerryError("E_FAIL", f"internal error: {exc!r}"), 500)
+
+    async def body(self, request: web.Request) -> dict[str, Any]:
+        route: Route = request["route"]
+        assert route.body is not None
+        raw = await request.read()
+        if not raw.strip():
+            data: Any = {}
+        else:
+            try:
+                data = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise FerryError(
+                    "E_INVALIDARG", f"the request body is not valid JSON: {exc}"
+                ) from None
+        if not isinstance(data, dict):
+            raise FerryError("E_INVALIDARG", "the request body must be a JSON object")
+        for key, value in data.items():
+            spec = route.body.get(key)
+            if spec is None:
+                raise FerryError("E_INVALIDARG", f"unknown field {key!r}")
+            if not isinstance(value, spec.kind) or (
+                isinstance(value, bool) and spec.kind in (int, (int, float))
+            ):
+                raise FerryError("E_INVALIDARG", f"field {key!r} has the wrong type")
+        for key, spec in route.body.items():
+            if spec.required and key not in data:
+                raise FerryError("E_INVALIDARG", f"missing field {key!r}")
+        return data
+
+    # ---- handlers ------------------------------------------------------------------
+
+    async def h_openapi(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._openapi, content_type="application/json")
+
+    async def h_status(self, request: web.Request) -> web.Response:
+        token: Token = request["token"]
+        caller = token.to_json() | {"sid": token.sid}
+        return web.json_response(
+            {
+                "version": __version__,
+                "mode": self.mode,
+                "pid": os.getpid(),
+                "jobs": len(self.manager.jobs),
+                "caller": caller,
+            }
+        )
+
+    async def h_list_jobs(self, request: web.Request) -> web.Response:
+        jobs = self.manager.list_jobs(request["token"], _flag(request, "all_users"))
+        return web.json_response({"jobs": [j.to_public() for j in jobs]})
+
+    async def h_create_job(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        try:
+            jtype = JobType(body.get("type", JobType.DOWNLOAD.value))
+            priority = Priority(body.get("priority", Priority.NORMAL.value))
+        except ValueError as exc:
+            raise FerryError("E_INVALIDARG", str(exc)) from None
+        job = self.manager.create_job(
+            request["token"], body["display_name"], jtype, priority, body.get("description", "")
+        )
+        return web.json_response(job.to_public(), status=201)
+
+    async def h_get_job(self, request: web.Request) -> web.Response:
+        job = self.manager.resolve(request["token"], request.match_info["job"])
+        return web.json_response(job.to_public())
+
+    async def h_set_job(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        job = self.manager.set_properties(request["token"], request.match_info["job"], body)
+        return web.json_response(job.to_public())
+
+    async def h_list_files(self, request: web.Request) -> web.Response:
+        job = self.manager.resolve(request["token"], request.match_info["job"])
+        return web.json_response({"files": [f.to_public() for f in job.files]})
+
+    async def h_add_files(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        pairs: list[tuple[str, str]] = []
+        for item in body["files"]:
+            if (
+                not isinstance(item, dict)
+                or set(item) != {"remote_name", "local_name"}
+                or not isinstance(item["remote_name"], str)
+                or not isinstance(item["local_name"], str)
+            ):
+                raise FerryError(
+                    "E_INVALIDARG",
+                    "each file must be an object with string remote_name and local_name only",
+                )
+            pairs.append((item["remote_name"], item["local_name"]))
+        job = await self.manager.add_files(request["token"], request.match_info["job"], pairs)
+        return web.json_response(job.to_public())
+
+    async def h_action(self, request: web.Request) -> web.Response:
+        await self.body(request)
+        token: Token = request["token"]
+        ref = request.match_info["job"]
+        action = request.path.rsplit("/", 1)[1]
+        result = "S_OK"
+        if action == "resume":
+            job = self.manager.resume(token, ref)
+        elif action == "suspend":
+            job = await self.manager.suspend(token, ref)
+        elif action == "cancel":
+            job, result = await self.manager.cancel(token, ref)
+        elif action == "complete":
+            job, result = await self.manager.complete(token, ref)
+        else:
+            job = self.manager.take_ownership(token, ref)
+        err = FerryError(result)
+        return web.json_response(
+            {"result": {"code": result, "hresult": f"0x{err.hresult:08X}"}, "job": job.to_public()}
+        )
+
+    async def h_events(self, request: web.Request) -> web.StreamResponse:
+        token: Token = request["token"]
+        job_ref = request.query.get("job")
+        all_users = _flag(request, "all_users")
+        if job_ref:
+            job = self.manager.resolve(token, job_ref)
+            sub = self.bus.subscribe(job.id, None)
+            initial = [job]
+        else:
+            initial = self.manager.list_jobs(token, all_users)
+            sub = self.bus.subscribe(None, None if all_users else token.uid)
+        try:
+            resp = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            await resp.prepare(request)
+            self._streams.add(resp)
+            for j in initial:
+                await _send(resp, self.manager.snapshot(j))
+            await resp.write(b": ready\n\n")
+            it = sub.__aiter__()
+            while not self.closing.is_set():
+                try:
+                    event = await asyncio.wait_for(it.__anext__(), SSE_KEEPALIVE)
+                except TimeoutError:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                except StopAsyncIteration:
+                    break
+                await _send(resp, event)
+            return resp
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        finally:
+            self.bus.unsubscribe(sub)
+            with contextlib.suppress(NameError):
+                self._streams.discard(resp)
+
+
+async def _send(resp: web.StreamResponse, event: ev.Event) -> None:
+    data = json.dumps(event.to_json(), separators=(",", ":"))
+    await resp.write(f"event: {event.type}\ndata: {data}\n\n".encode())

@@ -1,0 +1,138 @@
+"""ferryd's configuration: defaults per mode (SPEC §1), overridden by a TOML file and flags."""
+
+from __future__ import annotations
+
+import grp
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import FerryError
+from ..model.job import Limits
+
+SYSTEM_SOCKET = "/run/ferry/ferryd.sock"
+SYSTEM_STATE_DIR = "/var/lib/ferry"
+
+
+def user_runtime_dir() -> Path:
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}")
+
+
+def user_socket_path() -> Path:
+    return user_runtime_dir() / "ferry" / "ferryd.sock"
+
+
+def user_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ferry"
+
+
+@dataclass(frozen=True)
+class Config:
+    system: bool
+    socket: Path
+    state_dir: Path
+    log_level: str = "info"
+    admin_groups: frozenset[int] = frozenset()
+    max_background_jobs: int = 4
+    session_poll_interval: float = 5.0
+    final_job_retention: float = 7 * 86400
+    job_inactivity_timeout: float = 90 * 86400
+    housekeeping_interval: float = 60.0
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def socket_mode(self) -> int:
+        return 0o666 if self.system else 0o600
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "ferry.db"
+
+
+_DAEMON_KEYS = {
+    "socket": str,
+    "state_dir": str,
+    "log_level": str,
+    "admin_groups": list,
+    "max_background_jobs": int,
+    "session_poll_interval": (int, float),
+    "final_job_retention": (int, float),
+    "job_inactivity_timeout": (int, float),
+    "housekeeping_interval": (int, float),
+}
+
+
+def _gid(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return grp.getgrnam(value).gr_gid
+        except KeyError:
+            raise FerryError("E_INVALIDARG", f"admin_groups: no group named {value!r}") from None
+    raise FerryError("E_INVALIDARG", f"admin_groups: {value!r} is not a group name or gid")
+
+
+def load_config(
+    system: bool,
+    config_file: Path | None = None,
+    socket: str | None = None,
+    state_dir: str | None = None,
+    log_level: str | None = None,
+) -> Config:
+    """Defaults for the mode, then the TOML file, then command-line flags."""
+    cfg = Config(
+        system=system,
+        socket=Path(SYSTEM_SOCKET) if system else user_socket_path(),
+        state_dir=Path(SYSTEM_STATE_DIR) if system else user_state_dir(),
+    )
+    if config_file is not None:
+        cfg = _apply_file(cfg, config_file)
+    if socket:
+        cfg = replace(cfg, socket=Path(socket))
+    if state_dir:
+        cfg = replace(cfg, state_dir=Path(state_dir))
+    if log_level:
+        cfg = replace(cfg, log_level=log_level)
+    return cfg
+
+
+def _apply_file(cfg: Config, path: Path) -> Config:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise FerryError.from_oserror(exc, f"config file {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FerryError("E_INVALIDARG", f"config file {path}: {exc}") from None
+    unknown = set(data) - {"daemon", "limits"}
+    if unknown:
+        raise FerryError("E_INVALIDARG", f"config file {path}: unknown sections {sorted(unknown)}")
+    changes: dict[str, Any] = {}
+    for key, value in data.get("daemon", {}).items():
+        kind = _DAEMON_KEYS.get(key)
+        if kind is None:
+            raise FerryError("E_INVALIDARG", f"config file {path}: unknown key daemon.{key}")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise FerryError("E_INVALIDARG", f"config file {path}: daemon.{key} has a wrong type")
+        if key in ("socket", "state_dir"):
+            value = Path(value)
+        elif key == "admin_groups":
+            value = frozenset(_gid(v) for v in value)
+        elif key != "log_level" and value < 0:
+            raise FerryError("E_INVALIDARG", f"config file {path}: daemon.{key} < 0")
+        changes[key] = value
+    limit_names = {f.name for f in fields(Limits)}
+    limits: dict[str, int] = {}
+    for key, value in data.get("limits", {}).items():
+        if key not in limit_names:
+            raise FerryError("E_INVALIDARG", f"config file {path}: unknown key limits.{key}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise FerryError("E_INVALIDARG", f"config file {path}: limits.{key} must be >= 1")
+        limits[key] = value
+    if limits:
+        changes["limits"] = replace(cfg.limits, **limits)
+    return replace(cfg, **changes)

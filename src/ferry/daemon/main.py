@@ -1,0 +1,230 @@
+"""ferryd: the transfer daemon (SPEC §1). System mode (root, shared socket) or user mode.
+
+Start-up order: lock the state directory, open the store (a corrupt one stops the daemon and
+is left untouched), load the jobs, listen (or take the socket systemd passed), start the
+scheduler, then tell systemd READY=1. SIGTERM/SIGINT stop transfers at a checkpoint and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from ..errors import FerryError
+from ..security.identity import IdentityIO
+from ..service.events import EventBus
+from ..service.manager import QueueManager
+from ..service.scheduler import Scheduler
+from ..store.sqlite import SqliteStore
+from ..transfer.engine import TransferEngine
+from .api import Api
+from .config import Config, load_config
+
+log = logging.getLogger("ferry.daemon")
+SD_LISTEN_FDS_START = 3
+
+
+class LogfmtFormatter(logging.Formatter):
+    """One line per record, key=value, which journald and grep both read well."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage().replace('"', "'")
+        line = f'level={record.levelname.lower()} logger={record.name} msg="{msg}"'
+        if record.exc_info:
+            exc = self.formatException(record.exc_info).replace("\n", "\\n").replace('"', "'")
+            line += f' exc="{exc}"'
+        return line
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd about our state, when it asked (NOTIFY_SOCKET)."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        try:
+            s.connect(addr)
+            s.sendall(message.encode())
+        except OSError as exc:
+            log.warning("could not notify systemd: %s", exc)
+
+
+def activated_socket() -> socket.socket | None:
+    """The listening socket systemd passed us (socket activation), if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    if int(os.environ.get("LISTEN_FDS", "0")) < 1:
+        return None
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    os.set_inheritable(sock.fileno(), False)
+    return sock
+
+
+def listen(path: Path, mode: int) -> socket.socket:
+    """Bind the Unix socket; a stale socket file is replaced, a live daemon is not."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755 if mode == 0o666 else 0o700)
+    with contextlib.suppress(FileNotFoundError):
+        st = path.lstat()
+        if not stat.S_ISSOCK(st.st_mode):
+            raise FerryError("E_INVALIDARG", f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+        else:
+            raise FerryError("E_INVALIDARG", f"another ferryd is already serving {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    sock.listen(128)
+    return sock
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "ferryd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FerryError(
+            "E_ACCESSDENIED", f"another ferryd is using the state directory {state_dir}"
+        ) from None
+    return fd
+
+
+async def serve(cfg: Config) -> None:
+    started = time.monotonic()
+    lock_fd = lock_state_dir(cfg.state_dir)
+    store = SqliteStore.open(cfg.db_path)
+    identity = IdentityIO()
+    engine = TransferEngine(identity)
+    bus = EventBus()
+    manager = QueueManager(store, identity, bus, cfg.limits)
+    count = manager.load()
+    scheduler = Scheduler(manager, engine, cfg.max_background_jobs)
+    api = Api(
+        manager,
+        bus,
+        cfg.admin_groups,
+        "system" if cfg.system else "user",
+        None if cfg.system else os.geteuid(),
+    )
+    sock = activated_socket()
+    owns_socket = sock is None
+    if sock is None:
+        sock = listen(cfg.socket, cfg.socket_mode)
+    runner = web.AppRunner(api.app(), handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "serving %s (%s mode), %d jobs, ready in %.3f s",
+        cfg.socket if owns_socket else "an activated socket",
+        api.mode,
+        count,
+        time.monotonic() - started,
+    )
+    sd_notify("READY=1\nSTATUS=serving")
+    try:
+        async with asyncio.TaskGroup() as tg:
+            sched_task = tg.create_task(scheduler.run(), name="scheduler")
+            house_task = tg.create_task(housekeeping(manager, cfg), name="housekeeping")
+            await stop.wait()
+            log.info("stopping")
+            sd_notify("STOPPING=1")
+            api.closing.set()
+            bus.close()
+            sched_task.cancel()
+            house_task.cancel()
+    finally:
+        await runner.cleanup()
+        await engine.close()
+        store.close()
+        if owns_socket:
+            with contextlib.suppress(OSError):
+                cfg.socket.unlink()
+        os.close(lock_fd)
+        log.info("stopped")
+
+
+async def housekeeping(manager: QueueManager, cfg: Config) -> None:
+    while True:
+        try:
+            await manager.housekeeping(cfg.final_job_retention, cfg.job_inactivity_timeout)
+        except Exception:
+            log.exception("housekeeping failed; trying again later")
+        await asyncio.sleep(cfg.housekeeping_interval)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ferryd", description="ferry transfer daemon")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--system", action="store_true", help="one daemon per machine (root)")
+    mode.add_argument("--user", action="store_true", help="one daemon for the calling user")
+    p.add_argument("--socket", help="Unix socket path to listen on")
+    p.add_argument("--state-dir", help="directory for the job store")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    system = args.system or (not args.user and os.geteuid() == 0)
+    setup_logging(args.log_level or "info")
+    try:
+        if system and os.geteuid() != 0:
+            raise FerryError("E_ACCESSDENIED", "system mode needs root; use --user")
+        cfg = load_config(system, args.config, args.socket, args.state_dir, args.log_level)
+        setup_logging(cfg.log_level)
+        asyncio.run(serve(cfg))
+    except FerryError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""The queue manager: every client operation on jobs, with its access check, persisted to
+the store before it is answered or announced (the counterpart of BITS's IBackgroundCopyManager
+and IBackgroundCopyJob)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..errors import FerryError
+from ..model.job import Job, JobError, JobFile, Limits
+from ..model.paths import validate_local_name, validate_remote_name
+from ..model.types import ErrorContext, JobState, JobType, Priority
+from ..security import policy
+from ..security.identity import IdentityIO
+from ..security.token import Token
+from ..store.sqlite import SqliteStore
+from ..transfer.base import TransferError
+from . import events as ev
+from .events import Event, EventBus
+
+log = logging.getLogger("ferry.manager")
+
+
+class QueueManager:
+    """Holds every job in memory (the store is the durable copy) and implements the
+    engine's JobCallbacks, so progress reports are persisted here too."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        identity: IdentityIO,
+        bus: EventBus,
+        limits: Limits,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.identity = identity
+        self.bus = bus
+        self.limits = limits
+        self.clock = clock
+        self.jobs: dict[str, Job] = {}
+        self._by_owner: dict[int, dict[str, Job]] = {}
+        # Set by the scheduler when it starts; until then nothing runs.
+        self.kick: Callable[[], None] = lambda: None
+        self.stop_transfer: Callable[[Job], Any] | None = None
+
+    # ---- loading and indexing ---------------------------------------------------
+
+    def load(self) -> int:
+        """Load every job; transfers that were running when ferryd stopped queue again."""
+        now = self.clock()
+        for job in self.store.load_all():
+            self._index(job)
+            if job.state in (JobState.CONNECTING, JobState.TRANSFERRING):
+                job.requeue(now)
+                self.store.save_job_header(job)
+        return len(self.jobs)
+
+    def _index(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        self._by_owner.setdefault(job.owner.uid, {})[job.id] = job
+
+    def _unindex(self, job: Job) -> None:
+        self.jobs.pop(job.id, None)
+        owned = self._by_owner.get(job.owner.uid)
+        if owned is not None:
+            owned.pop(job.id, None)
+            if not owned:
+                del self._by_owner[job.owner.uid]
+
+    # ---- events -----------------------------------------------------------------
+
+    def publish(self, job: Job, type: str = ev.JOB_MODIFICATION) -> None:
+        if self.bus.has_subscribers:
+            self.bus.publish(Event(type, job.id, job.owner.uid, job.to_public()))
+
+    def snapshot(self, job: Job) -> Event:
+        return Event(ev.JOB_SNAPSHOT, job.id, job.owner.uid, job.to_public())
+
+    # ---- lookup -----------------------------------------------------------------
+
+    def resolve(self, caller: Token, ref: str) -> Job:
+        """A job by id, or by a display name unique among the caller's jobs."""
+        job = self.jobs.get(ref)
+        if job is not None:
+            policy.check_access(caller, job)
+            return job
+        named = [j for j in self._by_owner.get(caller.uid, {}).values() if j.display_name == ref]
+        if len(named) == 1:
+            return named[0]
+        if not named:
+            raise FerryError("BG_E_NOT_FOUND", f"no job with id or name {ref!r}")
+        raise FerryError(
+            "BG_E_NOT_FOUND",
+            f"{len(named)} of your jobs are named {ref!r}; use the job id "
+            f"({', '.join(j.id for j in named[:5])})",
+        )
+
+    def list_jobs(self, caller: Token, all_users: bool) -> list[Job]:
+        if all_users:
+            if not policy.may_list_all(caller):
+                raise FerryError("E_ACCESSDENIED", "only administrators may list all users' jobs")
+            jobs: Iterable[Job] = self.jobs.values()
+        else:
+            jobs = self._by_owner.get(caller.uid, {}).values()
+        return sorted(jobs, key=lambda j: j.created)
+
+    # ---- client operations --------------------------------------------------------
+
+    def create_job(
+        self,
+        caller: Token,
+        display_name: str,
+        type: JobType = JobType.DOWNLOAD,
+        priority: Priority = Priority.NORMAL,
+        description: str = "",
+    ) -> Job:
+        if len(self._by_owner.get(caller.uid, {})) >= self.limits.jobs_per_user:
+            raise FerryError(
+                "BG_E_TOO_MANY_JOBS_PER_USER",
+                f"{caller.sid} already has {self.limits.jobs_per_user} jobs",
+            )
+        if len(self.jobs) >= self.limits.jobs_per_machine:
+            raise FerryError(
+                "BG_E_TOO_MANY_JOBS_PER_MACHINE",
+                f"the machine already has {self.limits.jobs_per_machine} jobs",
+            )
+        if not display_name:
+            raise FerryError("E_INVALIDARG", "display_name must not be empty")
+        job = Job.new(caller, display_name, self.clock(), self.limits, type, priority, description)
+        self.store.insert_job(job)
+        self._index(job)
+        self.publish(job)
+        return job
+
+    async def add_files(self, caller: Token, ref: str, pairs: list[tuple[str, str]]) -> Job:
+        job = self.resolve(caller, ref)
+        if job.state.is_final:
+            raise FerryError(
+                "BG_E_INVALID_STATE", f"cannot add files: the job is {job.state.value}"
+            )
+        files = [
+            JobFile(
+                remote_name=validate_remote_name(remote, self.limits),
+                local_name=validate_local_name(local, self.limits),
+            )
+            for remote, local in pairs
+        ]
+        if job.type is JobType.DOWNLOAD:
+            # The destination directory must exist, seen by the identity that will write there.
+            token = policy.local_file_token(job)
+            for f in files:
+                await self.identity.check_directory(token, f.local_name)
+        first = len(job.files)
+        job.add_files(files, self.limits, self.clock())
+        self.store.add_files(job, first)
+        self.publish(job)
+        if job.state.is_active:
+            self.kick()
+        return job
+
+    def resume(self, caller: Token, ref: str) -> Job:
+        job = self.resolve(caller, ref)
+        if job.resume(self.clock()):
+            self.store.save_job_header(job)
+            self.publish(job)
+            self.kick()
+        return job
+
+    async def _stop(self, job: Job) -> None:
+        if self.stop_transfer is not None:
+            await self.stop_transfer(job)
+
+    async def suspend(self, caller: Token, ref: str) -> Job:
+        job = self.resolve(caller, ref)
+        if job.state.is_final:
+            job.suspend(self.clock())  # raises BG_E_INVALID_STATE
+        await self._stop(job)
+        if job.suspend(self.clock()):
+            self.store.save_job_header(job)
+            self.publish(job)
+        return job
+
+    async def cancel(self, caller: Token, ref: str) -> tuple[Job, str]:
+        job = self.resolve(caller, ref)
+        job.plan_cancel()  # refuses final jobs before anything stops
+        await self._stop(job)
+        result = await self._discard_temporaries(job, job.plan_cancel())
+        job.mark_cancelled(self.clock())
+        self.store.save_job(job)
+        self.publish(job)
+        return job, result
+
+    async def complete(self, caller: Token, ref: str) -> tuple[Job, str]:
+        job = self.resolve(caller, ref)
+        job.plan_complete()
+        token = policy.local_file_token(job) if job.type is JobType.DOWNLOAD else job.owner
+        await self._stop(job)
+        plan = job.plan_complete()
+        for i in plan.rename:
+            f = job.files[i]
+            if f.temp_name is None:
+                continue  # renamed by an earlier complete that failed later
+            try:
+                await self.identity.publish(token, f.temp_name, f.local_name)
+            except FerryError:
+                self.store.save_job(job)
+                raise
+            f.temp_name = None
+        result = await self._discard_temporaries(job, plan.discard)
+        if plan.partial:
+            result = "BG_S_PARTIAL_COMPLETE"
+        job.mark_acknowledged(plan, self.clock())
+        self.store.save_job(job)
+        self.publish(job)
+        return job, result
+
+    async def _discard_temporaries(self, job: Job, indices: Iterable[int]) -> str:
+        """Delete temporary files as the identity that created them; never fail the call."""
+        try:
+            token = policy.local_file_token(job)
+        except FerryError:  # flags set but the helper token is gone: the owner cleans up
+            token = job.owner
+        result = "S_OK"
+        for i in indices:
+            f = job.files[i]
+            if f.temp_name is None:
+                continue
+            try:
+                await self.identity.unlink(token, f.temp_name)
+            except FerryError as exc:
+                log.warning("could not delete %s: %s", f.temp_name, exc)
+                result = "BG_S_UNABLE_TO_DELETE_FILES"
+        return result
+
+    def set_properties(self, caller: Token, ref: str, props: dict[str, Any]) -> Job:
+        job = self.resolve(caller, ref)
+        old_priority = job.priority
+        job.set_properties(props, self.limits, self.clock())
+        self.store.save_job_header(job)
+        self.publish(job)
+        if job.priority is not old_priority:
+            self.kick()
+        return job
+
+    def take_ownership(self, caller: Token, ref: str) -> Job:
+        job = self.resolve(caller, ref)
+        self._unindex(job)
+        try:
+            job.take_ownership(caller, self.clock())
+            self.store.save_job_header(job)
+        finally:
+            self._index(job)
+        self.publish(job)
+        return job
+
+    # ---- housekeeping -----------------------------------------------------------
+
+    async def housekeeping(self, retention: float, inactivity: float) -> None:
+        """Purge final jobs after their retention; cancel jobs untouched for too long."""
+        now = self.clock()
+        for job in list(self.jobs.values()):
+            if job.state.is_final:
+                if now - job.modified >= retention:
+                    self.store.delete_job(job.id)
+                    self._unindex(job)
+                    self.publish(job, ev.JOB_REMOVED)
+            elif now - job.modified >= inactivity:
+                log.info("cancelling job %s: inactive for %d s", job.id, now - job.modified)
+                await self._stop(job)
+                await self._discard_temporaries(job, job.plan_cancel())
+                job.mark_cancelled(now)
+                self.store.save_job(job)
+                self.publish(job)
+
+    # ---- the engine's callbacks (JobCallbacks) -------------------------------------
+
+    def started(self, job: Job) -> None:
+        job.start(self.clock())
+        self.store.save_job_header(job)
+        self.publish(job)
+
+    def requeued(self, job: Job) -> None:
+        job.requeue(self.clock())
+        self.store.save_job_header(job)
+        self.publish(job)
+
+    async def transferring(self, job: Job) -> None:
+        if job.state is JobState.CONNECTING:
+            job.transferring(self.clock())
+            self.store.save_job_header(job)
+            self.publish(job)
+
+    async def file_started(self, job: Job, index: int) -> None:
+        self.store.save_file(job, index)
+        self.publish(job)
+
+    async def progress(self, job: Job, index: int, bytes_on_disk: int) -> None:
+        job.record_progress(index, bytes_on_disk, self.clock())
+        self.store.save_progress(job, index)
+        self.publish(job)
+
+    async def file_completed(self, job: Job, index: int) -> None:
+        job.file_completed(index, self.clock())
+        self.store.save_progress(job, index)
+        self.publish(job, ev.FILE_TRANSFERRED)
+        if job.state is JobState.TRANSFERRED:
+            self.publish(job, ev.JOB_TRANSFERRED)
+            log.info("job %s transferred", job.id)
+
+    def failed(self, job: Job, exc: TransferError) -> None:
+        now = self.clock()
+        job.fail(JobError.from_ferry_error(exc, exc.context, exc.file_index), exc.transient, now)
+        if job.retry_at is not None and exc.retry_after is not None:
+            job.retry_at = max(job.retry_at, now + exc.retry_after)
+        self.store.save_job_header(job)
+        self.publish(job, ev.JOB_ERROR)
+        log.info("job %s %s: %s", job.id, job.state.value, exc)
+
+    def internal_failure(self, job: Job, exc: BaseException) -> None:
+        self.failed(
+            job,
+            TransferError(
+                "E_FAIL",
+                f"internal error: {exc!r}",
+                context=ErrorContext.GENERAL_QUEUE_MANAGER,
+                transient=True,
+            ),
+        )

@@ -1,0 +1,356 @@
+"""End-to-end tests of ferryd's API through a real daemon and a real HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Daemon, api_call
+from tests.helpers.static_server import StaticServer
+
+
+def create(d: Daemon, name: str = "job", **extra: Any) -> dict[str, Any]:
+    status, job = d.call("POST", "/v1/jobs", {"display_name": name, **extra})
+    assert status == 201, job
+    return job  # type: ignore[no-any-return]
+
+
+def add(d: Daemon, job: str, *pairs: tuple[str, str]) -> tuple[int, Any]:
+    files = [{"remote_name": r, "local_name": loc} for r, loc in pairs]
+    return d.call("POST", f"/v1/jobs/{job}/files", {"files": files})
+
+
+def wait_state(d: Daemon, job: str, states: set[str], timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, data = d.call("GET", f"/v1/jobs/{job}")
+        assert status == 200, data
+        if data["state"] in states:
+            return data  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job stayed {data['state']}: {data}")
+        time.sleep(0.05)
+
+
+def error_code(resp: tuple[int, Any]) -> tuple[int, str]:
+    status, body = resp
+    return status, body["error"]["code"]
+
+
+def test_download_life_cycle(ferryd: Daemon, http_server: StaticServer, dest: Path) -> None:
+    payloads = {f"f{i}.bin": os.urandom(100_000 + i) for i in range(3)}
+    pairs = [(http_server.add(n, b), str(dest / n)) for n, b in payloads.items()]
+    job = create(ferryd, "life")
+    assert job["state"] == "SUSPENDED"
+    status, body = add(ferryd, job["id"], *pairs)
+    assert status == 200, body
+    assert body["progress"]["files_total"] == 3
+    status, body = ferryd.call("POST", f"/v1/jobs/{job['id']}/resume", {})
+    assert status == 200 and body["result"]["code"] == "S_OK"
+    done = wait_state(ferryd, job["id"], {"TRANSFERRED", "ERROR"})
+    assert done["state"] == "TRANSFERRED", done
+    assert done["progress"] == {
+        "bytes_total": sum(len(b) for b in payloads.values()),
+        "bytes_transferred": sum(len(b) for b in payloads.values()),
+        "files_total": 3,
+        "files_transferred": 3,
+    }
+    assert done["times"]["transfer_completed"]
+    # Nothing is visible under the local names before complete.
+    assert not any((dest / n).exists() for n in payloads)
+    status, body = ferryd.call("POST", f"/v1/jobs/{job['id']}/complete", {})
+    assert status == 200, body
+    assert body["result"] == {"code": "S_OK", "hresult": "0x00000000"}
+    assert body["job"]["state"] == "ACKNOWLEDGED"
+    for n, b in payloads.items():
+        assert (dest / n).read_bytes() == b
+    assert sorted(p.name for p in dest.iterdir()) == sorted(payloads)  # no temporaries left
+
+
+def test_file_url_download(ferryd: Daemon, tmp_path: Path, dest: Path) -> None:
+    src = tmp_path / "source.bin"
+    src.write_bytes(os.urandom(300_000))
+    job = create(ferryd, "local")
+    assert add(ferryd, job["id"], (src.as_uri(), str(dest / "copy.bin")))[0] == 200
+    ferryd.call("POST", f"/v1/jobs/{job['id']}/resume", {})
+    assert wait_state(ferryd, job["id"], {"TRANSFERRED", "ERROR"})["state"] == "TRANSFERRED"
+    ferryd.call("POST", f"/v1/jobs/{job['id']}/complete", {})
+    assert (
+        hashlib.sha256((dest / "copy.bin").read_bytes()).digest()
+        == hashlib.sha256(src.read_bytes()).digest()
+    )
+
+
+def test_cancel_deletes_temporaries_and_never_touches_local_names(
+    ferryd: Daemon, http_server: StaticServer, dest: Path
+) -> None:
+    existing = dest / "keep.bin"
+    existing.write_bytes(b"old content")
+    url = http_server.add("new.bin", os.urandom(50_000))
+    job = create(ferryd, "cancel-me")
+    add(ferryd, job["id"], (url, str(existing)))
+    ferryd.call("POST", f"/v1/jobs/{job['id']}/resume", {})
+    wait_state(ferryd, job["id"], {"TRANSFERRED"})
+    assert len(list(dest.iterdir())) == 2  # the local name and one hidden temporary
+    status, body = ferryd.call("POST", f"/v1/jobs/{job['id']}/cancel", {})
+    assert status == 200 and body["job"]["state"] == "CANCELLED"
+    assert existing.read_bytes() == b"old content"
+    assert [p.name for p in dest.iterdir()] == ["keep.bin"]
+    # Final jobs are read-only.
+    assert error_code(ferryd.call("POST", f"/v1/jobs/{job['id']}/resume", {})) == (
+        409,
+        "BG_E_INVALID_STATE",
+    )
+
+
+def test_partial_complete(ferryd: Daemon, http_server: StaticServer, dest: Path) -> None:
+    job = create(ferryd, "partial")
+    add(ferryd, job["id"], (http_server.add("a.bin", b"a" * 1000), str(dest / "a.bin")))
+    add(ferryd, job["id"], (http_server.url("missing.bin"), str(dest / "b.bin")))
+    ferryd.call("POST", f"/v1/jobs/{job['id']}/resume", {})
+    err = wait_state(ferryd, job["id"], {"ERROR"})
+    assert err["error"]["code"] == "BG_E_HTTP_ERROR_404"
+    assert err["error"]["hresult"] == "0x80190194"
+    assert err["error"]["context"] == "REMOTE_FILE"
+    assert err["error"]["file"]["remote_name"].endswith("missing.bin")
+    assert err["error_count"] == 1
+    status, body = ferryd.call("POST", f"/v1/jobs/{job['id']}/complete", {})
+    assert status == 200
+    assert body["result"] == {"code": "BG_S_PARTIAL_COMPLETE", "hresult": "0x00200017"}
+    assert sorted(p.name for p in dest.iterdir()) == ["a.bin"]
+
+
+def test_jobs_survive_restart_and_kill(
+    ferryd: Daemon, http_server: StaticServer, dest: Path
+) -> None:
+    job = create(ferryd, "persist", priority="high", description="kept")
+    add(ferryd, job["id"], (http_server.add("p.bin", b"p" * 5000), str(dest / "p.bin")))
+    ferryd.call("PATCH", f"/v1/jobs/{job['id']}", {"min_retry_delay": 30, "notify_flags": 1})
+    before = ferryd.call("GET", f"/v1/jobs/{job['id']}")[1]
+    ferryd.restart()
+    assert ferryd.call("GET", f"/v1/jobs/{job['id']}")[1] == before
+    ferryd.kill()
+    ferryd.start()
+    assert ferryd.call("GET", f"/v1/jobs/{job['id']}")[1] == before
+    # And it still transfers after the crash.
+    ferryd.call("POST", f"/v1/jobs/{job['id']}/resume", {})
+    assert wait_state(ferryd, job["id"], {"TRANSFERRED", "ERROR"})["state"] == "TRANSFERRED"
+
+
+def test_corrupt_store_is_reported_and_kept(short_tmp: Path) -> None:
+    d = Daemon(short_tmp)
+    d.state_dir.mkdir(mode=0o700)
+    garbage = b"this is not a database" * 100
+    (d.state_dir / "ferry.db").write_bytes(garbage)
+    with pytest.raises(RuntimeError, match="BG_E_DATABASE_CORRUPT"):
+        d.start()
+    assert (d.state_dir / "ferry.db").read_bytes() == garbage
+
+
+def test_store_is_wal_sqlite(ferryd: Daemon) -> None:
+    create(ferryd, "wal")
+    conn = sqlite3.connect(ferryd.state_dir / "ferry.db")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "raw", "expected"),
+    [
+        ("POST", "/v1/jobs", None, b"{not json", (400, "E_INVALIDARG")),
+        ("POST", "/v1/jobs", None, b"[1, 2]", (400, "E_INVALIDARG")),
+        ("POST", "/v1/jobs", {"display_name": "x", "bogus": 1}, None, (400, "E_INVALIDARG")),
+        ("POST", "/v1/jobs", {"display_name": 5}, None, (400, "E_INVALIDARG")),
+        ("POST", "/v1/jobs", {}, None, (400, "E_INVALIDARG")),
+        ("POST", "/v1/jobs", {"display_name": ""}, None, (400, "E_INVALIDARG")),
+        ("POST", "/v1/jobs", {"display_name": "x" * 5000}, None, (400, "BG_E_STRING_TOO_LONG")),
+        (
+            "POST",
+            "/v1/jobs",
+            {"display_name": "x", "type": "sideways"},
+            None,
+            (400, "E_INVALIDARG"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            {"display_name": "x", "priority": "urgent"},
+            None,
+            (400, "E_INVALIDARG"),
+        ),
+        (
+            "GET",
+            "/v1/jobs/0f8fad5b-d9cb-469f-a165-70867728950e",
+            None,
+            None,
+            (404, "BG_E_NOT_FOUND"),
+        ),
+        ("GET", "/v1/jobs?all_users=maybe", None, None, (400, "E_INVALIDARG")),
+        ("GET", "/v1/nowhere", None, None, (404, "BG_E_NOT_FOUND")),
+        ("DELETE", "/v1/jobs", None, None, (405, "E_INVALIDARG")),
+    ],
+)
+def test_bad_requests(
+    ferryd: Daemon, method: str, path: str, body: Any, raw: bytes | None, expected: tuple[int, str]
+) -> None:
+    before = ferryd.call("GET", "/v1/jobs")[1]
+    status, resp = api_call(ferryd.socket, method, path, body, raw)
+    assert (status, resp["error"]["code"]) == expected, resp
+    assert resp["error"]["hresult"].startswith("0x") and resp["error"]["message"]
+    assert ferryd.call("GET", "/v1/jobs")[1] == before
+
+
+@pytest.mark.parametrize(
+    ("remote", "local", "code"),
+    [
+        ("http://127.0.0.1/x", "relative/path", "E_INVALIDARG"),
+        ("http://127.0.0.1/x", "/tmp/../etc/passwd", "E_INVALIDARG"),
+        ("http://127.0.0.1/x", "/tmp/a\x00b", "E_INVALIDARG"),
+        ("ftp://127.0.0.1/x", "/tmp/x", "E_INVALIDARG"),
+        ("gopher://x/y", "/tmp/x", "E_INVALIDARG"),
+        ("http://127.0.0.1/x", "/nonexistent-dir-ferry/x", "ERROR_PATH_NOT_FOUND"),
+        ("http://127.0.0.1/" + "x" * 10000, "/tmp/x", "BG_E_STRING_TOO_LONG"),
+    ],
+)
+def test_bad_files_change_nothing(ferryd: Daemon, remote: str, local: str, code: str) -> None:
+    job = create(ferryd, "bad-files")
+    status, body = add(ferryd, job["id"], (remote, local))
+    assert status >= 400 and body["error"]["code"] == code, body
+    assert ferryd.call("GET", f"/v1/jobs/{job['id']}")[1] == job
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        "notalist",
+        [{"remote_name": "http://x/y"}],
+        [{"remote_name": "http://x/y", "local_name": "/tmp/y", "extra": 1}],
+        [{"remote_name": 1, "local_name": "/tmp/y"}],
+        [],
+    ],
+)
+def test_malformed_file_lists(ferryd: Daemon, files: Any) -> None:
+    job = create(ferryd, "malformed")
+    status, body = ferryd.call("POST", f"/v1/jobs/{job['id']}/files", {"files": files})
+    assert (status, body["error"]["code"]) == (400, "E_INVALIDARG")
+    assert ferryd.call("GET", f"/v1/jobs/{job['id']}")[1] == job
+
+
+def test_state_rules_over_the_api(ferryd: Daemon, http_server: StaticServer, dest: Path) -> None:
+    job = create(ferryd, "empty")
+    assert error_code(ferryd.call("POST", f"/v1/jobs/{job['id']}/resume", {})) == (
+        409,
+        "BG_E_EMPTY",
+    )
+    assert ferryd.call("GET", f"/v1/jobs/{job['id']}")[1]["state"] == "SUSPENDED"
+    up = create(ferryd, "up", type="upload")
+    assert add(ferryd, up["id"], ("http://127.0.0.1/u", str(dest / "u")))[0] == 200
+    assert error_code(add(ferryd, up["id"], ("http://127.0.0.1/v", str(dest / "v")))) == (
+        400,
+        "BG_E_TOO_MANY_FILES",
+    )
+    # Complete an empty job, then everything on it is an invalid state.
+    status, body = ferryd.call("POST", f"/v1/jobs/{job['id']}/complete", {})
+    assert status == 200 and body["job"]["state"] == "ACKNOWLEDGED"
+    for action in ("resume", "suspend", "cancel", "complete", "take-ownership"):
+        assert error_code(ferryd.call("POST", f"/v1/jobs/{job['id']}/{action}", {})) == (
+            409,
+            "BG_E_INVALID_STATE",
+        )
+    assert error_code(ferryd.call("PATCH", f"/v1/jobs/{job['id']}", {"description": "x"})) == (
+        409,
+        "BG_E_INVALID_STATE",
+    )
+
+
+def test_job_by_display_name(ferryd: Daemon) -> None:
+    job = create(ferryd, "named")
+    assert ferryd.call("GET", "/v1/jobs/named")[1]["id"] == job["id"]
+    create(ferryd, "named")
+    status, body = ferryd.call("GET", "/v1/jobs/named")
+    assert (status, body["error"]["code"]) == (404, "BG_E_NOT_FOUND")
+    assert job["id"] in body["error"]["message"]
+
+
+def test_set_properties(ferryd: Daemon) -> None:
+    job = create(ferryd, "props")
+    status, body = ferryd.call(
+        "PATCH",
+        f"/v1/jobs/{job['id']}",
+        {
+            "display_name": "renamed",
+            "description": "d",
+            "priority": "low",
+            "min_retry_delay": 5,
+            "no_progress_timeout": 0,
+            "notify_flags": 0x1F,
+            "notify_cmdline": ["/bin/echo", "done"],
+        },
+    )
+    assert status == 200, body
+    assert (body["display_name"], body["priority"], body["notify_cmdline"]) == (
+        "renamed",
+        "low",
+        ["/bin/echo", "done"],
+    )
+    for bad in (
+        {"min_retry_delay": 4},
+        {"no_progress_timeout": -1},
+        {"notify_flags": 0x20},
+        {"notify_cmdline": ["relative"]},
+        {"priority": "urgent"},
+        {"min_retry_delay": True},
+        {"display_name": ""},
+    ):
+        status, resp = ferryd.call("PATCH", f"/v1/jobs/{job['id']}", bad)
+        assert (status, resp["error"]["code"]) == (400, "E_INVALIDARG"), bad
+    assert ferryd.call("GET", f"/v1/jobs/{job['id']}")[1] == body
+
+
+def test_openapi_matches_routes(ferryd: Daemon) -> None:
+    from aiohttp import web
+
+    from ferry.daemon.api import ROUTES
+
+    status, doc = ferryd.call("GET", "/v1/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    served = {(r.method, r.path) for r in ROUTES}
+    assert documented == served
+    # Every documented route answers (not 404/405) on the real daemon.
+    job = create(ferryd, "openapi")
+    for method, path in sorted(documented):
+        if path == "/v1/events":
+            continue
+        concrete = path.replace("{job}", job["id"])
+        status, _ = api_call(ferryd.socket, method, concrete, {} if method != "GET" else None)
+        assert status not in (404, 405), (method, path, status)
+    assert web  # the route table is the one the daemon registers
+
+
+def test_events_stream_snapshot_first(ferryd: Daemon) -> None:
+    import socket as s
+
+    job = create(ferryd, "events")
+    conn = s.socket(s.AF_UNIX, s.SOCK_STREAM)
+    conn.settimeout(10)
+    conn.connect(ferryd.socket)
+    conn.sendall(f"GET /v1/events?job={job['id']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    buf = b""
+    while b": ready" not in buf:
+        buf += conn.recv(65536)
+    assert b"event: job-snapshot" in buf and job["id"].encode() in buf
+    ferryd.call("PATCH", f"/v1/jobs/{job['id']}", {"description": "changed"})
+    while b"changed" not in buf:
+        buf += conn.recv(65536)
+    assert b"event: job-modification" in buf
+    conn.close()
