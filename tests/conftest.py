@@ -161,7 +161,9 @@ def system_ferryd(short_tmp: Path) -> Iterator[Daemon]:
     """A system-mode ferryd (root only): every local uid may connect."""
     if os.geteuid() != 0:
         pytest.skip("system-mode ferryd needs root (CI runs as root)")
-    daemon = Daemon(short_tmp, mode="--system")
+    config = short_tmp / "ferryd.toml"
+    config.write_text("[daemon]\nsession_poll_interval = 0.2\n")
+    daemon = Daemon(short_tmp, ["--config", str(config)], mode="--system")
     daemon.start()
     yield daemon
     code = daemon.stop()

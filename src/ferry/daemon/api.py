@@ -22,7 +22,8 @@ from aiohttp import web
 from .._version import __version__
 from ..errors import FerryError
 from ..model.types import JobType, Priority
-from ..security.peer import token_from_socket
+from ..security.handles import Interface
+from ..security.peer import token_from_socket, user_name
 from ..security.token import Token
 from ..service import events as ev
 from ..service.events import EventBus
@@ -72,6 +73,25 @@ class Route:
 
 
 _STR = {"type": "string"}
+HANDLE_PATH = "/v1/handles/{handle}"
+HANDLE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "handle": {"type": "string"},
+        "interface": {"type": "string"},
+        "job_id": {"type": "string"},
+        "expires_in": {"type": ["integer", "null"]},
+        "job": {"$ref": "#/components/schemas/Job"},
+    },
+}
+HELPER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "flags": {"type": "array", "items": {"type": "string"}},
+        "flags_value": {"type": "integer"},
+        "sid": {"type": ["string", "null"]},
+    },
+}
 _INT = {"type": "integer"}
 JOB_PATH = "/v1/jobs/{job}"
 
@@ -175,6 +195,86 @@ ROUTES: tuple[Route, ...] = (
         )
     ),
     Route(
+        "POST",
+        JOB_PATH + "/handles",
+        "open_handle",
+        "Open the job for an interface: the access check happens now",
+        "open_handle",
+        body={
+            "interface": Field(str, True, {"enum": [i.value for i in Interface]}),
+            "ttl": Field(int, False, {"type": "integer", "minimum": 1, "maximum": 3600}),
+        },
+        response=HANDLE_SCHEMA,
+        status=201,
+    ),
+    Route(
+        "GET", HANDLE_PATH, "get_handle", "The handle's job", "get_handle", response=HANDLE_SCHEMA
+    ),
+    Route("DELETE", HANDLE_PATH, "release_handle", "Release a handle", "release_handle"),
+    *(
+        Route(
+            "POST",
+            f"{HANDLE_PATH}/{action}",
+            "handle_" + action,
+            f"{action} through a job handle (no new access check)",
+            "handle_action",
+            body={},
+            response=RESULT_SCHEMA,
+        )
+        for action in ("resume", "suspend", "cancel", "complete")
+    ),
+    *(
+        r
+        for base, prefix in ((JOB_PATH, "job"), (HANDLE_PATH, "handle"))
+        for r in (
+            Route(
+                "GET",
+                base + "/helper-token",
+                f"{prefix}_get_helper_token",
+                "GetHelperTokenFlags and GetHelperTokenSid",
+                "get_helper_token",
+                response=HELPER_SCHEMA,
+            ),
+            Route(
+                "PUT",
+                base + "/helper-token",
+                f"{prefix}_set_helper_token",
+                "SetHelperToken: the identity of this connection becomes the helper token",
+                "set_helper_token",
+                body={},
+                response=HELPER_SCHEMA,
+            ),
+            Route(
+                "DELETE",
+                base + "/helper-token",
+                f"{prefix}_clear_helper_token",
+                "ClearHelperToken",
+                "clear_helper_token",
+                response=HELPER_SCHEMA,
+            ),
+            Route(
+                "PUT",
+                base + "/helper-token/flags",
+                f"{prefix}_set_helper_token_flags",
+                "SetHelperTokenFlags (LOCAL_FILE 0x1, NETWORK 0x2; 0 clears)",
+                "set_helper_flags",
+                body={"flags": Field(int, True, {"type": "integer", "minimum": 0, "maximum": 3})},
+                response=HELPER_SCHEMA,
+            ),
+        )
+    ),
+    Route(
+        "POST",
+        "/v1/logoff",
+        "logoff",
+        "Declare a user or a session logged off now (administrators)",
+        "logoff",
+        body={
+            "user": Field((str, int), False, {"type": ["string", "integer"]}),
+            "session": Field(int, False, _INT),
+        },
+    ),
+    Route(
         "GET",
         "/v1/events",
         "events",
@@ -256,6 +356,8 @@ def openapi_document() -> dict[str, Any]:
             {"name": q, "in": "query", "required": False, "schema": {"type": t}}
             for q, t in r.query.items()
         ]
+        if "{handle}" in r.path:
+            params.insert(0, {"name": "handle", "in": "path", "required": True, "schema": _STR})
         if "{job}" in r.path:
             params.insert(
                 0,
@@ -497,9 +599,11 @@ class Api:
 
     async def h_action(self, request: web.Request) -> web.Response:
         await self.body(request)
-        token: Token = request["token"]
-        ref = request.match_info["job"]
-        action = request.path.rsplit("/", 1)[1]
+        return await self._do_action(
+            request["token"], request.match_info["job"], request.path.rsplit("/", 1)[1]
+        )
+
+    async def _do_action(self, token: Token, ref: str, action: str) -> web.Response:
         result = "S_OK"
         if action == "resume":
             job = self.manager.resume(token, ref)
@@ -553,6 +657,109 @@ class Api:
             self.bus.unsubscribe(sub)
             with contextlib.suppress(NameError):
                 self._streams.discard(resp)
+
+    # ---- handles, token options, logoff ----------------------------------------------
+
+    async def h_open_handle(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        try:
+            interface = Interface(body["interface"])
+        except ValueError:
+            raise FerryError("E_INVALIDARG", f"unknown interface {body['interface']!r}") from None
+        ttl = body.get("ttl")
+        transport = request.transport
+        assert transport is not None
+
+        def alive() -> bool:
+            return not transport.is_closing()
+
+        h = self.manager.open_handle(
+            request["token"], request.match_info["job"], interface, ttl, alive
+        )
+        return web.json_response(
+            {"handle": h.id, "interface": h.interface.value, "job_id": h.job_id, "expires_in": ttl},
+            status=201,
+        )
+
+    async def h_get_handle(self, request: web.Request) -> web.Response:
+        h, job = self.manager.handle_job(request.match_info["handle"])
+        return web.json_response(
+            {
+                "handle": h.id,
+                "interface": h.interface.value,
+                "job_id": job.id,
+                "job": job.to_public(),
+            }
+        )
+
+    async def h_release_handle(self, request: web.Request) -> web.Response:
+        self.manager.handles.release(request.match_info["handle"])
+        return web.json_response({"released": True})
+
+    async def h_handle_action(self, request: web.Request) -> web.Response:
+        await self.body(request)
+        opener, job_id = self.manager.as_opener(request.match_info["handle"])
+        return await self._do_action(opener, job_id, request.path.rsplit("/", 1)[1])
+
+    def _token_options_target(self, request: web.Request) -> tuple[Token, Any]:
+        return self.manager.token_options(
+            request["token"], request.match_info.get("job"), request.match_info.get("handle")
+        )
+
+    async def h_get_helper_token(self, request: web.Request) -> web.Response:
+        opener, job = self._token_options_target(request)
+        return web.json_response(self.manager.get_helper_token(opener, job))
+
+    async def h_set_helper_token(self, request: web.Request) -> web.Response:
+        await self.body(request)
+        opener, job = self._token_options_target(request)
+        await self.manager.set_helper_token(opener, job, request["token"])
+        return web.json_response(self.manager.get_helper_token(opener, job))
+
+    async def h_clear_helper_token(self, request: web.Request) -> web.Response:
+        opener, job = self._token_options_target(request)
+        await self.manager.clear_helper_token(opener, job)
+        return web.json_response(self.manager.get_helper_token(opener, job))
+
+    async def h_set_helper_flags(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        opener, job = self._token_options_target(request)
+        await self.manager.set_helper_flags(opener, job, body["flags"])
+        return web.json_response(self.manager.get_helper_token(opener, job))
+
+    async def h_logoff(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        token: Token = request["token"]
+        if not token.admin:
+            raise FerryError("E_ACCESSDENIED", "only administrators may declare a logoff")
+        if ("user" in body) == ("session" in body):
+            raise FerryError("E_INVALIDARG", "give exactly one of user and session")
+        if "session" in body:
+            change = self.manager.sessions.declare_session_ended(body["session"])
+            what: dict[str, Any] = {"session": body["session"]}
+        else:
+            uid = resolve_uid(body["user"])
+            change = self.manager.sessions.declare_user_logged_off(uid)
+            what = {"uid": uid, "name": user_name(uid)}
+        await self.manager.sessions_changed(change.ended_sessions, change.logged_off)
+        return web.json_response(
+            {"logged_off": what, "ended_sessions": sorted(change.ended_sessions)}
+        )
+
+
+def resolve_uid(user: str | int) -> int:
+    if isinstance(user, int):
+        if user < 0:
+            raise FerryError("E_INVALIDARG", "a uid is not negative")
+        return user
+    if user.isdigit():
+        return int(user)
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise FerryError("E_INVALIDARG", f"no user named {user!r}") from None
 
 
 async def _send(resp: web.StreamResponse, event: ev.Event) -> None:

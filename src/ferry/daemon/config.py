@@ -52,7 +52,7 @@ class Config:
         return self.state_dir / "ferry.db"
 
 
-_DAEMON_KEYS = {
+_DAEMON_KEYS: dict[str, type | tuple[type, ...]] = {
     "socket": str,
     "state_dir": str,
     "log_level": str,
@@ -74,6 +74,10 @@ def _gid(value: Any) -> int:
         except KeyError:
             raise FerryError("E_INVALIDARG", f"admin_groups: no group named {value!r}") from None
     raise FerryError("E_INVALIDARG", f"admin_groups: {value!r} is not a group name or gid")
+
+
+def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 def load_config(
@@ -112,11 +116,12 @@ def _apply_file(cfg: Config, path: Path) -> Config:
     if unknown:
         raise FerryError("E_INVALIDARG", f"config file {path}: unknown sections {sorted(unknown)}")
     changes: dict[str, Any] = {}
-    for key, value in data.get("daemon", {}).items():
+    daemon: dict[str, Any] = data.get("daemon", {})
+    for key, value in daemon.items():
         kind = _DAEMON_KEYS.get(key)
         if kind is None:
             raise FerryError("E_INVALIDARG", f"config file {path}: unknown key daemon.{key}")
-        if not isinstance(value, kind) or isinstance(value, bool):
+        if not _is(value, kind):
             raise FerryError("E_INVALIDARG", f"config file {path}: daemon.{key} has a wrong type")
         if key in ("socket", "state_dir"):
             value = Path(value)
@@ -127,7 +132,8 @@ def _apply_file(cfg: Config, path: Path) -> Config:
         changes[key] = value
     limit_names = {f.name for f in fields(Limits)}
     limits: dict[str, int] = {}
-    for key, value in data.get("limits", {}).items():
+    limit_values: dict[str, Any] = data.get("limits", {})
+    for key, value in limit_values.items():
         if key not in limit_names:
             raise FerryError("E_INVALIDARG", f"config file {path}: unknown key limits.{key}")
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

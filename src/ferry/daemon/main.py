@@ -134,7 +134,8 @@ async def serve(cfg: Config) -> None:
     bus = EventBus()
     manager = QueueManager(store, identity, bus, cfg.limits)
     count = manager.load()
-    scheduler = Scheduler(manager, engine, cfg.max_background_jobs)
+    manager.sessions.update(await asyncio.to_thread(manager.sessions.scan))
+    scheduler = Scheduler(manager, engine, cfg.max_background_jobs, manager.logged_on)
     api = Api(
         manager,
         bus,
@@ -167,6 +168,7 @@ async def serve(cfg: Config) -> None:
         async with asyncio.TaskGroup() as tg:
             sched_task = tg.create_task(scheduler.run(), name="scheduler")
             house_task = tg.create_task(housekeeping(manager, cfg), name="housekeeping")
+            logon_task = tg.create_task(watch_sessions(manager, cfg), name="sessions")
             await stop.wait()
             log.info("stopping")
             sd_notify("STOPPING=1")
@@ -174,6 +176,7 @@ async def serve(cfg: Config) -> None:
             bus.close()
             sched_task.cancel()
             house_task.cancel()
+            logon_task.cancel()
     finally:
         await runner.cleanup()
         await engine.close()
@@ -192,6 +195,27 @@ async def housekeeping(manager: QueueManager, cfg: Config) -> None:
         except Exception:
             log.exception("housekeeping failed; trying again later")
         await asyncio.sleep(cfg.housekeeping_interval)
+
+
+async def watch_sessions(manager: QueueManager, cfg: Config) -> None:
+    """Poll logon sessions; apply the logoff rules when sessions end or users log off."""
+    await manager.discard_stale_helper_tokens()
+    while True:
+        try:
+            found = await asyncio.to_thread(manager.sessions.scan)
+            change = manager.sessions.update(found)
+            if change.ended_sessions or change.logged_off:
+                log.info(
+                    "sessions ended: %s; users logged off: %s",
+                    sorted(change.ended_sessions),
+                    sorted(change.logged_off),
+                )
+                await manager.sessions_changed(change.ended_sessions, change.logged_off)
+            if change.logged_on:
+                manager.kick()
+        except Exception:
+            log.exception("session tracking failed; trying again later")
+        await asyncio.sleep(cfg.session_poll_interval)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -370,6 +370,20 @@ class Job:
         self.owner = new_owner
         self.modified = now
 
+    def set_helper_token(self, helper: Token | None, now: float) -> None:
+        self._require_not_final("set the helper token")
+        self.helper_token = helper
+        self.modified = now
+
+    def set_helper_flags(self, flags: int, now: float) -> None:
+        self._require_not_final("set the helper token flags")
+        if isinstance(flags, bool) or not isinstance(flags, int):
+            raise FerryError("E_INVALIDARG", "helper token flags must be an integer")
+        if flags & ~int(TokenFlags.all()):
+            raise FerryError("E_INVALIDARG", f"unknown helper token flags 0x{flags:X}")
+        self.helper_flags = TokenFlags(flags)
+        self.modified = now
+
     # ---- state machine: the scheduler and the transfer engine -------------------
 
     def start(self, now: float) -> None:

@@ -44,3 +44,50 @@ def local_file_token(job: Job) -> Token:
 def network_token(job: Job) -> Token:
     """The token for remote access: file:// sources and implicit HTTP credentials."""
     return _helper_for(job, TokenFlags.NETWORK)
+
+
+# ---- IBitsTokenOptions (SPEC §4.4) -------------------------------------------------------
+#
+# The check is made against the identity that *opened* the handle (the QueryInterface-time
+# token), not the connection that carries the call. An admin opener may do anything. A
+# non-admin opener must have the owner's uid, and may neither install an admin helper token
+# nor change the flags while an admin helper token is in place.
+
+
+def _opener_may_use(opener: Token, job: Job, what: str) -> None:
+    if opener.admin:
+        return
+    if opener.uid != job.owner.uid:
+        raise FerryError(
+            "E_ACCESSDENIED",
+            f"{what}: the handle was opened by {opener.sid}, who neither owns the job "
+            "nor is an administrator",
+        )
+
+
+def check_read_token_options(opener: Token, job: Job) -> None:
+    _opener_may_use(opener, job, "token options")
+
+
+def check_set_helper_token(opener: Token, job: Job, helper: Token) -> None:
+    _opener_may_use(opener, job, "set_helper_token")
+    if not opener.admin and helper.admin:
+        raise FerryError(
+            "E_ACCESSDENIED",
+            f"set_helper_token: only an administrator may set an administrator helper token "
+            f"({helper.sid})",
+        )
+
+
+def check_set_helper_flags(opener: Token, job: Job) -> None:
+    _opener_may_use(opener, job, "set_helper_token_flags")
+    if not opener.admin and job.helper_token is not None and job.helper_token.admin:
+        raise FerryError(
+            "E_ACCESSDENIED",
+            "set_helper_token_flags: the job's helper token is an administrator's; only an "
+            "administrator may change its flags",
+        )
+
+
+def check_clear_helper_token(opener: Token, job: Job) -> None:
+    _opener_may_use(opener, job, "clear_helper_token")

@@ -14,7 +14,9 @@ from ..model.job import Job, JobError, JobFile, Limits
 from ..model.paths import validate_local_name, validate_remote_name
 from ..model.types import ErrorContext, JobState, JobType, Priority
 from ..security import policy
+from ..security.handles import Handle, HandleTable, Interface
 from ..security.identity import IdentityIO
+from ..security.sessions import SessionTracker
 from ..security.token import Token
 from ..store.sqlite import SqliteStore
 from ..transfer.base import TransferError
@@ -42,6 +44,8 @@ class QueueManager:
         self.limits = limits
         self.clock = clock
         self.jobs: dict[str, Job] = {}
+        self.handles = HandleTable()
+        self.sessions = SessionTracker()
         self._by_owner: dict[int, dict[str, Job]] = {}
         # Set by the scheduler when it starts; until then nothing runs.
         self.kick: Callable[[], None] = lambda: None
@@ -256,6 +260,132 @@ class QueueManager:
             self._index(job)
         self.publish(job)
         return job
+
+    # ---- handles and IBitsTokenOptions (SPEC §4.3, §4.4) ---------------------------
+
+    def open_handle(
+        self,
+        caller: Token,
+        ref: str,
+        interface: Interface,
+        ttl: float | None,
+        connection_alive: Callable[[], bool],
+    ) -> Handle:
+        """QueryInterface: the access check happens now, with the caller's token."""
+        job = self.resolve(caller, ref)
+        return self.handles.open(job.id, interface, caller, ttl, connection_alive)
+
+    def handle_job(self, handle_id: str, interface: Interface | None = None) -> tuple[Handle, Job]:
+        h = self.handles.get(handle_id, interface)
+        job = self.jobs.get(h.job_id)
+        if job is None:
+            self.handles.drop_job(h.job_id)
+            raise FerryError("BG_E_NOT_FOUND", "the handle's job no longer exists")
+        return h, job
+
+    def as_opener(self, handle_id: str) -> tuple[Token, str]:
+        """For job-interface calls: act with the opener's identity on the handle's job."""
+        h, job = self.handle_job(handle_id, Interface.JOB)
+        return h.opener, job.id
+
+    def token_options(
+        self, caller: Token, ref: str | None, handle_id: str | None
+    ) -> tuple[Token, Job]:
+        """The opener and job of a token-options call; without a handle the caller opens one
+        implicitly at this moment."""
+        if handle_id is not None:
+            h, job = self.handle_job(handle_id, Interface.TOKEN_OPTIONS)
+            return h.opener, job
+        assert ref is not None
+        return caller, self.resolve(caller, ref)
+
+    def get_helper_token(self, opener: Token, job: Job) -> dict[str, Any]:
+        policy.check_read_token_options(opener, job)
+        return {
+            "flags": job.helper_flags.names(),
+            "flags_value": int(job.helper_flags),
+            "sid": job.helper_token.sid if job.helper_token else None,
+        }
+
+    async def set_helper_token(self, opener: Token, job: Job, helper: Token) -> Job:
+        """SetHelperToken: the helper becomes the identity of the carrying connection."""
+        policy.check_set_helper_token(opener, job, helper)
+        job.set_helper_token(helper, self.clock())
+        self.store.save_job_header(job)
+        self.publish(job)
+        return job
+
+    async def set_helper_flags(self, opener: Token, job: Job, flags: int) -> Job:
+        policy.check_set_helper_flags(opener, job)
+        job.set_helper_flags(flags, self.clock())
+        self.store.save_job_header(job)
+        self.publish(job)
+        return job
+
+    async def clear_helper_token(self, opener: Token, job: Job) -> Job:
+        policy.check_clear_helper_token(opener, job)
+        job.set_helper_token(None, self.clock())
+        self.store.save_job_header(job)
+        self.publish(job)
+        return job
+
+    # ---- logon sessions (SPEC §4.5) ------------------------------------------------
+
+    def logged_on(self, token: Token) -> bool:
+        return self.sessions.token_logged_on(token)
+
+    async def sessions_changed(self, ended: frozenset[int], logged_off: frozenset[int]) -> None:
+        """Apply the logoff rules: an owner's logoff or the end of a helper token's session
+        discards the helper token, and an incomplete job that had one goes to ERROR with
+        BG_E_TOKEN_REQUIRED. Other jobs of a logged-off owner stop and wait, QUEUED."""
+        now = self.clock()
+        for job in list(self.jobs.values()):
+            if job.state.is_final:
+                continue
+            owner_off = job.owner.uid in logged_off and not self.logged_on(job.owner)
+            helper = job.helper_token
+            helper_gone = helper is not None and (
+                (helper.session is not None and helper.session in ended) or (owner_off)
+            )
+            if helper_gone:
+                await self._stop(job)
+                job.set_helper_token(None, now)
+                if job.state is not JobState.TRANSFERRED:
+                    job.fail(
+                        JobError(
+                            "BG_E_TOKEN_REQUIRED",
+                            ErrorContext.GENERAL_QUEUE_MANAGER,
+                            "the helper token was discarded because "
+                            + (
+                                "the job's owner logged off"
+                                if owner_off
+                                else "the session it came from ended"
+                            )
+                            + "; set it again (or clear the flags) and resume",
+                        ),
+                        transient=False,
+                        now=now,
+                    )
+                self.store.save_job_header(job)
+                self.publish(
+                    job, ev.JOB_ERROR if job.state is JobState.ERROR else ev.JOB_MODIFICATION
+                )
+            elif owner_off and job.state in (JobState.CONNECTING, JobState.TRANSFERRING):
+                await self._stop(job)
+                self.requeued(job)
+        self.kick()
+
+    async def discard_stale_helper_tokens(self) -> None:
+        """After a restart: persisted helper tokens whose session is gone are discarded."""
+        ended = frozenset(
+            j.helper_token.session
+            for j in self.jobs.values()
+            if j.helper_token is not None
+            and j.helper_token.session is not None
+            and not self.sessions.session_alive(j.helper_token.session)
+        )
+        if ended:
+            await self.sessions_changed(ended, frozenset())
 
     # ---- housekeeping -----------------------------------------------------------
 
