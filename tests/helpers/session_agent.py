@@ -41,14 +41,19 @@ for line in sys.stdin:
         if c is None:
             c = conns[key] = C(req["socket"])
         body = None if req.get("body") is None else json.dumps(req["body"])
-        try:
-            c.request(req["method"], req["path"], body=body,
-                      headers={"Content-Type": "application/json"})
-            r = c.getresponse()
-            data = r.read()
-            out = [r.status, json.loads(data) if data else None]
-        except Exception as exc:
-            out = [0, {"exception": repr(exc)}]
+        for attempt in (1, 2):
+            try:
+                c.request(req["method"], req["path"], body=body,
+                          headers={"Content-Type": "application/json"})
+                r = c.getresponse()
+                data = r.read()
+                out = [r.status, json.loads(data) if data else None]
+                break
+            except (http.client.HTTPException, OSError) as exc:
+                # A kept-alive connection to a daemon that restarted: reconnect once.
+                c.close()
+                c = conns[key] = C(req["socket"])
+                out = [0, {"exception": repr(exc)}]
     elif req["op"] == "close":
         c = conns.pop(req.get("conn", "default"), None)
         if c is not None:

@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import Daemon
+from tests.helpers.session_agent import SessionAgent
 
 ALICE = 40101
 BOB = 40102
 
-# A client that runs as another uid: one API call, the answer as JSON on stdout.
-_CLIENT = r"""
-import http.client, json, socket, sys
-class C(http.client.HTTPConnection):
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(sys.argv[1])
-c = C("localhost", timeout=10)
-body = sys.argv[4] if len(sys.argv) > 4 else None
-c.request(sys.argv[2], sys.argv[3], body=body, headers={"Content-Type": "application/json"})
-r = c.getresponse(); print(json.dumps([r.status, json.loads(r.read() or b"null")]))
-"""
-
 
 def as_user(d: Daemon, uid: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    args = [sys.executable, "-c", _CLIENT, d.socket, method, path]
-    if body is not None:
-        args.append(json.dumps(body))
-    out = subprocess.run(
-        args, user=uid, group=uid, extra_groups=[], capture_output=True, check=True, cwd="/"
-    )
-    status, data = json.loads(out.stdout)
-    return status, data
+    """One API call from a process running as ``uid`` (in a session of its own)."""
+    with SessionAgent(uid) as agent:
+        return agent.call(d.socket, method, path, body)
 
 
 def test_users_see_and_touch_only_their_own_jobs(system_ferryd: Daemon) -> None:

@@ -734,6 +734,8 @@ class Api:
             raise FerryError("E_ACCESSDENIED", "only administrators may declare a logoff")
         if ("user" in body) == ("session" in body):
             raise FerryError("E_INVALIDARG", "give exactly one of user and session")
+        # Look at the sessions as they are now, so the declaration covers every one of them.
+        await self.manager.refresh_sessions()
         if "session" in body:
             change = self.manager.sessions.declare_session_ended(body["session"])
             what: dict[str, Any] = {"session": body["session"]}

@@ -202,17 +202,7 @@ async def watch_sessions(manager: QueueManager, cfg: Config) -> None:
     await manager.discard_stale_helper_tokens()
     while True:
         try:
-            found = await asyncio.to_thread(manager.sessions.scan)
-            change = manager.sessions.update(found)
-            if change.ended_sessions or change.logged_off:
-                log.info(
-                    "sessions ended: %s; users logged off: %s",
-                    sorted(change.ended_sessions),
-                    sorted(change.logged_off),
-                )
-                await manager.sessions_changed(change.ended_sessions, change.logged_off)
-            if change.logged_on:
-                manager.kick()
+            await manager.refresh_sessions()
         except Exception:
             log.exception("session tracking failed; trying again later")
         await asyncio.sleep(cfg.session_poll_interval)

@@ -106,7 +106,9 @@ class SessionTracker:
 
     def declare_session_ended(self, session: int) -> Change:
         self.declared_dead.add(session)
-        return self.update(dict(self.alive))
+        change = self.update(dict(self.alive))
+        # The declaration holds even for a session the last poll had not seen yet.
+        return Change(change.ended_sessions | {session}, change.logged_off, change.logged_on)
 
     def declare_user_logged_off(self, uid: int) -> Change:
         self.declared_dead.update(s for s, u in self.alive.items() if u == uid)

@@ -4,6 +4,7 @@ and IBackgroundCopyJob)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -334,10 +335,19 @@ class QueueManager:
     def logged_on(self, token: Token) -> bool:
         return self.sessions.token_logged_on(token)
 
+    async def refresh_sessions(self) -> None:
+        """Scan the logon sessions now and apply what changed."""
+        change = self.sessions.update(await asyncio.to_thread(self.sessions.scan))
+        if change.ended_sessions or change.logged_off:
+            await self.sessions_changed(change.ended_sessions, change.logged_off)
+        if change.logged_on:
+            self.kick()
+
     async def sessions_changed(self, ended: frozenset[int], logged_off: frozenset[int]) -> None:
         """Apply the logoff rules: an owner's logoff or the end of a helper token's session
         discards the helper token, and an incomplete job that had one goes to ERROR with
         BG_E_TOKEN_REQUIRED. Other jobs of a logged-off owner stop and wait, QUEUED."""
+        log.info("sessions ended: %s; users logged off: %s", sorted(ended), sorted(logged_off))
         now = self.clock()
         for job in list(self.jobs.values()):
             if job.state.is_final:
