@@ -345,6 +345,10 @@ def test_openapi_matches_routes(ferryd: Daemon, dest: Path) -> None:
             body = {"interface": "job"}
         elif path == "/v1/logoff":
             body = {"session": 999999}
+        elif path.endswith("/files") and method == "POST":
+            body = {
+                "files": [{"remote_name": "http://127.0.0.1:9/y", "local_name": str(dest / "y")}]
+            }
         elif path == "/v1/jobs" and method == "POST":
             body = {"display_name": "made-by-openapi-test"}
         status, answer = api_call(ferryd.socket, method, concrete, body)

@@ -180,6 +180,7 @@ async def serve(cfg: Config) -> None:
     finally:
         await runner.cleanup()
         await engine.close()
+        identity.shutdown()
         store.close()
         if owns_socket:
             with contextlib.suppress(OSError):
