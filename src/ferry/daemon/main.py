@@ -180,7 +180,7 @@ async def serve(cfg: Config) -> None:
     finally:
         await runner.cleanup()
         await engine.close()
-        identity.shutdown()
+        await identity.shutdown()
         store.close()
         if owns_socket:
             with contextlib.suppress(OSError):
