@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..errors import FerryError
+from ..errors import FerryError, code_for_errno
 from ..model.job import Job
 from ..model.types import ErrorContext
 
@@ -30,6 +30,44 @@ class TransferError(FerryError):
         self.file_index = file_index
         self.retry_after = retry_after
 
+    @classmethod
+    def from_ferry_error(
+        cls,
+        exc: FerryError,
+        *,
+        context: ErrorContext,
+        transient: bool | None = None,
+        file_index: int | None = None,
+    ) -> TransferError:
+        """Place a FerryError (from identity I/O or policy) in a transfer. Unless told,
+        only a full disk is worth retrying: space may be freed, permissions will not change
+        by themselves."""
+        if isinstance(exc, TransferError):
+            if exc.file_index is None:
+                exc.file_index = file_index
+            return exc
+        if transient is None:
+            transient = exc.code == "ERROR_DISK_FULL"
+        return cls(
+            exc.code,
+            exc.message,
+            context=context,
+            transient=transient,
+            file_index=file_index,
+            hresult=exc.hresult,
+        )
+
+
+def local_error(exc: OSError, what: str) -> TransferError:
+    """A failed write to the temporary file: LOCAL_FILE; a full disk is transient."""
+    code = code_for_errno(exc.errno or 0)
+    return TransferError(
+        code,
+        f"{what}: {exc.strerror or exc}",
+        context=ErrorContext.LOCAL_FILE,
+        transient=code == "ERROR_DISK_FULL",
+    )
+
 
 class JobCallbacks(Protocol):
     """Implemented by the queue manager, which persists each report before announcing it.
@@ -41,10 +79,54 @@ class JobCallbacks(Protocol):
         """The first response arrived: CONNECTING -> TRANSFERRING."""
 
     async def file_started(self, job: Job, index: int) -> None:
-        """The file's temporary file exists and its size/validator are known."""
+        """The file's temporary file exists (its name is in ``JobFile.temp_name``); persist it
+        before any byte is written so a crash never leaves an unknown temporary file."""
 
     async def progress(self, job: Job, index: int, bytes_on_disk: int) -> None:
         """Bytes up to ``bytes_on_disk`` are written and fsynced."""
 
     async def file_completed(self, job: Job, index: int) -> None:
         """Every byte of the file is on disk and fsynced in its temporary file."""
+
+
+class Sink(Protocol):
+    """Where a transport puts one file's bytes: the temporary file, opened by the engine as
+    the local-file token. The sink owns durability: it fsyncs and reports progress, so every
+    transport gets the same "only fsynced bytes are reported" rule for free."""
+
+    @property
+    def fd(self) -> int:
+        """The temporary file, open for writing (write with pwrite at ``offset``)."""
+
+    @property
+    def offset(self) -> int:
+        """How many bytes of the file are in the temporary file: where the transfer goes on."""
+
+    async def response(self) -> None:
+        """The remote side answered with data to write: the job is TRANSFERRING."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` at ``offset`` (on the calling thread; page-cache writes are fast).
+        Raises TransferError (LOCAL_FILE)."""
+
+    def advanced(self, count: int) -> None:
+        """``count`` bytes were written at ``offset`` by other means (copy_file_range)."""
+
+    async def checkpoint(self) -> None:
+        """Make progress durable when enough bytes or time have passed since the last time."""
+
+    async def truncate(self, size: int = 0) -> None:
+        """Throw away the file's bytes past ``size`` (a restart, or changed remote data)."""
+
+
+class Transport(Protocol):
+    """One family of URL schemes. ``download`` moves the file's bytes from ``sink.offset``
+    to the end into the sink, fills in the JobFile's ``bytes_total``, ``validator`` and
+    ``final_url``, and raises TransferError on failure. It neither finishes the file (the
+    engine does the final fsync and reports completion) nor closes the sink."""
+
+    schemes: frozenset[str]
+
+    async def download(self, job: Job, index: int, sink: Sink) -> None: ...
+
+    async def close(self) -> None: ...
