@@ -180,10 +180,15 @@ class FerryError(Exception):
             return cls("E_FAIL", f"malformed error response: {body!r}"[:500])
         code = str(err.get("code", "E_FAIL"))
         message = str(err.get("message", ""))
-        try:
-            hresult = int(str(err.get("hresult")), 16)
-        except ValueError:
-            hresult = None
+        raw = err.get("hresult")
+        hresult: int | None
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            hresult = raw
+        else:
+            try:
+                hresult = int(str(raw), 16)
+            except ValueError:
+                hresult = None
         try:
             return cls(code, message, hresult=hresult)
         except KeyError:

@@ -274,14 +274,22 @@ class Job:
         self.modified = now
 
     def resume(self, now: float) -> bool:
-        """Returns True when the job was (re)queued, False for a no-op success."""
+        """Returns True when the job's state changed, False for a no-op success."""
         self._require_not_final("resume")
         if not self.files:
             raise FerryError("BG_E_EMPTY", "the job has no files")
         if self.state.is_active:
             return False
-        if self.state is JobState.TRANSFERRED and self.all_transferred:
-            return False
+        if self.all_transferred:
+            # Nothing is left to move (suspended once TRANSFERRED, or the last file finished
+            # while suspended): queued, it would give the engine no file to transfer, and
+            # nothing would ever move it to TRANSFERRED. It goes back there at once.
+            if self.state is JobState.TRANSFERRED:
+                return False
+            self._set_state(JobState.TRANSFERRED, now)
+            if self.transfer_completed is None:
+                self.transfer_completed = now
+            return True
         self._set_state(JobState.QUEUED, now)
         self.no_progress_since = now
         return True

@@ -171,8 +171,11 @@ class QueueManager:
         job = self.resolve(caller, ref)
         if job.resume(self.clock()):
             self.store.save_job_header(job)
-            self.publish(job)
-            self.kick()
+            if job.state is JobState.TRANSFERRED:  # its last file finished while suspended
+                self.publish(job, ev.JOB_TRANSFERRED)
+            else:
+                self.publish(job)
+                self.kick()
         return job
 
     async def _stop(self, job: Job) -> None:

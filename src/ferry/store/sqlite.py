@@ -1,0 +1,531 @@
+"""The default persistent job store: every job, its files and helper tokens in one SQLite file.
+
+Why it is shaped this way:
+
+* Durability is the point (SPEC §3: a ``kill -9`` or power loss loses nothing that was
+  acknowledged). The database runs in WAL mode with ``synchronous=FULL``, so every commit
+  is one append to the WAL plus one fsync, and every public method is exactly one
+  transaction that has committed when the method returns ("persist before you announce").
+* The hot path is the progress checkpoint (``save_progress``) and job creation
+  (``insert_job``): one long-lived connection, statements reused from the connection's
+  statement cache, ``isolation_level=None`` with explicit ``BEGIN IMMEDIATE``/``COMMIT``
+  so Python's sqlite3 module adds no implicit transactions of its own.
+* The domain owns the shape of a job: a row holds ``Job.to_record()`` / ``JobFile.to_record()``
+  as JSON, and only the columns the store itself needs to query (owner, state, modified)
+  are broken out. A new job field therefore needs no migration.
+* A damaged or foreign database is refused with ``BG_E_DATABASE_CORRUPT`` and left exactly
+  as it was found, never deleted or replaced: it may be the only copy of someone's jobs,
+  and an administrator (or ``sqlite3 .recover``) decides what to do with it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from ..errors import FerryError
+from ..model.job import Job, JobFile
+
+# "FRRY": marks the file as a ferry store, so a foreign SQLite file is never migrated.
+APPLICATION_ID = 0x46525259
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+# Each entry upgrades the schema by one version; entry N-1 takes version N-1 to N.
+# Never edit an entry that has shipped: append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            owner_uid INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            modified REAL NOT NULL,
+            record TEXT NOT NULL
+        )""",
+        "CREATE INDEX jobs_owner_uid ON jobs(owner_uid)",
+        """CREATE TABLE files (
+            job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            record TEXT NOT NULL,
+            PRIMARY KEY (job_id, idx)
+        )""",
+        "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# The statements of the hot paths, spelled once so the connection's cache reuses them.
+_INSERT_JOB = "INSERT INTO jobs (id, owner_uid, state, modified, record) VALUES (?, ?, ?, ?, ?)"
+_UPDATE_JOB = "UPDATE jobs SET owner_uid = ?, state = ?, modified = ?, record = ? WHERE id = ?"
+_INSERT_FILE = "INSERT INTO files (job_id, idx, record) VALUES (?, ?, ?)"
+# Upsert that leaves an unchanged row alone: re-saving a 1,000-file job whose files did not
+# change dirties no page of the files table, so the WAL append stays small.
+_UPSERT_FILE = (
+    "INSERT INTO files (job_id, idx, record) VALUES (?, ?, ?) "
+    "ON CONFLICT (job_id, idx) DO UPDATE SET record = excluded.record "
+    "WHERE files.record IS NOT excluded.record"
+)
+_TRIM_FILES = "DELETE FROM files WHERE job_id = ? AND idx >= ?"
+
+# ensure_ascii (the default) matters: local names may carry undecodable bytes as lone
+# surrogates (surrogateescape), which SQLite could not store as UTF-8 text; escaped as
+# \udcXX they round-trip exactly. Compact separators keep rows and the WAL small.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_loads = json.loads
+_BATCH = 2048  # rows per json.loads in load_all: shared key strings, bounded extra memory
+
+# Primary SQLite result codes (the low byte of an extended code).
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_NOTADB = 26
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+class SqliteStore:
+    """The job store on one SQLite database file; open it with :meth:`open`.
+
+    Methods are synchronous and meant for the daemon's event-loop thread: each is a single
+    short transaction (a commit costs one fsync). A lock still serialises them, so moving a
+    call onto an executor thread can never interleave two transactions on the connection.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        """Use :meth:`open`; this only adopts an already configured connection."""
+        self._conn: sqlite3.Connection | None = conn
+        self.path = path
+        self._lock = threading.Lock()
+
+    # ---- opening and closing ---------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, check: bool = True) -> SqliteStore:
+        """Open (creating if needed) and migrate the store at ``path``.
+
+        ``check`` runs ``PRAGMA quick_check`` first, so a damaged file is reported at startup
+        rather than when some page is first touched mid-transfer.
+        """
+        path = Path(path)
+        try:
+            created_dir = _ensure_dir(path.parent)
+            created = _create_file(path)
+            if not created:
+                _check_header(path)
+        except OSError as exc:
+            raise FerryError.from_oserror(exc, f"cannot open the job store {path}") from exc
+        try:
+            conn = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+        except sqlite3.Error as exc:
+            raise _open_error(path, exc) from exc
+        try:
+            _prepare(conn, path, check)
+            if created:
+                # The new file's directory entry must survive a crash, like its contents.
+                _fsync_dir(path.parent)
+                if created_dir:
+                    _fsync_dir(path.parent.parent)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise _open_error(path, exc) from exc
+            if isinstance(exc, OSError):
+                raise FerryError.from_oserror(exc, f"cannot open the job store {path}") from exc
+            raise
+        return cls(conn, path)
+
+    def close(self) -> None:
+        """Close the connection; SQLite checkpoints the WAL into the database file. Idempotent."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- transactions ----------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """One transaction, committed on exit, rolled back on any exception.
+
+        Writers use BEGIN IMMEDIATE: taking the write lock up front means a commit can never
+        fail with SQLITE_BUSY half-way through a change the caller already believes in.
+        SQLite errors come out as FerryError so callers handle one exception type.
+        """
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise FerryError("E_FAIL", f"the job store {self.path} is closed")
+            try:
+                conn.execute(begin)
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    # Suppressed: SQLite may have rolled back already (e.g. after SQLITE_FULL).
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise _runtime_error(self.path, exc) from exc
+                raise
+
+    def _update_job(self, conn: sqlite3.Connection, job: Job) -> None:
+        cur = conn.execute(
+            _UPDATE_JOB,
+            (job.owner.uid, job.state.value, job.modified, _dumps(job.to_record()), job.id),
+        )
+        if cur.rowcount != 1:
+            # Saving a job that was deleted must not resurrect it; say so and change nothing.
+            raise FerryError("BG_E_NOT_FOUND", f"job {job.id} is not in the job store")
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def load_all(self) -> list[Job]:
+        """Every job with its files in index order, jobs in the order they were inserted.
+
+        Built for startup with 100,000 jobs, where nearly all the time is JSON and object
+        construction, not SQLite:
+
+        * one table scan per table; files are scanned in storage order, not through the
+          primary-key index (random lookups cost a quarter of the load) and grouped in a
+          dict; rows of a job arrive in index order in practice, and a job whose rows do
+          not is re-read ordered (`_files_in_order`);
+        * records are parsed a batch at a time (`_decode_batch`): one json.loads per batch
+          shares the key strings among its objects instead of allocating them per record;
+        * the garbage collector is paused: the load allocates hundreds of thousands of
+          containers and no garbage cycles, so collections would only cost time.
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            with self._transaction("BEGIN") as conn:
+                return self._load_all(conn)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _load_all(self, conn: sqlite3.Connection) -> list[Job]:
+        files: dict[str, list[JobFile]] = {}
+        disordered: set[str] = set()
+        jobs: list[Job] = []
+        job_id = ""
+        file_from_record = JobFile.from_record
+        job_from_record = Job.from_record
+        try:
+            cur = conn.execute("SELECT job_id, idx, record FROM files")
+            while rows := cur.fetchmany(_BATCH):
+                for (job_id, idx, _), d in zip(rows, self._decode_batch(rows), strict=True):
+                    lst = files.get(job_id)
+                    if lst is None:
+                        lst = files[job_id] = []
+                    if idx != len(lst):
+                        disordered.add(job_id)
+                    lst.append(file_from_record(d))
+            for job_id in disordered:
+                files[job_id] = self._files_in_order(conn, job_id)
+            pop = files.pop
+            cur = conn.execute("SELECT id, record FROM jobs ORDER BY rowid")
+            while rows := cur.fetchmany(_BATCH):
+                for (job_id, _), d in zip(rows, self._decode_batch(rows), strict=True):
+                    if d["id"] != job_id:
+                        raise ValueError(f"the record is that of job {d['id']}")
+                    jobs.append(job_from_record(d, pop(job_id, [])))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise FerryError(
+                "BG_E_DATABASE_CORRUPT",
+                f"the job store {self.path} holds an unreadable record of job {job_id}: "
+                f"{type(exc).__name__}: {exc}",
+            ) from exc
+        return jobs
+
+    def _decode_batch(self, rows: list[Any]) -> list[Any]:
+        """Parse the JSON records (the last column) of a batch of rows with one json.loads.
+
+        A batch that does not parse to exactly one object per row is re-parsed record by
+        record, so the error names the job whose record is damaged.
+        """
+        try:
+            parsed = _loads("[" + ",".join([r[-1] for r in rows]) + "]")
+        except (ValueError, TypeError):
+            parsed = None
+        if isinstance(parsed, list) and len(parsed) == len(rows):
+            return parsed
+        out = []
+        for r in rows:
+            try:
+                out.append(_loads(r[-1]))
+            except (ValueError, TypeError) as exc:
+                raise FerryError(
+                    "BG_E_DATABASE_CORRUPT",
+                    f"the job store {self.path} holds an unreadable record of job {r[0]}: {exc}",
+                ) from exc
+        return out
+
+    def _files_in_order(self, conn: sqlite3.Connection, job_id: str) -> list[JobFile]:
+        """The files of one job by index; the indices must be exactly 0..n-1."""
+        rows = conn.execute(
+            "SELECT idx, record FROM files WHERE job_id = ? ORDER BY idx", (job_id,)
+        ).fetchall()
+        for position, (idx, _) in enumerate(rows):
+            if idx != position:
+                raise ValueError(f"its file indices are not contiguous (missing {position})")
+        return [JobFile.from_record(d) for d in self._decode_batch(rows)]
+
+    def count(self) -> int:
+        """The number of stored jobs, final ones included (for the per-machine limit)."""
+        with self._transaction("BEGIN") as conn:
+            (n,) = conn.execute("SELECT count(*) FROM jobs").fetchone()
+        return int(n)
+
+    # ---- writing ---------------------------------------------------------------------
+
+    def insert_job(self, job: Job) -> None:
+        """Store a new job and all its files. A job id already stored is a bug: E_FAIL."""
+        with self._transaction() as conn:
+            conn.execute(
+                _INSERT_JOB,
+                (job.id, job.owner.uid, job.state.value, job.modified, _dumps(job.to_record())),
+            )
+            if job.files:
+                jid = job.id
+                conn.executemany(
+                    _INSERT_FILE,
+                    [(jid, i, _dumps(f.to_record())) for i, f in enumerate(job.files)],
+                )
+
+    def save_job(self, job: Job) -> None:
+        """Rewrite the job row and every file row (rows beyond the file list are dropped).
+
+        The catch-all for changes that touch many files at once (complete, cancel). Unchanged
+        file rows are not rewritten (see _UPSERT_FILE), so it stays cheap for big jobs; the
+        cost left is serialising every file.
+        """
+        with self._transaction() as conn:
+            self._update_job(conn, job)
+            jid = job.id
+            conn.execute(_TRIM_FILES, (jid, len(job.files)))
+            if job.files:
+                conn.executemany(
+                    _UPSERT_FILE,
+                    [(jid, i, _dumps(f.to_record())) for i, f in enumerate(job.files)],
+                )
+
+    def save_job_header(self, job: Job) -> None:
+        """Only the job row: state changes, properties, owner, helper token, error."""
+        with self._transaction() as conn:
+            self._update_job(conn, job)
+
+    def save_file(self, job: Job, index: int) -> None:
+        """The job row and one file row, in one transaction (a file started or completed)."""
+        self._save_one(job, index)
+
+    def save_progress(self, job: Job, index: int) -> None:
+        """The progress checkpoint: the job row and one file row, in one transaction.
+
+        Both rows, because recording progress also moves the job's no-progress clock.
+        A separate name from save_file so a future backend may batch checkpoints.
+        """
+        self._save_one(job, index)
+
+    def _save_one(self, job: Job, index: int) -> None:
+        if not 0 <= index < len(job.files):
+            raise IndexError(f"job {job.id} has no file {index}")
+        with self._transaction() as conn:
+            self._update_job(conn, job)
+            conn.execute(_UPSERT_FILE, (job.id, index, _dumps(job.files[index].to_record())))
+
+    def add_files(self, job: Job, first_index: int) -> None:
+        """Insert ``job.files[first_index:]`` (just added by ``Job.add_files``) and the job row.
+
+        Plain inserts, not upserts: a row already there means the caller's bookkeeping is
+        wrong, and failing loudly beats silently overwriting a file's progress.
+        """
+        if not 0 <= first_index <= len(job.files):
+            raise IndexError(f"job {job.id} has no file {first_index}")
+        with self._transaction() as conn:
+            self._update_job(conn, job)
+            jid = job.id
+            conn.executemany(
+                _INSERT_FILE,
+                [
+                    (jid, i, _dumps(job.files[i].to_record()))
+                    for i in range(first_index, len(job.files))
+                ],
+            )
+
+    def delete_job(self, job_id: str) -> bool:
+        """Remove a job and (by cascade) its files; False when there was no such job."""
+        with self._transaction() as conn:
+            cur = conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return cur.rowcount > 0
+
+    # ---- daemon metadata -------------------------------------------------------------
+
+    def get_value(self, key: str) -> str | None:
+        """A small daemon-wide value (e.g. a notification outbox), or None."""
+        with self._transaction("BEGIN") as conn:
+            row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_value(self, key: str, value: str | None) -> None:
+        """Set a daemon-wide value durably; None removes it."""
+        with self._transaction() as conn:
+            if value is None:
+                conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+            else:
+                conn.execute(
+                    "INSERT INTO kv (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
+
+
+# ---- opening helpers ---------------------------------------------------------------------
+
+
+def _ensure_dir(directory: Path) -> bool:
+    """Create missing directories private to the daemon (0700); existing ones are left as
+    the administrator made them. Returns True when the last one was created."""
+    if directory.is_dir():
+        return False
+    missing: list[Path] = []
+    d = directory
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        with suppress(FileExistsError):
+            os.mkdir(d, 0o700)
+    return True
+
+
+def _create_file(path: Path) -> bool:
+    """Create the database file 0600 before SQLite sees it, so it is never world-readable
+    (it holds every job's tokens and paths); SQLite gives the WAL files the same mode.
+    Returns False when the file already existed."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file that is not SQLite before SQLite opens it: then nothing can ever write
+    to it. An empty file is fine (a crash right after _create_file leaves one)."""
+    with open(path, "rb") as f:
+        head = f.read(len(_SQLITE_MAGIC))
+    if head and head != _SQLITE_MAGIC:
+        raise FerryError(
+            "BG_E_DATABASE_CORRUPT",
+            f"the job store {path} is not a SQLite database; it was left untouched "
+            "(move it away to start with an empty store)",
+        )
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prepare(conn: sqlite3.Connection, path: Path, check: bool) -> None:
+    """Vet, configure and migrate a fresh connection. Nothing is written to the file
+    until it is known to be a healthy ferry database of a version this code understands."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+    if app_id not in (0, APPLICATION_ID):
+        raise _corrupt(path, f"it belongs to another application (application_id {app_id:#x})")
+    if version > SCHEMA_VERSION:
+        raise _corrupt(
+            path,
+            f"its schema version {version} is newer than this ferry knows ({SCHEMA_VERSION}); "
+            "run the newer ferryd that wrote it",
+        )
+    if version == 0:
+        (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        if tables:
+            raise _corrupt(path, "it is a SQLite database of some other application")
+    if check:
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            text = "; ".join(str(p).replace("\n", "; ") for p in problems)
+            raise _corrupt(path, "integrity check failed: " + text)
+    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if str(mode).lower() != "wal":
+        raise FerryError("E_FAIL", f"the job store {path} cannot use WAL mode (got {mode})")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")  # a no-op inside a transaction: set it here
+    # A huge save_job can grow the WAL; shrink it back after the next checkpoint.
+    conn.execute("PRAGMA journal_size_limit = 16777216")
+    if version < SCHEMA_VERSION:
+        _migrate(conn, path)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Apply the missing migrations in order, all in one transaction: a crash leaves the
+    old schema intact, never a half-upgraded one."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-read under the write lock: another process may have migrated meanwhile.
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise _corrupt(path, f"its schema version {version} is newer than this ferry knows")
+        for statements in MIGRATIONS[version:]:
+            for sql in statements:
+                conn.execute(sql)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID:d}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _corrupt(path: Path, why: str) -> FerryError:
+    return FerryError(
+        "BG_E_DATABASE_CORRUPT",
+        f"the job store {path} cannot be used: {why}; it was left untouched",
+    )
+
+
+def _open_error(path: Path, exc: sqlite3.Error) -> FerryError:
+    """An SQLite error while opening: busy means another process, anything else means the
+    file cannot be read as a ferry store."""
+    if _primary_code(exc) in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return FerryError("E_FAIL", f"the job store {path} is locked by another process: {exc}")
+    return _corrupt(path, f"SQLite says: {exc}")
+
+
+def _runtime_error(path: Path, exc: sqlite3.Error) -> FerryError:
+    code = _primary_code(exc)
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return FerryError("BG_E_DATABASE_CORRUPT", f"the job store {path} is corrupt: {exc}")
+    if code == _SQLITE_FULL:
+        return FerryError("ERROR_DISK_FULL", f"the job store {path} cannot grow: {exc}")
+    return FerryError("E_FAIL", f"the job store {path} failed: {exc}")
+
+
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStore"]

@@ -1,0 +1,716 @@
+"""The pure job domain (model/job.py) against SPEC §2: states, files, properties, errors."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from ferry.errors import FerryError
+from ferry.model.job import (
+    DEFAULT_MIN_RETRY_DELAY,
+    DEFAULT_NO_PROGRESS_TIMEOUT,
+    Job,
+    JobError,
+    JobFile,
+    Limits,
+)
+from ferry.model.types import (
+    ErrorContext,
+    JobState,
+    JobType,
+    NotifyFlags,
+    Priority,
+    TokenFlags,
+)
+from ferry.security.token import Token
+
+NOW = 1_700_000_000.0
+LIM = Limits()
+OWNER = Token(uid=1000, gid=1000, groups=(1000, 24), session=42, name="alice")
+HELPER = Token(uid=1001, gid=1001, groups=(1001,), session=43, name="bob")
+
+ALL_STATES = list(JobState)
+FINAL = [JobState.ACKNOWLEDGED, JobState.CANCELLED]
+NON_FINAL = [s for s in JobState if not s.is_final]
+ACTIVE = [JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING]
+
+
+def jf(i: int) -> JobFile:
+    return JobFile(f"https://example.com/f{i}", f"/srv/dl/f{i}")
+
+
+def new_job(nfiles: int = 1, type: JobType = JobType.DOWNLOAD) -> Job:
+    job = Job.new(OWNER, "job", NOW, LIM, type=type)
+    if nfiles:
+        job.add_files([jf(i) for i in range(nfiles)], LIM, NOW)
+    return job
+
+
+def err(code: str = "BG_E_HTTP_ERROR_503") -> JobError:
+    return JobError(code, ErrorContext.REMOTE_FILE, "server busy", 0)
+
+
+def job_in(state: JobState, nfiles: int = 2) -> Job:
+    """A job brought into ``state`` through the state machine itself, one second later."""
+    job = new_job(nfiles)
+    t = NOW + 1
+    if state is JobState.SUSPENDED:
+        return job
+    if state is JobState.CANCELLED:
+        job.plan_cancel()
+        job.mark_cancelled(t)
+        return job
+    if state is JobState.ACKNOWLEDGED:
+        job.mark_acknowledged(job.plan_complete(), t)
+        return job
+    job.resume(t)
+    if state is JobState.QUEUED:
+        return job
+    job.start(t)
+    if state is JobState.CONNECTING:
+        return job
+    if state is JobState.ERROR:
+        job.fail(err("BG_E_HTTP_ERROR_404"), transient=False, now=t)
+        return job
+    if state is JobState.TRANSIENT_ERROR:
+        job.fail(err(), transient=True, now=t)
+        return job
+    job.transferring(t)
+    if state is JobState.TRANSFERRING:
+        return job
+    assert state is JobState.TRANSFERRED
+    for i, f in enumerate(job.files):
+        f.bytes_total = 10
+        job.record_progress(i, 10, t)
+        job.file_completed(i, t)
+    return job
+
+
+def snapshot(job: Job) -> dict[str, Any]:
+    return {"job": job.to_record(), "files": [f.to_record() for f in job.files]}
+
+
+@pytest.mark.parametrize("state", ALL_STATES)
+def test_job_in_reaches_every_state(state: JobState) -> None:
+    assert job_in(state).state is state
+
+
+# ---- creation ---------------------------------------------------------------------------
+
+
+def test_new_job_is_suspended_with_defaults() -> None:
+    job = Job.new(OWNER, "name", NOW, LIM, description="d")
+    assert job.state is JobState.SUSPENDED
+    assert uuid.UUID(job.id)
+    assert job.id != Job.new(OWNER, "name", NOW, LIM).id
+    assert (job.created, job.modified, job.transfer_completed) == (NOW, NOW, None)
+    assert job.files == [] and job.error is None and job.error_count == 0
+    assert job.type is JobType.DOWNLOAD and job.priority is Priority.NORMAL
+    assert job.min_retry_delay == DEFAULT_MIN_RETRY_DELAY == 600
+    assert job.no_progress_timeout == DEFAULT_NO_PROGRESS_TIMEOUT == 1_209_600
+    assert job.notify_flags == NotifyFlags.JOB_TRANSFERRED | NotifyFlags.JOB_ERROR == 0x3
+    assert job.helper_token is None and job.helper_flags == TokenFlags(0)
+    assert job.owner == OWNER
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"display_name": "x" * 257}, "BG_E_STRING_TOO_LONG"),
+        ({"description": "x" * 1025}, "BG_E_STRING_TOO_LONG"),
+        ({"display_name": "a\x00b"}, "E_INVALIDARG"),
+        ({"description": "a\x00b"}, "E_INVALIDARG"),
+    ],
+)
+def test_new_job_validates_strings(kwargs: dict[str, str], code: str) -> None:
+    args = {"display_name": "ok", "description": ""} | kwargs
+    with pytest.raises(FerryError) as exc:
+        Job.new(OWNER, args["display_name"], NOW, LIM, description=args["description"])
+    assert exc.value.code == code
+
+
+def test_new_job_accepts_strings_at_the_limit() -> None:
+    job = Job.new(OWNER, "x" * 256, NOW, LIM, description="y" * 1024)
+    assert len(job.display_name) == 256
+
+
+# ---- resume -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [JobState.SUSPENDED, JobState.ERROR, JobState.TRANSIENT_ERROR])
+def test_resume_queues(state: JobState) -> None:
+    job = job_in(state)
+    assert job.resume(NOW + 5) is True
+    assert job.state is JobState.QUEUED
+    assert job.modified == NOW + 5
+    assert job.error is None and job.retry_at is None
+    assert job.no_progress_since == NOW + 5
+
+
+def test_resume_keeps_the_error_count() -> None:
+    job = job_in(JobState.ERROR)
+    job.resume(NOW + 5)
+    assert job.error_count == 1
+
+
+def test_resume_of_an_empty_job_is_bg_e_empty() -> None:
+    job = new_job(0)
+    before = snapshot(job)
+    with pytest.raises(FerryError) as exc:
+        job.resume(NOW + 5)
+    assert exc.value.code == "BG_E_EMPTY"
+    assert job.state is JobState.SUSPENDED
+    assert snapshot(job) == before
+
+
+@pytest.mark.parametrize("state", FINAL)
+def test_resume_of_a_final_job_is_invalid_state(state: JobState) -> None:
+    job = job_in(state)
+    before = snapshot(job)
+    with pytest.raises(FerryError) as exc:
+        job.resume(NOW + 5)
+    assert exc.value.code == "BG_E_INVALID_STATE"
+    assert snapshot(job) == before
+
+
+@pytest.mark.parametrize("state", [*ACTIVE, JobState.TRANSFERRED])
+def test_resume_of_an_active_or_transferred_job_is_a_no_op(state: JobState) -> None:
+    job = job_in(state)
+    before = snapshot(job)
+    assert job.resume(NOW + 5) is False
+    assert snapshot(job) == before
+
+
+# ---- suspend ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", NON_FINAL)
+def test_suspend_from_every_non_final_state(state: JobState) -> None:
+    job = job_in(state)
+    changed = job.suspend(NOW + 5)
+    assert changed is (state is not JobState.SUSPENDED)
+    assert job.state is JobState.SUSPENDED
+    assert job.error is None and job.retry_at is None
+    if changed:
+        assert job.modified == NOW + 5
+
+
+def test_suspend_of_an_empty_job_is_a_no_op() -> None:
+    job = new_job(0)
+    assert job.suspend(NOW + 5) is False
+    assert job.modified == NOW
+
+
+# ---- final states are read-only ------------------------------------------------------------
+
+
+def _calls() -> list[tuple[str, Any]]:
+    return [
+        ("resume", lambda j: j.resume(NOW + 9)),
+        ("suspend", lambda j: j.suspend(NOW + 9)),
+        ("plan_cancel", lambda j: j.plan_cancel()),
+        ("plan_complete", lambda j: j.plan_complete()),
+        ("add_files", lambda j: j.add_files([jf(99)], LIM, NOW + 9)),
+        ("set_properties", lambda j: j.set_properties({"description": "x"}, LIM, NOW + 9)),
+        ("take_ownership", lambda j: j.take_ownership(HELPER, NOW + 9)),
+    ]
+
+
+@pytest.mark.parametrize("state", FINAL)
+@pytest.mark.parametrize(("name", "call"), _calls(), ids=[n for n, _ in _calls()])
+def test_final_jobs_are_read_only(state: JobState, name: str, call: Any) -> None:
+    job = job_in(state)
+    before = snapshot(job)
+    with pytest.raises(FerryError) as exc:
+        call(job)
+    assert exc.value.code == "BG_E_INVALID_STATE", name
+    assert snapshot(job) == before
+
+
+# ---- cancel and complete ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", NON_FINAL)
+def test_cancel_from_every_non_final_state(state: JobState) -> None:
+    job = job_in(state, nfiles=3)
+    job.files[0].temp_name = "/srv/dl/.f0.ferry-1"
+    job.files[2].temp_name = "/srv/dl/.f2.ferry-1"
+    assert job.plan_cancel() == (0, 2)
+    job.mark_cancelled(NOW + 5)
+    assert job.state is JobState.CANCELLED
+    assert job.modified == NOW + 5
+    assert all(f.temp_name is None for f in job.files)
+    # local names are never touched: the files are still listed with their names
+    assert [f.local_name for f in job.files] == ["/srv/dl/f0", "/srv/dl/f1", "/srv/dl/f2"]
+
+
+def test_complete_of_a_transferred_job_renames_everything() -> None:
+    job = job_in(JobState.TRANSFERRED, nfiles=2)
+    for i, f in enumerate(job.files):
+        f.temp_name = f"/srv/dl/.f{i}.tmp"
+    plan = job.plan_complete()
+    assert plan.rename == (0, 1) and plan.discard == () and not plan.partial
+    job.mark_acknowledged(plan, NOW + 5)
+    assert job.state is JobState.ACKNOWLEDGED
+    assert job.modified == NOW + 5
+    assert all(f.temp_name is None for f in job.files)
+
+
+@pytest.mark.parametrize("state", NON_FINAL)
+def test_complete_with_unfinished_files_is_partial(state: JobState) -> None:
+    job = job_in(state, nfiles=3)
+    if state is JobState.TRANSFERRED:
+        job.add_files([jf(7)], LIM, NOW + 2)  # back to SUSPENDED with one file left
+    else:
+        job.files[1].completed = True
+    plan = job.plan_complete()
+    assert plan.partial
+    assert set(plan.rename) | set(plan.discard) == set(range(len(job.files)))
+    assert all(job.files[i].completed for i in plan.rename)
+    assert not any(job.files[i].completed for i in plan.discard)
+    job.mark_acknowledged(plan, NOW + 5)
+    assert job.state is JobState.ACKNOWLEDGED
+
+
+def test_complete_of_an_untransferred_upload_job_is_invalid_state() -> None:
+    job = new_job(1, type=JobType.UPLOAD)
+    with pytest.raises(FerryError) as exc:
+        job.plan_complete()
+    assert exc.value.code == "BG_E_INVALID_STATE"
+
+
+# ---- add_files ---------------------------------------------------------------------------
+
+
+def test_add_files_appends_in_order_and_touches_modified() -> None:
+    job = new_job(1)
+    job.add_files([jf(1), jf(2)], LIM, NOW + 3)
+    assert [f.remote_name for f in job.files] == [jf(i).remote_name for i in range(3)]
+    assert job.modified == NOW + 3
+    assert job.state is JobState.SUSPENDED
+
+
+@pytest.mark.parametrize("state", [*ACTIVE, JobState.ERROR, JobState.TRANSIENT_ERROR])
+def test_add_files_keeps_the_state_of_a_running_or_failed_job(state: JobState) -> None:
+    job = job_in(state)
+    job.add_files([jf(9)], LIM, NOW + 3)
+    assert job.state is state
+
+
+def test_add_files_to_a_transferred_job_suspends_it_until_resumed() -> None:
+    job = job_in(JobState.TRANSFERRED)
+    job.add_files([jf(9)], LIM, NOW + 3)
+    assert job.state is JobState.SUSPENDED
+    assert not job.all_transferred
+    assert job.resume(NOW + 4) is True
+    assert job.state is JobState.QUEUED
+
+
+def test_a_second_file_on_an_upload_job_is_too_many_files() -> None:
+    for type in (JobType.UPLOAD, JobType.UPLOAD_REPLY):
+        job = new_job(1, type=type)
+        before = snapshot(job)
+        with pytest.raises(FerryError) as exc:
+            job.add_files([jf(1)], LIM, NOW + 3)
+        assert exc.value.code == "BG_E_TOO_MANY_FILES"
+        assert snapshot(job) == before
+        empty = new_job(0, type=type)
+        with pytest.raises(FerryError) as exc:
+            empty.add_files([jf(1), jf(2)], LIM, NOW + 3)
+        assert exc.value.code == "BG_E_TOO_MANY_FILES"
+        assert empty.files == []
+
+
+def test_files_per_job_limit() -> None:
+    lim = Limits(files_per_job=3)
+    job = Job.new(OWNER, "j", NOW, lim)
+    job.add_files([jf(0), jf(1)], lim, NOW)
+    before = snapshot(job)
+    with pytest.raises(FerryError) as exc:
+        job.add_files([jf(2), jf(3)], lim, NOW + 1)
+    assert exc.value.code == "BG_E_TOO_MANY_FILES_IN_JOB"
+    assert snapshot(job) == before
+    job.add_files([jf(2)], lim, NOW + 1)  # exactly at the limit is fine
+    assert len(job.files) == 3
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        [JobFile("https://example.com/other", "/srv/dl/f0")],  # clashes with an existing file
+        [jf(5), JobFile("https://example.com/again", "/srv/dl/f5")],  # clashes within the batch
+    ],
+)
+def test_duplicate_local_name_is_invalid_arg(batch: list[JobFile]) -> None:
+    job = new_job(1)
+    before = snapshot(job)
+    with pytest.raises(FerryError) as exc:
+        job.add_files(batch, LIM, NOW + 1)
+    assert exc.value.code == "E_INVALIDARG"
+    assert snapshot(job) == before
+
+
+def test_adding_no_files_is_invalid_arg() -> None:
+    job = new_job(1)
+    with pytest.raises(FerryError) as exc:
+        job.add_files([], LIM, NOW + 1)
+    assert exc.value.code == "E_INVALIDARG"
+
+
+# ---- set_properties ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("props", "expect"),
+    [
+        ({"display_name": "renamed"}, {"display_name": "renamed"}),
+        ({"display_name": "x" * 256}, {"display_name": "x" * 256}),
+        ({"description": ""}, {"description": ""}),
+        ({"description": "y" * 1024}, {"description": "y" * 1024}),
+        ({"priority": "foreground"}, {"priority": Priority.FOREGROUND}),
+        ({"priority": "high"}, {"priority": Priority.HIGH}),
+        ({"priority": "low"}, {"priority": Priority.LOW}),
+        ({"min_retry_delay": 5}, {"min_retry_delay": 5}),
+        ({"no_progress_timeout": 0}, {"no_progress_timeout": 0}),
+        ({"notify_flags": 0}, {"notify_flags": NotifyFlags(0)}),
+        ({"notify_flags": 0x1F}, {"notify_flags": NotifyFlags.all()}),
+        ({"notify_cmdline": ["/bin/echo", "done"]}, {"notify_cmdline": ["/bin/echo", "done"]}),
+        ({"notify_cmdline": None}, {"notify_cmdline": None}),
+        ({"notify_cmdline": []}, {"notify_cmdline": None}),
+        (
+            {"description": "both", "min_retry_delay": 60},
+            {"description": "both", "min_retry_delay": 60},
+        ),
+    ],
+)
+def test_set_properties_applies_valid_values(props: dict[str, Any], expect: dict[str, Any]) -> None:
+    job = job_in(JobState.TRANSFERRING)
+    job.set_properties(props, LIM, NOW + 7)
+    for key, value in expect.items():
+        assert getattr(job, key) == value
+        assert type(getattr(job, key)) is type(value)
+    assert job.modified == NOW + 7
+    assert job.state is JobState.TRANSFERRING
+
+
+@pytest.mark.parametrize(
+    ("props", "code"),
+    [
+        ({"display_name": ""}, "E_INVALIDARG"),
+        ({"display_name": 5}, "E_INVALIDARG"),
+        ({"display_name": None}, "E_INVALIDARG"),
+        ({"display_name": "x" * 257}, "BG_E_STRING_TOO_LONG"),
+        ({"display_name": "a\x00b"}, "E_INVALIDARG"),
+        ({"description": None}, "E_INVALIDARG"),
+        ({"description": "x" * 1025}, "BG_E_STRING_TOO_LONG"),
+        ({"description": "\x00"}, "E_INVALIDARG"),
+        ({"priority": "urgent"}, "E_INVALIDARG"),
+        ({"priority": "NORMAL"}, "E_INVALIDARG"),
+        ({"priority": 2}, "E_INVALIDARG"),
+        ({"min_retry_delay": 4}, "E_INVALIDARG"),
+        ({"min_retry_delay": -1}, "E_INVALIDARG"),
+        ({"min_retry_delay": True}, "E_INVALIDARG"),
+        ({"min_retry_delay": 600.0}, "E_INVALIDARG"),
+        ({"min_retry_delay": "600"}, "E_INVALIDARG"),
+        ({"no_progress_timeout": -1}, "E_INVALIDARG"),
+        ({"no_progress_timeout": False}, "E_INVALIDARG"),
+        ({"no_progress_timeout": None}, "E_INVALIDARG"),
+        ({"notify_flags": 0x20}, "E_INVALIDARG"),
+        ({"notify_flags": -1}, "E_INVALIDARG"),
+        ({"notify_flags": True}, "E_INVALIDARG"),
+        ({"notify_flags": "3"}, "E_INVALIDARG"),
+        ({"notify_cmdline": ["notify-send", "done"]}, "E_INVALIDARG"),
+        ({"notify_cmdline": ["bin/true"]}, "E_INVALIDARG"),
+        ({"notify_cmdline": "/bin/true"}, "E_INVALIDARG"),
+        ({"notify_cmdline": ("/bin/true",)}, "E_INVALIDARG"),
+        ({"notify_cmdline": ["/bin/true", 1]}, "E_INVALIDARG"),
+        ({"notify_cmdline": ["/bin/tr\x00ue"]}, "E_INVALIDARG"),
+        ({"notify_cmdline": ["/bin/true", "x" * 8193]}, "BG_E_STRING_TOO_LONG"),
+        ({"notify_cmdline": ["/bin/true"] + ["x" * 99] * 82}, "BG_E_STRING_TOO_LONG"),
+        ({"state": "QUEUED"}, "E_INVALIDARG"),
+        ({"owner": 0}, "E_INVALIDARG"),
+        ({"helper_flags": 3}, "E_INVALIDARG"),
+        ({"bogus": 1}, "E_INVALIDARG"),
+        # a valid change next to an invalid one: all or nothing
+        ({"description": "new", "min_retry_delay": 1}, "E_INVALIDARG"),
+        ({"display_name": "new", "bogus": 1}, "E_INVALIDARG"),
+        ({"priority": "high", "notify_flags": 0x40}, "E_INVALIDARG"),
+    ],
+)
+def test_set_properties_rejects_and_changes_nothing(props: dict[str, Any], code: str) -> None:
+    job = job_in(JobState.SUSPENDED)
+    job.set_properties({"notify_cmdline": ["/bin/echo", "old"]}, LIM, NOW)
+    before = snapshot(job)
+    with pytest.raises(FerryError) as exc:
+        job.set_properties(props, LIM, NOW + 7)
+    assert exc.value.code == code
+    assert snapshot(job) == before
+
+
+def test_take_ownership() -> None:
+    job = job_in(JobState.TRANSFERRING)
+    job.take_ownership(HELPER, NOW + 3)
+    assert job.owner == HELPER and job.modified == NOW + 3
+
+
+# ---- the scheduler's and the engine's transitions ----------------------------------------------
+
+
+@pytest.mark.parametrize("state", [s for s in ALL_STATES if s is not JobState.QUEUED])
+def test_start_only_from_queued(state: JobState) -> None:
+    job = job_in(state)
+    before = snapshot(job)
+    with pytest.raises(FerryError) as exc:
+        job.start(NOW + 5)
+    assert exc.value.code == "BG_E_INVALID_STATE"
+    assert snapshot(job) == before
+
+
+def test_start_and_transferring() -> None:
+    job = job_in(JobState.QUEUED)
+    job.start(NOW + 5)
+    assert job.state is JobState.CONNECTING and job.modified == NOW + 5
+    job.transferring(NOW + 6)
+    assert job.state is JobState.TRANSFERRING and job.modified == NOW + 6
+
+
+@pytest.mark.parametrize("state", [s for s in ALL_STATES if s is not JobState.CONNECTING])
+def test_transferring_only_from_connecting(state: JobState) -> None:
+    job = job_in(state)
+    before = snapshot(job)
+    job.transferring(NOW + 5)
+    assert snapshot(job) == before
+
+
+@pytest.mark.parametrize("state", ALL_STATES)
+def test_requeue(state: JobState) -> None:
+    job = job_in(state)
+    job.requeue(NOW + 5)
+    moves = state in (JobState.CONNECTING, JobState.TRANSFERRING, JobState.TRANSIENT_ERROR)
+    assert job.state is (JobState.QUEUED if moves else state)
+    if moves:
+        assert job.error is None and job.retry_at is None
+
+
+def test_fail_transient_waits_min_retry_delay() -> None:
+    job = job_in(JobState.TRANSFERRING)
+    job.fail(err(), transient=True, now=NOW + 10)
+    assert job.state is JobState.TRANSIENT_ERROR
+    assert job.retry_at == NOW + 10 + DEFAULT_MIN_RETRY_DELAY
+    assert job.error == err() and job.error_count == 1
+    assert job.modified == NOW + 10
+
+
+def test_fail_fatal_goes_to_error() -> None:
+    job = job_in(JobState.TRANSFERRING)
+    job.fail(err("E_ACCESSDENIED"), transient=False, now=NOW + 10)
+    assert job.state is JobState.ERROR
+    assert job.retry_at is None and job.error is not None
+    assert job.error.code == "E_ACCESSDENIED" and job.error.hresult == 0x80070005
+
+
+def test_fail_transient_with_no_progress_timeout_zero_is_final_at_once() -> None:
+    job = job_in(JobState.SUSPENDED)
+    job.set_properties({"no_progress_timeout": 0}, LIM, NOW)
+    job.resume(NOW + 1)
+    job.start(NOW + 1)
+    job.fail(err(), transient=True, now=NOW + 2)
+    assert job.state is JobState.ERROR and job.retry_at is None
+
+
+@pytest.mark.parametrize(("elapsed", "state"), [(99, "TRANSIENT_ERROR"), (100, "ERROR")])
+def test_fail_after_no_progress_timeout_is_final(elapsed: int, state: str) -> None:
+    job = job_in(JobState.SUSPENDED)
+    job.set_properties({"no_progress_timeout": 100}, LIM, NOW)
+    job.resume(NOW)  # the no-progress clock starts
+    job.start(NOW)
+    job.fail(err(), transient=True, now=NOW + elapsed)
+    assert job.state is JobState(state)
+
+
+def test_progress_restarts_the_no_progress_clock() -> None:
+    job = job_in(JobState.SUSPENDED)
+    job.set_properties({"no_progress_timeout": 100}, LIM, NOW)
+    job.resume(NOW)
+    job.start(NOW)
+    job.transferring(NOW)
+    job.record_progress(0, 500, NOW + 90)
+    assert job.no_progress_since == NOW + 90
+    job.record_progress(0, 500, NOW + 95)  # no new bytes: the clock keeps running
+    assert job.no_progress_since == NOW + 90
+    job.fail(err(), transient=True, now=NOW + 150)
+    assert job.state is JobState.TRANSIENT_ERROR
+    job.requeue(NOW + 160)
+    job.start(NOW + 160)
+    job.fail(err(), transient=True, now=NOW + 190)
+    assert job.state is JobState.ERROR
+    assert job.error_count == 2
+
+
+def test_error_count_counts_every_error_since_creation() -> None:
+    job = job_in(JobState.QUEUED)
+    for n in range(1, 4):
+        job.start(NOW + n)
+        job.fail(err(), transient=True, now=NOW + n)
+        assert job.error_count == n
+        job.resume(NOW + n)
+    assert job.error is None and job.error_count == 3
+
+
+def test_file_completed_moves_the_job_to_transferred() -> None:
+    job = job_in(JobState.TRANSFERRING, nfiles=2)
+    job.files[0].bytes_total = 10
+    job.record_progress(0, 10, NOW + 2)
+    job.file_completed(0, NOW + 2)
+    assert job.state is JobState.TRANSFERRING and job.transfer_completed is None
+    assert job.files_transferred == 1
+    job.record_progress(1, 7, NOW + 3)  # size never announced
+    job.file_completed(1, NOW + 3)
+    assert job.state is JobState.TRANSFERRED
+    assert job.transfer_completed == NOW + 3 and job.modified == NOW + 3
+    assert job.files[1].bytes_total == 7
+    assert (job.bytes_total, job.bytes_transferred, job.files_transferred) == (17, 17, 2)
+
+
+def test_file_completed_of_a_suspended_job_keeps_it_suspended() -> None:
+    job = job_in(JobState.TRANSFERRING, nfiles=1)
+    job.suspend(NOW + 2)
+    job.file_completed(0, NOW + 3)
+    assert job.state is JobState.SUSPENDED and job.all_transferred
+
+
+def test_progress_views() -> None:
+    job = new_job(2)
+    assert job.bytes_total is None and job.bytes_transferred == 0
+    job.files[0].bytes_total = 100
+    assert job.bytes_total is None
+    job.files[1].bytes_total = 50
+    job.files[1].bytes_transferred = 20
+    assert (job.bytes_total, job.bytes_transferred) == (150, 20)
+    assert not job.all_transferred and not new_job(0).all_transferred
+
+
+# ---- records and views --------------------------------------------------------------------
+
+
+def rich_job() -> Job:
+    job = job_in(JobState.TRANSFERRING, nfiles=3)
+    job.set_properties(
+        {
+            "description": "désc ✓",
+            "priority": "high",
+            "min_retry_delay": 30,
+            "no_progress_timeout": 3600,
+            "notify_flags": 0x1B,
+            "notify_cmdline": ["/usr/bin/notify", "--id", "x y"],
+        },
+        LIM,
+        NOW + 2,
+    )
+    f = job.files[0]
+    f.bytes_total, f.temp_name, f.validator = 1000, "/srv/dl/.f0.tmp", '"etag-1"'
+    f.final_url = "https://cdn.example.com/f0"
+    job.record_progress(0, 1000, NOW + 3)
+    job.file_completed(0, NOW + 3)
+    job.record_progress(1, 10, NOW + 4)
+    job.helper_token = HELPER
+    job.helper_flags = TokenFlags.LOCAL_FILE | TokenFlags.NETWORK
+    job.fail(JobError("BG_E_HTTP_ERROR_503", ErrorContext.REMOTE_FILE, "busy", 1), True, NOW + 5)
+    return job
+
+
+@pytest.mark.parametrize("make", [rich_job, lambda: new_job(0), lambda: job_in(JobState.CANCELLED)])
+def test_record_round_trip(make: Any) -> None:
+    job = make()
+    record = json.loads(json.dumps(job.to_record()))
+    files = [JobFile.from_record(json.loads(json.dumps(f.to_record()))) for f in job.files]
+    assert Job.from_record(record, files) == job
+
+
+def test_job_error_record_round_trip() -> None:
+    e = JobError("ERROR_DISK_FULL", ErrorContext.LOCAL_FILE, "No space left", 2)
+    assert e.hresult == 0x80070070
+    assert JobError.from_record(json.loads(json.dumps(e.to_record()))) == e
+
+
+def test_to_public_has_every_field_of_spec_6() -> None:
+    pub = rich_job().to_public()
+    assert set(pub) >= {
+        "id", "display_name", "description", "type", "state", "priority", "owner",
+        "progress", "times", "error", "error_count", "min_retry_delay",
+        "no_progress_timeout", "notify_flags", "notify_cmdline", "helper_token",
+    }  # fmt: skip
+    assert pub["owner"] == {"sid": "S-1-22-1-1000", "uid": 1000, "name": "alice"}
+    assert pub["progress"] == {
+        "bytes_total": None,
+        "bytes_transferred": 1010,
+        "files_total": 3,
+        "files_transferred": 1,
+    }
+    assert set(pub["times"]) == {"created", "modified", "transfer_completed"}
+    assert pub["times"]["created"] == "2023-11-14T22:13:20Z"
+    assert pub["times"]["transfer_completed"] is None
+    assert pub["error"] == {
+        "code": "BG_E_HTTP_ERROR_503",
+        "hresult": "0x801901F7",
+        "context": "REMOTE_FILE",
+        "description": "busy",
+        "file": {"remote_name": "https://example.com/f1", "local_name": "/srv/dl/f1"},
+    }
+    assert pub["helper_token"] == {"sid": "S-1-22-1-1001", "flags": ["LOCAL_FILE", "NETWORK"]}
+    assert (pub["type"], pub["state"], pub["priority"]) == ("download", "TRANSIENT_ERROR", "high")
+    assert pub["error_count"] == 1 and pub["min_retry_delay"] == 30
+    assert pub["no_progress_timeout"] == 3600 and pub["notify_flags"] == 0x1B
+    assert pub["notify_cmdline"] == ["/usr/bin/notify", "--id", "x y"]
+    json.dumps(pub)  # plain JSON all the way down
+    file_pub = rich_job().files[0].to_public()
+    assert set(file_pub) >= {
+        "remote_name", "local_name", "bytes_total", "bytes_transferred", "completed"
+    }  # fmt: skip
+
+
+def test_to_public_of_a_fresh_job() -> None:
+    pub = new_job(0).to_public()
+    assert pub["error"] is None and pub["helper_token"] is None
+    assert pub["progress"] == {
+        "bytes_total": 0,
+        "bytes_transferred": 0,
+        "files_total": 0,
+        "files_transferred": 0,
+    }
+    assert pub["state"] == "SUSPENDED" and pub["notify_cmdline"] is None
+
+
+def test_to_public_error_without_a_file() -> None:
+    job = job_in(JobState.QUEUED)
+    job.start(NOW)
+    job.fail(JobError("BG_E_TOKEN_REQUIRED", ErrorContext.GENERAL_QUEUE_MANAGER, "x"), False, NOW)
+    pub = job.to_public()
+    assert pub["error"]["file"] is None and pub["error"]["hresult"] == "0x80200056"
+
+
+def test_helper_flags_without_a_token_are_shown() -> None:
+    job = new_job(1)
+    job.helper_flags = TokenFlags.NETWORK
+    assert job.to_public()["helper_token"] == {"sid": None, "flags": ["NETWORK"]}
+
+
+def test_resume_of_a_suspended_transferred_job_returns_to_transferred() -> None:
+    # Queuing it would hand the engine a job with no file left, stuck before TRANSFERRED.
+    job = job_in(JobState.TRANSFERRED)
+    done = job.transfer_completed
+    assert job.suspend(NOW + 5) is True and job.state is JobState.SUSPENDED
+    assert job.resume(NOW + 6) is True
+    assert job.state is JobState.TRANSFERRED
+    assert job.transfer_completed == done and job.modified == NOW + 6
+
+
+def test_resume_after_the_last_file_finished_while_suspended() -> None:
+    job = job_in(JobState.TRANSFERRING, nfiles=1)
+    job.suspend(NOW + 2)
+    job.file_completed(0, NOW + 3)
+    assert job.resume(NOW + 4) is True
+    assert job.state is JobState.TRANSFERRED and job.transfer_completed == NOW + 4
