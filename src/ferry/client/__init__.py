@@ -1,0 +1,23 @@
+"""The client side of ferry: the sync ``Client``, the asyncio ``AsyncClient``, their job
+handles, and socket discovery. Importing this package does not import aiohttp."""
+
+from ._ops import DaemonUnavailable, Event, FileInfo
+from .aio import AsyncClient, AsyncEventStream, AsyncJob
+from .sockets import SYSTEM_SOCKET, locate_socket, resolve_socket, user_socket
+from .sync import Client, EventStream, Job
+
+__all__ = [
+    "SYSTEM_SOCKET",
+    "AsyncClient",
+    "AsyncEventStream",
+    "AsyncJob",
+    "Client",
+    "DaemonUnavailable",
+    "Event",
+    "EventStream",
+    "FileInfo",
+    "Job",
+    "locate_socket",
+    "resolve_socket",
+    "user_socket",
+]

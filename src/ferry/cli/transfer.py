@@ -1,0 +1,160 @@
+"""``ferry transfer``: the ``bitsadmin /transfer`` of ferry — create, add, resume, follow
+with a live progress bar, complete on success.
+
+The progress bar is driven by the job's event stream (ferryd publishes every durable
+progress step), so it costs no polling. The bar goes to stderr, leaving stdout for the
+result. A failure leaves the job in place for ``ferry resume``; Ctrl-C cancels it, because
+an interactive transfer the user abandoned should not linger in the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Any
+
+from ..client import Client, Job
+from ..errors import FerryError, hresult_of
+from ..model.types import JobState, Priority
+
+EXIT_INTERRUPTED = 130
+
+
+def run_transfer(
+    client: Client,
+    pairs: Sequence[tuple[str, str]],
+    name: str,
+    priority: Priority,
+    json_mode: bool,
+) -> int:
+    """Returns the exit status. FerryErrors from the set-up calls propagate to the CLI's
+    uniform error report, after the half-made job has been cancelled."""
+    job = client.create_job(name, priority=priority)
+    try:
+        try:
+            job.add_files(pairs)
+            job.resume()
+        except FerryError:
+            with suppress(FerryError):
+                job.cancel()
+            raise
+        started = time.monotonic()
+        final = _follow(job, show_progress=not json_mode)
+    except KeyboardInterrupt:
+        with suppress(FerryError):
+            job.cancel()
+        if json_mode:
+            _emit({"error": _interrupted().to_json()["error"], "job": job.data})
+        print(f"Interrupted: job {job.id} cancelled.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    elapsed = time.monotonic() - started
+
+    if final is JobState.TRANSFERRED:
+        code = job.complete()
+        return _report_done(job, code, elapsed, json_mode)
+    if final is JobState.ACKNOWLEDGED:  # someone else completed it meanwhile
+        return _report_done(job, "S_OK", elapsed, json_mode)
+    return _report_failed(job, final, json_mode)
+
+
+def _interrupted() -> FerryError:
+    return FerryError("E_FAIL", "interrupted; the job was cancelled")
+
+
+def _emit(doc: Any) -> None:
+    print(json.dumps(doc, indent=2))
+
+
+def _follow(job: Job, show_progress: bool) -> JobState:
+    """Follow the job's events until it is TRANSFERRED, ERROR or final. TRANSIENT_ERROR is
+    shown but waited out: ferryd retries by itself, as BITS does."""
+    if not show_progress:
+        return job.wait()
+
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from .render import console
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[files]} {task.fields[note]}"),
+        console=console(stderr=True),
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task(job.display_name, total=None, files="", note="")
+        for ev in job.follow():
+            p = job.progress
+            total = p.get("bytes_total")
+            note = ""
+            if job.state is JobState.TRANSIENT_ERROR and job.error:
+                note = f"[yellow]{job.error.get('code')}: retrying"
+            elif job.state in (JobState.QUEUED, JobState.CONNECTING):
+                note = f"[dim]{job.state.value.lower()}"
+            progress.update(
+                task,
+                total=total if isinstance(total, int) else None,
+                completed=int(p.get("bytes_transferred") or 0),
+                files=f"{p.get('files_transferred', 0)}/{p.get('files_total', 0)} files",
+                note=note,
+            )
+            done = job._observe(ev)
+            if done is not None:
+                return done
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _report_done(job: Job, code: str, elapsed: float, json_mode: bool) -> int:
+    if json_mode:
+        _emit({"result": {"code": code, "hresult": f"0x{hresult_of(code):08X}"}, "job": job.data})
+        return 0
+    from rich.filesize import decimal
+
+    p = job.progress
+    total = int(p.get("bytes_transferred") or 0)
+    rate = f", {decimal(int(total / elapsed))}/s" if elapsed > 0 else ""
+    print(f"Transferred {decimal(total)} in {elapsed:.1f} s{rate}. Files:")
+    for f in job.files():
+        mark = "" if f.completed else "   (not transferred)"
+        print(f"  {f.local_name}{mark}")
+    if code != "S_OK":
+        print(f"{code}: only some files were transferred.", file=sys.stderr)
+    return 0
+
+
+def _report_failed(job: Job, final: JobState, json_mode: bool) -> int:
+    err = job.error
+    if err is not None:
+        code = str(err.get("code"))
+        hres = str(err.get("hresult"))
+        message = str(err.get("description", ""))
+        f = err.get("file")
+        if isinstance(f, dict):
+            message += f" [{f.get('remote_name')} -> {f.get('local_name')}]"
+    else:
+        code, message = "BG_E_INVALID_STATE", f"the job was {final.value}"
+        hres = f"0x{hresult_of(code):08X}"
+    if json_mode:
+        _emit({"error": {"code": code, "hresult": hres, "message": message}, "job": job.data})
+    print(f"{code} ({hres}): {message}", file=sys.stderr)
+    if final is JobState.ERROR:
+        print(
+            f"The job {job.id} is kept with what it transferred: fix the cause, then "
+            f"`ferry resume {job.id}` (or `ferry cancel {job.id}`).",
+            file=sys.stderr,
+        )
+    return 1

@@ -1,0 +1,283 @@
+"""The asyncio client: aiohttp over the Unix socket, the same surface as the sync client
+with ``async`` methods.
+
+aiohttp is imported on first use, not at ``import ferry``: the CLI and sync scripts never
+pay for it. The request logic is ``_ops``'s, shared with the sync client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import FerryError
+from ..model.types import JobState, JobType, Priority
+from . import _ops
+from ._ops import DaemonUnavailable, Event, FileInfo, JobView, JSONObj
+from .sockets import resolve_socket
+from .sync import DEFAULT_TIMEOUT, RECONNECT_GRACE
+
+if TYPE_CHECKING:
+    import aiohttp
+
+T = TypeVar("T")
+
+
+def _aiohttp() -> Any:
+    import aiohttp
+
+    return aiohttp
+
+
+class AsyncClient:
+    """A connection pool to ferryd for asyncio programs. Create it anywhere; the aiohttp
+    session is opened lazily inside the running loop, as aiohttp requires."""
+
+    def __init__(self, socket: str | None = None, *, timeout: float | None = DEFAULT_TIMEOUT):
+        self.socket = resolve_socket(socket)
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            ah = _aiohttp()
+            self._session = ah.ClientSession(
+                connector=ah.UnixConnector(path=self.socket),
+                timeout=ah.ClientTimeout(total=self.timeout),
+            )
+        return self._session
+
+    async def _call(self, call: _ops.Call[T]) -> T:
+        ah = _aiohttp()
+        session = self._get_session()
+        url = "http://localhost" + call.target
+        for attempt in (0, 1):
+            try:
+                async with session.request(
+                    call.method, url, data=call.body, headers=dict(call.headers)
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+            except ah.ClientConnectorError as e:
+                raise DaemonUnavailable(self.socket, str(e.os_error.strerror or e)) from None
+            except (ah.ServerDisconnectedError, ah.ClientOSError, ah.ClientPayloadError) as e:
+                # A pooled connection the daemon closed (idle, or a restart): retry once on a
+                # new one, as the sync client does.
+                if attempt:
+                    raise DaemonUnavailable(self.socket, f"connection lost: {e}") from None
+                continue
+            except TimeoutError:
+                raise FerryError(
+                    "E_FAIL", f"ferryd at {self.socket} did not answer within {self.timeout} s"
+                ) from None
+            return call.finish(status, raw)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<ferry.AsyncClient {self.socket}>"
+
+    # ---- API ------------------------------------------------------------------------
+
+    async def status(self) -> JSONObj:
+        return await self._call(_ops.status())
+
+    async def create_job(
+        self,
+        display_name: str,
+        type: JobType | str = JobType.DOWNLOAD,
+        priority: Priority | str = Priority.NORMAL,
+        description: str = "",
+    ) -> AsyncJob:
+        data = await self._call(_ops.create_job(display_name, type, priority, description))
+        return AsyncJob(self, data)
+
+    async def get_job(self, job_id_or_name: str) -> AsyncJob:
+        return AsyncJob(self, await self._call(_ops.get_job(job_id_or_name)))
+
+    async def jobs(self, all_users: bool = False) -> list[AsyncJob]:
+        return [AsyncJob(self, d) for d in await self._call(_ops.list_jobs(all_users))]
+
+    def events(self, job_id: str | None = None, all_users: bool = False) -> AsyncEventStream:
+        """``async for event in client.events(...)``; the subscription is made on the first
+        iteration (or on ``await stream.open()`` to subscribe before doing something)."""
+        return AsyncEventStream(self, _ops.events_target(job_id, all_users))
+
+
+class AsyncEventStream:
+    """An open ``GET /v1/events`` stream; iterate with ``async for``, then ``aclose()`` (or
+    use ``async with``)."""
+
+    def __init__(self, client: AsyncClient, target: str) -> None:
+        self._client = client
+        self._target = target
+        self._resp: aiohttp.ClientResponse | None = None
+        self._parser = _ops.SSEParser()
+        self._pending: list[Event] = []
+        self._ended = False
+
+    async def open(self) -> AsyncEventStream:
+        if self._resp is not None or self._ended:
+            return self
+        ah = _aiohttp()
+        client = self._client
+        session = client._get_session()
+        try:
+            resp = await session.get(
+                "http://localhost" + self._target,
+                headers=dict(_ops.SSE_HEADERS),
+                timeout=ah.ClientTimeout(total=None, sock_read=None),
+            )
+        except ah.ClientConnectorError as e:
+            raise DaemonUnavailable(client.socket, str(e.os_error.strerror or e)) from None
+        except ah.ClientError as e:
+            raise DaemonUnavailable(client.socket, f"connection lost: {e}") from None
+        if resp.status >= 400:
+            raw = await resp.read()
+            resp.release()
+            _ops.Call("GET", self._target, None, lambda d: d).finish(resp.status, raw)
+        self._resp = resp
+        return self
+
+    def __aiter__(self) -> AsyncEventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        await self.open()
+        while not self._pending:
+            resp = self._resp
+            if resp is None:
+                raise StopAsyncIteration
+            try:
+                chunk = await resp.content.readany()
+            except (_aiohttp().ClientError, OSError):
+                chunk = b""  # the daemon went away mid-stream: that is the end of it
+            if not chunk:
+                await self.aclose()
+                raise StopAsyncIteration
+            self._pending.extend(_ops.events_from(self._parser.feed(chunk)))
+        return self._pending.pop(0)
+
+    async def aclose(self) -> None:
+        self._ended = True
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            # close(), not release(): the stream never ends on its own, so the connection
+            # cannot go back to the pool.
+            resp.close()
+
+    async def __aenter__(self) -> AsyncEventStream:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class AsyncJob(JobView):
+    """The asyncio twin of ``ferry.Job``."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: AsyncClient, data: JSONObj) -> None:
+        super().__init__(data)
+        self.client = client
+
+    async def _act(self, name: str) -> str:
+        code, data = await self.client._call(_ops.action(self.id, name))
+        self._update(data)
+        return code
+
+    async def add_file(self, remote: str, local: str) -> None:
+        await self.add_files([(remote, local)])
+
+    async def add_files(self, files: Iterable[tuple[str, str]]) -> None:
+        self._update(await self.client._call(_ops.add_files(self.id, files)))
+
+    async def files(self) -> list[FileInfo]:
+        return [FileInfo(d) for d in await self.client._call(_ops.list_files(self.id))]
+
+    async def info(self) -> AsyncJob:
+        self._update(await self.client._call(_ops.get_job(self.id)))
+        return self
+
+    async def resume(self) -> None:
+        await self._act("resume")
+
+    async def suspend(self) -> None:
+        await self._act("suspend")
+
+    async def cancel(self) -> None:
+        await self._act("cancel")
+
+    async def complete(self) -> str:
+        return await self._act("complete")
+
+    async def take_ownership(self) -> None:
+        await self._act("take-ownership")
+
+    async def set(self, **props: Any) -> None:
+        self._update(await self.client._call(_ops.set_job(self.id, props)))
+
+    async def follow(self) -> AsyncGenerator[Event, None]:
+        """See ``ferry.Job.follow``; bound it with ``asyncio.timeout`` if needed."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        lost_since: float | None = None
+        while True:
+            stream = self.client.events(self.id)
+            try:
+                await stream.open()
+            except DaemonUnavailable:
+                now = loop.time()
+                lost_since = lost_since if lost_since is not None else now
+                if now - lost_since > RECONNECT_GRACE:
+                    raise
+                await asyncio.sleep(0.1)
+                continue
+            lost_since = None
+            async with stream:
+                async for ev in stream:
+                    if ev.job is not None:
+                        self._update(ev.job)
+                    yield ev
+
+    async def wait(self, timeout: float | None = None) -> JobState:
+        """See ``ferry.Job.wait``: event-driven, rides out a daemon restart, raises
+        FerryError(BG_E_WATCHDOG_TIMEOUT) on timeout."""
+        import asyncio
+
+        try:
+            async with asyncio.timeout(timeout):
+                events = self.follow()
+                try:
+                    async for ev in events:
+                        done = self._observe(ev)
+                        if done is not None:
+                            return done
+                finally:
+                    await events.aclose()
+        except TimeoutError:
+            raise _ops.timeout_error(self.id, timeout or 0.0) from None
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,77 @@
+"""Where ferryd listens: the one place that decides which socket a client talks to.
+
+The library and the CLI both call :func:`locate_socket`, so ``ferry`` and ``import ferry``
+can never disagree about which daemon they mean (SPEC §1: argument, then ``FERRY_SOCKET``,
+then the user daemon if one is running, then the system daemon).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+SYSTEM_SOCKET = "/run/ferry/ferryd.sock"
+ENV_SOCKET = "FERRY_SOCKET"
+
+SocketSource = Literal["argument", "environment", "user", "system"]
+
+
+def runtime_dir(environ: Mapping[str, str] | None = None) -> str:
+    """``$XDG_RUNTIME_DIR``, or ``/run/user/<uid>`` where pam_systemd would have put it."""
+    env = os.environ if environ is None else environ
+    return env.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+
+
+def user_socket(environ: Mapping[str, str] | None = None) -> str:
+    """The socket a user-mode ferryd serves (SPEC §1)."""
+    return os.path.join(runtime_dir(environ), "ferry", "ferryd.sock")
+
+
+def user_state_dir(environ: Mapping[str, str] | None = None) -> str:
+    """``$XDG_STATE_HOME/ferry``: where a user-mode ferryd keeps its store (and its log when
+    the client started it)."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_STATE_HOME") or os.path.join(
+        env.get("HOME") or os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "ferry")
+
+
+@dataclass(frozen=True, slots=True)
+class SocketChoice:
+    """A socket path and why it was chosen.
+
+    The reason matters to the CLI: it may start a user daemon only when it picked the
+    socket by default, never when the user named one (they asked for *that* daemon).
+    """
+
+    path: str
+    source: SocketSource
+
+    @property
+    def explicit(self) -> bool:
+        return self.source in ("argument", "environment")
+
+
+def locate_socket(
+    explicit: str | None = None, environ: Mapping[str, str] | None = None
+) -> SocketChoice:
+    """Argument, else ``FERRY_SOCKET``, else the user socket if it exists, else the system
+    socket. An empty string counts as "not given", as shells make empty variables easily."""
+    env = os.environ if environ is None else environ
+    if explicit:
+        return SocketChoice(explicit, "argument")
+    from_env = env.get(ENV_SOCKET)
+    if from_env:
+        return SocketChoice(from_env, "environment")
+    user = user_socket(env)
+    if os.path.exists(user):
+        return SocketChoice(user, "user")
+    return SocketChoice(SYSTEM_SOCKET, "system")
+
+
+def resolve_socket(explicit: str | None = None) -> str:
+    """The socket path a client should connect to (see :func:`locate_socket`)."""
+    return locate_socket(explicit).path

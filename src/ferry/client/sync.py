@@ -1,0 +1,343 @@
+"""The synchronous client: ``http.client`` over an AF_UNIX socket.
+
+Built on the standard library rather than on top of the asyncio client so a plain script
+pays no event loop, no thread hop and no aiohttp import per call: one kept-alive connection
+is reused for every request, which is what makes thousands of calls per second possible.
+The request logic itself lives in ``_ops``; this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket as _socket
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ..errors import FerryError
+from ..model.types import JobState, JobType, Priority
+from . import _ops
+from ._ops import DaemonUnavailable, Event, FileInfo, JobView, JSONObj
+from .sockets import resolve_socket
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 60.0
+# What a kept-alive connection closed by the daemon looks like on the next request.
+_LOST = (ConnectionError, http.client.BadStatusLine, http.client.IncompleteRead)
+# How long wait() keeps trying to re-subscribe when ferryd goes away mid-wait (a restart).
+RECONNECT_GRACE = 15.0
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTPConnection whose transport is a Unix socket; everything above ``connect`` (request
+    framing, keep-alive, chunked decoding) is the standard library's."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _connect(conn: _UnixHTTPConnection) -> None:
+    """Open the connection, translating "nobody there" into the errors a user can act on."""
+    path = conn.unix_path
+    try:
+        conn.connect()
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        raise DaemonUnavailable(path, e.strerror or "") from None
+    except PermissionError:
+        raise FerryError("E_ACCESSDENIED", f"not allowed to connect to ferryd at {path}") from None
+    except OSError as e:
+        raise DaemonUnavailable(path, e.strerror or str(e)) from None
+
+
+class Client:
+    """A connection to ferryd (SPEC §7). Not meant to be shared between threads for
+    throughput, but safe if it is: requests are serialized on one connection."""
+
+    def __init__(self, socket: str | None = None, *, timeout: float | None = DEFAULT_TIMEOUT):
+        self.socket = resolve_socket(socket)
+        self.timeout = timeout
+        self._conn = _UnixHTTPConnection(self.socket, timeout)
+        self._lock = threading.Lock()
+
+    # ---- transport ----------------------------------------------------------------
+
+    def _call(self, call: _ops.Call[T]) -> T:
+        status, raw = self._send(call.method, call.target, call.body, call.headers)
+        return call.finish(status, raw)
+
+    def _send(
+        self, method: str, target: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> tuple[int, bytes]:
+        with self._lock:
+            conn = self._conn
+            for attempt in (0, 1):
+                fresh = conn.sock is None
+                if fresh:
+                    _connect(conn)
+                try:
+                    conn.request(method, target, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    raw = resp.read()
+                except _LOST as e:
+                    conn.close()
+                    # A kept-alive connection the daemon closed while idle (or a restarted
+                    # daemon) fails on first use: reconnect once. A fresh one failing means
+                    # ferryd died under us; do not repeat the request blindly.
+                    if fresh or attempt:
+                        raise DaemonUnavailable(self.socket, f"connection lost: {e}") from None
+                    continue
+                except TimeoutError:
+                    conn.close()
+                    raise FerryError(
+                        "E_FAIL", f"ferryd at {self.socket} did not answer within {self.timeout} s"
+                    ) from None
+                except BaseException:
+                    # Interrupted mid-request (Ctrl-C): the connection is out of step with
+                    # its response; drop it so the next call (say, a cancel) starts clean.
+                    conn.close()
+                    raise
+                if resp.will_close:
+                    conn.close()
+                return resp.status, raw
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ferry.Client {self.socket}>"
+
+    # ---- API ------------------------------------------------------------------------
+
+    def status(self) -> JSONObj:
+        """GET /v1/status: daemon version, mode, and the caller's token as ferryd sees it."""
+        return self._call(_ops.status())
+
+    def create_job(
+        self,
+        display_name: str,
+        type: JobType | str = JobType.DOWNLOAD,
+        priority: Priority | str = Priority.NORMAL,
+        description: str = "",
+    ) -> Job:
+        return Job(self, self._call(_ops.create_job(display_name, type, priority, description)))
+
+    def get_job(self, job_id_or_name: str) -> Job:
+        return Job(self, self._call(_ops.get_job(job_id_or_name)))
+
+    def jobs(self, all_users: bool = False) -> list[Job]:
+        return [Job(self, d) for d in self._call(_ops.list_jobs(all_users))]
+
+    def events(self, job_id: str | None = None, all_users: bool = False) -> EventStream:
+        """Subscribe now (so nothing after this call is missed); iterate to receive.
+        Each matching job is first reported as a ``job-snapshot`` event."""
+        return EventStream(self.socket, _ops.events_target(job_id, all_users), self.timeout)
+
+
+class EventStream:
+    """An open ``GET /v1/events`` stream on its own connection (the main connection stays
+    free for calls made while following events). Iterate it; close it when done."""
+
+    def __init__(self, path: str, target: str, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        # The timeout bounds connecting and the response head; reads of the stream itself
+        # wait as long as ``next`` is told to (events may be hours apart).
+        self._conn = _UnixHTTPConnection(path, timeout)
+        self._parser = _ops.SSEParser()
+        self._pending: list[Event] = []
+        _connect(self._conn)
+        try:
+            self._conn.request("GET", target, headers=dict(_ops.SSE_HEADERS))
+            resp = self._conn.getresponse()
+        except TimeoutError:
+            self._conn.close()
+            raise FerryError(
+                "E_FAIL", f"ferryd at {path} did not answer within {timeout} s"
+            ) from None
+        except (ConnectionError, http.client.HTTPException) as e:
+            self._conn.close()
+            raise DaemonUnavailable(path, f"connection lost: {e}") from None
+        if resp.status >= 400:
+            raw = resp.read()
+            self._conn.close()
+            _ops.Call("GET", target, None, lambda d: d).finish(resp.status, raw)
+        self._resp: http.client.HTTPResponse | None = resp
+
+    def next(self, timeout: float | None = None) -> Event | None:
+        """The next event, or None when the stream ended. With a timeout, raises
+        TimeoutError when nothing arrives in time; the stream is unusable afterwards (the
+        socket's buffered reader does not survive a timeout), which suits ``wait``."""
+        while not self._pending:
+            resp = self._resp
+            if resp is None:
+                return None
+            sock = self._conn.sock
+            if sock is not None:
+                sock.settimeout(timeout)
+            try:
+                line = resp.readline()
+            except TimeoutError:
+                self.close()
+                raise
+            except (OSError, ValueError, http.client.HTTPException):
+                line = b""  # the daemon went away mid-stream: that is the end of it
+            if not line:
+                self.close()
+                return None
+            msg = self._parser.feed_line(line.decode("utf-8", "replace"))
+            if msg is not None:
+                ev = Event.from_message(msg)
+                if ev is not None:
+                    self._pending.append(ev)
+        return self._pending.pop(0)
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        ev = self.next()
+        if ev is None:
+            raise StopIteration
+        return ev
+
+    def close(self) -> None:
+        self._resp = None
+        self._conn.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Job(JobView):
+    """A job handle: methods are the BITS IBackgroundCopyJob calls; ``data`` is refreshed
+    from every answer, so ``job.state`` after ``job.resume()`` is what ferryd just said."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: Client, data: JSONObj) -> None:
+        super().__init__(data)
+        self.client = client
+
+    def _act(self, name: str) -> str:
+        code, data = self.client._call(_ops.action(self.id, name))
+        self._update(data)
+        return code
+
+    def add_file(self, remote: str, local: str) -> None:
+        self.add_files([(remote, local)])
+
+    def add_files(self, files: Iterable[tuple[str, str]]) -> None:
+        """All or none (AddFileSet). Local names are made absolute against this process's
+        working directory."""
+        self._update(self.client._call(_ops.add_files(self.id, files)))
+
+    def files(self) -> list[FileInfo]:
+        return [FileInfo(d) for d in self.client._call(_ops.list_files(self.id))]
+
+    def info(self) -> Job:
+        """Refresh ``data`` from ferryd; returns self for chaining."""
+        self._update(self.client._call(_ops.get_job(self.id)))
+        return self
+
+    def resume(self) -> None:
+        self._act("resume")
+
+    def suspend(self) -> None:
+        self._act("suspend")
+
+    def cancel(self) -> None:
+        self._act("cancel")
+
+    def complete(self) -> str:
+        """Returns ``S_OK``, or ``BG_S_PARTIAL_COMPLETE`` when some files were not
+        transferred (their temporary files are gone, the others are in place)."""
+        return self._act("complete")
+
+    def take_ownership(self) -> None:
+        self._act("take-ownership")
+
+    def set(self, **props: Any) -> None:
+        """Change properties: display_name, description, priority, min_retry_delay,
+        no_progress_timeout, notify_flags, notify_cmdline (a list, a shell-like string, or
+        None to clear)."""
+        self._update(self.client._call(_ops.set_job(self.id, props)))
+
+    def follow(self, timeout: float | None = None) -> Iterator[Event]:
+        """Events about this job as they happen, starting with a snapshot; a daemon restart
+        is ridden out by re-subscribing (the new snapshot closes any gap). Ends when the
+        caller stops iterating; raises FerryError(BG_E_WATCHDOG_TIMEOUT) after ``timeout``
+        seconds. ``data`` is updated before each event is yielded."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        lost_since: float | None = None
+        while True:
+            try:
+                stream = self.client.events(self.id)
+            except DaemonUnavailable:
+                now = time.monotonic()
+                lost_since = lost_since if lost_since is not None else now
+                if now - lost_since > RECONNECT_GRACE:
+                    raise
+                if deadline is not None and now >= deadline:
+                    raise _ops.timeout_error(self.id, timeout or 0.0) from None
+                time.sleep(0.1)
+                continue
+            lost_since = None
+            with stream:
+                while True:
+                    remaining = None
+                    if deadline is not None:
+                        remaining = max(deadline - time.monotonic(), 0.01)
+                    try:
+                        ev = stream.next(remaining)
+                    except TimeoutError:
+                        raise _ops.timeout_error(self.id, timeout or 0.0) from None
+                    if ev is None:
+                        break  # ferryd went away: re-subscribe
+                    if ev.job is not None:
+                        self._update(ev.job)
+                    yield ev
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise _ops.timeout_error(self.id, timeout or 0.0)
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        """Block until the job is TRANSFERRED, ERROR, ACKNOWLEDGED or CANCELLED, following
+        the event stream (no polling), riding out a daemon restart. Raises
+        FerryError(BG_E_WATCHDOG_TIMEOUT) when ``timeout`` seconds pass first."""
+        for ev in self.follow(timeout):
+            done = self._observe(ev)
+            if done is not None:
+                return done
+        raise AssertionError("unreachable")  # pragma: no cover
