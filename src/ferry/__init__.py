@@ -15,13 +15,24 @@ start-up time depends on it.
 """
 
 from ._version import __version__
-from .client import AsyncClient, AsyncJob, Client, Event, FileInfo, Job
+from .client import (
+    AsyncClient,
+    AsyncJob,
+    AsyncTokenOptions,
+    Client,
+    Event,
+    FileInfo,
+    Job,
+    TokenOptions,
+    impersonate,
+)
 from .errors import FerryError
 from .model.types import ErrorContext, JobState, JobType, NotifyFlags, Priority, TokenFlags
 
 __all__ = [
     "AsyncClient",
     "AsyncJob",
+    "AsyncTokenOptions",
     "Client",
     "ErrorContext",
     "Event",
@@ -33,5 +44,7 @@ __all__ = [
     "NotifyFlags",
     "Priority",
     "TokenFlags",
+    "TokenOptions",
+    "impersonate",
     "__version__",
 ]

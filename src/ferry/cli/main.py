@@ -429,6 +429,8 @@ def _event_line(kind: str, job_id: str | None, j: dict[str, Any] | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
+    from . import tokens  # noqa: F401  (registers open, helper-token and logoff)
+
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="ferry")
     except BrokenPipeError:
@@ -438,4 +440,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's ``main`` (not this ``__main__`` copy), so commands other
+    # modules register on ``ferry.cli.main.cli`` are there.
+    from ferry.cli.main import main as _entry
+
+    _entry()

@@ -2,21 +2,25 @@
 handles, and socket discovery. Importing this package does not import aiohttp."""
 
 from ._ops import DaemonUnavailable, Event, FileInfo
-from .aio import AsyncClient, AsyncEventStream, AsyncJob
+from .aio import AsyncClient, AsyncEventStream, AsyncJob, AsyncTokenOptions
+from .impersonation import impersonate
 from .sockets import SYSTEM_SOCKET, locate_socket, resolve_socket, user_socket
-from .sync import Client, EventStream, Job
+from .sync import Client, EventStream, Job, TokenOptions
 
 __all__ = [
     "SYSTEM_SOCKET",
     "AsyncClient",
     "AsyncEventStream",
     "AsyncJob",
+    "AsyncTokenOptions",
     "Client",
     "DaemonUnavailable",
     "Event",
     "EventStream",
     "FileInfo",
     "Job",
+    "TokenOptions",
+    "impersonate",
     "locate_socket",
     "resolve_socket",
     "user_socket",

@@ -498,3 +498,68 @@ def timeout_error(job_id: str, timeout: float) -> FerryError:
     """wait() ran out of time. A FerryError (not TimeoutError) so the CLI and callers
     handle it like every other failure."""
     return FerryError("BG_E_WATCHDOG_TIMEOUT", f"job {job_id} did not finish within {timeout:g} s")
+
+
+# ---- handles and IBitsTokenOptions (SPEC §4.3, §4.4) --------------------------------------
+
+INTERFACES = frozenset({"job", "token-options"})
+
+
+def handle_path(handle: str) -> str:
+    if not isinstance(handle, str) or not handle:
+        raise FerryError("E_INVALIDARG", "a handle is required")
+    return f"{API_PREFIX}/handles/{quote(handle, safe='')}"
+
+
+def open_handle(job: str, interface: str = "job", ttl: int | None = None) -> Call[JSONObj]:
+    """QueryInterface: ferryd checks access now, with this connection's identity."""
+    if interface not in INTERFACES:
+        raise FerryError("E_INVALIDARG", f"unknown interface {interface!r}")
+    body: JSONObj = {"interface": interface}
+    if ttl is not None:
+        body["ttl"] = ttl
+    return Call("POST", f"{job_path(job)}/handles", encode(body), _as_obj)
+
+
+def handle_info(handle: str) -> Call[JSONObj]:
+    return Call("GET", handle_path(handle), None, _as_obj)
+
+
+def release_handle(handle: str) -> Call[JSONObj]:
+    return Call("DELETE", handle_path(handle), None, _as_obj)
+
+
+def _token_options_base(job: str | None, handle: str | None) -> str:
+    """With a handle the call is judged by whoever opened it; without one, the caller is
+    treated as having opened a handle this very moment."""
+    if (job is None) == (handle is None):
+        raise FerryError("E_INVALIDARG", "give a job or a handle")
+    return (handle_path(handle) if handle is not None else job_path(job or "")) + "/helper-token"
+
+
+def get_helper_token(job: str | None = None, handle: str | None = None) -> Call[JSONObj]:
+    return Call("GET", _token_options_base(job, handle), None, _as_obj)
+
+
+def set_helper_token(job: str | None = None, handle: str | None = None) -> Call[JSONObj]:
+    return Call("PUT", _token_options_base(job, handle), b"{}", _as_obj)
+
+
+def clear_helper_token(job: str | None = None, handle: str | None = None) -> Call[JSONObj]:
+    return Call("DELETE", _token_options_base(job, handle), None, _as_obj)
+
+
+def set_helper_token_flags(
+    flags: int, job: str | None = None, handle: str | None = None
+) -> Call[JSONObj]:
+    if isinstance(flags, bool) or not isinstance(flags, int):
+        raise FerryError("E_INVALIDARG", "helper token flags must be an integer")
+    body = encode({"flags": int(flags)})
+    return Call("PUT", _token_options_base(job, handle) + "/flags", body, _as_obj)
+
+
+def logoff(user: str | int | None = None, session: int | None = None) -> Call[JSONObj]:
+    if (user is None) == (session is None):
+        raise FerryError("E_INVALIDARG", "give exactly one of user and session")
+    body: JSONObj = {"user": user} if user is not None else {"session": session}
+    return Call("POST", f"{API_PREFIX}/logoff", encode(body), _as_obj)

@@ -12,11 +12,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import FerryError
-from ..model.types import JobState, JobType, Priority
+from ..model.types import JobState, JobType, Priority, TokenFlags
 from . import _ops
 from ._ops import DaemonUnavailable, Event, FileInfo, JobView, JSONObj
+from .impersonation import current as current_impersonation
 from .sockets import resolve_socket
-from .sync import DEFAULT_TIMEOUT, RECONNECT_GRACE
+from .sync import DEFAULT_TIMEOUT, RECONNECT_GRACE, one_shot_request
 
 if TYPE_CHECKING:
     import aiohttp
@@ -49,6 +50,15 @@ class AsyncClient:
         return self._session
 
     async def _call(self, call: _ops.Call[T]) -> T:
+        identity = current_impersonation()
+        if identity is not None:
+            # Connecting as another identity forks; keep that off the event loop.
+            import asyncio
+
+            status, raw = await asyncio.to_thread(
+                one_shot_request, identity, self.socket, self.timeout, call
+            )
+            return call.finish(status, raw)
         ah = _aiohttp()
         session = self._get_session()
         url = "http://localhost" + call.target
@@ -97,6 +107,22 @@ class AsyncClient:
 
     async def status(self) -> JSONObj:
         return await self._call(_ops.status())
+
+    async def open(
+        self, job_id_or_name: str, interface: str = "job", ttl: int | None = None
+    ) -> str:
+        """See ``Client.open``. aiohttp pools connections and closes idle ones, so a handle
+        opened without a TTL may die with a pooled connection: prefer a TTL here."""
+        return str((await self._call(_ops.open_handle(job_id_or_name, interface, ttl)))["handle"])
+
+    def token_options(self, handle: str) -> AsyncTokenOptions:
+        return AsyncTokenOptions(self, handle=handle)
+
+    async def release(self, handle: str) -> None:
+        await self._call(_ops.release_handle(handle))
+
+    async def logoff(self, user: str | int | None = None, session: int | None = None) -> JSONObj:
+        return await self._call(_ops.logoff(user, session))
 
     async def create_job(
         self,
@@ -203,6 +229,12 @@ class AsyncJob(JobView):
         super().__init__(data)
         self.client = client
 
+    async def token_options(self, ttl: int | None = 3600) -> AsyncTokenOptions:
+        """Open a token-options handle; the default TTL keeps it alive across aiohttp's
+        connection pooling (see ``AsyncClient.open``)."""
+        handle = await self.client.open(self.id, "token-options", ttl)
+        return AsyncTokenOptions(self.client, handle=handle)
+
     async def _act(self, name: str) -> str:
         code, data = await self.client._call(_ops.action(self.id, name))
         self._update(data)
@@ -281,3 +313,36 @@ class AsyncJob(JobView):
         except TimeoutError:
             raise _ops.timeout_error(self.id, timeout or 0.0) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+class AsyncTokenOptions:
+    """The asyncio twin of ``ferry.TokenOptions``."""
+
+    def __init__(
+        self, client: AsyncClient, *, handle: str | None = None, job: str | None = None
+    ) -> None:
+        self.client = client
+        self.handle = handle
+        self.job = job
+
+    async def set_helper_token(self) -> None:
+        await self.client._call(_ops.set_helper_token(self.job, self.handle))
+
+    async def set_helper_token_flags(self, flags: int) -> None:
+        await self.client._call(_ops.set_helper_token_flags(int(flags), self.job, self.handle))
+
+    async def helper_token_flags(self) -> TokenFlags:
+        doc = await self.client._call(_ops.get_helper_token(self.job, self.handle))
+        return TokenFlags(int(doc["flags_value"]))
+
+    async def helper_token_sid(self) -> str | None:
+        sid = (await self.client._call(_ops.get_helper_token(self.job, self.handle))).get("sid")
+        return None if sid is None else str(sid)
+
+    async def clear_helper_token(self) -> None:
+        await self.client._call(_ops.clear_helper_token(self.job, self.handle))
+
+    async def release(self) -> None:
+        if self.handle is not None:
+            await self.client.release(self.handle)
+            self.handle = None

@@ -8,6 +8,7 @@ The request logic itself lives in ``_ops``; this module only moves bytes.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket as _socket
 import threading
@@ -17,9 +18,11 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ..errors import FerryError
-from ..model.types import JobState, JobType, Priority
+from ..model.types import JobState, JobType, Priority, TokenFlags
 from . import _ops
 from ._ops import DaemonUnavailable, Event, FileInfo, JobView, JSONObj
+from .impersonation import Identity, connect_as
+from .impersonation import current as current_impersonation
 from .sockets import resolve_socket
 
 T = TypeVar("T")
@@ -63,6 +66,22 @@ def _connect(conn: _UnixHTTPConnection) -> None:
         raise DaemonUnavailable(path, e.strerror or str(e)) from None
 
 
+def one_shot_request(
+    identity: Identity, path: str, timeout: float | None, call: _ops.Call[Any]
+) -> tuple[int, bytes]:
+    """One request over a connection made as ``identity`` (see ``ferry.impersonate``)."""
+    imp = connect_as(identity, path, timeout)
+    conn = _UnixHTTPConnection(path, timeout)
+    conn.sock = imp.sock
+    try:
+        conn.request(call.method, call.target, body=call.body, headers=call.headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+        imp.close()
+
+
 class Client:
     """A connection to ferryd (SPEC §7). Not meant to be shared between threads for
     throughput, but safe if it is: requests are serialized on one connection."""
@@ -76,7 +95,11 @@ class Client:
     # ---- transport ----------------------------------------------------------------
 
     def _call(self, call: _ops.Call[T]) -> T:
-        status, raw = self._send(call.method, call.target, call.body, call.headers)
+        identity = current_impersonation()
+        if identity is not None:
+            status, raw = one_shot_request(identity, self.socket, self.timeout, call)
+        else:
+            status, raw = self._send(call.method, call.target, call.body, call.headers)
         return call.finish(status, raw)
 
     def _send(
@@ -153,6 +176,24 @@ class Client:
 
     def jobs(self, all_users: bool = False) -> list[Job]:
         return [Job(self, d) for d in self._call(_ops.list_jobs(all_users))]
+
+    def open(self, job_id_or_name: str, interface: str = "job", ttl: int | None = None) -> str:
+        """Open a job for an interface (``job`` or ``token-options``): ferryd checks access
+        now, as this connection's identity, and returns an unguessable handle. Without a
+        TTL the handle lives as long as this client's connection."""
+        return str(self._call(_ops.open_handle(job_id_or_name, interface, ttl))["handle"])
+
+    def token_options(self, handle: str) -> TokenOptions:
+        """IBitsTokenOptions through a handle someone opened (possibly another process)."""
+        return TokenOptions(self, handle=handle)
+
+    def release(self, handle: str) -> None:
+        self._call(_ops.release_handle(handle))
+
+    def logoff(self, user: str | int | None = None, session: int | None = None) -> JSONObj:
+        """Declare a user or a login session logged off now (administrators; what the PAM
+        close-session hook calls)."""
+        return self._call(_ops.logoff(user, session))
 
     def events(self, job_id: str | None = None, all_users: bool = False) -> EventStream:
         """Subscribe now (so nothing after this call is missed); iterate to receive.
@@ -295,6 +336,11 @@ class Job(JobView):
         None to clear)."""
         self._update(self.client._call(_ops.set_job(self.id, props)))
 
+    def token_options(self, ttl: int | None = None) -> TokenOptions:
+        """Open a token-options handle (SPEC §4.3): the access check happens now, with this
+        client's identity; calls through it are not checked again."""
+        return TokenOptions(self.client, handle=self.client.open(self.id, "token-options", ttl))
+
     def follow(self, timeout: float | None = None) -> Iterator[Event]:
         """Events about this job as they happen, starting with a snapshot; a daemon restart
         is ridden out by re-subscribing (the new snapshot closes any gap). Ends when the
@@ -341,3 +387,47 @@ class Job(JobView):
             if done is not None:
                 return done
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+class TokenOptions:
+    """IBitsTokenOptions. Calls made inside ``with ferry.impersonate(...)`` connect as that
+    identity, which is how the helper token is chosen (SetHelperToken takes the identity of
+    the connection that carries it)."""
+
+    def __init__(self, client: Client, *, handle: str | None = None, job: str | None = None):
+        self.client = client
+        self.handle = handle
+        self.job = job
+
+    def _call(self, call: _ops.Call[JSONObj]) -> JSONObj:
+        return self.client._call(call)
+
+    def set_helper_token(self) -> None:
+        self._call(_ops.set_helper_token(self.job, self.handle))
+
+    def set_helper_token_flags(self, flags: int) -> None:
+        self._call(_ops.set_helper_token_flags(int(flags), self.job, self.handle))
+
+    def helper_token_flags(self) -> TokenFlags:
+        return TokenFlags(
+            int(self._call(_ops.get_helper_token(self.job, self.handle))["flags_value"])
+        )
+
+    def helper_token_sid(self) -> str | None:
+        sid = self._call(_ops.get_helper_token(self.job, self.handle)).get("sid")
+        return None if sid is None else str(sid)
+
+    def clear_helper_token(self) -> None:
+        self._call(_ops.clear_helper_token(self.job, self.handle))
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.client.release(self.handle)
+            self.handle = None
+
+    def __enter__(self) -> TokenOptions:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(FerryError):
+            self.release()
