@@ -1,0 +1,70 @@
+# ferry — developer and CI entry points. `make test` is what CI runs (.ci/run).
+#
+#   make venv      create .venv and install ferry in it (editable, with the dev extras)
+#   make lint      ruff + mypy --strict
+#   make test      lint, then the test suite
+#   make demo      a real 200 MiB transfer through a real ferryd, with a progress bar
+#   make bench     benchmarks against curl and aria2   (make bench QUICK=1 for a short run)
+#   make torture   crash/restart torture run           (make torture QUICK=1 likewise)
+#   make clean     remove the venv and every cache
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Touched after a successful install: the venv is rebuilt only when pyproject.toml changes.
+STAMP  := $(VENV)/.installed
+
+# Lint what exists: an empty directory is not in a fresh clone.
+LINT_PATHS := $(wildcard src tests benchmarks scripts)
+
+# `make bench QUICK=1` → the benchmark sees QUICK=1 in its environment; otherwise no QUICK.
+QUICK ?=
+QUICK_ENV := $(if $(filter-out 0,$(QUICK)),env QUICK=1,env -u QUICK)
+
+.PHONY: all venv lint test demo bench torture clean
+
+all: test
+
+venv: $(STAMP)
+
+# The interpreter of the venv. A Debian python3 without its venv module (or ensurepip)
+# cannot create one: as root we install python3-venv, otherwise we say what is missing.
+$(BIN)/python:
+	@if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "== $(PYTHON) has no venv/ensurepip: installing python3-venv"; \
+	        export DEBIAN_FRONTEND=noninteractive; \
+	        apt-get update -qq && \
+	        apt-get install -y -qq --no-install-recommends python3-venv python3-pip; \
+	    else \
+	        echo "error: $(PYTHON) cannot create a virtualenv; install python3-venv" >&2; \
+	        exit 1; \
+	    fi; \
+	fi
+	@rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+lint: venv
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q
+
+demo: venv
+	$(BIN)/python scripts/demo.py
+
+bench: venv
+	$(QUICK_ENV) $(BIN)/python benchmarks/run.py
+
+torture: venv
+	$(QUICK_ENV) $(BIN)/python benchmarks/torture.py
+
+clean:
+	rm -rf $(VENV) .demo build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf src/*.egg-info
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
