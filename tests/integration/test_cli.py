@@ -349,7 +349,7 @@ def _reader(proc: subprocess.Popen[str]) -> queue.Queue[str]:
 def test_events_json_lines(cli: Cli, http_server: StaticServer, dest: Path) -> None:
     job = cli.ok("create", "streamed")
     cli.ok("add", "streamed", http_server.add("s.bin", os.urandom(40_000)), str(dest / "s.bin"))
-    proc = cli.popen("events", "streamed")
+    proc = cli.popen("events", "--all-events", "streamed")
     try:
         lines = _reader(proc)
         first = json.loads(lines.get(timeout=20))

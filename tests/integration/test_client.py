@@ -204,7 +204,7 @@ def test_events_iterator_sees_transitions(
     job = client.create_job("watched")
     job.add_file(http_server.add("w.bin", os.urandom(50_000)), str(dest / "w.bin"))
     seen: list[tuple[str, JobState | None]] = []
-    with client.events(job.id) as stream:
+    with client.events(job.id, all_events=True) as stream:
         job.resume()  # the stream is already subscribed: nothing can be missed
         for ev in stream:
             assert ev.job_id == job.id

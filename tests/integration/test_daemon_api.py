@@ -363,7 +363,8 @@ def test_events_stream_snapshot_first(ferryd: Daemon) -> None:
     conn = s.socket(s.AF_UNIX, s.SOCK_STREAM)
     conn.settimeout(10)
     conn.connect(ferryd.socket)
-    conn.sendall(f"GET /v1/events?job={job['id']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    target = f"/v1/events?job={job['id']}&all_events=true"
+    conn.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     buf = b""
     while b": ready" not in buf:
         buf += conn.recv(65536)

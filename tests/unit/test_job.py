@@ -147,7 +147,7 @@ def test_resume_queues(state: JobState) -> None:
     assert job.state is JobState.QUEUED
     assert job.modified == NOW + 5
     assert job.error is None and job.retry_at is None
-    assert job.no_progress_since == NOW + 5
+    assert job.no_progress_since is None, "a resume stops the no-progress clock"
 
 
 def test_resume_keeps_the_error_count() -> None:
@@ -525,10 +525,25 @@ def test_fail_transient_with_no_progress_timeout_zero_is_final_at_once() -> None
 def test_fail_after_no_progress_timeout_is_final(elapsed: int, state: str) -> None:
     job = job_in(JobState.SUSPENDED)
     job.set_properties({"no_progress_timeout": 100}, LIM, NOW)
-    job.resume(NOW)  # the no-progress clock starts
+    job.resume(NOW)
     job.start(NOW)
-    job.fail(err(), transient=True, now=NOW + elapsed)
+    job.fail(err(), transient=True, now=NOW + 7)  # the first transient error starts the clock
+    assert job.state is JobState.TRANSIENT_ERROR and job.no_progress_since == NOW + 7
+    job.requeue(NOW + 20)  # the retry keeps the clock running
+    job.start(NOW + 20)
+    job.fail(err(), transient=True, now=NOW + 7 + elapsed)
     assert job.state is JobState(state)
+
+
+def test_waiting_in_line_does_not_count_as_no_progress() -> None:
+    """BITS starts the no-progress clock at the first transient error: a job that waited
+    longer than no_progress_timeout (queued behind others, owner logged off) still retries."""
+    job = job_in(JobState.SUSPENDED)
+    job.set_properties({"no_progress_timeout": 100}, LIM, NOW)
+    job.resume(NOW)
+    job.start(NOW + 5000)
+    job.fail(err(), transient=True, now=NOW + 5000)
+    assert job.state is JobState.TRANSIENT_ERROR
 
 
 def test_progress_restarts_the_no_progress_clock() -> None:
@@ -537,17 +552,55 @@ def test_progress_restarts_the_no_progress_clock() -> None:
     job.resume(NOW)
     job.start(NOW)
     job.transferring(NOW)
+    job.fail(err(), transient=True, now=NOW + 10)
+    assert job.no_progress_since == NOW + 10
+    job.requeue(NOW + 20)
+    job.start(NOW + 20)
     job.record_progress(0, 500, NOW + 90)
-    assert job.no_progress_since == NOW + 90
-    job.record_progress(0, 500, NOW + 95)  # no new bytes: the clock keeps running
-    assert job.no_progress_since == NOW + 90
+    assert job.no_progress_since is None, "bytes arrived: the clock stops"
+    job.fail(err(), transient=True, now=NOW + 95)
+    assert job.no_progress_since == NOW + 95
+    job.requeue(NOW + 100)
+    job.start(NOW + 100)
+    job.record_progress(0, 500, NOW + 105)  # no new bytes: the clock keeps running
+    assert job.no_progress_since == NOW + 95
     job.fail(err(), transient=True, now=NOW + 150)
     assert job.state is JobState.TRANSIENT_ERROR
     job.requeue(NOW + 160)
     job.start(NOW + 160)
-    job.fail(err(), transient=True, now=NOW + 190)
+    job.fail(err(), transient=True, now=NOW + 195)
     assert job.state is JobState.ERROR
-    assert job.error_count == 2
+    assert job.error_count == 4
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [(None, 600), (30, 600), (600, 600), (1800, 1800), (10**9, 5000)],
+)
+def test_retry_after_lengthens_but_never_shortens(
+    retry_after: float | None, expected: float
+) -> None:
+    """Retry-After may lengthen min_retry_delay, never shorten it, and never push the retry
+    past the end of the no-progress window (a server cannot park a job for ever)."""
+    job = job_in(JobState.SUSPENDED)
+    job.set_properties({"no_progress_timeout": 5000}, LIM, NOW)
+    job.resume(NOW)
+    job.start(NOW)
+    job.fail(err(), transient=True, now=NOW + 10, retry_after=retry_after)
+    assert job.state is JobState.TRANSIENT_ERROR
+    assert job.retry_at == NOW + 10 + expected
+
+
+def test_dynamic_content_property() -> None:
+    job = job_in(JobState.SUSPENDED)
+    assert job.dynamic_content is False and job.to_public()["dynamic_content"] is False
+    job.set_properties({"dynamic_content": True}, LIM, NOW + 1)
+    assert job.dynamic_content is True and job.to_public()["dynamic_content"] is True
+    with pytest.raises(FerryError) as exc:
+        job.set_properties({"dynamic_content": 1}, LIM, NOW + 2)
+    assert exc.value.code == "E_INVALIDARG" and job.dynamic_content is True
+    record = json.loads(json.dumps(job.to_record()))
+    assert Job.from_record(record, job.files).dynamic_content is True
 
 
 def test_error_count_counts_every_error_since_creation() -> None:

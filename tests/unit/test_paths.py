@@ -14,6 +14,7 @@ from ferry.model.paths import (
     temp_name_for,
     validate_local_name,
     validate_remote_name,
+    validate_sha256,
 )
 
 LIMITS = Limits()
@@ -199,3 +200,20 @@ def test_temp_name_fits_name_max() -> None:
 @pytest.mark.parametrize("bad", ["", "a/b", "a\x00"])
 def test_temp_name_token_rejected(bad: str) -> None:
     assert code_of(temp_name_for, "/d/f", bad) == "E_INVALIDARG"
+
+
+# ---- expected SHA-256 ---------------------------------------------------------------------
+
+
+def test_sha256_is_normalized_to_lower_case() -> None:
+    assert validate_sha256("AB" * 32) == "ab" * 32
+    assert validate_sha256(None) is None
+
+
+@pytest.mark.parametrize(
+    "bad", ["ab" * 31, "ab" * 33, "zz" * 32, "", 5, ["ab" * 32], " " + "a" * 63]
+)
+def test_bad_sha256_is_invalid_arg(bad: object) -> None:
+    with pytest.raises(FerryError) as exc:
+        validate_sha256(bad)
+    assert exc.value.code == "E_INVALIDARG"

@@ -386,14 +386,19 @@ def transfer(priority: str, name: str | None, names: tuple[str, ...]) -> None:
 @cli.command()
 @click.argument("job", required=False)
 @click.option("--all-users", is_flag=True, help="Every user's jobs (administrators only).")
-def events(job: str | None, all_users: bool) -> None:
+@click.option(
+    "--all-events", is_flag=True, help="Every change, whatever the jobs' notify flags."
+)
+def events(job: str | None, all_users: bool, all_events: bool) -> None:
     """Follow job events (a job's, or all of yours) until Ctrl-C.
 
-    Each job is first reported as job-snapshot, then job-modification, job-transferred,
-    job-error, file-transferred, job-removed as they happen. --json: one JSON object per
-    line ({"type", "job_id", "job"})."""
+    Each job is first reported as job-snapshot, then as its notify flags ask:
+    job-transferred (JOB_TRANSFERRED), job-error (JOB_ERROR), file-transferred
+    (FILE_TRANSFERRED), job-modification (JOB_MODIFICATION), job-removed; DISABLE silences
+    a job. --all-events shows every change regardless. --json: one JSON object per line
+    ({"type", "job_id", "job"})."""
     c = _ctx()
-    stream = c.client().events(job, all_users=all_users)
+    stream = c.client().events(job, all_users=all_users, all_events=all_events)
     try:
         for ev in stream:
             if c.json:

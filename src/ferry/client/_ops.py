@@ -248,12 +248,18 @@ def action(job: str, name: str) -> Call[tuple[str, JSONObj]]:
     return Call("POST", f"{job_path(job)}/{name}", b"{}", _action_result)
 
 
-def events_target(job_id: str | None = None, all_users: bool = False) -> str:
+def events_target(
+    job_id: str | None = None, all_users: bool = False, all_events: bool = False
+) -> str:
+    """``all_events``: receive every change whatever the jobs' notify_flags (an observer,
+    such as ``wait``), not only what the flags ask for (a callback)."""
     query: list[tuple[str, str]] = []
     if job_id:
         query.append(("job", job_id))
     if all_users:
         query.append(("all_users", "true"))
+    if all_events:
+        query.append(("all_events", "true"))
     return f"{API_PREFIX}/events" + (f"?{urlencode(query)}" if query else "")
 
 

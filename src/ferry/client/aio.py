@@ -140,10 +140,13 @@ class AsyncClient:
     async def jobs(self, all_users: bool = False) -> list[AsyncJob]:
         return [AsyncJob(self, d) for d in await self._call(_ops.list_jobs(all_users))]
 
-    def events(self, job_id: str | None = None, all_users: bool = False) -> AsyncEventStream:
+    def events(
+        self, job_id: str | None = None, all_users: bool = False, all_events: bool = False
+    ) -> AsyncEventStream:
         """``async for event in client.events(...)``; the subscription is made on the first
-        iteration (or on ``await stream.open()`` to subscribe before doing something)."""
-        return AsyncEventStream(self, _ops.events_target(job_id, all_users))
+        iteration (or on ``await stream.open()`` to subscribe before doing something).
+        ``all_events`` as for ``Client.events``."""
+        return AsyncEventStream(self, _ops.events_target(job_id, all_users, all_events))
 
 
 class AsyncEventStream:
@@ -278,7 +281,7 @@ class AsyncJob(JobView):
         loop = asyncio.get_running_loop()
         lost_since: float | None = None
         while True:
-            stream = self.client.events(self.id)
+            stream = self.client.events(self.id, all_events=True)
             try:
                 await stream.open()
             except DaemonUnavailable:

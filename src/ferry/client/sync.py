@@ -195,10 +195,16 @@ class Client:
         close-session hook calls)."""
         return self._call(_ops.logoff(user, session))
 
-    def events(self, job_id: str | None = None, all_users: bool = False) -> EventStream:
+    def events(
+        self, job_id: str | None = None, all_users: bool = False, all_events: bool = False
+    ) -> EventStream:
         """Subscribe now (so nothing after this call is missed); iterate to receive.
-        Each matching job is first reported as a ``job-snapshot`` event."""
-        return EventStream(self.socket, _ops.events_target(job_id, all_users), self.timeout)
+        Each matching job is first reported as a ``job-snapshot`` event; then the events
+        each job's ``notify_flags`` ask for (the callback interface), or with ``all_events``
+        every change whatever the flags."""
+        return EventStream(
+            self.socket, _ops.events_target(job_id, all_users, all_events), self.timeout
+        )
 
 
 class EventStream:
@@ -232,14 +238,22 @@ class EventStream:
     def next(self, timeout: float | None = None) -> Event | None:
         """The next event, or None when the stream ended. With a timeout, raises
         TimeoutError when nothing arrives in time; the stream is unusable afterwards (the
-        socket's buffered reader does not survive a timeout), which suits ``wait``."""
+        socket's buffered reader does not survive a timeout), which suits ``wait``. The
+        timeout bounds the whole call: keep-alive comments do not extend it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not self._pending:
             resp = self._resp
             if resp is None:
                 return None
+            remaining = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.close()
+                    raise TimeoutError("no event within the timeout")
             sock = self._conn.sock
             if sock is not None:
-                sock.settimeout(timeout)
+                sock.settimeout(remaining)
             try:
                 line = resp.readline()
             except TimeoutError:
@@ -350,7 +364,8 @@ class Job(JobView):
         lost_since: float | None = None
         while True:
             try:
-                stream = self.client.events(self.id)
+                # An observer, not a callback: wait() must work whatever the notify_flags.
+                stream = self.client.events(self.id, all_events=True)
             except DaemonUnavailable:
                 now = time.monotonic()
                 lost_since = lost_since if lost_since is not None else now

@@ -139,6 +139,7 @@ ROUTES: tuple[Route, ...] = (
             "notify_cmdline": Field(
                 (list, type(None)), False, {"type": ["array", "null"], "items": _STR}
             ),
+            "dynamic_content": Field(bool, False, {"type": "boolean"}),
         },
         response=JOB_SCHEMA,
     ),
@@ -168,7 +169,15 @@ ROUTES: tuple[Route, ...] = (
                     "items": {
                         "type": "object",
                         "required": ["remote_name", "local_name"],
-                        "properties": {"remote_name": _STR, "local_name": _STR},
+                        "properties": {
+                            "remote_name": _STR,
+                            "local_name": _STR,
+                            "sha256": {
+                                "type": ["string", "null"],
+                                "pattern": "^[0-9a-fA-F]{64}$",
+                                "description": "expected SHA-256 of the whole file",
+                            },
+                        },
                         "additionalProperties": False,
                     },
                 },
@@ -278,13 +287,14 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/v1/events",
         "events",
-        "Server-Sent Events of job changes",
+        "Server-Sent Events of job changes (notify_flags apply unless all_events=true)",
         "events",
-        query={"job": "string", "all_users": "boolean"},
+        query={"job": "string", "all_users": "boolean", "all_events": "boolean"},
         stream=True,
     ),
 )
 
+_FILE_ITEM_KEYS = frozenset({"remote_name", "local_name", "sha256"})
 _JOB_COMPONENT: dict[str, Any] = {
     "type": "object",
     "required": [
@@ -322,6 +332,9 @@ _JOB_COMPONENT: dict[str, Any] = {
         "notify_flags": _INT,
         "notify_cmdline": {"type": ["array", "null"]},
         "helper_token": {"type": ["object", "null"]},
+        "notification": {"type": ["object", "null"]},
+        "dynamic_content": {"type": "boolean"},
+        "retry_at": {"type": ["string", "null"], "description": "next retry (TRANSIENT_ERROR)"},
     },
 }
 _FILE_COMPONENT: dict[str, Any] = {
@@ -334,6 +347,7 @@ _FILE_COMPONENT: dict[str, Any] = {
         "bytes_transferred": _INT,
         "completed": {"type": "boolean"},
         "final_url": {"type": ["string", "null"]},
+        "sha256": {"type": ["string", "null"]},
     },
 }
 _ERROR_COMPONENT: dict[str, Any] = {
@@ -513,7 +527,7 @@ class Api:
         else:
             try:
                 data = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise FerryError(
                     "E_INVALIDARG", f"the request body is not valid JSON: {exc}"
                 ) from None
@@ -582,19 +596,24 @@ class Api:
     async def h_add_files(self, request: web.Request) -> web.Response:
         body = await self.body(request)
         pairs: list[tuple[str, str]] = []
+        digests: list[str | None] = []
         for item in body["files"]:
             if (
                 not isinstance(item, dict)
-                or set(item) != {"remote_name", "local_name"}
+                or not {"remote_name", "local_name"} <= set(item) <= _FILE_ITEM_KEYS
                 or not isinstance(item["remote_name"], str)
                 or not isinstance(item["local_name"], str)
             ):
                 raise FerryError(
                     "E_INVALIDARG",
-                    "each file must be an object with string remote_name and local_name only",
+                    "each file must be an object with string remote_name and local_name "
+                    "(and optionally sha256) only",
                 )
             pairs.append((item["remote_name"], item["local_name"]))
-        job = await self.manager.add_files(request["token"], request.match_info["job"], pairs)
+            digests.append(item.get("sha256"))  # validated by the manager
+        job = await self.manager.add_files(
+            request["token"], request.match_info["job"], pairs, digests
+        )
         return web.json_response(job.to_public())
 
     async def h_action(self, request: web.Request) -> web.Response:
@@ -621,16 +640,20 @@ class Api:
         )
 
     async def h_events(self, request: web.Request) -> web.StreamResponse:
+        """The callback interface: the access check is made once, when subscribing (as
+        when a handle is opened). ``all_events`` makes the subscriber an observer that
+        receives every change whatever the job's notify_flags (service/events.py)."""
         token: Token = request["token"]
         job_ref = request.query.get("job")
         all_users = _flag(request, "all_users")
+        all_events = _flag(request, "all_events")
         if job_ref:
             job = self.manager.resolve(token, job_ref)
-            sub = self.bus.subscribe(job.id, None)
+            sub = self.bus.subscribe(job.id, None, all_events)
             initial = [job]
         else:
             initial = self.manager.list_jobs(token, all_users)
-            sub = self.bus.subscribe(None, None if all_users else token.uid)
+            sub = self.bus.subscribe(None, None if all_users else token.uid, all_events)
         try:
             resp = web.StreamResponse(
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -638,21 +661,26 @@ class Api:
             await resp.prepare(request)
             self._streams.add(resp)
             for j in initial:
-                await _send(resp, self.manager.snapshot(j))
+                if j.id not in self.manager.jobs:
+                    continue  # removed meanwhile; its job-removed event is queued
+                snapshot = self.manager.snapshot(j)
+                sub.sent_snapshot(snapshot)
+                await _send(resp, snapshot)
             await resp.write(b": ready\n\n")
-            it = sub.__aiter__()
             while not self.closing.is_set():
                 try:
-                    event = await asyncio.wait_for(it.__anext__(), SSE_KEEPALIVE)
+                    event = await sub.get(SSE_KEEPALIVE)
                 except TimeoutError:
                     await resp.write(b": keepalive\n\n")
                     continue
-                except StopAsyncIteration:
+                if event is None:
                     break
                 await _send(resp, event)
             return resp
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
+        except ConnectionResetError:
+            # The subscriber went away (a finished `ferry wait`, Ctrl-C): nothing to report.
+            log.debug("event subscriber disconnected")
+            raise asyncio.CancelledError() from None
         finally:
             self.bus.unsubscribe(sub)
             with contextlib.suppress(NameError):

@@ -37,10 +37,22 @@ class Config:
     log_level: str = "info"
     admin_groups: frozenset[int] = frozenset()
     max_background_jobs: int = 4
+    time_slice: float = 30.0
     session_poll_interval: float = 5.0
     final_job_retention: float = 7 * 86400
     job_inactivity_timeout: float = 90 * 86400
     housekeeping_interval: float = 60.0
+    # Transfers: seconds without a byte from the server (response or body) before a transfer
+    # fails with the transient ERROR_WINHTTP_TIMEOUT; extra https trust anchors (PEM), added
+    # to the system store.
+    stall_timeout: float = 60.0
+    ca_file: Path | None = None
+    # Notifications (service/events.py, service/notify.py).
+    min_notification_interval_ms: int = 500
+    notify_timeout: float = 30.0
+    notify_retry_delay: float = 60.0
+    notify_max_attempts: int = 5
+    notify_start_delay: float = 0.0  # for tests: hold command-line notifications at start
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -58,10 +70,18 @@ _DAEMON_KEYS: dict[str, type | tuple[type, ...]] = {
     "log_level": str,
     "admin_groups": list,
     "max_background_jobs": int,
+    "time_slice": (int, float),
     "session_poll_interval": (int, float),
     "final_job_retention": (int, float),
     "job_inactivity_timeout": (int, float),
     "housekeeping_interval": (int, float),
+    "stall_timeout": (int, float),
+    "ca_file": str,
+    "min_notification_interval_ms": int,
+    "notify_timeout": (int, float),
+    "notify_retry_delay": (int, float),
+    "notify_max_attempts": int,
+    "notify_start_delay": (int, float),
 }
 
 
@@ -125,10 +145,23 @@ def _apply_file(cfg: Config, path: Path) -> Config:
             raise FerryError("E_INVALIDARG", f"config file {path}: daemon.{key} has a wrong type")
         if key in ("socket", "state_dir"):
             value = Path(value)
+        elif key == "ca_file":
+            value = Path(value)
+            if not value.is_file():
+                raise FerryError(
+                    "ERROR_FILE_NOT_FOUND",
+                    f"config file {path}: daemon.ca_file {value} is not a readable file",
+                )
+        elif key == "stall_timeout" and value <= 0:
+            raise FerryError(
+                "E_INVALIDARG", f"config file {path}: daemon.stall_timeout must be > 0"
+            )
         elif key == "admin_groups":
             value = frozenset(_gid(v) for v in value)
         elif key != "log_level" and value < 0:
             raise FerryError("E_INVALIDARG", f"config file {path}: daemon.{key} < 0")
+        elif key in ("notify_timeout", "notify_max_attempts") and value <= 0:
+            raise FerryError("E_INVALIDARG", f"config file {path}: daemon.{key} must be > 0")
         changes[key] = value
     limit_names = {f.name for f in fields(Limits)}
     limits: dict[str, int] = {}

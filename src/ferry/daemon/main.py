@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import stat
 import sys
 import time
@@ -26,6 +27,7 @@ from ..errors import FerryError
 from ..security.identity import IdentityIO
 from ..service.events import EventBus
 from ..service.manager import QueueManager
+from ..service.notify import Notifier
 from ..service.scheduler import Scheduler
 from ..store.sqlite import SqliteStore
 from ..transfer.engine import TransferEngine
@@ -112,6 +114,18 @@ def listen(path: Path, mode: int) -> socket.socket:
     return sock
 
 
+def tls_context(cfg: Config) -> ssl.SSLContext:
+    """What https servers are checked against: the system trust store, plus the extra
+    anchors of ``ca_file`` (a private CA) when configured."""
+    ctx = ssl.create_default_context()
+    if cfg.ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(cfg.ca_file))
+        except OSError as exc:  # ssl.SSLError too: not PEM, no certificate in it
+            raise FerryError("E_INVALIDARG", f"ca_file {cfg.ca_file}: {exc}") from None
+    return ctx
+
+
 def lock_state_dir(state_dir: Path) -> int:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(state_dir / "ferryd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -127,15 +141,27 @@ def lock_state_dir(state_dir: Path) -> int:
 
 async def serve(cfg: Config) -> None:
     started = time.monotonic()
+    tls = tls_context(cfg)
     lock_fd = lock_state_dir(cfg.state_dir)
     store = SqliteStore.open(cfg.db_path)
     identity = IdentityIO()
-    engine = TransferEngine(identity)
-    bus = EventBus()
+    engine = TransferEngine(identity, ssl_context=tls, read_timeout=cfg.stall_timeout)
+    bus = EventBus(min_interval=cfg.min_notification_interval_ms / 1000)
     manager = QueueManager(store, identity, bus, cfg.limits)
     count = manager.load()
     manager.sessions.update(await asyncio.to_thread(manager.sessions.scan))
-    scheduler = Scheduler(manager, engine, cfg.max_background_jobs, manager.logged_on)
+    scheduler = Scheduler(
+        manager, engine, cfg.max_background_jobs, manager.logged_on, time_slice=cfg.time_slice
+    )
+    notifier = Notifier(
+        manager,
+        identity,
+        socket_path=str(cfg.socket),
+        timeout=cfg.notify_timeout,
+        retry_delay=cfg.notify_retry_delay,
+        max_attempts=cfg.notify_max_attempts,
+        start_delay=cfg.notify_start_delay,
+    )
     api = Api(
         manager,
         bus,
@@ -169,6 +195,7 @@ async def serve(cfg: Config) -> None:
             sched_task = tg.create_task(scheduler.run(), name="scheduler")
             house_task = tg.create_task(housekeeping(manager, cfg), name="housekeeping")
             logon_task = tg.create_task(watch_sessions(manager, cfg), name="sessions")
+            notify_task = tg.create_task(notifier.run(), name="notifier")
             await stop.wait()
             log.info("stopping")
             sd_notify("STOPPING=1")
@@ -177,6 +204,7 @@ async def serve(cfg: Config) -> None:
             sched_task.cancel()
             house_task.cancel()
             logon_task.cancel()
+            notify_task.cancel()
     finally:
         await runner.cleanup()
         await engine.close()

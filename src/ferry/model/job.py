@@ -71,6 +71,9 @@ class JobFile:
     # (ETag or Last-Modified) and the URL the last request ended at after redirects.
     validator: str | None = None
     final_url: str | None = None
+    # The SHA-256 (64 lower-case hex digits) the whole file must have, when the client gave
+    # one (beyond BITS): checked before the file counts as transferred.
+    sha256: str | None = None
 
     def to_public(self) -> dict[str, Any]:
         return {
@@ -80,6 +83,7 @@ class JobFile:
             "bytes_transferred": self.bytes_transferred,
             "completed": self.completed,
             "final_url": self.final_url,
+            "sha256": self.sha256,
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -92,6 +96,7 @@ class JobFile:
             "temp_name": self.temp_name,
             "validator": self.validator,
             "final_url": self.final_url,
+            "sha256": self.sha256,
         }
 
     @classmethod
@@ -105,6 +110,7 @@ class JobFile:
             temp_name=d.get("temp_name"),
             validator=d.get("validator"),
             final_url=d.get("final_url"),
+            sha256=d.get("sha256"),
         )
 
 
@@ -179,10 +185,17 @@ class Job:
     notify_cmdline: list[str] | None = None
     helper_token: Token | None = None
     helper_flags: TokenFlags = TokenFlags(0)
-    # Scheduler bookkeeping: when a TRANSIENT_ERROR job may retry, and the start of the
-    # current stretch without progress (for no_progress_timeout).
+    # BITS_JOB_PROPERTY_DYNAMIC_CONTENT: the server may omit Content-Length; such files are
+    # read to EOF and never resumed (every attempt starts at byte 0).
+    dynamic_content: bool = False
+    # Scheduler bookkeeping: when a TRANSIENT_ERROR job may retry, and when the current
+    # stretch of transient errors without progress began (for no_progress_timeout). As in
+    # BITS, that clock starts at the first transient error and stops when bytes arrive or
+    # the client resumes the job; None while no such stretch is running.
     retry_at: float | None = None
     no_progress_since: float | None = None
+    # How the last command-line notification went (model/notification.py ``status``).
+    notification: dict[str, Any] | None = None
 
     # ---- construction -------------------------------------------------------------
 
@@ -291,7 +304,9 @@ class Job:
                 self.transfer_completed = now
             return True
         self._set_state(JobState.QUEUED, now)
-        self.no_progress_since = now
+        # An explicit resume is a fresh start: a job that waited (suspended, in ERROR, or
+        # in line behind others) must not time out at its first transient error.
+        self.no_progress_since = None
         return True
 
     def suspend(self, now: float) -> bool:
@@ -366,6 +381,8 @@ class Job:
                 value = NotifyFlags(value)
             elif key == "notify_cmdline":
                 value = _check_cmdline(value, limits)
+            elif key == "dynamic_content":
+                _require_type(key, value, bool)
             else:
                 raise FerryError("E_INVALIDARG", f"unknown property {key!r}")
             new[key] = value
@@ -412,7 +429,7 @@ class Job:
     def record_progress(self, index: int, bytes_transferred: int, now: float) -> None:
         f = self.files[index]
         if bytes_transferred > f.bytes_transferred:
-            self.no_progress_since = now
+            self.no_progress_since = None
         f.bytes_transferred = bytes_transferred
 
     def file_completed(self, index: int, now: float) -> None:
@@ -420,21 +437,34 @@ class Job:
         f.completed = True
         if f.bytes_total is None:
             f.bytes_total = f.bytes_transferred
-        self.no_progress_since = now
+        self.no_progress_since = None
         if self.all_transferred and self.state.is_active:
             self._set_state(JobState.TRANSFERRED, now)
             self.transfer_completed = now
 
-    def fail(self, error: JobError, transient: bool, now: float) -> None:
-        """Record an error. A transient one retries after min_retry_delay unless the job has
-        made no progress for no_progress_timeout (0: errors are final at once)."""
+    def fail(
+        self, error: JobError, transient: bool, now: float, retry_after: float | None = None
+    ) -> None:
+        """Record an error. A transient one retries after min_retry_delay (or the server's
+        Retry-After, when that is longer) unless transient errors have gone on without
+        progress for no_progress_timeout (0: errors are final at once)."""
         self.error_count += 1
-        since = self.no_progress_since if self.no_progress_since is not None else now
-        if transient and (self.no_progress_timeout == 0 or now - since >= self.no_progress_timeout):
-            transient = False
+        self.retry_at = None
+        if transient:
+            if self.no_progress_since is None:
+                self.no_progress_since = now  # the first transient error starts the clock
+            deadline = self.no_progress_since + self.no_progress_timeout
+            if self.no_progress_timeout == 0 or now >= deadline:
+                transient = False
+            else:
+                delay = float(self.min_retry_delay)
+                if retry_after is not None and retry_after > delay:
+                    # Retry-After lengthens the wait, never shortens it, and never past the
+                    # end of the no-progress window: a server cannot park a job forever.
+                    delay = max(delay, min(retry_after, deadline - now))
+                self.retry_at = now + delay
         self.state = JobState.TRANSIENT_ERROR if transient else JobState.ERROR
         self.error = error
-        self.retry_at = now + self.min_retry_delay if transient else None
         self.modified = now
 
     # ---- views --------------------------------------------------------------------
@@ -487,6 +517,9 @@ class Job:
             "notify_flags": int(self.notify_flags),
             "notify_cmdline": self.notify_cmdline,
             "helper_token": helper,
+            "notification": self.notification,
+            "dynamic_content": self.dynamic_content,
+            "retry_at": iso(self.retry_at),
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -510,8 +543,10 @@ class Job:
             "notify_cmdline": self.notify_cmdline,
             "helper_token": self.helper_token.to_json() if self.helper_token else None,
             "helper_flags": int(self.helper_flags),
+            "dynamic_content": self.dynamic_content,
             "retry_at": self.retry_at,
             "no_progress_since": self.no_progress_since,
+            "notification": self.notification,
         }
 
     @classmethod
@@ -536,8 +571,10 @@ class Job:
             notify_cmdline=d.get("notify_cmdline"),
             helper_token=Token.from_json(d["helper_token"]) if d.get("helper_token") else None,
             helper_flags=TokenFlags(int(d.get("helper_flags", 0))),
+            dynamic_content=bool(d.get("dynamic_content", False)),
             retry_at=d.get("retry_at"),
             no_progress_since=d.get("no_progress_since"),
+            notification=d.get("notification"),
         )
 
 

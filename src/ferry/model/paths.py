@@ -125,6 +125,22 @@ def _file_path(url: str) -> str:
     return path
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def validate_sha256(value: object) -> str | None:
+    """An expected SHA-256 given with a file: 64 hexadecimal digits (either case), returned
+    in lower case; None (or absent) means the file is not checked."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _invalid("sha256 must be a string of 64 hexadecimal digits")
+    digest = value.lower()
+    if len(digest) != 64 or not set(digest) <= _HEX:
+        raise _invalid(f"sha256 must be 64 hexadecimal digits, not {value[:80]!r}")
+    return digest
+
+
 def file_url_path(url: str) -> str:
     """The local path a (validated) file URL names, percent-decoded."""
     return _file_path(url)

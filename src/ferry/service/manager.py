@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import FerryError
-from ..model.job import Job, JobError, JobFile, Limits
-from ..model.paths import validate_local_name, validate_remote_name
+from ..model import notification as notif
+from ..model.job import Job, JobError, JobFile, Limits, iso
+from ..model.notification import PendingNotification
+from ..model.paths import validate_local_name, validate_remote_name, validate_sha256
 from ..model.types import ErrorContext, JobState, JobType, Priority
 from ..security import policy
 from ..security.handles import Handle, HandleTable, Interface
@@ -51,6 +53,10 @@ class QueueManager:
         # Set by the scheduler when it starts; until then nothing runs.
         self.kick: Callable[[], None] = lambda: None
         self.stop_transfer: Callable[[Job], Any] | None = None
+        # Set by the scheduler: told of every change of a job (its index of runnable jobs).
+        self.job_changed: Callable[[Job], None] = lambda job: None
+        # Set by the notifier: told of each command-line notification once it is stored.
+        self.notification_due: Callable[[PendingNotification], None] = lambda n: None
 
     # ---- loading and indexing ---------------------------------------------------
 
@@ -79,11 +85,54 @@ class QueueManager:
     # ---- events -----------------------------------------------------------------
 
     def publish(self, job: Job, type: str = ev.JOB_MODIFICATION) -> None:
+        self.job_changed(job)
         if self.bus.has_subscribers:
             self.bus.publish(Event(type, job.id, job.owner.uid, job.to_public()))
 
     def snapshot(self, job: Job) -> Event:
         return Event(ev.JOB_SNAPSHOT, job.id, job.owner.uid, job.to_public())
+
+    # ---- command-line notifications (service/notify.py runs them) ----------------------
+
+    def _due(self, job: Job) -> PendingNotification | None:
+        """The notification a job that just entered TRANSFERRED or ERROR owes, if any. The
+        caller stores it in the same transaction as the state change (the outbox), then
+        hands it to ``_announce_due``."""
+        n = notif.due(
+            job.id,
+            job.state,
+            job.notify_flags,
+            job.notify_cmdline,
+            job.owner,
+            float(job.min_retry_delay),
+            self.clock(),
+        )
+        if n is not None:
+            job.notification = notif.status(n, notif.PENDING)
+        return n
+
+    def _announce_due(self, n: PendingNotification | None) -> None:
+        if n is not None:
+            self.notification_due(n)
+
+    def notification_attempt(self, n: PendingNotification) -> None:
+        """An attempt is about to run: count it durably first, so a crash during the run
+        neither loses the notification nor lets it retry forever."""
+        self.store.update_notification(n)
+
+    def notification_outcome(self, n: PendingNotification, status: dict[str, Any]) -> None:
+        """Record how an attempt went on the job (if it still exists); a settled
+        notification (delivered, or failed for the last time) leaves the outbox in the same
+        transaction."""
+        job = self.jobs.get(n.job_id)
+        if job is not None:
+            job.notification = status
+        if status["state"] == notif.PENDING:
+            self.store.update_notification(n, job)
+        else:
+            self.store.finish_notification(n, job)
+        if job is not None:
+            self.publish(job)
 
     # ---- lookup -----------------------------------------------------------------
 
@@ -141,24 +190,39 @@ class QueueManager:
         self.publish(job)
         return job
 
-    async def add_files(self, caller: Token, ref: str, pairs: list[tuple[str, str]]) -> Job:
+    async def add_files(
+        self,
+        caller: Token,
+        ref: str,
+        pairs: list[tuple[str, str]],
+        sha256: list[str | None] | None = None,
+    ) -> Job:
+        """AddFileSet; ``sha256``, when given, holds each file's expected digest or None."""
         job = self.resolve(caller, ref)
         if job.state.is_final:
             raise FerryError(
                 "BG_E_INVALID_STATE", f"cannot add files: the job is {job.state.value}"
             )
+        digests = sha256 if sha256 is not None else [None] * len(pairs)
+        if len(digests) != len(pairs):
+            raise FerryError("E_INVALIDARG", "one sha256 (or None) per file")
         files = [
             JobFile(
                 remote_name=validate_remote_name(remote, self.limits),
                 local_name=validate_local_name(local, self.limits),
+                sha256=validate_sha256(digest),
             )
-            for remote, local in pairs
+            for (remote, local), digest in zip(pairs, digests, strict=True)
         ]
         if job.type is JobType.DOWNLOAD:
             # The destination directory must exist, seen by the identity that will write there.
             token = policy.local_file_token(job)
+            checked: set[str] = set()
             for f in files:
-                await self.identity.check_directory(token, f.local_name)
+                directory = f.local_name.rpartition("/")[0]
+                if directory not in checked:  # once per directory: 1,000 files, one check
+                    await self.identity.check_directory(token, f.local_name)
+                    checked.add(directory)
         first = len(job.files)
         job.add_files(files, self.limits, self.clock())
         self.store.add_files(job, first)
@@ -170,7 +234,9 @@ class QueueManager:
     def resume(self, caller: Token, ref: str) -> Job:
         job = self.resolve(caller, ref)
         if job.resume(self.clock()):
-            self.store.save_job_header(job)
+            due = self._due(job) if job.state is JobState.TRANSFERRED else None
+            self.store.save_job_header(job, due)
+            self._announce_due(due)
             if job.state is JobState.TRANSFERRED:  # its last file finished while suspended
                 self.publish(job, ev.JOB_TRANSFERRED)
             else:
@@ -379,7 +445,9 @@ class QueueManager:
                         transient=False,
                         now=now,
                     )
-                self.store.save_job_header(job)
+                due = self._due(job) if job.state is JobState.ERROR else None
+                self.store.save_job_header(job, due)
+                self._announce_due(due)
                 self.publish(
                     job, ev.JOB_ERROR if job.state is JobState.ERROR else ev.JOB_MODIFICATION
                 )
@@ -447,20 +515,81 @@ class QueueManager:
         self.publish(job)
 
     async def file_completed(self, job: Job, index: int) -> None:
+        was = job.state
         job.file_completed(index, self.clock())
-        self.store.save_progress(job, index)
+        entered = job.state is JobState.TRANSFERRED and was is not JobState.TRANSFERRED
+        due = self._due(job) if entered else None
+        self.store.save_progress(job, index, due)
+        self._announce_due(due)
         self.publish(job, ev.FILE_TRANSFERRED)
         if job.state is JobState.TRANSFERRED:
             self.publish(job, ev.JOB_TRANSFERRED)
             log.info("job %s transferred", job.id)
 
+    async def report_files(
+        self, job: Job, started: Sequence[int], completed: Sequence[tuple[int, int]]
+    ) -> None:
+        """BatchCallbacks: files whose temporary files were created, and files completed
+        together (in file order), persisted in one commit; then one file-transferred event
+        per completed file, each showing the job as it was right after that file."""
+        now = self.clock()
+        was = job.state
+        was_completed_at = job.transfer_completed
+        growth: list[int] = []  # bytes each completed file adds to the job's progress
+        sized: list[bool] = []  # whether its size was known before
+        for index, size in completed:
+            jf = job.files[index]
+            growth.append(size - jf.bytes_transferred)
+            sized.append(jf.bytes_total is not None)
+            job.record_progress(index, size, now)
+            job.file_completed(index, now)
+        entered = job.state is JobState.TRANSFERRED and was is not JobState.TRANSFERRED
+        due = self._due(job) if entered else None
+        self.store.save_files(job, sorted({*started, *(i for i, _ in completed)}), due)
+        self._announce_due(due)
+        self.job_changed(job)
+        if completed and self.bus.has_subscribers:
+            # One full view, and the views after the earlier files derived from it: the
+            # job's counters are sums over all its files, too dear to recompute per file.
+            final = job.to_public()
+            views = []
+            later_growth, later_unsized = 0, False
+            for k in range(len(completed) - 1, -1, -1):
+                if k == len(completed) - 1:
+                    views.append(final)
+                else:
+                    progress = dict(final["progress"])
+                    progress["files_transferred"] -= len(completed) - 1 - k
+                    progress["bytes_transferred"] -= later_growth
+                    if later_unsized:
+                        progress["bytes_total"] = None
+                    view = dict(final, progress=progress)
+                    if entered:
+                        view["state"] = was.value
+                        before = iso(was_completed_at)
+                        view["times"] = dict(final["times"], transfer_completed=before)
+                    views.append(view)
+                later_growth += growth[k]
+                later_unsized = later_unsized or not sized[k]
+            for view in reversed(views):
+                self.bus.publish(Event(ev.FILE_TRANSFERRED, job.id, job.owner.uid, view))
+        if entered:
+            self.publish(job, ev.JOB_TRANSFERRED)
+            log.info("job %s transferred", job.id)
+
     def failed(self, job: Job, exc: TransferError) -> None:
         now = self.clock()
-        job.fail(JobError.from_ferry_error(exc, exc.context, exc.file_index), exc.transient, now)
-        if job.retry_at is not None and exc.retry_after is not None:
-            job.retry_at = max(job.retry_at, now + exc.retry_after)
-        self.store.save_job_header(job)
-        self.publish(job, ev.JOB_ERROR)
+        job.fail(
+            JobError.from_ferry_error(exc, exc.context, exc.file_index),
+            exc.transient,
+            now,
+            exc.retry_after,
+        )
+        due = self._due(job) if job.state is JobState.ERROR else None
+        self.store.save_job_header(job, due)
+        self._announce_due(due)
+        # BITS calls JobError for the ERROR state only; a transient error is a modification.
+        self.publish(job, ev.JOB_ERROR if job.state is JobState.ERROR else ev.JOB_MODIFICATION)
         log.info("job %s %s: %s", job.id, job.state.value, exc)
 
     def internal_failure(self, job: Job, exc: BaseException) -> None:

@@ -25,13 +25,14 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from ..errors import FerryError
 from ..model.job import Job, JobFile
+from ..model.notification import PendingNotification
 
 # "FRRY": marks the file as a ferry store, so a foreign SQLite file is never migrated.
 APPLICATION_ID = 0x46525259
@@ -57,6 +58,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (job_id, idx)
         )""",
         "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
+    # 2: the outbox of command-line notifications (service/notify.py). No foreign key to
+    # jobs: a notification that is owed outlives the purge of its job.
+    (
+        """CREATE TABLE notifications (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL,
+            next_attempt REAL NOT NULL,
+            record TEXT NOT NULL
+        )""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -328,29 +339,56 @@ class SqliteStore:
                     [(jid, i, _dumps(f.to_record())) for i, f in enumerate(job.files)],
                 )
 
-    def save_job_header(self, job: Job) -> None:
-        """Only the job row: state changes, properties, owner, helper token, error."""
+    def save_job_header(self, job: Job, notification: PendingNotification | None = None) -> None:
+        """Only the job row: state changes, properties, owner, helper token, error; and the
+        command-line notification the change made due, in the same transaction."""
         with self._transaction() as conn:
             self._update_job(conn, job)
+            if notification is not None:
+                _insert_notification(conn, notification)
 
     def save_file(self, job: Job, index: int) -> None:
         """The job row and one file row, in one transaction (a file started or completed)."""
         self._save_one(job, index)
 
-    def save_progress(self, job: Job, index: int) -> None:
+    def save_progress(
+        self, job: Job, index: int, notification: PendingNotification | None = None
+    ) -> None:
         """The progress checkpoint: the job row and one file row, in one transaction.
 
         Both rows, because recording progress also moves the job's no-progress clock.
-        A separate name from save_file so a future backend may batch checkpoints.
+        A separate name from save_file so a future backend may batch checkpoints. The last
+        file's completion may make a notification due: it is stored in the same transaction.
         """
-        self._save_one(job, index)
+        self._save_one(job, index, notification)
 
-    def _save_one(self, job: Job, index: int) -> None:
+    def save_files(
+        self, job: Job, indices: Sequence[int], notification: PendingNotification | None = None
+    ) -> None:
+        """The job row and several file rows in one transaction: the engine's batched reports
+        (a group of small files started, or completed together)."""
+        for index in indices:
+            if not 0 <= index < len(job.files):
+                raise IndexError(f"job {job.id} has no file {index}")
+        with self._transaction() as conn:
+            self._update_job(conn, job)
+            jid, files = job.id, job.files
+            conn.executemany(
+                _UPSERT_FILE, [(jid, i, _dumps(files[i].to_record())) for i in indices]
+            )
+            if notification is not None:
+                _insert_notification(conn, notification)
+
+    def _save_one(
+        self, job: Job, index: int, notification: PendingNotification | None = None
+    ) -> None:
         if not 0 <= index < len(job.files):
             raise IndexError(f"job {job.id} has no file {index}")
         with self._transaction() as conn:
             self._update_job(conn, job)
             conn.execute(_UPSERT_FILE, (job.id, index, _dumps(job.files[index].to_record())))
+            if notification is not None:
+                _insert_notification(conn, notification)
 
     def add_files(self, job: Job, first_index: int) -> None:
         """Insert ``job.files[first_index:]`` (just added by ``Job.add_files``) and the job row.
@@ -377,6 +415,44 @@ class SqliteStore:
             cur = conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         return cur.rowcount > 0
 
+    # ---- the notification outbox ---------------------------------------------------------
+
+    def pending_notifications(self) -> list[PendingNotification]:
+        """Every owed command-line notification, oldest first."""
+        with self._transaction("BEGIN") as conn:
+            rows = conn.execute(
+                "SELECT id, next_attempt, record FROM notifications ORDER BY id"
+            ).fetchall()
+        out: list[PendingNotification] = []
+        for id_, next_attempt, record in rows:
+            try:
+                out.append(PendingNotification.from_record(_loads(record), id_, next_attempt))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise FerryError(
+                    "BG_E_DATABASE_CORRUPT",
+                    f"the job store {self.path} holds an unreadable notification {id_}: {exc}",
+                ) from exc
+        return out
+
+    def update_notification(self, n: PendingNotification, job: Job | None = None) -> None:
+        """Record an attempt (its count and when the next one is due), and the job's
+        notification status with it when ``job`` is given."""
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE notifications SET next_attempt = ?, record = ? WHERE id = ?",
+                (n.next_attempt, _dumps(n.to_record()), n.id),
+            )
+            if job is not None:
+                self._update_job(conn, job)
+
+    def finish_notification(self, n: PendingNotification, job: Job | None = None) -> None:
+        """The notification is settled (delivered, or failed for the last time): drop it
+        from the outbox, and save the job's notification status in the same transaction."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM notifications WHERE id = ?", (n.id,))
+            if job is not None:
+                self._update_job(conn, job)
+
     # ---- daemon metadata -------------------------------------------------------------
 
     def get_value(self, key: str) -> str | None:
@@ -396,6 +472,14 @@ class SqliteStore:
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (key, value),
                 )
+
+
+def _insert_notification(conn: sqlite3.Connection, n: PendingNotification) -> None:
+    cur = conn.execute(
+        "INSERT INTO notifications (job_id, next_attempt, record) VALUES (?, ?, ?)",
+        (n.job_id, n.next_attempt, _dumps(n.to_record())),
+    )
+    n.id = cur.lastrowid
 
 
 # ---- opening helpers ---------------------------------------------------------------------

@@ -3,7 +3,8 @@ engine and the schemes (http, file, later the BITS upload protocol)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 from ..errors import FerryError, code_for_errno
 from ..model.job import Job
@@ -87,6 +88,21 @@ class JobCallbacks(Protocol):
 
     async def file_completed(self, job: Job, index: int) -> None:
         """Every byte of the file is on disk and fsynced in its temporary file."""
+
+
+@runtime_checkable
+class BatchCallbacks(JobCallbacks, Protocol):
+    """Optional batched reports, for jobs of many small files: one store commit for several
+    files instead of one or two per file. The engine uses it when the callbacks implement
+    it (the queue manager does), and the per-file calls otherwise."""
+
+    async def report_files(
+        self, job: Job, started: Sequence[int], completed: Sequence[tuple[int, int]]
+    ) -> None:
+        """In one commit: ``file_started`` for each index of ``started``; and for each
+        ``(index, size)`` of ``completed``, in file order, ``progress(index, size)`` then
+        ``file_completed(index)`` (the file is whole, fsynced). Completions are then
+        announced file by file, in order."""
 
 
 class Sink(Protocol):

@@ -3,17 +3,35 @@ temporary files, and reports through JobCallbacks (docs/architecture.md, "The tr
 engine seam").
 
 The engine never changes a job's state; the scheduler owns the task that runs ``run_job``
-and cancels it to suspend, cancel or pre-empt the job. A cancelled transfer leaves its
-temporary file in place, trimmed on the next run to the last checkpoint, so it resumes.
+and cancels it to suspend, cancel or pre-empt the job. A cancelled transfer fsyncs and
+reports what reached its temporary files before it returns, so the next run resumes there.
+
+Small files overlap (SPEC §2.4): up to ``parallel_files`` files of a job are in flight at
+once over kept-alive connections, while what is observable stays sequential:
+
+* completions are reported strictly in file order (a file that finishes early waits, fsynced,
+  until every file before it is reported), so the completed files are always a prefix;
+* progress is only ever reported for bytes already fsynced;
+* a failure is reported for the first failing file in file order, after the files before it
+  have completed, as a sequential run would have;
+* a file that turns out to be large (more than ``overlap_max_bytes`` left) never runs beside
+  files after it: if it is not the first unreported file it gives its request up before
+  writing a byte, and runs when its turn comes; meanwhile nothing overlaps.
+
+With callbacks that batch (``BatchCallbacks``), the files of a window are announced in one
+commit and the files completed together are reported in one commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import posixpath
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 from ..errors import FerryError
 from ..model.job import Job, JobFile
@@ -21,7 +39,7 @@ from ..model.types import ErrorContext, JobType
 from ..security import policy
 from ..security.identity import IdentityIO, settle
 from ..security.token import Token
-from .base import JobCallbacks, Sink, TransferError, Transport, local_error
+from .base import BatchCallbacks, JobCallbacks, Sink, TransferError, Transport, local_error
 from .http import HttpTransport
 from .local import LocalTransport
 
@@ -29,6 +47,22 @@ log = logging.getLogger("ferry.transfer")
 
 CHECKPOINT_BYTES = 8 << 20
 CHECKPOINT_SECONDS = 1.0
+PARALLEL_FILES = 8
+OVERLAP_MAX_BYTES = 2 << 20
+# How long finished small files may wait to be reported together (counters lag, never lead).
+REPORT_DELAY = 0.25
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Deferred(Exception):
+    """Raised from a sink's ``response`` to give a request up before any byte is written: a
+    large file that is not the next one to complete waits for its turn."""
 
 
 class _TempSink(Sink):
@@ -62,6 +96,10 @@ class _TempSink(Sink):
         self._last_sync = self._loop.time()
         self._sync: asyncio.Task[None] | None = None
         self._sync_offset = 0
+        # False while the file's length is being changed: what is on disk is then unknown,
+        # and nothing may be reported until a later flush settles it.
+        self._settled = True
+        self._closed = False
 
     @property
     def fd(self) -> int:
@@ -126,11 +164,27 @@ class _TempSink(Sink):
 
     async def truncate(self, size: int = 0) -> None:
         await self._drain()
+        self._settled = False
         try:
             await self._identity.run_io(os.ftruncate, self._fd, size)
         except OSError as exc:
             raise local_error(exc, "cannot truncate the temporary file") from None
+        self._offset = size
+        self._reported = min(self._reported, size)
+        self._settled = True
         await self.flush(force=True, size=size)
+
+    async def finish(self) -> int:
+        """The file is whole: fsync it and close it (one trip to a worker) without reporting
+        it; the engine reports the file's completion and its size in file order. Returns the
+        size on disk."""
+        await self._collect()
+        self._closed = True  # the worker closes the descriptor whatever happens
+        try:
+            await self._identity.run_io(_fsync_and_close, self._fd)
+        except OSError as exc:
+            raise local_error(exc, "cannot sync the temporary file") from None
+        return self._offset
 
     async def flush(self, *, force: bool = False, size: int | None = None) -> None:
         """fsync everything written so far and report it (end of file, or before giving up
@@ -148,9 +202,361 @@ class _TempSink(Sink):
         self._last_sync = self._loop.time()
         await self._callbacks.progress(self._job, self._index, self._reported)
 
+    async def save(self) -> None:
+        """Best effort, before giving up (an error, or the transfer being stopped): make what
+        did arrive durable and report it, so the next run resumes from it. A failure here
+        must not hide why the transfer stopped."""
+        if not self._settled or self._closed:
+            return
+        try:
+            await self.flush()
+        except FerryError as exc:
+            log.warning("could not checkpoint %s: %s", self._job.files[self._index].temp_name, exc)
+
     async def aclose(self) -> None:
-        """Wait for an in-flight fsync: its descriptor is about to be closed."""
+        """Wait for an in-flight fsync, then close the descriptor (unless ``finish`` did)."""
         await self._drain()
+        if not self._closed:
+            self._closed = True
+            await self._identity.close(self._fd)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One file of the window: admitted, then running, then done (or failed, or deferred)."""
+
+    pos: int  # position among the files this run transfers
+    index: int  # index in job.files
+    transport: Transport | None = None
+    fd: int | None = None
+    offset: int = 0
+    announced: bool = True  # False while a new temporary file is not persisted yet
+    task: asyncio.Task[None] | None = None
+    big: bool = False  # more than overlap_max_bytes (or an unknown size) to receive
+    deferred: bool = False  # gave its request up; runs again when the files before it are done
+    done: bool = False  # every byte is on disk and fsynced; its descriptor is closed
+    size: int = 0
+    error: BaseException | None = None
+
+
+class _JobRun:
+    """One run of one job: a window of files in flight, completions reported in order.
+
+    ``head`` is the first file not reported complete; files from ``head`` to ``next`` are in
+    the window (opened, running, done and waiting to be reported, deferred, or failed). At
+    most ``width`` run at once, and the window spans at most ``3 * width`` files, so a slow
+    file holds back a bounded number of finished ones."""
+
+    def __init__(self, engine: TransferEngine, job: Job, callbacks: JobCallbacks) -> None:
+        self.engine = engine
+        self.job = job
+        self.callbacks = callbacks
+        self.batch: BatchCallbacks | None = (
+            callbacks if isinstance(callbacks, BatchCallbacks) else None
+        )
+        self.todo = [i for i, f in enumerate(job.files) if not f.completed]
+        self.window: dict[int, _Slot] = {}
+        self.head = 0
+        self.next = 0
+        self.running = 0  # file tasks in flight
+        self.width = engine.parallel_files
+        self.failed = False  # a file failed: nothing after it starts any more
+        self.changed = asyncio.Event()
+        self.ready_since: float | None = None
+        self.announced_response = False
+        self.checked_dirs: set[str] = set()
+        self.token: Token | None = None
+
+    # ---- the run ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.head < len(self.todo):
+                self.changed.clear()
+                opened = await self._prepare()
+                ready, error = self._ready()
+                timeout: float | None = None
+                if ready and not opened and error is None:
+                    # Completions wait to share the commit that announces the next group,
+                    # unless nothing else will come soon.
+                    now = loop.time()
+                    if self.ready_since is None:
+                        self.ready_since = now
+                    waited = now - self.ready_since
+                    if self.running and len(ready) < 2 * self.width and waited < REPORT_DELAY:
+                        timeout = REPORT_DELAY - waited
+                        ready = []
+                if ready or opened:
+                    await self._commit(opened, ready)
+                if error is not None:
+                    raise error
+                started = await self._start()
+                if not ready and not opened and not started:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.changed.wait(), timeout)
+        except FerryError as exc:
+            index = self.todo[min(self.head, len(self.todo) - 1)]
+            raise TransferError.from_ferry_error(
+                exc, context=ErrorContext.LOCAL_FILE, file_index=index
+            ) from None
+        finally:
+            await self._shutdown()
+
+    def _ready(self) -> tuple[list[_Slot], BaseException | None]:
+        """The done files from the head on, and the error of the file after them if it
+        failed (reported once the files before it are)."""
+        ready: list[_Slot] = []
+        pos = self.head
+        while (slot := self.window.get(pos)) is not None:
+            if slot.error is not None:
+                return ready, slot.error
+            if not slot.done:
+                break
+            ready.append(slot)
+            pos += 1
+        return ready, None
+
+    async def _commit(self, opened: list[_Slot], ready: list[_Slot]) -> None:
+        """One report (one commit with batching callbacks): the new temporary files of the
+        files just opened, and the completion of the ready ones, in order."""
+        job = self.job
+        started = [s for s in opened if not s.announced]
+        if self.batch is not None:
+            await self.batch.report_files(
+                job, [s.index for s in started], [(s.index, s.size) for s in ready]
+            )
+        else:
+            for s in started:
+                await self.callbacks.file_started(job, s.index)
+            for s in ready:
+                await self.callbacks.progress(job, s.index, s.size)
+                await self.callbacks.file_completed(job, s.index)
+        for s in started:
+            s.announced = True
+        for s in ready:
+            del self.window[s.pos]
+        self.head += len(ready)
+        if ready:
+            self.ready_since = None
+        for s in opened:
+            if s.error is None and s.offset != job.files[s.index].bytes_transferred:
+                # The checkpoint promised bytes the disk does not have (or the temporary
+                # file is new): record the truth before going on.
+                await self.callbacks.progress(job, s.index, s.offset)
+
+    # ---- admission ----------------------------------------------------------------------
+
+    def _known_big(self, index: int) -> bool:
+        jf = self.job.files[index]
+        return (
+            jf.bytes_total is not None
+            and jf.bytes_total - jf.bytes_transferred > self.engine.overlap_max_bytes
+        )
+
+    def _blocked_by_big(self) -> bool:
+        return any((s.big and not s.done) or s.deferred for s in self.window.values())
+
+    async def _prepare(self) -> list[_Slot]:
+        """Open the temporary files of the files to start next: the deferred file whose
+        turn has come, and a group of ``width`` files once the files opened earlier have all
+        started (one commit announces a group; a group is smaller only at the end of the
+        job, or when nothing runs)."""
+        opened: list[_Slot] = []
+        waiting = 0
+        for pos in range(self.head, self.next):
+            slot = self.window[pos]
+            if (
+                slot.deferred
+                and slot.task is None
+                and not opened
+                and not self.running  # a large file runs alone
+                and self._frontier(pos)
+            ):
+                slot.deferred = False
+                opened.append(slot)
+            elif slot.fd is not None and slot.task is None:
+                waiting += 1
+        first = self.next
+        count = min(self.width, len(self.todo) - first, 3 * self.width - (first - self.head))
+        if (
+            self.failed  # nothing after a failed file starts
+            or waiting
+            or (count < self.width and self.running and first + count < len(self.todo))
+        ):
+            count = 0
+        for pos in range(first, first + max(count, 0)):
+            slot = _Slot(pos, self.todo[pos])
+            self.window[pos] = slot
+            opened.append(slot)
+            self.next = pos + 1
+        if opened:
+            await self._open(opened)
+        return opened
+
+    def _frontier(self, pos: int) -> bool:
+        """Every file before ``pos`` is done."""
+        return all(self.window[p].done for p in range(self.head, pos))
+
+    async def _start(self) -> bool:
+        """Start opened files in order while fewer than ``width`` run; a file runs beside
+        the files before it only if it is not known to be large and none in flight is."""
+        started = False
+        for pos in range(self.head, self.next):
+            slot = self.window[pos]
+            if slot.error is not None:
+                break  # nothing starts past a failed file
+            if slot.done or slot.task is not None:
+                continue
+            if slot.deferred or slot.fd is None:
+                break  # nor past one waiting for its turn
+            if self.running >= self.width:
+                break
+            if not self._frontier(pos) and (self._blocked_by_big() or self._known_big(slot.index)):
+                break
+            slot.big = self._known_big(slot.index)
+            self.running += 1
+            started = True
+            slot.task = asyncio.create_task(
+                self._transfer(slot), name=f"file-{self.job.id}-{slot.index}"
+            )
+        return started
+
+    async def _open(self, slots: list[_Slot]) -> None:
+        """Open (or create) the temporary files, all at once."""
+        opening = [asyncio.ensure_future(self._open_one(s)) for s in slots]
+        cancelled = False
+        for fut in opening:
+            cancelled |= await settle(fut)
+        if cancelled:
+            raise asyncio.CancelledError
+        for fut in opening:
+            fut.result()  # bugs surface here
+
+    async def _open_one(self, slot: _Slot) -> None:
+        jf = self.job.files[slot.index]
+        try:
+            if self.token is None:
+                try:
+                    self.token = policy.local_file_token(self.job)
+                except FerryError as exc:
+                    raise TransferError.from_ferry_error(
+                        exc, context=ErrorContext.LOCAL_FILE, transient=False
+                    ) from None
+            slot.transport = self.engine.transport_for(jf)
+            fd, offset, created = await self.engine.open_temp(self.token, jf, self.checked_dirs)
+        except FerryError as exc:
+            slot.error = self._file_error(exc, slot.index)
+            self.failed = True
+            return
+        slot.fd, slot.offset, slot.announced = fd, offset, not created
+
+    # ---- one file -----------------------------------------------------------------------
+
+    async def _transfer(self, slot: _Slot) -> None:
+        """Download one file into its temporary file and fsync it. Never raises but for
+        cancellation: the outcome is left in the slot for the run to report in order."""
+        assert slot.fd is not None and slot.transport is not None
+        engine = self.engine
+        sink = _TempSink(
+            engine.identity,
+            self.job,
+            slot.index,
+            self.callbacks,
+            slot.fd,
+            slot.offset,
+            lambda: self._on_response(slot, sink),
+            engine.checkpoint_bytes,
+            engine.checkpoint_seconds,
+        )
+        try:
+            try:
+                await slot.transport.download(self.job, slot.index, sink)
+                slot.size = await sink.finish()
+            except _Deferred:
+                slot.deferred = True
+            except TransferError as exc:
+                if exc.code != "BG_E_REMOTE_FILE_CHANGED" and exc.context is not (
+                    ErrorContext.LOCAL_FILE
+                ):
+                    await sink.save()
+                slot.error = self._file_error(exc, slot.index)
+            except FerryError as exc:
+                slot.error = self._file_error(exc, slot.index)
+            except asyncio.CancelledError:
+                await sink.save()
+                raise
+            except Exception as exc:  # a bug: reported in order like any failure
+                slot.error = exc
+            else:
+                slot.done = True
+                if slot.size <= engine.overlap_max_bytes:
+                    self.width = engine.parallel_files
+        finally:
+            try:
+                await sink.aclose()
+            finally:
+                slot.fd = None
+                self.running -= 1
+                if slot.deferred:
+                    slot.task = None
+                if slot.error is not None:
+                    self.failed = True
+                self.changed.set()
+
+    async def _on_response(self, slot: _Slot, sink: _TempSink) -> None:
+        """The file's response arrived (its size is known when the server said it)."""
+        jf = self.job.files[slot.index]
+        left = None if jf.bytes_total is None else jf.bytes_total - sink.offset
+        if left is None or left > self.engine.overlap_max_bytes:
+            if any(not self.window[p].done for p in range(self.head, slot.pos)):
+                # A large file must not run beside the files after it: give the request up
+                # now, before any byte is written, and stop overlapping for a while.
+                self.width = 1
+                raise _Deferred
+            slot.big = True
+        if not self.announced_response:
+            self.announced_response = True
+            await self.callbacks.transferring(self.job)
+        self.changed.set()
+
+    def _file_error(self, exc: FerryError, index: int) -> TransferError:
+        err = TransferError.from_ferry_error(exc, context=ErrorContext.LOCAL_FILE)
+        if err.file_index is None:
+            err.file_index = index
+        return err
+
+    # ---- stopping -----------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        """Stop every file still in flight (each saves its checkpoint and closes its file),
+        then report what is done: completions in order from the head, and the bytes of the
+        files done past a gap as progress. Runs to its end even if cancelled again."""
+        tasks = [s.task for s in self.window.values() if s.task is not None and not s.task.done()]
+        for t in tasks:
+            t.cancel()
+        cancelled = False
+        for t in tasks:
+            cancelled |= await settle(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("a file transfer of job %s failed", self.job.id, exc_info=t.exception())
+        for s in self.window.values():
+            if s.fd is not None:  # opened, and never started (or cancelled before it ran)
+                fd, s.fd = s.fd, None
+                cancelled |= await settle(asyncio.ensure_future(self.engine.identity.close(fd)))
+        try:
+            # A temporary file created but not yet persisted must not be forgotten.
+            unannounced = [s for s in self.window.values() if not s.announced]
+            ready, _ = self._ready()
+            if unannounced or ready:
+                await self._commit(unannounced, ready)
+            for s in sorted(self.window.values(), key=lambda s: s.pos):
+                if s.done and s.size > self.job.files[s.index].bytes_transferred:
+                    await self.callbacks.progress(self.job, s.index, s.size)
+        except (FerryError, asyncio.CancelledError) as exc:
+            log.warning("job %s: could not report every file at the stop: %r", self.job.id, exc)
+        if cancelled:
+            raise asyncio.CancelledError
 
 
 class TransferEngine:
@@ -167,11 +573,15 @@ class TransferEngine:
         max_redirects: int = 10,
         checkpoint_bytes: int = CHECKPOINT_BYTES,
         checkpoint_seconds: float = CHECKPOINT_SECONDS,
+        parallel_files: int = PARALLEL_FILES,
+        overlap_max_bytes: int = OVERLAP_MAX_BYTES,
         transports: Iterable[Transport] | None = None,
     ) -> None:
-        self._identity = identity
-        self._checkpoint_bytes = checkpoint_bytes
-        self._checkpoint_seconds = checkpoint_seconds
+        self.identity = identity
+        self.checkpoint_bytes = checkpoint_bytes
+        self.checkpoint_seconds = checkpoint_seconds
+        self.parallel_files = max(1, parallel_files)
+        self.overlap_max_bytes = overlap_max_bytes
         if transports is None:
             transports = (
                 HttpTransport(
@@ -192,9 +602,9 @@ class TransferEngine:
             await transport.close()
 
     async def run_job(self, job: Job, callbacks: JobCallbacks) -> None:
-        """Transfer every file of ``job`` that is not complete yet, in order. Raises
-        TransferError (with ``file_index``) at the first failure; the scheduler decides
-        what the job's state becomes."""
+        """Transfer every file of ``job`` that is not complete yet, completions reported in
+        file order. Raises TransferError (with ``file_index``) for the first file that
+        fails; the scheduler decides what the job's state becomes."""
         if job.type is not JobType.DOWNLOAD:
             raise TransferError(
                 "BG_E_UNSUPPORTED_JOB_CONFIGURATION",
@@ -202,29 +612,9 @@ class TransferEngine:
                 context=ErrorContext.GENERAL_QUEUE_MANAGER,
                 transient=False,
             )
-        announced = False
+        await _JobRun(self, job, callbacks).run()
 
-        async def on_response() -> None:
-            nonlocal announced
-            if not announced:
-                announced = True
-                await callbacks.transferring(job)
-
-        for index, jf in enumerate(job.files):
-            if jf.completed:
-                continue
-            try:
-                await self._run_file(job, index, jf, callbacks, on_response)
-            except TransferError as exc:
-                if exc.file_index is None:
-                    exc.file_index = index
-                raise
-            except FerryError as exc:
-                raise TransferError.from_ferry_error(
-                    exc, context=ErrorContext.LOCAL_FILE, file_index=index
-                ) from None
-
-    def _transport_for(self, jf: JobFile) -> Transport:
+    def transport_for(self, jf: JobFile) -> Transport:
         scheme = jf.remote_name.partition(":")[0].lower()
         transport = self._transports.get(scheme)
         if transport is None:
@@ -236,69 +626,16 @@ class TransferEngine:
             )
         return transport
 
-    async def _run_file(
-        self,
-        job: Job,
-        index: int,
-        jf: JobFile,
-        callbacks: JobCallbacks,
-        on_response: Callable[[], Awaitable[None]],
-    ) -> None:
-        try:
-            token = policy.local_file_token(job)
-        except FerryError as exc:
-            raise TransferError.from_ferry_error(
-                exc, context=ErrorContext.LOCAL_FILE, transient=False
-            ) from None
-        transport = self._transport_for(jf)
-        fd, offset = await self._open_temp(token, jf)
-        sink: _TempSink | None = None
-        try:
-            await callbacks.file_started(job, index)
-            sink = _TempSink(
-                self._identity,
-                job,
-                index,
-                callbacks,
-                fd,
-                offset,
-                on_response,
-                self._checkpoint_bytes,
-                self._checkpoint_seconds,
-            )
-            if offset != jf.bytes_transferred:
-                # The checkpoint promised bytes the disk does not have (or the temporary
-                # file is new): record the truth before going on.
-                await callbacks.progress(job, index, offset)
-            try:
-                await transport.download(job, index, sink)
-            except TransferError as exc:
-                if exc.code != "BG_E_REMOTE_FILE_CHANGED" and exc.context is not (
-                    ErrorContext.LOCAL_FILE
-                ):
-                    await self._save_partial(sink)
-                raise
-            await sink.flush(force=True)
-            await callbacks.file_completed(job, index)
-        finally:
-            if sink is not None:
-                await sink.aclose()
-            await self._identity.close(fd)
-
-    async def _save_partial(self, sink: _TempSink) -> None:
-        """Before reporting a network failure, make what did arrive durable so the retry
-        resumes from it. A failure here must not hide the original error."""
-        try:
-            await sink.flush()
-        except FerryError as exc:
-            log.warning("could not checkpoint after a transfer error: %s", exc)
-
-    async def _open_temp(self, token: Token, jf: JobFile) -> tuple[int, int]:
+    async def open_temp(
+        self, token: Token, jf: JobFile, checked_dirs: set[str] | None = None
+    ) -> tuple[int, int, bool]:
         """Reopen the file's temporary file at its last checkpoint, or create a new one.
-        Returns (fd, bytes of the file already in it)."""
+        Returns (fd, bytes of the file already in it, whether the file is new). A new
+        temporary file's name is in ``jf.temp_name``; it must be persisted before any byte
+        is written. ``checked_dirs`` remembers directories already checked in this run."""
         if jf.temp_name:
             try:
-                fd = await self._identity.open_temp(token, jf.temp_name)
+                fd = await self.identity.open_temp(token, jf.temp_name)
             except FerryError as exc:
                 if exc.code != "ERROR_FILE_NOT_FOUND":
                     raise TransferError.from_ferry_error(
@@ -310,17 +647,21 @@ class TransferEngine:
                     keep = min(size, jf.bytes_transferred)
                     if size != keep:
                         # Bytes past the checkpoint were never reported as durable.
-                        await self._identity.run_io(os.ftruncate, fd, keep)
+                        await self.identity.run_io(os.ftruncate, fd, keep)
                 except OSError as exc:
-                    await self._identity.close(fd)
+                    await self.identity.close(fd)
                     raise local_error(exc, f"cannot trim {jf.temp_name}") from None
                 except BaseException:
-                    await self._identity.close(fd)
+                    await self.identity.close(fd)
                     raise
-                return fd, keep
+                return fd, keep, False
         # No usable partial data: a new temporary file, and the old validator is moot.
-        await self._identity.check_directory(token, jf.local_name)
-        fd, temp_name = await self._identity.create_temp(token, jf.local_name)
+        directory = posixpath.dirname(jf.local_name)
+        if checked_dirs is None or directory not in checked_dirs:
+            await self.identity.check_directory(token, jf.local_name)
+            if checked_dirs is not None:
+                checked_dirs.add(directory)
+        fd, temp_name = await self.identity.create_temp(token, jf.local_name)
         jf.temp_name = temp_name
         jf.validator = None
-        return fd, 0
+        return fd, 0, True

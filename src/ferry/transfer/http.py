@@ -1,5 +1,7 @@
 """The http/https transport (aiohttp): one file's download, resumable with Range + If-Range,
-and the mapping of HTTP and network failures to BITS codes (SPEC §2.1, §3).
+and the mapping of HTTP and network failures to BITS codes (SPEC §2.1, §3). A job with
+dynamic content accepts a body without Content-Length and never resumes; a file with an
+expected SHA-256 is checked (transfer/verify.py) before the download counts as done.
 
 Body bytes go from aiohttp's buffer straight to the temporary file with pwrite on the loop
 thread: page-cache writes of 1 MiB take well under a millisecond, far cheaper than a thread
@@ -21,7 +23,9 @@ from yarl import URL
 from ..errors import http_error_code
 from ..model.job import Job, JobFile
 from ..model.types import ErrorContext
+from ..security.identity import IdentityIO
 from .base import Sink, TransferError
+from .verify import verify_sha256
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK = 1 << 20
@@ -152,12 +156,14 @@ class HttpTransport:
         read_timeout: float = 120.0,
         max_redirects: int = 10,
         allow_https_to_http: bool = False,
+        identity: IdentityIO | None = None,
     ) -> None:
         # The system trust store unless the caller (config, tests) says otherwise.
         self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
         # connect bounds DNS + TCP + TLS of a new connection (the pool is unbounded, so it
         # never includes waiting for a free one); sock_read bounds each silence while the
-        # response arrives. No total: a large file may take hours.
+        # response arrives (the stall timeout: no byte for that long is the transient
+        # ERROR_WINHTTP_TIMEOUT). No total: a large file may take hours.
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=connect_timeout,
@@ -167,6 +173,10 @@ class HttpTransport:
         self._max_redirects = max_redirects
         self._allow_downgrade = allow_https_to_http
         self._session: aiohttp.ClientSession | None = None
+        # Reads temporary files back for the SHA-256 check, as their owner. The engine's
+        # own IdentityIO when given; otherwise one of our own, made on first use.
+        self._identity = identity
+        self._own_identity: IdentityIO | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -184,25 +194,37 @@ class HttpTransport:
             )
         return self._session
 
+    def _get_identity(self) -> IdentityIO:
+        if self._identity is not None:
+            return self._identity
+        if self._own_identity is None:
+            self._own_identity = IdentityIO(max_workers=2)
+        return self._own_identity
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._own_identity is not None:
+            await self._own_identity.shutdown()
+            self._own_identity = None
 
     async def download(self, job: Job, index: int, sink: Sink) -> None:
         jf = job.files[index]
-        if sink.offset > 0 and not jf.validator:
-            # Partial data we cannot prove belongs to the current file: start over.
+        if sink.offset > 0 and (job.dynamic_content or not jf.validator):
+            # Partial data we cannot prove belongs to the current file, or dynamic content,
+            # which is never resumed: start over.
             await sink.truncate(0)
         url = jf.remote_name
         try:
-            await self._download(jf, sink)
+            await self._download(jf, sink, dynamic=job.dynamic_content)
         except TransferError:
             raise
         except (aiohttp.ClientError, OSError) as exc:
             # OSError covers TimeoutError and ssl.SSLError; disk failures never get here
             # (the sink raises them as TransferError).
             raise map_client_error(exc, url) from None
+        await verify_sha256(self._get_identity(), job, index, sink)
 
     async def _open(self, jf: JobFile, offset: int) -> aiohttp.ClientResponse:
         """Send the request, following redirects by hand so the policy (count, no https to
@@ -248,7 +270,7 @@ class HttpTransport:
             transient=False,
         )
 
-    async def _download(self, jf: JobFile, sink: Sink) -> None:
+    async def _download(self, jf: JobFile, sink: Sink, *, dynamic: bool) -> None:
         offset = sink.offset
         resp = await self._open(jf, offset)
         try:
@@ -270,10 +292,11 @@ class HttpTransport:
                     transient=False,
                 )
             validator = validator_of(resp.headers)
+            end: int | None
             if status == 206:
                 end = await self._accept_partial(jf, resp, offset, validator, sink)
             elif status in (200, 203):
-                end = await self._accept_full(jf, resp, offset, validator, sink)
+                end = await self._accept_full(jf, resp, offset, validator, sink, dynamic)
             else:
                 raise _invalid(f"{resp.url} answered {status}, which is not a file")
             jf.final_url = str(resp.url)
@@ -289,7 +312,9 @@ class HttpTransport:
         offset: int,
         validator: str | None,
         sink: Sink,
-    ) -> int:
+        dynamic: bool,
+    ) -> int | None:
+        """The size the body must have; None (dynamic content only): read to EOF."""
         total = _content_length(resp)
         if offset > 0:
             # We asked for a range and got the whole file. Same validator: the server does
@@ -300,6 +325,12 @@ class HttpTransport:
                 jf.validator = None
                 jf.bytes_total = None
                 raise _changed(jf.remote_name)
+        if dynamic:
+            # BITS_JOB_PROPERTY_DYNAMIC_CONTENT: the length is optional, and no validator is
+            # kept, so no later request carries a Range: an interruption starts over.
+            jf.validator = None
+            jf.bytes_total = total
+            return total
         if total is None:
             raise _remote(
                 "BG_E_MISSING_FILE_SIZE",
@@ -359,13 +390,15 @@ class HttpTransport:
         jf.bytes_total = None
         raise _changed(jf.remote_name)
 
-    async def _receive(self, resp: aiohttp.ClientResponse, sink: Sink, end: int) -> None:
+    async def _receive(self, resp: aiohttp.ClientResponse, sink: Sink, end: int | None) -> None:
+        """Write the body; ``end`` is the file's size, None to read to EOF (dynamic content;
+        a chunked body cut short still fails in aiohttp as an incomplete payload)."""
         async for chunk in resp.content.iter_chunked(CHUNK):
-            if sink.offset + len(chunk) > end:
+            if end is not None and sink.offset + len(chunk) > end:
                 raise _invalid(f"{resp.url} sent more bytes than it announced ({end})")
             sink.write(chunk)
             await sink.checkpoint()
-        if sink.offset < end:
+        if end is not None and sink.offset < end:
             raise _transport(
                 "BG_E_CONNECTION_CLOSED",
                 f"{resp.url} closed the connection after {sink.offset} of {end} bytes",

@@ -18,6 +18,7 @@ from ..model.types import ErrorContext
 from ..security import policy
 from ..security.identity import IdentityIO
 from .base import Sink, TransferError
+from .verify import verify_sha256
 
 CHUNK = 8 << 20
 _FALLBACK_ERRNOS = frozenset(
@@ -114,6 +115,7 @@ class LocalTransport:
             await self._copy_from(job, index, src, path, sink)
         finally:
             await self._identity.close(src)
+        await verify_sha256(self._identity, job, index, sink)
 
     async def _copy_from(self, job: Job, index: int, src: int, path: str, sink: Sink) -> None:
         jf = job.files[index]
