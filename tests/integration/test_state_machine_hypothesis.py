@@ -246,7 +246,10 @@ def test_job_state_machine(ferryd: Daemon, http_server: StaticServer, dest: Path
             for job in self.jobs:
                 status, body = self.call("GET", f"/v1/jobs/{job.id}")
                 assert status == 200, body
-                assert body["state"] in job.allowed(), (job, body)
+                assert body["state"] in job.allowed(), (
+                    body["state"],
+                    body["error"] and body["error"]["description"],
+                )
                 progress = body["progress"]
                 assert progress["files_total"] == len(job.files)
                 assert progress["files_transferred"] <= progress["files_total"]

@@ -264,7 +264,8 @@ class Scheduler:
         try:
             await self.engine.run_job(job, self.manager)
             if not job.all_transferred and job.state.is_active:
-                raise RuntimeError("the engine returned before every file was transferred")
+                # Files were added while the engine ran: queue the job again for them.
+                self._settle(job, self.manager.requeued, job)
         except TransferError as exc:
             self._settle(job, self.manager.failed, job, exc)
         except asyncio.CancelledError:

@@ -1,0 +1,87 @@
+"""A short torture run inside ``make test``: a few SIGKILLs of ferryd mid-transfer, and a
+few hundred hostile API requests (benchmarks/torture.py has the full run and says what is
+checked). Each test fails with the torture report's list of failures, unless every failure
+is one of the known, not yet fixed ferryd bugs listed in KNOWN_BUGS (then it is an expected
+failure, shown by ``pytest -rx``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+from benchmarks import torture
+from benchmarks.common import MIB
+
+# Bugs in ferryd the torture run found and that are not fixed yet (benchmarks/README.md,
+# "Known failures"). A run whose only failures are of these kinds is an expected failure;
+# delete an entry once its bug is fixed, and any such failure fails the test again.
+KNOWN_BUGS = {
+    "temp-left": "a SIGKILL between creating a temporary file and persisting its name "
+    "leaves that file behind forever",
+    "complete-after-kill": "a SIGKILL between complete's rename and its commit leaves the "
+    "job TRANSFERRED with a temporary name that no longer exists: every later complete "
+    "fails with ERROR_FILE_NOT_FOUND",
+}
+
+
+def _check(report: torture.Report) -> None:
+    if not report.failures:
+        return
+    text = "\n".join([report.summary(), *report.failures])
+    known = sorted(set(report.kinds) & set(KNOWN_BUGS))
+    if set(report.kinds) <= set(KNOWN_BUGS):
+        pytest.xfail("known ferryd bugs: " + "; ".join(KNOWN_BUGS[k] for k in known)
+                     + "\n" + text)
+    raise AssertionError(text)
+
+
+def test_kills_lose_nothing(short_tmp: Path) -> None:
+    report = torture.Report()
+    torture.kill_phase(
+        short_tmp / "k",
+        report,
+        kills=3,
+        duration=45.0,
+        seed=random.randrange(100_000),
+        q=True,
+        max_size=12 * MIB,
+        active_jobs=4,
+        interval=(0.3, 1.5),
+    )
+    _check(report)
+    assert report.kills >= 3
+    assert report.files_verified > 0
+
+
+@pytest.mark.parametrize(
+    "use_schemathesis",
+    [
+        pytest.param(
+            True,
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("schemathesis") is None,
+                reason="schemathesis is not installed (the dev extras provide it): "
+                "the OpenAPI fuzzing part is skipped; the hand-written attacks still run",
+            ),
+            id="schemathesis",
+        ),
+        pytest.param(False, id="hand-written"),
+    ],
+)
+def test_hostile_api(short_tmp: Path, use_schemathesis: bool) -> None:
+    report = torture.Report()
+    torture.fuzz_phase(
+        short_tmp / "f",
+        report,
+        cases=200,
+        seed=random.randrange(100_000),
+        use_schemathesis=use_schemathesis,
+        hand_written=not use_schemathesis,
+    )
+    _check(report)
+    if use_schemathesis:
+        assert report.fuzz_cases > 0
+    else:
+        assert report.raw_requests > 0 and report.attacks > 0
