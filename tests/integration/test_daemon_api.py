@@ -374,3 +374,22 @@ def test_events_stream_snapshot_first(ferryd: Daemon) -> None:
         buf += conn.recv(65536)
     assert b"event: job-modification" in buf
     conn.close()
+
+
+def test_complete_recovers_from_a_crash_between_rename_and_commit(
+    ferryd: Daemon, http_server: StaticServer, dest: Path
+) -> None:
+    data = os.urandom(40_000)
+    job = create(ferryd, "crash-in-complete")
+    add(ferryd, job["id"], (http_server.add("c.bin", data), str(dest / "c.bin")))
+    ferryd.call("POST", f"/v1/jobs/{job['id']}/resume", {})
+    wait_state(ferryd, job["id"], {"TRANSFERRED"})
+    ferryd.kill()
+    # What a SIGKILL after the rename but before its commit leaves behind.
+    (temp,) = [p for p in dest.iterdir() if p.name.startswith(".")]
+    temp.rename(dest / "c.bin")
+    ferryd.start()
+    status, body = ferryd.call("POST", f"/v1/jobs/{job['id']}/complete", {})
+    assert status == 200, body
+    assert body["job"]["state"] == "ACKNOWLEDGED"
+    assert (dest / "c.bin").read_bytes() == data

@@ -20,9 +20,6 @@ from benchmarks.common import MIB
 KNOWN_BUGS = {
     "temp-left": "a SIGKILL between creating a temporary file and persisting its name "
     "leaves that file behind forever",
-    "complete-after-kill": "a SIGKILL between complete's rename and its commit leaves the "
-    "job TRANSFERRED with a temporary name that no longer exists: every later complete "
-    "fails with ERROR_FILE_NOT_FOUND",
 }
 
 

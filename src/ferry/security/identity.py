@@ -365,6 +365,21 @@ class IdentityIO:
 
         return await self._call(token, op)
 
+    async def regular_file_size(self, token: Token, path: str) -> int | None:
+        """The size of a regular file (not followed if a symlink), or None when there is
+        no such file; looked at as ``token``."""
+
+        def op() -> int | None:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise FerryError.from_oserror(exc, f"cannot look at {path}") from None
+            return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+        return await self._call(token, op)
+
     async def check_directory(self, token: Token, local_name: str) -> None:
         """The directory of ``local_name`` exists and the token can search it.
 

@@ -280,10 +280,16 @@ class QueueManager:
                 continue  # renamed by an earlier complete that failed later
             try:
                 await self.identity.publish(token, f.temp_name, f.local_name)
-            except FerryError:
-                self.store.save_job(job)
-                raise
+            except FerryError as exc:
+                # A crash between an earlier rename and its commit: the temporary file is
+                # gone and the local name holds the whole file. That file is published.
+                if exc.code != "ERROR_FILE_NOT_FOUND" or await self.identity.regular_file_size(
+                    token, f.local_name
+                ) != f.bytes_transferred:
+                    self.store.save_job(job)
+                    raise
             f.temp_name = None
+            self.store.save_file(job, i)  # each rename is recorded before the next one
         result = await self._discard_temporaries(job, plan.discard)
         if plan.partial:
             result = "BG_S_PARTIAL_COMPLETE"
