@@ -3,6 +3,7 @@ state with a deadline (never a fixed sleep), and look at what is on disk."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -118,3 +119,11 @@ def cancel_all(d: Daemon, ids: Iterable[str]) -> None:
         status, body = d.call("GET", f"/v1/jobs/{job}")
         if status == 200 and body["state"] not in ("ACKNOWLEDGED", "CANCELLED"):
             d.call("POST", f"/v1/jobs/{job}/cancel", {})
+
+
+def owned_dir(path: Path, uid: int, mode: int) -> Path:
+    """A directory owned by ``uid`` (and its same-numbered group) with ``mode``."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, uid, uid)
+    os.chmod(path, mode)
+    return path

@@ -13,18 +13,12 @@ import pytest
 import ferry
 from tests.conftest import Daemon
 from tests.helpers.as_user import run_cli_as
+from tests.helpers.jobs import owned_dir
 
 A = 40301
 B = 40302
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
-
-
-def owned_dir(path: Path, uid: int, mode: int) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, uid, uid)
-    os.chmod(path, mode)
-    return path
 
 
 def test_service_owner_writes_as_impersonated_helper(

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Daemon
+from tests.helpers.jobs import owned_dir
 from tests.helpers.session_agent import SessionAgent
 
 A = 40201  # the job owner
@@ -27,13 +28,6 @@ def agents() -> Iterator[dict[str, SessionAgent]]:
     yield made
     for agent in made.values():
         agent.end()
-
-
-def owned_dir(path: Path, uid: int, mode: int) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, uid, uid)
-    os.chmod(path, mode)
-    return path
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Daemon
+from tests.helpers.jobs import owned_dir
 from tests.helpers.session_agent import SessionAgent
 from tests.helpers.static_server import StaticServer
 from tests.integration.cli_helpers import eventually
@@ -32,13 +33,6 @@ def agents() -> Iterator[dict[str, SessionAgent]]:
     yield made
     for agent in made.values():
         agent.end()
-
-
-def owned_dir(path: Path, uid: int, mode: int) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, uid, uid)
-    os.chmod(path, mode)
-    return path
 
 
 def wait_state(d: Daemon, job: str, states: set[str], timeout: float = 30) -> dict[str, Any]:
