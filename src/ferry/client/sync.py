@@ -1,9 +1,9 @@
-"""The synchronous client: ``http.client`` over an AF_UNIX socket.
+"""The synchronous client: HTTP/1.1 over an AF_UNIX socket.
 
-Built on the standard library rather than on top of the asyncio client so a plain script
-pays no event loop, no thread hop and no aiohttp import per call: one kept-alive connection
-is reused for every request, which is what makes thousands of calls per second possible.
-The request logic itself lives in ``_ops``; this module only moves bytes.
+Not built on the asyncio client, so a plain script pays no event loop, no thread hop and no
+aiohttp import per call: one kept-alive connection (framed by ``wire``) is reused for every
+request, which is what makes thousands of calls per second possible. Event streams use
+``http.client``. The request logic itself lives in ``_ops``; this module only moves bytes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from ..errors import FerryError
 from ..model.types import JobState, JobType, Priority, TokenFlags
-from . import _ops
+from . import _ops, wire
 from ._ops import DaemonUnavailable, Event, FileInfo, JobView, JSONObj
 from .impersonation import Identity, connect_as
 from .impersonation import current as current_impersonation
@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 60.0
 # What a kept-alive connection closed by the daemon looks like on the next request.
-_LOST = (ConnectionError, http.client.BadStatusLine, http.client.IncompleteRead)
+_LOST = (ConnectionError,)
 # How long wait() keeps trying to re-subscribe when ferryd goes away mid-wait (a restart).
 RECONNECT_GRACE = 15.0
 
@@ -66,19 +66,24 @@ def _connect(conn: _UnixHTTPConnection) -> None:
         raise DaemonUnavailable(path, e.strerror or str(e)) from None
 
 
+def _open(path: str, timeout: float | None) -> wire.Connection:
+    """A kept-alive connection for request/response calls."""
+    conn = _UnixHTTPConnection(path, timeout)
+    _connect(conn)
+    assert conn.sock is not None
+    return wire.Connection(conn.sock)
+
+
 def one_shot_request(
     identity: Identity, path: str, timeout: float | None, call: _ops.Call[Any]
 ) -> tuple[int, bytes]:
     """One request over a connection made as ``identity`` (see ``ferry.impersonate``)."""
     imp = connect_as(identity, path, timeout)
-    conn = _UnixHTTPConnection(path, timeout)
-    conn.sock = imp.sock
+    conn = wire.Connection(imp.sock)
     try:
-        conn.request(call.method, call.target, body=call.body, headers=call.headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
+        resp = conn.request(call.method, call.target, call.body, call.headers)
+        return resp.status, resp.body
     finally:
-        conn.close()
         imp.close()
 
 
@@ -89,7 +94,7 @@ class Client:
     def __init__(self, socket: str | None = None, *, timeout: float | None = DEFAULT_TIMEOUT):
         self.socket = resolve_socket(socket)
         self.timeout = timeout
-        self._conn = _UnixHTTPConnection(self.socket, timeout)
+        self._conn: wire.Connection | None = None
         self._lock = threading.Lock()
 
     # ---- transport ----------------------------------------------------------------
@@ -106,17 +111,15 @@ class Client:
         self, method: str, target: str, body: bytes | None, headers: Mapping[str, str]
     ) -> tuple[int, bytes]:
         with self._lock:
-            conn = self._conn
             for attempt in (0, 1):
-                fresh = conn.sock is None
-                if fresh:
-                    _connect(conn)
+                conn = self._conn
+                fresh = conn is None
+                if conn is None:
+                    conn = self._conn = _open(self.socket, self.timeout)
                 try:
-                    conn.request(method, target, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    raw = resp.read()
+                    resp = conn.request(method, target, body, headers)
                 except _LOST as e:
-                    conn.close()
+                    self._drop()
                     # A kept-alive connection the daemon closed while idle (or a restarted
                     # daemon) fails on first use: reconnect once. A fresh one failing means
                     # ferryd died under us; do not repeat the request blindly.
@@ -124,23 +127,28 @@ class Client:
                         raise DaemonUnavailable(self.socket, f"connection lost: {e}") from None
                     continue
                 except TimeoutError:
-                    conn.close()
+                    self._drop()
                     raise FerryError(
                         "E_FAIL", f"ferryd at {self.socket} did not answer within {self.timeout} s"
                     ) from None
                 except BaseException:
                     # Interrupted mid-request (Ctrl-C): the connection is out of step with
                     # its response; drop it so the next call (say, a cancel) starts clean.
-                    conn.close()
+                    self._drop()
                     raise
                 if resp.will_close:
-                    conn.close()
-                return resp.status, raw
+                    self._drop()
+                return resp.status, resp.body
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._drop()
 
     def __enter__(self) -> Client:
         return self

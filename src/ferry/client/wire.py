@@ -1,0 +1,157 @@
+"""HTTP/1.1 request/response framing for the synchronous client's kept-alive connection.
+
+``http.client`` spends about 150 µs of CPU per call parsing response headers through the
+``email`` package — as much as ferryd spends serving a job creation. Our peer is always
+ferryd (aiohttp) on a local socket, so this module frames a request in one ``sendall`` and
+reads the answer with a small parser: status line, headers, then a body framed by
+``Content-Length``, by chunked encoding, or by the connection closing. Anything else is a
+protocol error and the connection is dropped. Event streams (SSE) still use http.client.
+"""
+
+from __future__ import annotations
+
+import socket as _socket
+from collections.abc import Mapping
+
+MAX_HEAD = 64 * 1024  # bytes of status line + headers we accept before calling it garbage
+_RECV = 256 * 1024
+
+
+class ConnectionLost(ConnectionError):
+    """The daemon closed the connection (or sent garbage) before a whole response arrived."""
+
+
+class Response:
+    __slots__ = ("status", "body", "will_close")
+
+    def __init__(self, status: int, body: bytes, will_close: bool) -> None:
+        self.status = status
+        self.body = body
+        self.will_close = will_close
+
+
+def encode_request(
+    method: str, target: str, body: bytes | None, headers: Mapping[str, str]
+) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: localhost"]
+    lines.extend(f"{k}: {v}" for k, v in headers.items())
+    if body is not None or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body or b'')}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + body if body else head
+
+
+class Connection:
+    """One kept-alive connection over a connected stream socket; not thread-safe."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        finally:
+            self._buf.clear()
+
+    def request(
+        self, method: str, target: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> Response:
+        self._buf.clear()
+        self.sock.sendall(encode_request(method, target, body, headers))
+        return self._read_response(method)
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(_RECV)
+        if not chunk:
+            return False
+        self._buf += chunk
+        return True
+
+    def _need(self, n: int) -> None:
+        while len(self._buf) < n:
+            if not self._fill():
+                raise ConnectionLost("connection closed in the middle of a response body")
+
+    def _read_line(self) -> bytes:
+        while True:
+            i = self._buf.find(b"\r\n")
+            if i >= 0:
+                line = bytes(self._buf[:i])
+                del self._buf[: i + 2]
+                return line
+            if len(self._buf) > MAX_HEAD:
+                raise ConnectionLost("response line too long")
+            if not self._fill():
+                raise ConnectionLost("connection closed in the middle of a response")
+
+    def _read_response(self, method: str) -> Response:
+        while True:
+            end = self._buf.find(b"\r\n\r\n")
+            if end >= 0:
+                break
+            if len(self._buf) > MAX_HEAD:
+                raise ConnectionLost("response head too long")
+            if not self._fill():
+                raise ConnectionLost(
+                    "connection closed before a response" if not self._buf
+                    else "connection closed in the middle of a response head"
+                )
+        head = bytes(self._buf[:end]).decode("latin-1").split("\r\n")
+        del self._buf[: end + 4]
+        version, _, rest = head[0].partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            raise ConnectionLost(f"not an HTTP response: {head[0][:80]!r}")
+        status = int(code)
+        fields: dict[str, str] = {}
+        for line in head[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ConnectionLost(f"malformed response header: {line[:80]!r}")
+            fields[name.strip().lower()] = value.strip()
+        conn_hdr = fields.get("connection", "").lower()
+        will_close = conn_hdr == "close" or (version == "HTTP/1.0" and conn_hdr != "keep-alive")
+        if status == 101:
+            raise ConnectionLost("unexpected protocol switch")
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            return Response(status, b"", will_close)
+        if "chunked" in fields.get("transfer-encoding", "").lower():
+            body = self._read_chunked()
+        elif "content-length" in fields:
+            try:
+                length = int(fields["content-length"])
+            except ValueError:
+                raise ConnectionLost("bad Content-Length in response") from None
+            if length < 0:
+                raise ConnectionLost("bad Content-Length in response")
+            self._need(length)
+            body = bytes(self._buf[:length])
+            del self._buf[:length]
+        else:
+            while self._fill():
+                pass
+            body = bytes(self._buf)
+            self._buf.clear()
+            will_close = True
+        if self._buf:
+            raise ConnectionLost("the daemon sent more than one response")
+        return Response(status, body, will_close)
+
+    def _read_chunked(self) -> bytes:
+        out = bytearray()
+        while True:
+            size_line = self._read_line().split(b";", 1)[0].strip()
+            try:
+                size = int(size_line, 16)
+            except ValueError:
+                raise ConnectionLost("bad chunk size in response") from None
+            if size == 0:
+                while self._read_line():  # trailers, up to the empty line
+                    pass
+                return bytes(out)
+            self._need(size + 2)
+            out += self._buf[:size]
+            del self._buf[: size + 2]
