@@ -59,6 +59,32 @@ def setup_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_malloc() -> bool:
+    """Keep the download path's buffers on the heap.
+
+    asyncio reads a socket into a fresh 256 KiB bytes object and aiohttp joins them into
+    1 MiB chunks. Above glibc's default threshold (128 KiB, raised only when a *large*
+    mapped block is freed, which never happens here because the read buffer is shrunk
+    first) each of those buffers is a new mmap: 64 page faults and a munmap per read, a
+    third of ferryd's CPU on a fast download. Served from the heap they are reused. Blocks
+    over 8 MiB still get their own mapping, and the heap gives memory back once more than
+    32 MiB at its top is free, so a burst does not pin RSS. Not glibc: nothing to do.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 8 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 32 << 20))
+
+
 def sd_notify(message: str) -> None:
     """Tell systemd about our state, when it asked (NOTIFY_SOCKET)."""
     addr = os.environ.get("NOTIFY_SOCKET")
@@ -260,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             raise FerryError("E_ACCESSDENIED", "system mode needs root; use --user")
         cfg = load_config(system, args.config, args.socket, args.state_dir, args.log_level)
         setup_logging(cfg.log_level)
+        if not tune_malloc():
+            log.debug("malloc tuning not available (not glibc)")
         asyncio.run(serve(cfg))
     except FerryError as exc:
         log.error("%s", exc)
