@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from typing import Any
@@ -25,7 +26,7 @@ from ferry.model.types import (
     Priority,
     TokenFlags,
 )
-from ferry.security.token import Token
+from ferry.security.token import Token, TokenInterner
 
 NOW = 1_700_000_000.0
 LIM = Limits()
@@ -767,3 +768,239 @@ def test_resume_after_the_last_file_finished_while_suspended() -> None:
     job.file_completed(0, NOW + 3)
     assert job.resume(NOW + 4) is True
     assert job.state is JobState.TRANSFERRED and job.transfer_completed == NOW + 4
+
+
+# ---- records: every field, and the decoding shortcuts of the store's load -----------------------
+
+
+def full_job() -> Job:
+    """A job whose every field (and every field of its files) differs from the default, with
+    values distinct enough that a field decoded into the wrong place cannot go unnoticed."""
+    files = [
+        JobFile(
+            "https://example.com/a",
+            "/srv/dl/a",
+            bytes_total=4096,
+            bytes_transferred=4096,
+            completed=True,
+            temp_name="/srv/dl/.a.ferry-x1",
+            validator='"etag-a"',
+            final_url="https://cdn.example.com/a",
+            sha256="ab" * 32,
+        ),
+        JobFile("file:///mnt/share/b", "/srv/dl/b\udcff", 100, 7, False, "/srv/dl/.b", "W/1"),
+        JobFile("https://example.com/c?q=1&r=ü", "/srv/dl/c", sha256="0f" * 32),
+    ]
+    return Job(
+        id=str(uuid.uuid4()),
+        display_name="every field ✓",
+        owner=OWNER,
+        type=JobType.UPLOAD_REPLY,
+        priority=Priority.LOW,
+        state=JobState.TRANSIENT_ERROR,
+        description="désc",
+        files=files,
+        created=NOW + 0.25,
+        modified=NOW + 9.5,
+        transfer_completed=NOW + 3.125,
+        error=JobError("BG_E_HTTP_ERROR_503", ErrorContext.REMOTE_FILE, "busy", 2, 0x80190193),
+        error_count=3,
+        min_retry_delay=45,
+        no_progress_timeout=7200,
+        notify_flags=NotifyFlags.JOB_MODIFICATION | NotifyFlags.FILE_TRANSFERRED,
+        notify_cmdline=["/usr/bin/notify", "--job", "a b"],
+        helper_token=HELPER,
+        helper_flags=TokenFlags.NETWORK,
+        dynamic_content=True,
+        retry_at=NOW + 60.75,
+        no_progress_since=NOW + 4.5,
+        notification={
+            "last_event": "error",
+            "state": "failed",
+            "attempts": 2,
+            "error": {"code": "E_FAIL", "hresult": "0x80004005", "description": "exit 3"},
+        },
+    )
+
+
+def _record_round_trip(job: Job) -> Job:
+    record = json.loads(json.dumps(job.to_record()))
+    files = [JobFile.from_record(json.loads(json.dumps(f.to_record()))) for f in job.files]
+    return Job.from_record(record, files)
+
+
+def _non_default_fields(obj: Any) -> None:
+    for f in dataclasses.fields(obj):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            continue
+        assert getattr(obj, f.name) != default, f"{type(obj).__name__}.{f.name} is the default"
+
+
+def test_full_job_sets_every_field() -> None:
+    # Keeps the round-trip tests exhaustive: a new field must be given a value here.
+    job = full_job()
+    _non_default_fields(job)
+    _non_default_fields(job.files[0])
+    assert job.error is not None
+    _non_default_fields(job.error)
+
+
+def test_record_round_trip_of_every_field() -> None:
+    job = full_job()
+    loaded = _record_round_trip(job)
+    assert loaded == job
+    for f in dataclasses.fields(Job):
+        assert getattr(loaded, f.name) == getattr(job, f.name), f.name
+    for got, want in zip(loaded.files, job.files, strict=True):
+        for f in dataclasses.fields(JobFile):
+            assert getattr(got, f.name) == getattr(want, f.name), f.name
+    assert loaded.type is JobType.UPLOAD_REPLY and loaded.state is JobState.TRANSIENT_ERROR
+    assert loaded.priority is Priority.LOW
+    assert type(loaded.notify_flags) is NotifyFlags and type(loaded.helper_flags) is TokenFlags
+    assert loaded.error is not None and loaded.error.context is ErrorContext.REMOTE_FILE
+
+
+@pytest.mark.parametrize(
+    ("field", "members"),
+    [("type", list(JobType)), ("priority", list(Priority)), ("state", list(JobState))],
+)
+def test_every_enum_value_decodes_to_its_member(field: str, members: list[Any]) -> None:
+    job = new_job()
+    for member in members:
+        record = job.to_record()
+        record[field] = member.value
+        assert getattr(Job.from_record(record, []), field) is member
+
+
+@pytest.mark.parametrize("context", list(ErrorContext))
+def test_every_error_context_decodes_to_its_member(context: ErrorContext) -> None:
+    e = JobError("E_FAIL", context, "x")
+    assert JobError.from_record(json.loads(json.dumps(e.to_record()))).context is context
+
+
+@pytest.mark.parametrize("field", ["type", "priority", "state"])
+@pytest.mark.parametrize("value", ["bogus", ["QUEUED"], None])
+def test_an_unknown_enum_value_is_a_value_error(field: str, value: Any) -> None:
+    record = new_job().to_record()
+    record[field] = value
+    with pytest.raises(ValueError, match="is not a valid"):
+        Job.from_record(record, [])
+
+
+def test_an_unknown_error_context_is_a_value_error() -> None:
+    record = JobError("E_FAIL", ErrorContext.NONE, "x").to_record()
+    record["context"] = "BOGUS"
+    with pytest.raises(ValueError, match="is not a valid"):
+        JobError.from_record(record)
+
+
+@pytest.mark.parametrize("value", [*range(0x40), 0x100, True, 3.0, "19"])
+def test_notify_flags_decode_like_the_enumeration(value: Any) -> None:
+    record = new_job().to_record()
+    record["notify_flags"] = value
+    got = Job.from_record(record, []).notify_flags
+    assert type(got) is NotifyFlags and got == NotifyFlags(int(value))
+
+
+@pytest.mark.parametrize("value", [*range(8), 0x10, True, "3"])
+def test_helper_flags_decode_like_the_enumeration(value: Any) -> None:
+    record = new_job().to_record()
+    record["helper_flags"] = value
+    got = Job.from_record(record, []).helper_flags
+    assert type(got) is TokenFlags and got == TokenFlags(int(value))
+
+
+def test_records_of_an_older_ferry_get_the_defaults() -> None:
+    job = new_job()
+    required = ("id", "display_name", "owner", "type", "priority", "state", "created", "modified")
+    record = {key: job.to_record()[key] for key in required}
+    files = [JobFile.from_record({"remote_name": "https://e/x", "local_name": "/srv/x"})]
+    loaded = Job.from_record(record, files)
+    fresh = Job(job.id, job.display_name, OWNER, created=NOW, modified=NOW, files=files)
+    assert loaded == fresh
+    assert files[0] == JobFile("https://e/x", "/srv/x")
+
+
+def test_default_retry_settings_are_shared_ints() -> None:
+    a, b = (_record_round_trip(new_job()) for _ in range(2))
+    assert a.min_retry_delay is b.min_retry_delay is DEFAULT_MIN_RETRY_DELAY
+    assert a.no_progress_timeout is b.no_progress_timeout is DEFAULT_NO_PROGRESS_TIMEOUT
+
+
+# ---- the token interner ---------------------------------------------------------------------
+
+
+def test_token_is_immutable() -> None:
+    token = Token(1000, 1000, (1000, 24), 42, "alice")
+    assert not hasattr(token, "__dict__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        token.uid = 0  # type: ignore[misc]
+    assert isinstance(token.groups, tuple)
+
+
+def test_interner_shares_equal_tokens() -> None:
+    tokens = TokenInterner()
+    a = tokens.from_json(json.loads(json.dumps(OWNER.to_json())))
+    b = tokens.from_json(json.loads(json.dumps(OWNER.to_json())))
+    assert a is b and a == OWNER and len(tokens) == 1
+    # A token with a pid is equal to one without; what is stored never carries the pid.
+    c = tokens.from_json(dataclasses.replace(OWNER, pid=4242).to_json())
+    assert c is a and c.pid is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"uid": 1001},
+        {"gid": 1001},
+        {"groups": [24, 1000]},
+        {"groups": [1000]},
+        {"session": None},
+        {"session": 43},
+        {"name": "bob"},
+        {"name": None},
+        {"admin": True},
+    ],
+)
+def test_interner_keeps_tokens_apart_that_differ(change: dict[str, Any]) -> None:
+    tokens = TokenInterner()
+    owner = tokens.from_json(OWNER.to_json())
+    d = {**OWNER.to_json(), **change}
+    other = tokens.from_json(d)
+    assert other is not owner and other != owner
+    assert other == Token.from_json(d) and owner == OWNER
+    assert tokens.from_json(dict(d)) is other and len(tokens) == 2
+
+
+def test_interner_decodes_like_from_json_when_the_record_is_odd() -> None:
+    tokens = TokenInterner()
+    # Not hashable as a key: decoded on its own, exactly as Token.from_json does.
+    odd = {"uid": 5, "gid": 5, "groups": [[1]], "name": "x"}
+    with pytest.raises(TypeError):
+        Token.from_json(odd)
+    with pytest.raises(TypeError):
+        tokens.from_json(odd)
+    unhashable_name = {"uid": 5, "gid": 5, "name": ["x"]}
+    assert tokens.from_json(unhashable_name) == Token.from_json(unhashable_name)
+    with pytest.raises(KeyError):
+        tokens.from_json({"gid": 5})
+    # Values from_json converts give the token it gives.
+    assert tokens.from_json({"uid": "7", "gid": 7.0, "groups": ["1"]}) == Token(7, 7, (1,))
+    assert len(tokens) == 1
+
+
+def test_job_from_record_shares_tokens_through_the_interner() -> None:
+    tokens = TokenInterner()
+    one, two = full_job(), full_job()
+    two.helper_token = OWNER
+    a = Job.from_record(json.loads(json.dumps(one.to_record())), [], tokens)
+    b = Job.from_record(json.loads(json.dumps(two.to_record())), [], tokens)
+    assert a.owner is b.owner is b.helper_token and a.owner == OWNER
+    assert a.helper_token == HELPER and a.helper_token is not a.owner
+    # Without an interner every job gets its own tokens.
+    c, d = (Job.from_record(one.to_record(), []) for _ in range(2))
+    assert c.owner == d.owner and c.owner is not d.owner

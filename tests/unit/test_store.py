@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import sqlite3
@@ -20,6 +22,7 @@ from ferry.model.job import Job, JobError, JobFile, Limits
 from ferry.model.types import ErrorContext, JobState, JobType, TokenFlags
 from ferry.security.token import Token
 from ferry.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStore
+from tests.unit.test_job import full_job
 
 NOW = 1_700_000_000.0
 LIM = Limits()
@@ -281,6 +284,64 @@ def test_round_trip_of_jobs_with_files_errors_and_helper_tokens(store: SqliteSto
         assert r.state is JobState.TRANSIENT_ERROR
     finally:
         store.close()
+
+
+def test_round_trip_of_a_job_with_every_field_set(store: SqliteStore) -> None:
+    job = full_job()
+    plain = make_job(2, name="plain")
+    store.insert_job(job)
+    store.insert_job(plain)
+    store = reopen(store)
+    try:
+        loaded, loaded_plain = store.load_all()
+        assert loaded == job and loaded_plain == plain
+        for f in dataclasses.fields(Job):
+            assert getattr(loaded, f.name) == getattr(job, f.name), f.name
+        for got, want in zip(loaded.files, job.files, strict=True):
+            for f in dataclasses.fields(JobFile):
+                assert getattr(got, f.name) == getattr(want, f.name), f.name
+        assert loaded.error is not None and loaded.error.file_index == 2
+        assert loaded.state is JobState.TRANSIENT_ERROR and loaded.type is JobType.UPLOAD_REPLY
+    finally:
+        store.close()
+
+
+def test_jobs_share_their_owners_token_only_when_equal(store: SqliteStore) -> None:
+    other_session = dataclasses.replace(OWNER, session=99)
+    a, b = make_job(name="a"), make_job(0, name="b")
+    c = make_job(name="c", owner=other_session)
+    d = make_job(name="d", owner=HELPER)
+    d.set_helper_token(OWNER, NOW)
+    e = make_job(name="e", owner=dataclasses.replace(OWNER, pid=1234))  # pid is not stored
+    for job in (a, b, c, d, e):
+        store.insert_job(job)
+    store = reopen(store)
+    try:
+        la, lb, lc, ld, le = store.load_all()
+        assert la.owner is lb.owner is ld.helper_token is le.owner
+        assert la.owner == OWNER and le.owner.pid is None
+        assert lc.owner is not la.owner and lc.owner == other_session != OWNER
+        assert ld.owner is not la.owner and ld.owner == HELPER
+        # Shared, yet independent: changing one job's owner replaces its token.
+        la.take_ownership(HELPER, NOW + 1)
+        assert lb.owner == OWNER and la.owner == HELPER
+        # Each load decodes afresh.
+        assert store.load_all()[0].owner is not lb.owner
+    finally:
+        store.close()
+
+
+def test_unknown_enum_value_in_a_record_is_corrupt(store: SqliteStore) -> None:
+    job = make_job()
+    store.insert_job(job)
+    record = job.to_record()
+    record["state"] = "NAPPING"
+    with raw(store.path) as c:
+        c.execute("UPDATE jobs SET record = ? WHERE id = ?", (json.dumps(record), job.id))
+    with pytest.raises(FerryError) as exc:
+        store.load_all()
+    assert exc.value.code == "BG_E_DATABASE_CORRUPT" and job.id in exc.value.message
+    assert "NAPPING" in exc.value.message
 
 
 def test_load_all_keeps_insertion_order(store: SqliteStore) -> None:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import FerryError, format_hresult, hresult_of
-from ..security.token import Token
+from ..security.token import Token, TokenInterner
 from .types import (
     DEFAULT_NOTIFY_FLAGS,
     ErrorContext,
@@ -28,6 +28,17 @@ from .types import (
 DEFAULT_MIN_RETRY_DELAY = 600
 MIN_RETRY_DELAY_FLOOR = 5
 DEFAULT_NO_PROGRESS_TIMEOUT = 1_209_600
+
+# Stored value -> member, for decoding records: a dict lookup is several times cheaper than
+# calling the enumeration, which counts when ferryd loads 100,000 jobs at startup. A value
+# missing here (damaged, or flags from a newer ferryd) takes the enumeration's own path.
+_JOB_TYPES = {m.value: m for m in JobType}
+_PRIORITIES = {m.value: m for m in Priority}
+_JOB_STATES = {m.value: m for m in JobState}
+_ERROR_CONTEXTS = {m.value: m for m in ErrorContext}
+_NOTIFY_FLAGS = {v: NotifyFlags(v) for v in range(int(NotifyFlags.all()) + 1)}
+_TOKEN_FLAGS = {v: TokenFlags(v) for v in range(int(TokenFlags.all()) + 1)}
+_DEFAULT_NOTIFY_INT = int(DEFAULT_NOTIFY_FLAGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,16 +112,18 @@ class JobFile:
 
     @classmethod
     def from_record(cls, d: dict[str, Any]) -> JobFile:
+        get = d.get
+        # Positional, in field order: measurably faster than keywords at 100,000 files.
         return cls(
-            remote_name=d["remote_name"],
-            local_name=d["local_name"],
-            bytes_total=d.get("bytes_total"),
-            bytes_transferred=int(d.get("bytes_transferred", 0)),
-            completed=bool(d.get("completed", False)),
-            temp_name=d.get("temp_name"),
-            validator=d.get("validator"),
-            final_url=d.get("final_url"),
-            sha256=d.get("sha256"),
+            d["remote_name"],
+            d["local_name"],
+            get("bytes_total"),
+            int(get("bytes_transferred", 0)),
+            bool(get("completed", False)),
+            get("temp_name"),
+            get("validator"),
+            get("final_url"),
+            get("sha256"),
         )
 
 
@@ -143,9 +156,13 @@ class JobError:
 
     @classmethod
     def from_record(cls, d: dict[str, Any]) -> JobError:
+        try:
+            context = _ERROR_CONTEXTS[d["context"]]
+        except (KeyError, TypeError):
+            context = ErrorContext(d["context"])  # raises the usual error
         return cls(
             code=d["code"],
-            context=ErrorContext(d["context"]),
+            context=context,
             description=d.get("description", ""),
             file_index=d.get("file_index"),
             hresult=int(d.get("hresult", 0)),
@@ -550,31 +567,69 @@ class Job:
         }
 
     @classmethod
-    def from_record(cls, d: dict[str, Any], files: list[JobFile]) -> Job:
+    def from_record(
+        cls, d: dict[str, Any], files: list[JobFile], tokens: TokenInterner | None = None
+    ) -> Job:
+        """The job of ``to_record``'s dict, holding ``files``.
+
+        ``tokens`` (the store's load passes one) shares one Token among the jobs of an owner.
+        This is the inner loop of ferryd's startup: keep it free of calls that can be avoided.
+        """
+        get = d.get
+        token = Token.from_json if tokens is None else tokens.from_json
+        try:
+            type_ = _JOB_TYPES[d["type"]]
+            priority = _PRIORITIES[d["priority"]]
+            state = _JOB_STATES[d["state"]]
+        except (KeyError, TypeError):
+            # A missing key, or not a value of the enumeration: let the enumerations raise
+            # their usual error, naming the value.
+            JobType(d["type"])
+            Priority(d["priority"])
+            JobState(d["state"])
+            raise
+        error = get("error")
+        notify_flags = get("notify_flags", _DEFAULT_NOTIFY_INT)
+        notify = _NOTIFY_FLAGS.get(notify_flags)
+        if notify is None:
+            notify = NotifyFlags(int(notify_flags))
+        # The defaults as the one shared int each, not an int object per job (6 MB at 100,000).
+        min_retry_delay = int(get("min_retry_delay", DEFAULT_MIN_RETRY_DELAY))
+        if min_retry_delay == DEFAULT_MIN_RETRY_DELAY:
+            min_retry_delay = DEFAULT_MIN_RETRY_DELAY
+        no_progress_timeout = int(get("no_progress_timeout", DEFAULT_NO_PROGRESS_TIMEOUT))
+        if no_progress_timeout == DEFAULT_NO_PROGRESS_TIMEOUT:
+            no_progress_timeout = DEFAULT_NO_PROGRESS_TIMEOUT
+        helper = get("helper_token")
+        helper_flags = get("helper_flags", 0)
+        flags = _TOKEN_FLAGS.get(helper_flags)
+        if flags is None:
+            flags = TokenFlags(int(helper_flags))
+        # Positional, in field order (the round-trip tests catch a field out of place).
         return cls(
-            id=d["id"],
-            display_name=d["display_name"],
-            description=d.get("description", ""),
-            owner=Token.from_json(d["owner"]),
-            type=JobType(d["type"]),
-            priority=Priority(d["priority"]),
-            state=JobState(d["state"]),
-            files=files,
-            created=float(d["created"]),
-            modified=float(d["modified"]),
-            transfer_completed=d.get("transfer_completed"),
-            error=JobError.from_record(d["error"]) if d.get("error") else None,
-            error_count=int(d.get("error_count", 0)),
-            min_retry_delay=int(d.get("min_retry_delay", DEFAULT_MIN_RETRY_DELAY)),
-            no_progress_timeout=int(d.get("no_progress_timeout", DEFAULT_NO_PROGRESS_TIMEOUT)),
-            notify_flags=NotifyFlags(int(d.get("notify_flags", int(DEFAULT_NOTIFY_FLAGS)))),
-            notify_cmdline=d.get("notify_cmdline"),
-            helper_token=Token.from_json(d["helper_token"]) if d.get("helper_token") else None,
-            helper_flags=TokenFlags(int(d.get("helper_flags", 0))),
-            dynamic_content=bool(d.get("dynamic_content", False)),
-            retry_at=d.get("retry_at"),
-            no_progress_since=d.get("no_progress_since"),
-            notification=d.get("notification"),
+            d["id"],
+            d["display_name"],
+            token(d["owner"]),
+            type_,
+            priority,
+            state,
+            get("description", ""),
+            files,
+            float(d["created"]),
+            float(d["modified"]),
+            get("transfer_completed"),
+            JobError.from_record(error) if error else None,
+            int(get("error_count", 0)),
+            min_retry_delay,
+            no_progress_timeout,
+            notify,
+            get("notify_cmdline"),
+            token(helper) if helper else None,
+            flags,
+            bool(get("dynamic_content", False)),
+            get("retry_at"),
+            get("no_progress_since"),
+            get("notification"),
         )
 
 

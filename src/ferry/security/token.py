@@ -58,6 +58,45 @@ class Token:
         )
 
 
+class TokenInterner:
+    """Decodes stored tokens (``Token.from_json``), handing out one shared Token for equal ones.
+
+    For loading a store: 100,000 jobs of a handful of owners then hold a handful of Token
+    objects instead of 100,000, which saves both the construction time and the memory.
+    Sharing is safe because a Token is immutable: frozen, with slots (no ``__dict__``), and
+    its fields are ints, a tuple of ints, a str and a bool. Only equal tokens are shared:
+    records with equal fields give one object, and ``from_json`` never sets ``pid`` (which
+    equality ignores), so no token ever stands in for one that differs from it.
+    """
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self) -> None:
+        self._tokens: dict[tuple[Any, ...], Token] = {}
+
+    def from_json(self, d: dict[str, Any]) -> Token:
+        try:
+            # The raw values: equal keys give equal tokens, since from_json only converts.
+            key = (
+                d["uid"],
+                d["gid"],
+                tuple(d.get("groups", ())),
+                d.get("session"),
+                d.get("name"),
+                d.get("admin", False),
+            )
+            token = self._tokens.get(key)
+        except Exception:
+            # Not a well-formed token: the plain decoder raises (or decodes) as it always did.
+            return Token.from_json(d)
+        if token is None:
+            token = self._tokens[key] = Token.from_json(d)
+        return token
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+
 def is_admin(uid: int, groups: tuple[int, ...], admin_groups: frozenset[int]) -> bool:
     """ "Has an enabled administrators SID": root, or a member of a configured admin group."""
     return uid == 0 or any(g in admin_groups for g in groups)
