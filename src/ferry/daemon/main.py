@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -175,6 +176,9 @@ async def serve(cfg: Config) -> None:
     bus = EventBus(min_interval=cfg.min_notification_interval_ms / 1000)
     manager = QueueManager(store, identity, bus, cfg.limits)
     count = manager.load()
+    # The loaded jobs live as long as the daemon: move them out of the collector's sight so
+    # neither this start-up nor every later full collection walks 100,000 jobs again.
+    gc.freeze()
     manager.sessions.update(await asyncio.to_thread(manager.sessions.scan))
     scheduler = Scheduler(
         manager, engine, cfg.max_background_jobs, manager.logged_on, time_slice=cfg.time_slice
