@@ -274,22 +274,25 @@ class QueueManager:
         token = policy.local_file_token(job) if job.type is JobType.DOWNLOAD else job.owner
         await self._stop(job)
         plan = job.plan_complete()
-        for i in plan.rename:
-            f = job.files[i]
-            if f.temp_name is None:
-                continue  # renamed by an earlier complete that failed later
-            try:
-                await self.identity.publish(token, f.temp_name, f.local_name)
-            except FerryError as exc:
-                # A crash between an earlier rename and its commit: the temporary file is
-                # gone and the local name holds the whole file. That file is published.
-                if exc.code != "ERROR_FILE_NOT_FOUND" or await self.identity.regular_file_size(
-                    token, f.local_name
-                ) != f.bytes_transferred:
-                    self.store.save_job(job)
-                    raise
-            f.temp_name = None
-            self.store.save_file(job, i)  # each rename is recorded before the next one
+        try:
+            for i in plan.rename:
+                f = job.files[i]
+                if f.temp_name is None:
+                    continue  # renamed by an earlier complete that failed later
+                try:
+                    await self.identity.publish(token, f.temp_name, f.local_name)
+                except FerryError as exc:
+                    # A crash between an earlier rename and its commit: the temporary file
+                    # is gone and the local name holds the whole file. That file is published.
+                    if exc.code != "ERROR_FILE_NOT_FOUND" or await self.identity.regular_file_size(
+                        token, f.local_name
+                    ) != f.bytes_transferred:
+                        raise
+                f.temp_name = None
+                self.store.save_file(job, i)  # each rename is recorded before the next one
+        except BaseException:
+            self._complete_failed(job)
+            raise
         result = await self._discard_temporaries(job, plan.discard)
         if plan.partial:
             result = "BG_S_PARTIAL_COMPLETE"
@@ -297,6 +300,20 @@ class QueueManager:
         self.store.save_job(job)
         self.publish(job)
         return job, result
+
+    def _complete_failed(self, job: Job) -> None:
+        """``complete`` failed part-way (a rename failed): the job stays as it is, with the
+        files renamed so far recorded. A transfer it stopped goes back to the queue, and the
+        change is published at once, which also ends the scheduler's hold on the job (else
+        it would wait HOLD_SECONDS) and shows clients the job as it is now."""
+        try:
+            if job.state in (JobState.CONNECTING, JobState.TRANSFERRING):
+                job.requeue(self.clock())  # stopped for complete: it runs again for the rest
+            self.store.save_job(job)
+        except Exception:  # the caller reports why complete failed; this must not hide it
+            log.exception("job %s: cannot record the state after a failed complete", job.id)
+        self.publish(job)
+        self.kick()
 
     async def _discard_temporaries(self, job: Job, indices: Iterable[int]) -> str:
         """Delete temporary files as the identity that created them; never fail the call."""
