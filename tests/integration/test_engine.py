@@ -40,8 +40,10 @@ class Recorder:
         job.transferring(time.time())
 
     async def file_started(self, job: Job, index: int) -> None:
+        # The name is persisted before the file is created: a crash never leaves a file the
+        # store does not know.
         temp = job.files[index].temp_name
-        assert temp is not None and os.path.exists(temp)
+        assert temp is not None and not os.path.lexists(temp)
         self.events.append(("started", index, temp))
 
     async def progress(self, job: Job, index: int, bytes_on_disk: int) -> None:
@@ -447,7 +449,8 @@ async def test_vanished_temp_file_starts_over(
     temp.unlink()
     rec = Recorder()
     await engine.run_job(job, rec)
-    assert job.files[0].temp_name != str(temp)
+    assert job.files[0].temp_name == str(temp), "the persisted name is created again"
+    assert ("started", 0, str(temp)) in rec.events, "and persisted again before that"
     assert temp_bytes(job) == data
     assert rec.progress_of(0)[0] == 0
 

@@ -17,10 +17,7 @@ from benchmarks.common import MIB
 # Bugs in ferryd the torture run found and that are not fixed yet (benchmarks/README.md,
 # "Known failures"). A run whose only failures are of these kinds is an expected failure;
 # delete an entry once its bug is fixed, and any such failure fails the test again.
-KNOWN_BUGS = {
-    "temp-left": "a SIGKILL between creating a temporary file and persisting its name "
-    "leaves that file behind forever",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _check(report: torture.Report) -> None:

@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ..errors import FerryError
-from ..model.paths import temp_name_for
+from ..model.paths import TEMP_SUFFIX, temp_name_for
 from .token import Token
 
 log = logging.getLogger("ferry.identity")
@@ -111,6 +111,39 @@ async def settle(fut: asyncio.Future[T]) -> bool:
         except asyncio.CancelledError:
             cancelled = True
     return cancelled
+
+
+def new_temp_name(local_name: str) -> str:
+    """A fresh temporary name for ``local_name``: ``<dir>/.<basename>.<random>.ferry-part``,
+    96 random bits that nobody can predict. Nothing is created: the caller persists the name,
+    then creates the file with ``IdentityIO.create_temp``."""
+    return temp_name_for(local_name, secrets.token_hex(TEMP_TOKEN_BYTES))
+
+
+def check_temp_name(local_name: str, temp_name: str) -> None:
+    """``temp_name`` is a temporary name of ``local_name`` as ``new_temp_name`` makes them: a
+    plain hidden file ``.<basename>.<token>.ferry-part`` in the same directory (no other
+    directory, no NUL, no slash or dot in the token). Raises E_INVALIDARG otherwise."""
+    directory, base = posixpath.split(temp_name)
+    stem = base.removesuffix(TEMP_SUFFIX)
+    token = stem.rpartition(".")[2]
+    valid = (
+        "\x00" not in temp_name
+        and directory == posixpath.dirname(local_name)
+        and base.startswith(".")
+        and stem != base
+        and "." in stem[1:]
+        and bool(token)
+    )
+    if valid:
+        try:
+            valid = temp_name_for(local_name, token) == temp_name
+        except FerryError:
+            valid = False
+    if not valid:
+        raise FerryError(
+            "E_INVALIDARG", f"{temp_name!r} is not a temporary name of {local_name!r}"
+        )
 
 
 class IdentityIO:
@@ -229,12 +262,21 @@ class IdentityIO:
 
     # ---- operations ------------------------------------------------------------------
 
-    async def create_temp(self, token: Token, local_name: str) -> tuple[int, str]:
+    async def create_temp(
+        self, token: Token, local_name: str, temp_name: str | None = None
+    ) -> tuple[int, str]:
         """Create the hidden temporary file of ``local_name`` (mode 0600) and open it for
-        writing. O_EXCL|O_NOFOLLOW: an existing file or a planted symlink is never opened."""
+        writing. O_EXCL|O_NOFOLLOW: an existing file or a planted symlink is never opened
+        (ERROR_FILE_EXISTS).
+
+        ``temp_name`` is the name to create, chosen beforehand with ``new_temp_name`` so the
+        caller can persist it before the file exists (a crash then never leaves a file
+        nobody knows); without it a fresh name is chosen here. Either way the name is
+        returned with the descriptor."""
+        path = new_temp_name(local_name) if temp_name is None else temp_name
+        check_temp_name(local_name, path)
 
         def op() -> tuple[int, str]:
-            path = temp_name_for(local_name, secrets.token_hex(TEMP_TOKEN_BYTES))
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
                 return os.open(path, flags, 0o600), path

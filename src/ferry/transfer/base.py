@@ -80,8 +80,11 @@ class JobCallbacks(Protocol):
         """The first response arrived: CONNECTING -> TRANSFERRING."""
 
     async def file_started(self, job: Job, index: int) -> None:
-        """The file's temporary file exists (its name is in ``JobFile.temp_name``); persist it
-        before any byte is written so a crash never leaves an unknown temporary file."""
+        """The file has a new temporary file, named in ``JobFile.temp_name`` but not created
+        yet (the validator is cleared: the file starts over). Persist the name before
+        returning: the engine creates the file only afterwards, so a crash never leaves a
+        temporary file the store does not know. The same name may be reported again (its
+        file was never created), or a new one (the name was taken)."""
 
     async def progress(self, job: Job, index: int, bytes_on_disk: int) -> None:
         """Bytes up to ``bytes_on_disk`` are written and fsynced."""

@@ -22,16 +22,21 @@ once over kept-alive connections, while what is observable stays sequential:
   falls back to one when a large file shows up, so a job of large files runs them one by
   one after at most one overlapping start.
 
-Temporary files are created a group (``width`` files) at a time. With callbacks that batch
-(``BatchCallbacks``), a group's new temporary files and the completions ready at that moment
-share one commit; completions otherwise wait up to ``REPORT_DELAY`` for the next group, so a
-job of 1,000 small files costs some 150 commits instead of 3,000.
+Temporary files are opened a group (``width`` files) at a time. A new temporary file is
+named first, its name persisted (``file_started``), and only then created with O_EXCL under
+exactly that name: a crash at any moment leaves no temporary file the store does not know
+(the store may know a name whose file was never created; the next run creates it, and
+cancel or complete deletes it if it exists). With callbacks that batch (``BatchCallbacks``),
+a group's new temporary names and the completions ready at that moment share one commit;
+completions otherwise wait up to ``REPORT_DELAY`` for the next group, so a job of 1,000 small
+files costs some 150 commits instead of 3,000.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import posixpath
@@ -43,7 +48,7 @@ from ..errors import FerryError
 from ..model.job import Job, JobFile
 from ..model.types import ErrorContext, JobType
 from ..security import policy
-from ..security.identity import IdentityIO, settle
+from ..security.identity import IdentityIO, check_temp_name, new_temp_name, settle
 from ..security.token import Token
 from .base import BatchCallbacks, JobCallbacks, Sink, TransferError, Transport, local_error
 from .http import HttpTransport
@@ -57,6 +62,9 @@ PARALLEL_FILES = 8
 OVERLAP_MAX_BYTES = 2 << 20
 # How long finished small files may wait to be reported together (counters lag, never lead).
 REPORT_DELAY = 0.25
+# Names tried for one new temporary file when the name chosen is taken (O_EXCL fails: a file
+# that is not ours is there). Each name is persisted before it is tried.
+TEMP_NAME_ATTEMPTS = 3
 
 
 def _fsync_and_close(fd: int) -> None:
@@ -231,7 +239,8 @@ class _Slot:
     transport: Transport | None = None
     fd: int | None = None
     offset: int = 0
-    announced: bool = True  # False while a new temporary file is not persisted yet
+    announced: bool = True  # False while the name of a new temporary file is not persisted
+    create: bool = False  # the temporary file is to be created once its name is persisted
     task: asyncio.Task[None] | None = None
     big: bool = False  # more than overlap_max_bytes (or an unknown size) to receive
     done: bool = False  # every byte is on disk and fsynced; its descriptor is closed
@@ -291,6 +300,8 @@ class _JobRun:
                     await self._commit(opened, ready)
                 if error is not None:
                     raise error
+                if opened:
+                    await self._create(opened)
                 started = await self._start()
                 if not ready and not opened and not started:
                     with contextlib.suppress(TimeoutError):
@@ -318,10 +329,13 @@ class _JobRun:
         return ready, None
 
     async def _commit(self, opened: list[_Slot], ready: list[_Slot]) -> None:
-        """One report (one commit with batching callbacks): the new temporary files of the
-        files just opened, and the completion of the ready ones, in order."""
+        """One report (one commit with batching callbacks): the names of the new temporary
+        files of the files just opened (not created yet), and the completion of the ready
+        ones, in order."""
         job = self.job
         started = [s for s in opened if not s.announced]
+        if not started and not ready:
+            return
         if self.batch is not None:
             await self.batch.report_files(
                 job, [s.index for s in started], [(s.index, s.size) for s in ready]
@@ -339,11 +353,49 @@ class _JobRun:
         self.head += len(ready)
         if ready:
             self.ready_since = None
-        for s in opened:
-            if s.error is None and s.offset != job.files[s.index].bytes_transferred:
+
+    async def _create(self, slots: list[_Slot]) -> None:
+        """Create the new temporary files of a group under their names, persisted by now;
+        then record where each file of the group goes on from. A name that is taken (O_EXCL
+        fails: whatever is there is not ours) gives way to a fresh one, persisted in turn
+        before it is tried; at most TEMP_NAME_ATTEMPTS names per file. Files past a failed
+        one are not created: they will not start in this run."""
+        pending: list[_Slot] = []
+        for s in sorted(slots, key=lambda s: s.pos):
+            if s.error is not None:
+                break
+            if s.create:
+                pending.append(s)
+        for attempt in range(1, TEMP_NAME_ATTEMPTS + 1):
+            last = attempt == TEMP_NAME_ATTEMPTS
+            await self._each(pending, functools.partial(self._create_one, last=last))
+            pending = [s for s in pending if s.create and s.error is None]  # renamed
+            if not pending:
+                break
+            await self._commit(pending, [])
+        job = self.job
+        for s in slots:
+            if s.fd is not None and s.offset != job.files[s.index].bytes_transferred:
                 # The checkpoint promised bytes the disk does not have (or the temporary
                 # file is new): record the truth before going on.
                 await self.callbacks.progress(job, s.index, s.offset)
+
+    async def _create_one(self, slot: _Slot, last: bool) -> None:
+        jf = self.job.files[slot.index]
+        assert self.token is not None and slot.announced
+        try:
+            slot.fd = await self.engine.create_temp(self.token, jf)
+        except FerryError as exc:
+            if exc.code == "ERROR_FILE_EXISTS" and not last:
+                log.warning("job %s: %s is taken; trying another name", self.job.id, jf.temp_name)
+                jf.temp_name = None
+                self.engine.name_temp(jf)
+                slot.announced = False
+            else:
+                slot.error = self._file_error(exc, slot.index)
+                self.failed = True
+            return
+        slot.create = False
 
     # ---- admission ----------------------------------------------------------------------
 
@@ -409,18 +461,26 @@ class _JobRun:
         return started
 
     async def _open(self, slots: list[_Slot]) -> None:
-        """Open (or create) the temporary files, all at once."""
-        opening = [asyncio.ensure_future(self._open_one(s)) for s in slots]
+        """Reopen (or name) the temporary files, all at once."""
+        await self._each(slots, self._open_one)
+
+    async def _each(self, slots: list[_Slot], fn: Callable[[_Slot], Awaitable[None]]) -> None:
+        """Run ``fn`` for every slot at once. A cancellation waits until each has finished
+        (what it opened is in its slot, for ``_shutdown`` to close), then propagates."""
+        running = [asyncio.ensure_future(fn(s)) for s in slots]
         cancelled = False
-        for fut in opening:
+        for fut in running:
             cancelled |= await settle(fut)
         if cancelled:
             raise asyncio.CancelledError
-        for fut in opening:
+        for fut in running:
             fut.result()  # bugs surface here
 
     async def _open_one(self, slot: _Slot) -> None:
+        """Reopen the file's temporary file at its checkpoint or, when there is none, name a
+        new one: ``_commit`` persists the name, then ``_create`` creates the file."""
         jf = self.job.files[slot.index]
+        engine = self.engine
         try:
             if self.token is None:
                 try:
@@ -429,13 +489,19 @@ class _JobRun:
                     raise TransferError.from_ferry_error(
                         exc, context=ErrorContext.LOCAL_FILE, transient=False
                     ) from None
-            slot.transport = self.engine.transport_for(jf)
-            fd, offset, created = await self.engine.open_temp(self.token, jf, self.checked_dirs)
+            slot.transport = engine.transport_for(jf)
+            opened = await engine.open_temp(self.token, jf)
+            if opened is None:
+                await engine.check_directory(self.token, jf.local_name, self.checked_dirs)
+                engine.name_temp(jf)
         except FerryError as exc:
             slot.error = self._file_error(exc, slot.index)
             self.failed = True
             return
-        slot.fd, slot.offset, slot.announced = fd, offset, not created
+        if opened is None:
+            slot.offset, slot.create, slot.announced = 0, True, False
+        else:
+            slot.fd, slot.offset = opened
 
     # ---- one file -----------------------------------------------------------------------
 
@@ -524,11 +590,11 @@ class _JobRun:
                 fd, s.fd = s.fd, None
                 cancelled |= await settle(asyncio.ensure_future(self.engine.identity.close(fd)))
         try:
-            # A temporary file created but not yet persisted must not be forgotten.
-            unannounced = [s for s in self.window.values() if not s.announced]
+            # Completions must not be forgotten. A name not persisted yet needs nothing: its
+            # file is created only once its name is persisted.
             ready, _ = self._ready()
-            if unannounced or ready:
-                await self._commit(unannounced, ready)
+            if ready:
+                await self._commit([], ready)
             for s in sorted(self.window.values(), key=lambda s: s.pos):
                 if s.done and s.size > self.job.files[s.index].bytes_transferred:
                     await self.callbacks.progress(self.job, s.index, s.size)
@@ -568,6 +634,7 @@ class TransferEngine:
                     connect_timeout=connect_timeout,
                     read_timeout=read_timeout,
                     max_redirects=max_redirects,
+                    identity=identity,  # one pool of workers for the daemon, not two
                 ),
                 LocalTransport(identity),
             )
@@ -605,42 +672,64 @@ class TransferEngine:
             )
         return transport
 
-    async def open_temp(
-        self, token: Token, jf: JobFile, checked_dirs: set[str] | None = None
-    ) -> tuple[int, int, bool]:
-        """Reopen the file's temporary file at its last checkpoint, or create a new one.
-        Returns (fd, bytes of the file already in it, whether the file is new). A new
-        temporary file's name is in ``jf.temp_name``; it must be persisted before any byte
-        is written. ``checked_dirs`` remembers directories already checked in this run."""
-        if jf.temp_name:
-            try:
-                fd = await self.identity.open_temp(token, jf.temp_name)
-            except FerryError as exc:
-                if exc.code != "ERROR_FILE_NOT_FOUND":
-                    raise TransferError.from_ferry_error(
-                        exc, context=ErrorContext.LOCAL_FILE
-                    ) from None
-            else:
-                try:
-                    size = os.fstat(fd).st_size
-                    keep = min(size, jf.bytes_transferred)
-                    if size != keep:
-                        # Bytes past the checkpoint were never reported as durable.
-                        await self.identity.run_io(os.ftruncate, fd, keep)
-                except OSError as exc:
-                    await self.identity.close(fd)
-                    raise local_error(exc, f"cannot trim {jf.temp_name}") from None
-                except BaseException:
-                    await self.identity.close(fd)
-                    raise
-                return fd, keep, False
-        # No usable partial data: a new temporary file, and the old validator is moot.
-        directory = posixpath.dirname(jf.local_name)
+    async def open_temp(self, token: Token, jf: JobFile) -> tuple[int, int] | None:
+        """Reopen the file's temporary file at its last checkpoint: (fd, bytes of the file
+        already in it). None when there is nothing to go on from: no temporary name yet, or
+        no file under the persisted name (a crash came before it was created, or it was
+        deleted); then a new temporary file is named (``name_temp``), its name persisted,
+        and only then created (``create_temp``)."""
+        if not jf.temp_name:
+            return None
+        try:
+            fd = await self.identity.open_temp(token, jf.temp_name)
+        except FerryError as exc:
+            if exc.code != "ERROR_FILE_NOT_FOUND":
+                raise TransferError.from_ferry_error(exc, context=ErrorContext.LOCAL_FILE) from None
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            keep = min(size, jf.bytes_transferred)
+            if size != keep:
+                # Bytes past the checkpoint were never reported as durable.
+                await self.identity.run_io(os.ftruncate, fd, keep)
+        except OSError as exc:
+            await self.identity.close(fd)
+            raise local_error(exc, f"cannot trim {jf.temp_name}") from None
+        except BaseException:
+            await self.identity.close(fd)
+            raise
+        return fd, keep
+
+    async def check_directory(
+        self, token: Token, local_name: str, checked_dirs: set[str] | None = None
+    ) -> None:
+        """The directory of ``local_name`` exists and ``token`` can search it (before a new
+        temporary file is named there). ``checked_dirs`` remembers the directories already
+        checked in this run."""
+        directory = posixpath.dirname(local_name)
         if checked_dirs is None or directory not in checked_dirs:
-            await self.identity.check_directory(token, jf.local_name)
+            await self.identity.check_directory(token, local_name)
             if checked_dirs is not None:
                 checked_dirs.add(directory)
-        fd, temp_name = await self.identity.create_temp(token, jf.local_name)
-        jf.temp_name = temp_name
+
+    def name_temp(self, jf: JobFile) -> None:
+        """Give the file a new, empty temporary file, by name only: ``jf.temp_name`` must be
+        persisted before ``create_temp`` creates it. A persisted name whose file does not
+        exist is kept (so the store never loses track of it); otherwise a fresh name is
+        chosen. The old validator is moot: the file starts over from its first byte."""
+        if jf.temp_name is not None:
+            try:
+                check_temp_name(jf.local_name, jf.temp_name)
+            except FerryError:
+                jf.temp_name = None  # not a name we would make: nothing of ours is there
+        if jf.temp_name is None:
+            jf.temp_name = new_temp_name(jf.local_name)
         jf.validator = None
-        return fd, 0, True
+
+    async def create_temp(self, token: Token, jf: JobFile) -> int:
+        """Create the temporary file named by ``jf.temp_name`` (persisted by now) with O_EXCL;
+        returns its descriptor. ERROR_FILE_EXISTS when the name is taken: what is there is
+        not ours, and is left alone."""
+        assert jf.temp_name is not None
+        fd, _ = await self.identity.create_temp(token, jf.local_name, jf.temp_name)
+        return fd
