@@ -307,6 +307,35 @@ async def test_publish_renames_atomically(io: IdentityIO, base: Path) -> None:
 
 
 @needs_root
+async def test_publish_many_stops_at_the_first_failure(io: IdentityIO, base: Path) -> None:
+    alice_dir = owned_dir(base, "alice", 40001, 40001, 0o700)
+    names = [str(alice_dir / f"f{i}.bin") for i in range(4)]
+    temps = []
+    for i, name in enumerate(names):
+        fd, temp = await io.create_temp(ALICE, name)
+        os.write(fd, b"x" * i)
+        await io.close(fd)
+        temps.append(temp)
+    # The third one is not a regular file any more: a planted symlink to another file.
+    victim = alice_dir / "victim"
+    victim.write_bytes(b"keep")
+    victim.chmod(0o600)
+    os.unlink(temps[2])
+    os.symlink(victim, temps[2])
+    done, error = await io.publish_many(ALICE, list(zip(temps, names, strict=True)))
+    assert done == 2 and error is not None
+    assert error.code == "E_ACCESSDENIED"  # O_NOFOLLOW: the link is refused, not followed
+    assert [Path(n).exists() for n in names] == [True, True, False, False]
+    assert Path(names[1]).read_bytes() == b"x" and Path(names[1]).stat().st_mode & 0o777 == 0o644
+    assert Path(temps[3]).exists() and victim.read_bytes() == b"keep"
+    assert victim.stat().st_mode & 0o777 == 0o600, "the chmod never went through the link"
+    # bob gets nothing renamed in alice's directory, and says why.
+    done, error = await io.publish_many(BOB, [(temps[3], names[3])])
+    assert done == 0 and error is not None and error.code == "E_ACCESSDENIED"
+    assert Path(temps[3]).exists()
+
+
+@needs_root
 async def test_rename_and_unlink_as_the_token(io: IdentityIO, base: Path) -> None:
     alice_dir = owned_dir(base, "alice", 40001, 40001, 0o755)
     fd, temp = await io.create_temp(ALICE, str(alice_dir / "a"))

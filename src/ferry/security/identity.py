@@ -365,33 +365,42 @@ class IdentityIO:
         self, token: Token, temp_path: str, local_name: str, mode: int = 0o644
     ) -> None:
         """Give a finished temporary file its final mode and rename it to its local name
-        (``complete``). The temporary file is opened O_NOFOLLOW so the chmod cannot be
-        redirected through a symlink; the directory is synced (best effort) so the rename
-        survives a crash."""
-        _same_directory(temp_path, local_name)
+        (``complete``); see ``publish_many``."""
+        _, error = await self.publish_many(token, [(temp_path, local_name)], mode)
+        if error is not None:
+            raise error
 
-        def op() -> None:
-            try:
-                fd = os.open(temp_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-            except OSError as exc:
-                raise FerryError.from_oserror(exc, f"cannot open {temp_path}") from None
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise FerryError("E_ACCESSDENIED", f"{temp_path} is not a regular file")
-                os.fchmod(fd, mode)
-            except OSError as exc:
-                raise FerryError.from_oserror(exc, f"cannot chmod {temp_path}") from None
-            finally:
-                os.close(fd)
-            try:
-                os.rename(temp_path, local_name)
-            except OSError as exc:
-                raise FerryError.from_oserror(
-                    exc, f"cannot rename {temp_path} to {local_name}"
-                ) from None
-            _sync_directory(posixpath.dirname(local_name))
+    async def publish_many(
+        self, token: Token, pairs: list[tuple[str, str]], mode: int = 0o644
+    ) -> tuple[int, FerryError | None]:
+        """Publish finished temporary files in order, each (temporary, local name) in one
+        directory: its final mode, then the rename. Each temporary file is opened
+        O_NOFOLLOW so the chmod cannot be redirected through a symlink. Stops at the first
+        failure. Every directory a rename went into is then synced once (best effort), so
+        the renames are durable before the caller records them — one directory fsync for
+        a job of 1,000 files, not 1,000. One trip to a worker for the whole list.
 
-        await self._call(token, op)
+        Returns how many were published and the failure that stopped the rest (None when
+        all were)."""
+        for temp_path, local_name in pairs:
+            _same_directory(temp_path, local_name)
+
+        def op() -> tuple[int, FerryError | None]:
+            done = 0
+            error: FerryError | None = None
+            dirs: dict[str, None] = {}
+            try:
+                for temp_path, local_name in pairs:
+                    _publish_one(temp_path, local_name, mode)
+                    dirs[posixpath.dirname(local_name)] = None
+                    done += 1
+            except FerryError as exc:
+                error = exc
+            for directory in dirs:
+                _sync_directory(directory)
+            return done, error
+
+        return await self._call(token, op)
 
     async def unlink(self, token: Token, path: str) -> bool:
         """Delete a file; False when it was already gone."""
@@ -480,6 +489,25 @@ def _clear_nonblock(fd: int) -> None:
 def _same_directory(src: str, dst: str) -> None:
     if posixpath.dirname(src) != posixpath.dirname(dst):
         raise FerryError("E_INVALIDARG", f"{src} and {dst} are not in the same directory")
+
+
+def _publish_one(temp_path: str, local_name: str, mode: int) -> None:
+    try:
+        fd = os.open(temp_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise FerryError.from_oserror(exc, f"cannot open {temp_path}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FerryError("E_ACCESSDENIED", f"{temp_path} is not a regular file")
+        os.fchmod(fd, mode)
+    except OSError as exc:
+        raise FerryError.from_oserror(exc, f"cannot chmod {temp_path}") from None
+    finally:
+        os.close(fd)
+    try:
+        os.rename(temp_path, local_name)
+    except OSError as exc:
+        raise FerryError.from_oserror(exc, f"cannot rename {temp_path} to {local_name}") from None
 
 
 def _sync_directory(directory: str) -> None:

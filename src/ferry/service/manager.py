@@ -275,21 +275,7 @@ class QueueManager:
         await self._stop(job)
         plan = job.plan_complete()
         try:
-            for i in plan.rename:
-                f = job.files[i]
-                if f.temp_name is None:
-                    continue  # renamed by an earlier complete that failed later
-                try:
-                    await self.identity.publish(token, f.temp_name, f.local_name)
-                except FerryError as exc:
-                    # A crash between an earlier rename and its commit: the temporary file
-                    # is gone and the local name holds the whole file. That file is published.
-                    if exc.code != "ERROR_FILE_NOT_FOUND" or await self.identity.regular_file_size(
-                        token, f.local_name
-                    ) != f.bytes_transferred:
-                        raise
-                f.temp_name = None
-                self.store.save_file(job, i)  # each rename is recorded before the next one
+            await self._publish(job, token, [i for i in plan.rename if job.files[i].temp_name])
         except BaseException:
             self._complete_failed(job)
             raise
@@ -300,6 +286,35 @@ class QueueManager:
         self.store.save_job(job)
         self.publish(job)
         return job, result
+
+    async def _publish(self, job: Job, token: Token, indices: list[int]) -> None:
+        """Rename the temporary files of ``indices`` to their local names: in order, in one
+        trip to a worker, each directory synced once. The caller records the job (one
+        commit for the whole complete, or ``_complete_failed``'s). A crash before that
+        leaves the job as it was with its renamed temporary files gone: the next complete
+        finds each local name holding a regular file of the recorded size and counts it as
+        published (it does the same for a rename it is told is missing)."""
+        files = job.files
+        published: list[int] = []
+        try:
+            while indices:
+                pairs = [(files[i].temp_name or "", files[i].local_name) for i in indices]
+                done, error = await self.identity.publish_many(token, pairs)
+                published += indices[:done]
+                if error is None:
+                    break
+                failed = indices[done]
+                # The temporary file is gone and the local name holds the whole file: an
+                # earlier complete renamed it and was stopped before recording that.
+                if error.code != "ERROR_FILE_NOT_FOUND" or await self.identity.regular_file_size(
+                    token, files[failed].local_name
+                ) != files[failed].bytes_transferred:
+                    raise error
+                published.append(failed)
+                indices = indices[done + 1 :]
+        finally:
+            for i in published:
+                files[i].temp_name = None
 
     def _complete_failed(self, job: Job) -> None:
         """``complete`` failed part-way (a rename failed): the job stays as it is, with the
