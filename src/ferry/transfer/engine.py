@@ -50,7 +50,15 @@ from ..model.types import ErrorContext, JobType
 from ..security import policy
 from ..security.identity import IdentityIO, check_temp_name, new_temp_name, settle
 from ..security.token import Token
-from .base import BatchCallbacks, JobCallbacks, Sink, TransferError, Transport, local_error
+from .base import (
+    WRITE_MAX,
+    BatchCallbacks,
+    JobCallbacks,
+    Sink,
+    TransferError,
+    Transport,
+    local_error,
+)
 from .http import HttpTransport
 from .local import LocalTransport
 
@@ -130,7 +138,7 @@ class _TempSink(Sink):
         done, size = 0, len(view)
         try:
             while done < size:
-                done += os.pwrite(self._fd, view[done:], self._offset + done)
+                done += os.pwrite(self._fd, view[done : done + WRITE_MAX], self._offset + done)
         except OSError as exc:
             # Only whole writes count: a resume trims whatever a failed write left behind.
             raise local_error(exc, "cannot write the temporary file") from None

@@ -17,7 +17,7 @@ from ..model.paths import file_url_path
 from ..model.types import ErrorContext
 from ..security import policy
 from ..security.identity import IdentityIO
-from .base import Sink, TransferError
+from .base import WRITE_MAX, Sink, TransferError
 from .verify import verify_sha256
 
 CHUNK = 8 << 20
@@ -74,7 +74,7 @@ def _copy(src: int, dst: int, offset: int, count: int) -> int:
                 raise _SideError(exc, exc.errno in _LOCAL_ERRNOS) from None
         else:
             try:
-                data = os.pread(src, min(count - done, 1 << 20), offset + done)
+                data = os.pread(src, min(count - done, WRITE_MAX), offset + done)
             except OSError as exc:
                 raise _SideError(exc, False) from None
             n = len(data)
