@@ -108,6 +108,26 @@ async def test_a_persisted_name_that_is_not_a_temporary_name_is_replaced(
     assert temp_bytes(job) == data
 
 
+async def test_a_persisted_name_that_is_not_a_temporary_name_is_never_opened(
+    engine: TransferEngine, server: FaultServer, tmp_path: Path
+) -> None:
+    """A damaged store pointing a file's temporary name at an existing file of the same
+    owner (here the local name's neighbour) must not make the engine reopen, trim or write
+    it: the name is not one ferry makes, so the file starts over under a fresh name."""
+    data = data_of(5000)
+    job = make_job([(server.add("w", data), tmp_path / "w")])
+    precious = tmp_path / "precious.db"
+    precious.write_bytes(b"x" * 10_000)
+    job.files[0].temp_name = str(precious)
+    job.files[0].bytes_transferred = 100
+    rec = Recorder()
+    await engine.run_job(job, rec)
+    assert precious.read_bytes() == b"x" * 10_000
+    (name,) = started_names(rec)
+    assert name != str(precious) and Path(name).name.startswith(".w.")
+    assert temp_bytes(job) == data
+
+
 async def test_each_new_name_is_persisted_before_its_file_exists(
     engine: TransferEngine, server: FaultServer, tmp_path: Path
 ) -> None:

@@ -9,7 +9,9 @@ or not.
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,3 +168,49 @@ def test_persisted_name_without_a_file_is_cleaned_up(
     assert (body["job"]["state"], body["result"]["code"]) == expected, body
     assert list(dest.iterdir()) == []
     assert not server.requests
+
+
+def _point_temp_name_at(d: Daemon, job: str, target: Path) -> None:
+    """What a damaged (or tampered) store looks like: the file's temporary name is some
+    other existing file."""
+    conn = sqlite3.connect(d.state_dir / "ferry.db")
+    try:
+        (record,) = conn.execute(
+            "SELECT record FROM files WHERE job_id = ? AND idx = 0", (job,)
+        ).fetchone()
+        rec = json.loads(record)
+        rec["temp_name"] = str(target)
+        conn.execute(
+            "UPDATE files SET record = ? WHERE job_id = ? AND idx = 0", (json.dumps(rec), job)
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("action", ["cancel", "complete"])
+def test_a_stored_name_that_is_not_ours_is_never_touched(
+    daemon: Daemon, server: ThrottledServer, dest: Path, action: str
+) -> None:
+    """cancel must not delete, and complete must not rename, a file the store names as a
+    temporary file when the name is not one ferry makes."""
+    url = server.add("a.bin", DATA)
+    daemon.start()
+    job = start_job(daemon, url, dest / "a.bin")
+    wait_state(daemon, job, "TRANSFERRED")
+    (real,) = temps(dest)
+    precious = dest / "precious.db"
+    precious.write_bytes(b"keep me")
+    daemon.stop()
+    _point_temp_name_at(daemon, job, precious)
+    daemon.start()
+    if action == "cancel":
+        assert act(daemon, job, "cancel")["result"]["code"] == "S_OK"
+    else:
+        status, err = daemon.call("POST", f"/v1/jobs/{job}/complete", {})
+        assert (status, err["error"]["code"]) == (400, "E_INVALIDARG"), err
+        assert "is not a temporary name of" in err["error"]["message"]
+        assert get(daemon, job)["state"] == "TRANSFERRED", "nothing changed"
+    assert precious.read_bytes() == b"keep me"
+    assert not (dest / "a.bin").exists()
+    real.unlink()  # the file ferry lost track of (only a damaged store does that)

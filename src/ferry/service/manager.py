@@ -18,7 +18,7 @@ from ..model.paths import validate_local_name, validate_remote_name, validate_sh
 from ..model.types import ErrorContext, JobState, JobType, Priority
 from ..security import policy
 from ..security.handles import Handle, HandleTable, Interface
-from ..security.identity import IdentityIO
+from ..security.identity import IdentityIO, check_temp_name
 from ..security.sessions import SessionTracker
 from ..security.token import Token
 from ..store.sqlite import SqliteStore
@@ -295,6 +295,8 @@ class QueueManager:
         finds each local name holding a regular file of the recorded size and counts it as
         published (it does the same for a rename it is told is missing)."""
         files = job.files
+        for i in indices:  # a damaged store must not make us rename a file that is not ours
+            check_temp_name(files[i].local_name, files[i].temp_name or "")
         published: list[int] = []
         try:
             while indices:
@@ -340,6 +342,11 @@ class QueueManager:
         for i in indices:
             f = job.files[i]
             if f.temp_name is None:
+                continue
+            try:
+                check_temp_name(f.local_name, f.temp_name)
+            except FerryError as exc:  # a damaged store: whatever that names is not ours
+                log.warning("job %s: not deleting %s: %s", job.id, f.temp_name, exc)
                 continue
             try:
                 await self.identity.unlink(token, f.temp_name)

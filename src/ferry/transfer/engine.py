@@ -689,6 +689,10 @@ class TransferEngine:
         if not jf.temp_name:
             return None
         try:
+            check_temp_name(jf.local_name, jf.temp_name)
+        except FerryError:
+            return None  # not a name ferry makes (a damaged store): never open it; replaced
+        try:
             fd = await self.identity.open_temp(token, jf.temp_name)
         except FerryError as exc:
             if exc.code != "ERROR_FILE_NOT_FOUND":
