@@ -61,6 +61,26 @@ def start_job(d: Daemon, url: str, local: Path) -> str:
     return job
 
 
+def crash_at(
+    point: str,
+    daemon: Daemon,
+    server: ThrottledServer,
+    dest: Path,
+    short_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pause: int | None = PAUSE,
+) -> tuple[str, Path]:
+    """Start ferryd with its crash point armed, start a job on ``a.bin`` (paused mid-body
+    unless ``pause`` is None) and wait for the kill. Returns the job and the crash point's
+    report file (the temporary name it saw)."""
+    url = server.add("a.bin", DATA, pause_after=pause)
+    report = crashpoint.enable(monkeypatch, short_tmp, point)
+    daemon.start()
+    job = start_job(daemon, url, dest / "a.bin")
+    crashed(daemon)
+    return job, report
+
+
 def test_kill_after_create_then_cancel_leaves_nothing(
     daemon: Daemon,
     server: ThrottledServer,
@@ -68,11 +88,7 @@ def test_kill_after_create_then_cancel_leaves_nothing(
     short_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    url = server.add("a.bin", DATA, pause_after=PAUSE)
-    report = crashpoint.enable(monkeypatch, short_tmp, "kill-after-create")
-    daemon.start()
-    job = start_job(daemon, url, dest / "a.bin")
-    crashed(daemon)
+    job, report = crash_at("kill-after-create", daemon, server, dest, short_tmp, monkeypatch)
     temp = Path(report.read_text())
     assert temps(dest) == [temp], "killed right after the create, before any request"
     assert not server.requests
@@ -96,11 +112,9 @@ def test_kill_after_create_then_complete_publishes_the_file(
     short_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    url = server.add("a.bin", DATA)
-    report = crashpoint.enable(monkeypatch, short_tmp, "kill-after-create")
-    daemon.start()
-    job = start_job(daemon, url, dest / "a.bin")
-    crashed(daemon)
+    job, report = crash_at(
+        "kill-after-create", daemon, server, dest, short_tmp, monkeypatch, pause=None
+    )
     temp = Path(report.read_text())
 
     crashpoint.disable(monkeypatch)
@@ -121,11 +135,7 @@ def test_kill_before_create_then_the_persisted_name_is_created(
     short_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    url = server.add("a.bin", DATA, pause_after=PAUSE)
-    report = crashpoint.enable(monkeypatch, short_tmp, "kill-before-create")
-    daemon.start()
-    job = start_job(daemon, url, dest / "a.bin")
-    crashed(daemon)
+    job, report = crash_at("kill-before-create", daemon, server, dest, short_tmp, monkeypatch)
     name = report.read_text()
     assert name != "None", "the engine names the temporary file before it is created"
     temp = Path(name)

@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import shutil
-import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,28 +43,12 @@ def process_creds() -> tuple[object, ...]:
     return (os.getresuid(), os.getresgid(), sorted(os.getgroups()), fs_ids_of_this_thread())
 
 
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A directory every test uid can traverse (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="ferry-id-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def owned_dir(parent: Path, name: str, uid: int, gid: int, mode: int) -> Path:
     d = parent / name
     d.mkdir()
     os.chown(d, uid, gid)
     d.chmod(mode)
     return d
-
-
-@pytest.fixture
-async def io() -> AsyncIterator[IdentityIO]:
-    identity = IdentityIO()
-    yield identity
-    await identity.shutdown()
 
 
 async def denied(coro: object) -> FerryError:

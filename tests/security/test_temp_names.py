@@ -6,9 +6,6 @@ name, nothing else — and O_EXCL|O_NOFOLLOW still refuse anything already there
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,22 +14,6 @@ from ferry.errors import FerryError
 from ferry.security.identity import IdentityIO, check_temp_name, new_temp_name
 from ferry.security.token import Token
 from tests.security.test_identity import ALICE, BOB, denied, needs_root, owned_dir
-
-
-@pytest.fixture
-async def io() -> AsyncIterator[IdentityIO]:
-    identity = IdentityIO()
-    yield identity
-    await identity.shutdown()
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A directory every test uid can traverse (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="ferry-tn-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def me() -> Token:
