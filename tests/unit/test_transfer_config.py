@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import platform
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,12 @@ def test_a_ca_file_that_is_not_pem_stops_ferryd(tmp_path: Path) -> None:
     with pytest.raises(FerryError) as exc:
         tls_context(load_config(False, path))
     assert exc.value.code == "E_INVALIDARG"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_malloc_tuning_takes_on_glibc() -> None:
+    """ferryd raises glibc's mmap threshold so socket read buffers come from the heap; a
+    run in a subprocess, so this test process keeps its own malloc settings."""
+    code = "from ferry.daemon.main import tune_malloc; raise SystemExit(0 if tune_malloc() else 3)"
+    done = subprocess.run([sys.executable, "-c", code], check=False, timeout=60)
+    assert done.returncode == 0
