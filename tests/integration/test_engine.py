@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import ssl
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -631,12 +629,9 @@ needs_root = pytest.mark.skipif(
 
 
 @pytest.fixture
-def shared_base() -> Iterator[Path]:
+def shared_base(short_tmp: Path) -> Path:
     """A directory other uids can traverse (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="ferry-eng-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    return short_tmp
 
 
 def job_of(owner: Token, remote: str, local: Path) -> Job:

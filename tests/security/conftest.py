@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,12 +11,9 @@ from ferry.security.identity import IdentityIO
 
 
 @pytest.fixture
-def base() -> Iterator[Path]:
+def base(short_tmp: Path) -> Path:
     """A directory every test uid can traverse (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="ferry-sec-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    return short_tmp
 
 
 @pytest.fixture
