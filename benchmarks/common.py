@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ferry.client.sockets import UnixHTTPConnection
+
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 if str(ROOT) not in sys.path:
@@ -207,22 +209,6 @@ def run_timed(
 
 
 # ---- the API over the Unix socket ---------------------------------------------------------
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.unix_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def api_call(

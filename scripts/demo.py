@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import http.client
 import os
 import shutil
 import signal
@@ -31,6 +30,8 @@ from pathlib import Path
 from types import FrameType
 
 from aiohttp import web
+
+from ferry.client.sockets import UnixHTTPConnection
 
 MIB = 1024 * 1024
 CHUNK = 4 * MIB
@@ -129,20 +130,8 @@ class StaticServer:
 # --- ferryd -------------------------------------------------------------------------------
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._unix_path)
-        self.sock = sock
-
-
 def daemon_answers(sock_path: Path) -> bool:
-    conn = _UnixHTTPConnection(str(sock_path), timeout=2.0)
+    conn = UnixHTTPConnection(str(sock_path), timeout=2.0)
     try:
         conn.request("GET", "/v1/status")
         return conn.getresponse().status == 200

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,27 +16,17 @@ from typing import Any
 
 import pytest
 
+from ferry.client.sockets import UnixHTTPConnection
 from tests.helpers.static_server import StaticServer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
 
 
 def api_call(
     sock_path: str, method: str, path: str, body: Any = None, raw: bytes | None = None
 ) -> tuple[int, Any]:
     """One raw API request, independent of the client library under test."""
-    conn = _UnixConnection(sock_path)
+    conn = UnixHTTPConnection(sock_path)
     try:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         headers = {"Content-Type": "application/json"} if data is not None else {}

@@ -257,7 +257,7 @@ async def test_open_temp_checks_owner_and_links(io: IdentityIO, base: Path) -> N
 
 
 @needs_root
-async def test_publish_renames_atomically(io: IdentityIO, base: Path) -> None:
+async def test_publish_many_renames_atomically(io: IdentityIO, base: Path) -> None:
     alice_dir = owned_dir(base, "alice", 40001, 40001, 0o700)
     final = alice_dir / "result.bin"
     final.write_bytes(b"old")
@@ -267,7 +267,7 @@ async def test_publish_renames_atomically(io: IdentityIO, base: Path) -> None:
     os.write(fd, b"new content")
     await io.fsync(fd)
     await io.close(fd)
-    await io.publish(ALICE, temp, str(final))
+    assert await io.publish_many(ALICE, [(temp, str(final))]) == (1, None)
     assert final.read_bytes() == b"new content"
     st = final.stat()
     assert st.st_ino != old_inode, "replaced by rename, not rewritten in place"
@@ -276,14 +276,14 @@ async def test_publish_renames_atomically(io: IdentityIO, base: Path) -> None:
     assert not Path(temp).exists()
 
     other = owned_dir(base, "other", 40001, 40001, 0o700)
-    err = await denied(io.publish(ALICE, str(other / ".x"), str(final)))
+    err = await denied(io.publish_many(ALICE, [(str(other / ".x"), str(final))]))
     assert err.code == "E_INVALIDARG", "only same-directory renames"
 
     # bob cannot publish into alice's directory.
     fd, temp = await io.create_temp(ALICE, str(final))
     os.close(fd)
-    err = await denied(io.publish(BOB, temp, str(final)))
-    assert err.code == "E_ACCESSDENIED"
+    done, refused = await io.publish_many(BOB, [(temp, str(final))])
+    assert done == 0 and refused is not None and refused.code == "E_ACCESSDENIED"
     assert final.read_bytes() == b"new content"
 
 

@@ -7,7 +7,9 @@ then the user daemon if one is running, then the system daemon).
 
 from __future__ import annotations
 
+import http.client
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -16,6 +18,27 @@ SYSTEM_SOCKET = "/run/ferry/ferryd.sock"
 ENV_SOCKET = "FERRY_SOCKET"
 
 SocketSource = Literal["argument", "environment", "user", "system"]
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """An ``http.client`` connection whose transport is a Unix socket; everything above
+    ``connect`` (request framing, keep-alive, chunked decoding) is the standard library's.
+    The client's event streams use it, and so do the tests, benchmarks and demo for raw
+    API calls."""
+
+    def __init__(self, path: str, timeout: float | None = 10.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.unix_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 def runtime_dir(environ: Mapping[str, str] | None = None) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import socket as _socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -23,37 +22,16 @@ from . import _ops, wire
 from ._ops import DaemonUnavailable, Event, FileInfo, JobView, JSONObj
 from .impersonation import Identity, connect_as
 from .impersonation import current as current_impersonation
-from .sockets import resolve_socket
+from .sockets import UnixHTTPConnection, resolve_socket
 
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 60.0
-# What a kept-alive connection closed by the daemon looks like on the next request.
-_LOST = (ConnectionError,)
 # How long wait() keeps trying to re-subscribe when ferryd goes away mid-wait (a restart).
 RECONNECT_GRACE = 15.0
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTPConnection whose transport is a Unix socket; everything above ``connect`` (request
-    framing, keep-alive, chunked decoding) is the standard library's."""
-
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.unix_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def _connect(conn: _UnixHTTPConnection) -> None:
+def _connect(conn: UnixHTTPConnection) -> None:
     """Open the connection, translating "nobody there" into the errors a user can act on."""
     path = conn.unix_path
     try:
@@ -68,7 +46,7 @@ def _connect(conn: _UnixHTTPConnection) -> None:
 
 def _open(path: str, timeout: float | None) -> wire.Connection:
     """A kept-alive connection for request/response calls."""
-    conn = _UnixHTTPConnection(path, timeout)
+    conn = UnixHTTPConnection(path, timeout)
     _connect(conn)
     assert conn.sock is not None
     return wire.Connection(conn.sock)
@@ -118,7 +96,7 @@ class Client:
                     conn = self._conn = _open(self.socket, self.timeout)
                 try:
                     resp = conn.request(method, target, body, headers)
-                except _LOST as e:
+                except ConnectionError as e:  # wire.ConnectionLost too
                     self._drop()
                     # A kept-alive connection the daemon closed while idle (or a restarted
                     # daemon) fails on first use: reconnect once. A fresh one failing means
@@ -222,7 +200,7 @@ class EventStream:
     def __init__(self, path: str, target: str, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         # The timeout bounds connecting and the response head; reads of the stream itself
         # wait as long as ``next`` is told to (events may be hours apart).
-        self._conn = _UnixHTTPConnection(path, timeout)
+        self._conn = UnixHTTPConnection(path, timeout)
         self._parser = _ops.SSEParser()
         self._pending: list[Event] = []
         _connect(self._conn)

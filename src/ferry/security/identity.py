@@ -361,15 +361,6 @@ class IdentityIO:
 
         await self._call(token, op)
 
-    async def publish(
-        self, token: Token, temp_path: str, local_name: str, mode: int = 0o644
-    ) -> None:
-        """Give a finished temporary file its final mode and rename it to its local name
-        (``complete``); see ``publish_many``."""
-        _, error = await self.publish_many(token, [(temp_path, local_name)], mode)
-        if error is not None:
-            raise error
-
     async def publish_many(
         self, token: Token, pairs: list[tuple[str, str]], mode: int = 0o644
     ) -> tuple[int, FerryError | None]:
