@@ -26,8 +26,8 @@ assert SRC
 def fill(db: Path, count: int) -> float:
     """Insert ``count`` jobs; returns the seconds it took."""
     from ferry.model.job import Job, JobFile, Limits
+    from ferry.model.token import Token
     from ferry.security.peer import user_name
-    from ferry.security.token import Token
     from ferry.store.sqlite import SqliteStore
 
     uid, gid = os.getuid(), os.getgid()

@@ -2,7 +2,7 @@
 
     python benchmarks/micro.py            (QUICK=1: fewer repetitions)
 
-* Job.to_public, and the store round trip to_record -> JSON -> from_record, of a job with
+* job_view, and the store round trip job_record -> JSON -> job_from_record, of a job with
   one file;
 * SqliteStore.insert_job and save_progress on a temporary database (real fsyncs: this is
   what a job creation and a progress checkpoint cost);
@@ -42,7 +42,7 @@ def best(fn: Callable[[], object], number: int, repeat: int) -> float:
 
 def sample_job() -> Any:
     from ferry.model.job import Job, JobFile, Limits
-    from ferry.security.token import Token
+    from ferry.model.token import Token
 
     owner = Token(os.getuid(), os.getgid(), (), None, "bench", False)
     job = Job.new(owner, "micro", time.time(), Limits(), description="a benchmark job")
@@ -53,7 +53,8 @@ def sample_job() -> Any:
 
 
 def main() -> int:
-    from ferry.model.job import Job, JobFile
+    from ferry.protocol.views import job_view
+    from ferry.store import codec
     from ferry.store.sqlite import SqliteStore
 
     q = quick()
@@ -67,13 +68,13 @@ def main() -> int:
 
     say("micro-benchmarks" + (" (QUICK)" if q else ""))
     job = sample_job()
-    record("Job.to_public", best(job.to_public, 2000 if q else 20000, rep))
+    record("job_view", best(lambda: job_view(job), 2000 if q else 20000, rep))
     dumps = json.JSONEncoder(separators=(",", ":")).encode
 
     def round_trip() -> None:
-        rec = json.loads(dumps(job.to_record()))
-        files = [JobFile.from_record(json.loads(dumps(f.to_record()))) for f in job.files]
-        Job.from_record(rec, files)
+        rec = json.loads(dumps(codec.job_record(job)))
+        files = [codec.file_from_record(json.loads(dumps(codec.file_record(f)))) for f in job.files]
+        codec.job_from_record(rec, files)
 
     record("Job record round trip (to/from JSON)", best(round_trip, 2000 if q else 20000, rep))
 

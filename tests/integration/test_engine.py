@@ -16,9 +16,9 @@ import pytest
 import trustme
 
 from ferry.model.job import Job, JobFile, Limits
+from ferry.model.token import Token
 from ferry.model.types import ErrorContext, JobState, TokenFlags
 from ferry.security.identity import IdentityIO
-from ferry.security.token import Token
 from ferry.transfer.base import TransferError
 from ferry.transfer.engine import TransferEngine
 from tests.helpers.httpserver import FaultServer, http_date

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from ferry.errors import FerryError
+from ferry.model.token import Token
 from ferry.security.identity import IdentityIO, _PerThreadCreds
-from ferry.security.token import Token
 
 ALICE = Token(uid=40001, gid=40001)
 BOB = Token(uid=40002, gid=40002)

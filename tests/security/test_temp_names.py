@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ferry.errors import FerryError
+from ferry.model.token import Token
 from ferry.security.identity import IdentityIO, check_temp_name, new_temp_name
-from ferry.security.token import Token
 from tests.security.test_identity import ALICE, BOB, denied, needs_root, owned_dir
 
 

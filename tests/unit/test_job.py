@@ -18,6 +18,7 @@ from ferry.model.job import (
     JobFile,
     Limits,
 )
+from ferry.model.token import Token, TokenInterner
 from ferry.model.types import (
     ErrorContext,
     JobState,
@@ -26,7 +27,8 @@ from ferry.model.types import (
     Priority,
     TokenFlags,
 )
-from ferry.security.token import Token, TokenInterner
+from ferry.protocol.views import file_view, job_view
+from ferry.store import codec
 
 NOW = 1_700_000_000.0
 LIM = Limits()
@@ -91,7 +93,7 @@ def job_in(state: JobState, nfiles: int = 2) -> Job:
 
 
 def snapshot(job: Job) -> dict[str, Any]:
-    return {"job": job.to_record(), "files": [f.to_record() for f in job.files]}
+    return {"job": codec.job_record(job), "files": [codec.file_record(f) for f in job.files]}
 
 
 @pytest.mark.parametrize("state", ALL_STATES)
@@ -594,14 +596,14 @@ def test_retry_after_lengthens_but_never_shortens(
 
 def test_dynamic_content_property() -> None:
     job = job_in(JobState.SUSPENDED)
-    assert job.dynamic_content is False and job.to_public()["dynamic_content"] is False
+    assert job.dynamic_content is False and job_view(job)["dynamic_content"] is False
     job.set_properties({"dynamic_content": True}, LIM, NOW + 1)
-    assert job.dynamic_content is True and job.to_public()["dynamic_content"] is True
+    assert job.dynamic_content is True and job_view(job)["dynamic_content"] is True
     with pytest.raises(FerryError) as exc:
         job.set_properties({"dynamic_content": 1}, LIM, NOW + 2)
     assert exc.value.code == "E_INVALIDARG" and job.dynamic_content is True
-    record = json.loads(json.dumps(job.to_record()))
-    assert Job.from_record(record, job.files).dynamic_content is True
+    record = json.loads(json.dumps(codec.job_record(job)))
+    assert codec.job_from_record(record, job.files).dynamic_content is True
 
 
 def test_error_count_counts_every_error_since_creation() -> None:
@@ -679,19 +681,21 @@ def rich_job() -> Job:
 @pytest.mark.parametrize("make", [rich_job, lambda: new_job(0), lambda: job_in(JobState.CANCELLED)])
 def test_record_round_trip(make: Any) -> None:
     job = make()
-    record = json.loads(json.dumps(job.to_record()))
-    files = [JobFile.from_record(json.loads(json.dumps(f.to_record()))) for f in job.files]
-    assert Job.from_record(record, files) == job
+    record = json.loads(json.dumps(codec.job_record(job)))
+    files = [
+        codec.file_from_record(json.loads(json.dumps(codec.file_record(f)))) for f in job.files
+    ]
+    assert codec.job_from_record(record, files) == job
 
 
 def test_job_error_record_round_trip() -> None:
     e = JobError("ERROR_DISK_FULL", ErrorContext.LOCAL_FILE, "No space left", 2)
     assert e.hresult == 0x80070070
-    assert JobError.from_record(json.loads(json.dumps(e.to_record()))) == e
+    assert codec.error_from_record(json.loads(json.dumps(codec.error_record(e)))) == e
 
 
 def test_to_public_has_every_field_of_spec_6() -> None:
-    pub = rich_job().to_public()
+    pub = job_view(rich_job())
     assert set(pub) >= {
         "id", "display_name", "description", "type", "state", "priority", "owner",
         "progress", "times", "error", "error_count", "min_retry_delay",
@@ -720,14 +724,14 @@ def test_to_public_has_every_field_of_spec_6() -> None:
     assert pub["no_progress_timeout"] == 3600 and pub["notify_flags"] == 0x1B
     assert pub["notify_cmdline"] == ["/usr/bin/notify", "--id", "x y"]
     json.dumps(pub)  # plain JSON all the way down
-    file_pub = rich_job().files[0].to_public()
+    file_pub = file_view(rich_job().files[0])
     assert set(file_pub) >= {
         "remote_name", "local_name", "bytes_total", "bytes_transferred", "completed"
     }  # fmt: skip
 
 
 def test_to_public_of_a_fresh_job() -> None:
-    pub = new_job(0).to_public()
+    pub = job_view(new_job(0))
     assert pub["error"] is None and pub["helper_token"] is None
     assert pub["progress"] == {
         "bytes_total": 0,
@@ -742,14 +746,14 @@ def test_to_public_error_without_a_file() -> None:
     job = job_in(JobState.QUEUED)
     job.start(NOW)
     job.fail(JobError("BG_E_TOKEN_REQUIRED", ErrorContext.GENERAL_QUEUE_MANAGER, "x"), False, NOW)
-    pub = job.to_public()
+    pub = job_view(job)
     assert pub["error"]["file"] is None and pub["error"]["hresult"] == "0x80200056"
 
 
 def test_helper_flags_without_a_token_are_shown() -> None:
     job = new_job(1)
     job.helper_flags = TokenFlags.NETWORK
-    assert job.to_public()["helper_token"] == {"sid": None, "flags": ["NETWORK"]}
+    assert job_view(job)["helper_token"] == {"sid": None, "flags": ["NETWORK"]}
 
 
 def test_resume_of_a_suspended_transferred_job_returns_to_transferred() -> None:
@@ -824,9 +828,11 @@ def full_job() -> Job:
 
 
 def _record_round_trip(job: Job) -> Job:
-    record = json.loads(json.dumps(job.to_record()))
-    files = [JobFile.from_record(json.loads(json.dumps(f.to_record()))) for f in job.files]
-    return Job.from_record(record, files)
+    record = json.loads(json.dumps(codec.job_record(job)))
+    files = [
+        codec.file_from_record(json.loads(json.dumps(codec.file_record(f)))) for f in job.files
+    ]
+    return codec.job_from_record(record, files)
 
 
 def _non_default_fields(obj: Any) -> None:
@@ -871,55 +877,55 @@ def test_record_round_trip_of_every_field() -> None:
 def test_every_enum_value_decodes_to_its_member(field: str, members: list[Any]) -> None:
     job = new_job()
     for member in members:
-        record = job.to_record()
+        record = codec.job_record(job)
         record[field] = member.value
-        assert getattr(Job.from_record(record, []), field) is member
+        assert getattr(codec.job_from_record(record, []), field) is member
 
 
 @pytest.mark.parametrize("context", list(ErrorContext))
 def test_every_error_context_decodes_to_its_member(context: ErrorContext) -> None:
     e = JobError("E_FAIL", context, "x")
-    assert JobError.from_record(json.loads(json.dumps(e.to_record()))).context is context
+    assert codec.error_from_record(json.loads(json.dumps(codec.error_record(e)))).context is context
 
 
 @pytest.mark.parametrize("field", ["type", "priority", "state"])
 @pytest.mark.parametrize("value", ["bogus", ["QUEUED"], None])
 def test_an_unknown_enum_value_is_a_value_error(field: str, value: Any) -> None:
-    record = new_job().to_record()
+    record = codec.job_record(new_job())
     record[field] = value
     with pytest.raises(ValueError, match="is not a valid"):
-        Job.from_record(record, [])
+        codec.job_from_record(record, [])
 
 
 def test_an_unknown_error_context_is_a_value_error() -> None:
-    record = JobError("E_FAIL", ErrorContext.NONE, "x").to_record()
+    record = codec.error_record(JobError("E_FAIL", ErrorContext.NONE, "x"))
     record["context"] = "BOGUS"
     with pytest.raises(ValueError, match="is not a valid"):
-        JobError.from_record(record)
+        codec.error_from_record(record)
 
 
 @pytest.mark.parametrize("value", [*range(0x40), 0x100, True, 3.0, "19"])
 def test_notify_flags_decode_like_the_enumeration(value: Any) -> None:
-    record = new_job().to_record()
+    record = codec.job_record(new_job())
     record["notify_flags"] = value
-    got = Job.from_record(record, []).notify_flags
+    got = codec.job_from_record(record, []).notify_flags
     assert type(got) is NotifyFlags and got == NotifyFlags(int(value))
 
 
 @pytest.mark.parametrize("value", [*range(8), 0x10, True, "3"])
 def test_helper_flags_decode_like_the_enumeration(value: Any) -> None:
-    record = new_job().to_record()
+    record = codec.job_record(new_job())
     record["helper_flags"] = value
-    got = Job.from_record(record, []).helper_flags
+    got = codec.job_from_record(record, []).helper_flags
     assert type(got) is TokenFlags and got == TokenFlags(int(value))
 
 
 def test_records_of_an_older_ferry_get_the_defaults() -> None:
     job = new_job()
     required = ("id", "display_name", "owner", "type", "priority", "state", "created", "modified")
-    record = {key: job.to_record()[key] for key in required}
-    files = [JobFile.from_record({"remote_name": "https://e/x", "local_name": "/srv/x"})]
-    loaded = Job.from_record(record, files)
+    record = {key: codec.job_record(job)[key] for key in required}
+    files = [codec.file_from_record({"remote_name": "https://e/x", "local_name": "/srv/x"})]
+    loaded = codec.job_from_record(record, files)
     fresh = Job(job.id, job.display_name, OWNER, created=NOW, modified=NOW, files=files)
     assert loaded == fresh
     assert files[0] == JobFile("https://e/x", "/srv/x")
@@ -997,10 +1003,10 @@ def test_job_from_record_shares_tokens_through_the_interner() -> None:
     tokens = TokenInterner()
     one, two = full_job(), full_job()
     two.helper_token = OWNER
-    a = Job.from_record(json.loads(json.dumps(one.to_record())), [], tokens)
-    b = Job.from_record(json.loads(json.dumps(two.to_record())), [], tokens)
+    a = codec.job_from_record(json.loads(json.dumps(codec.job_record(one))), [], tokens)
+    b = codec.job_from_record(json.loads(json.dumps(codec.job_record(two))), [], tokens)
     assert a.owner is b.owner is b.helper_token and a.owner == OWNER
     assert a.helper_token == HELPER and a.helper_token is not a.owner
     # Without an interner every job gets its own tokens.
-    c, d = (Job.from_record(one.to_record(), []) for _ in range(2))
+    c, d = (codec.job_from_record(codec.job_record(one), []) for _ in range(2))
     assert c.owner == d.owner and c.owner is not d.owner

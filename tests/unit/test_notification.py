@@ -11,8 +11,8 @@ import pytest
 from ferry.errors import FerryError
 from ferry.model import notification as notif
 from ferry.model.job import Job, JobFile, Limits
+from ferry.model.token import Token
 from ferry.model.types import JobState, NotifyFlags
-from ferry.security.token import Token
 from ferry.store.sqlite import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 OWNER = Token(1000, 1000, (1000, 27), session=5, name="alice")

@@ -19,8 +19,9 @@ import pytest
 import ferry
 from ferry.errors import FerryError
 from ferry.model.job import Job, JobError, JobFile, Limits
+from ferry.model.token import Token
 from ferry.model.types import ErrorContext, JobState, JobType, TokenFlags
-from ferry.security.token import Token
+from ferry.store import codec
 from ferry.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStore
 from tests.unit.test_job import full_job
 
@@ -334,7 +335,7 @@ def test_jobs_share_their_owners_token_only_when_equal(store: SqliteStore) -> No
 def test_unknown_enum_value_in_a_record_is_corrupt(store: SqliteStore) -> None:
     job = make_job()
     store.insert_job(job)
-    record = job.to_record()
+    record = codec.job_record(job)
     record["state"] = "NAPPING"
     with raw(store.path) as c:
         c.execute("UPDATE jobs SET record = ? WHERE id = ?", (json.dumps(record), job.id))
@@ -549,7 +550,7 @@ _KILLED_WRITER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from ferry.model.job import Job, JobFile, Limits
-    from ferry.security.token import Token
+    from ferry.model.token import Token
     from ferry.store.sqlite import SqliteStore
 
     store = SqliteStore.open(Path(sys.argv[1]))

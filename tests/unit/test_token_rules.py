@@ -8,11 +8,11 @@ import pytest
 
 from ferry.errors import FerryError
 from ferry.model.job import Job, Limits
+from ferry.model.token import Token
 from ferry.model.types import TokenFlags
 from ferry.security import policy
 from ferry.security.handles import HandleTable, Interface
 from ferry.security.sessions import SessionTracker, scan_logind, scan_procfs
-from ferry.security.token import Token
 
 OWNER = Token(1000, 1000, (1000,), session=7)
 OTHER = Token(1001, 1001, (1001,), session=8)

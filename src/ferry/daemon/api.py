@@ -21,10 +21,11 @@ from aiohttp import web
 
 from .._version import __version__
 from ..errors import FerryError
+from ..model.token import Token
 from ..model.types import JobType, Priority
+from ..protocol.views import file_view, job_view
 from ..security.handles import Interface
 from ..security.peer import token_from_socket, user_name
-from ..security.token import Token
 from ..service import events as ev
 from ..service.events import EventBus
 from ..service.manager import QueueManager
@@ -566,7 +567,7 @@ class Api:
 
     async def h_list_jobs(self, request: web.Request) -> web.Response:
         jobs = self.manager.list_jobs(request["token"], _flag(request, "all_users"))
-        return web.json_response({"jobs": [j.to_public() for j in jobs]})
+        return web.json_response({"jobs": [job_view(j) for j in jobs]})
 
     async def h_create_job(self, request: web.Request) -> web.Response:
         body = await self.body(request)
@@ -578,20 +579,20 @@ class Api:
         job = self.manager.create_job(
             request["token"], body["display_name"], jtype, priority, body.get("description", "")
         )
-        return web.json_response(job.to_public(), status=201)
+        return web.json_response(job_view(job), status=201)
 
     async def h_get_job(self, request: web.Request) -> web.Response:
         job = self.manager.resolve(request["token"], request.match_info["job"])
-        return web.json_response(job.to_public())
+        return web.json_response(job_view(job))
 
     async def h_set_job(self, request: web.Request) -> web.Response:
         body = await self.body(request)
         job = self.manager.set_properties(request["token"], request.match_info["job"], body)
-        return web.json_response(job.to_public())
+        return web.json_response(job_view(job))
 
     async def h_list_files(self, request: web.Request) -> web.Response:
         job = self.manager.resolve(request["token"], request.match_info["job"])
-        return web.json_response({"files": [f.to_public() for f in job.files]})
+        return web.json_response({"files": [file_view(f) for f in job.files]})
 
     async def h_add_files(self, request: web.Request) -> web.Response:
         body = await self.body(request)
@@ -614,7 +615,7 @@ class Api:
         job = await self.manager.add_files(
             request["token"], request.match_info["job"], pairs, digests
         )
-        return web.json_response(job.to_public())
+        return web.json_response(job_view(job))
 
     async def h_action(self, request: web.Request) -> web.Response:
         await self.body(request)
@@ -636,7 +637,7 @@ class Api:
             job = self.manager.take_ownership(token, ref)
         err = FerryError(result)
         return web.json_response(
-            {"result": {"code": result, "hresult": f"0x{err.hresult:08X}"}, "job": job.to_public()}
+            {"result": {"code": result, "hresult": f"0x{err.hresult:08X}"}, "job": job_view(job)}
         )
 
     async def h_events(self, request: web.Request) -> web.StreamResponse:
@@ -716,7 +717,7 @@ class Api:
                 "handle": h.id,
                 "interface": h.interface.value,
                 "job_id": job.id,
-                "job": job.to_public(),
+                "job": job_view(job),
             }
         )
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import FerryError, format_hresult, hresult_of
-from ..security.token import Token, TokenInterner
+from ..errors import FerryError, hresult_of
+from .token import Token
 from .types import (
     DEFAULT_NOTIFY_FLAGS,
     ErrorContext,
@@ -28,18 +28,6 @@ from .types import (
 DEFAULT_MIN_RETRY_DELAY = 600
 MIN_RETRY_DELAY_FLOOR = 5
 DEFAULT_NO_PROGRESS_TIMEOUT = 1_209_600
-
-# Stored value -> member, for decoding records: a dict lookup is several times cheaper than
-# calling the enumeration, which counts when ferryd loads 100,000 jobs at startup. A value
-# missing here (damaged, or flags from a newer ferryd) takes the enumeration's own path.
-_JOB_TYPES = {m.value: m for m in JobType}
-_PRIORITIES = {m.value: m for m in Priority}
-_JOB_STATES = {m.value: m for m in JobState}
-_ERROR_CONTEXTS = {m.value: m for m in ErrorContext}
-_NOTIFY_FLAGS = {v: NotifyFlags(v) for v in range(int(NotifyFlags.all()) + 1)}
-_TOKEN_FLAGS = {v: TokenFlags(v) for v in range(int(TokenFlags.all()) + 1)}
-_DEFAULT_NOTIFY_INT = int(DEFAULT_NOTIFY_FLAGS)
-
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -86,47 +74,6 @@ class JobFile:
     # one (beyond BITS): checked before the file counts as transferred.
     sha256: str | None = None
 
-    def to_public(self) -> dict[str, Any]:
-        return {
-            "remote_name": self.remote_name,
-            "local_name": self.local_name,
-            "bytes_total": self.bytes_total,
-            "bytes_transferred": self.bytes_transferred,
-            "completed": self.completed,
-            "final_url": self.final_url,
-            "sha256": self.sha256,
-        }
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "remote_name": self.remote_name,
-            "local_name": self.local_name,
-            "bytes_total": self.bytes_total,
-            "bytes_transferred": self.bytes_transferred,
-            "completed": self.completed,
-            "temp_name": self.temp_name,
-            "validator": self.validator,
-            "final_url": self.final_url,
-            "sha256": self.sha256,
-        }
-
-    @classmethod
-    def from_record(cls, d: dict[str, Any]) -> JobFile:
-        get = d.get
-        # Positional, in field order: measurably faster than keywords at 100,000 files.
-        return cls(
-            d["remote_name"],
-            d["local_name"],
-            get("bytes_total"),
-            int(get("bytes_transferred", 0)),
-            bool(get("completed", False)),
-            get("temp_name"),
-            get("validator"),
-            get("final_url"),
-            get("sha256"),
-        )
-
-
 @dataclass(slots=True)
 class JobError:
     code: str
@@ -144,30 +91,6 @@ class JobError:
         cls, exc: FerryError, context: ErrorContext, file_index: int | None = None
     ) -> JobError:
         return cls(exc.code, context, exc.message, file_index, exc.hresult)
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "hresult": self.hresult,
-            "context": self.context.value,
-            "description": self.description,
-            "file_index": self.file_index,
-        }
-
-    @classmethod
-    def from_record(cls, d: dict[str, Any]) -> JobError:
-        try:
-            context = _ERROR_CONTEXTS[d["context"]]
-        except (KeyError, TypeError):
-            context = ErrorContext(d["context"])  # raises the usual error
-        return cls(
-            code=d["code"],
-            context=context,
-            description=d.get("description", ""),
-            file_index=d.get("file_index"),
-            hresult=int(d.get("hresult", 0)),
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class CompletePlan:
@@ -483,155 +406,6 @@ class Job:
         self.state = JobState.TRANSIENT_ERROR if transient else JobState.ERROR
         self.error = error
         self.modified = now
-
-    # ---- views --------------------------------------------------------------------
-
-    def to_public(self) -> dict[str, Any]:
-        """The JSON job object of SPEC §6."""
-        err: dict[str, Any] | None = None
-        if self.error is not None:
-            e = self.error
-            file_info = None
-            if e.file_index is not None and 0 <= e.file_index < len(self.files):
-                jf = self.files[e.file_index]
-                file_info = {"remote_name": jf.remote_name, "local_name": jf.local_name}
-            err = {
-                "code": e.code,
-                "hresult": format_hresult(e.hresult),
-                "context": e.context.value,
-                "description": e.description,
-                "file": file_info,
-            }
-        helper: dict[str, Any] | None = None
-        if self.helper_token is not None or self.helper_flags:
-            helper = {
-                "sid": self.helper_token.sid if self.helper_token else None,
-                "flags": self.helper_flags.names(),
-            }
-        return {
-            "id": self.id,
-            "display_name": self.display_name,
-            "description": self.description,
-            "type": self.type.value,
-            "state": self.state.value,
-            "priority": self.priority.value,
-            "owner": self.owner.summary(),
-            "progress": {
-                "bytes_total": self.bytes_total,
-                "bytes_transferred": self.bytes_transferred,
-                "files_total": len(self.files),
-                "files_transferred": self.files_transferred,
-            },
-            "times": {
-                "created": iso(self.created),
-                "modified": iso(self.modified),
-                "transfer_completed": iso(self.transfer_completed),
-            },
-            "error": err,
-            "error_count": self.error_count,
-            "min_retry_delay": self.min_retry_delay,
-            "no_progress_timeout": self.no_progress_timeout,
-            "notify_flags": int(self.notify_flags),
-            "notify_cmdline": self.notify_cmdline,
-            "helper_token": helper,
-            "notification": self.notification,
-            "dynamic_content": self.dynamic_content,
-            "retry_at": iso(self.retry_at),
-        }
-
-    def to_record(self) -> dict[str, Any]:
-        """Everything but the files, for the store."""
-        return {
-            "id": self.id,
-            "display_name": self.display_name,
-            "description": self.description,
-            "owner": self.owner.to_json(),
-            "type": self.type.value,
-            "priority": self.priority.value,
-            "state": self.state.value,
-            "created": self.created,
-            "modified": self.modified,
-            "transfer_completed": self.transfer_completed,
-            "error": self.error.to_record() if self.error else None,
-            "error_count": self.error_count,
-            "min_retry_delay": self.min_retry_delay,
-            "no_progress_timeout": self.no_progress_timeout,
-            "notify_flags": int(self.notify_flags),
-            "notify_cmdline": self.notify_cmdline,
-            "helper_token": self.helper_token.to_json() if self.helper_token else None,
-            "helper_flags": int(self.helper_flags),
-            "dynamic_content": self.dynamic_content,
-            "retry_at": self.retry_at,
-            "no_progress_since": self.no_progress_since,
-            "notification": self.notification,
-        }
-
-    @classmethod
-    def from_record(
-        cls, d: dict[str, Any], files: list[JobFile], tokens: TokenInterner | None = None
-    ) -> Job:
-        """The job of ``to_record``'s dict, holding ``files``.
-
-        ``tokens`` (the store's load passes one) shares one Token among the jobs of an owner.
-        This is the inner loop of ferryd's startup: keep it free of calls that can be avoided.
-        """
-        get = d.get
-        token = Token.from_json if tokens is None else tokens.from_json
-        try:
-            type_ = _JOB_TYPES[d["type"]]
-            priority = _PRIORITIES[d["priority"]]
-            state = _JOB_STATES[d["state"]]
-        except (KeyError, TypeError):
-            # A missing key, or not a value of the enumeration: let the enumerations raise
-            # their usual error, naming the value.
-            JobType(d["type"])
-            Priority(d["priority"])
-            JobState(d["state"])
-            raise
-        error = get("error")
-        notify_flags = get("notify_flags", _DEFAULT_NOTIFY_INT)
-        notify = _NOTIFY_FLAGS.get(notify_flags)
-        if notify is None:
-            notify = NotifyFlags(int(notify_flags))
-        # The defaults as the one shared int each, not an int object per job (6 MB at 100,000).
-        min_retry_delay = int(get("min_retry_delay", DEFAULT_MIN_RETRY_DELAY))
-        if min_retry_delay == DEFAULT_MIN_RETRY_DELAY:
-            min_retry_delay = DEFAULT_MIN_RETRY_DELAY
-        no_progress_timeout = int(get("no_progress_timeout", DEFAULT_NO_PROGRESS_TIMEOUT))
-        if no_progress_timeout == DEFAULT_NO_PROGRESS_TIMEOUT:
-            no_progress_timeout = DEFAULT_NO_PROGRESS_TIMEOUT
-        helper = get("helper_token")
-        helper_flags = get("helper_flags", 0)
-        flags = _TOKEN_FLAGS.get(helper_flags)
-        if flags is None:
-            flags = TokenFlags(int(helper_flags))
-        # Positional, in field order (the round-trip tests catch a field out of place).
-        return cls(
-            d["id"],
-            d["display_name"],
-            token(d["owner"]),
-            type_,
-            priority,
-            state,
-            get("description", ""),
-            files,
-            float(d["created"]),
-            float(d["modified"]),
-            get("transfer_completed"),
-            JobError.from_record(error) if error else None,
-            int(get("error_count", 0)),
-            min_retry_delay,
-            no_progress_timeout,
-            notify,
-            get("notify_cmdline"),
-            token(helper) if helper else None,
-            flags,
-            bool(get("dynamic_content", False)),
-            get("retry_at"),
-            get("no_progress_since"),
-            get("notification"),
-        )
-
 
 def _require_type(key: str, value: Any, kind: type) -> None:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

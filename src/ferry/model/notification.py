@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import format_hresult, hresult_of
-from ..security.token import Token
+from .token import Token
 from .types import ErrorContext, JobState, NotifyFlags
 
 JOB_TRANSFERRED = "JOB_TRANSFERRED"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from ..errors import FerryError
-from .token import Token
+from ..model.token import Token
 
 MAX_TTL = 3600.0
 

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from ..errors import FerryError
 from ..model.paths import TEMP_SUFFIX, temp_name_for
-from .token import Token
+from ..model.token import Token
 
 log = logging.getLogger("ferry.identity")
 

@@ -12,7 +12,7 @@ import socket
 import struct
 from functools import lru_cache
 
-from .token import NO_SESSION, Token, is_admin
+from ..model.token import NO_SESSION, Token, is_admin
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ..errors import FerryError
 from ..model.job import Job
+from ..model.token import Token
 from ..model.types import TokenFlags
-from .token import Token
 
 
 def may_access(caller: Token, job: Job) -> bool:

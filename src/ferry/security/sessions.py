@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .token import NO_SESSION, Token
+from ..model.token import NO_SESSION, Token
 
 
 @dataclass(frozen=True, slots=True)

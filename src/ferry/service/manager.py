@@ -15,12 +15,13 @@ from ..model import notification as notif
 from ..model.job import Job, JobError, JobFile, Limits, iso
 from ..model.notification import PendingNotification
 from ..model.paths import validate_local_name, validate_remote_name, validate_sha256
+from ..model.token import Token
 from ..model.types import ErrorContext, JobState, JobType, Priority
+from ..protocol.views import job_view
 from ..security import policy
 from ..security.handles import Handle, HandleTable, Interface
 from ..security.identity import IdentityIO, check_temp_name
 from ..security.sessions import SessionTracker
-from ..security.token import Token
 from ..store.sqlite import SqliteStore
 from ..transfer.base import TransferError
 from . import events as ev
@@ -87,10 +88,10 @@ class QueueManager:
     def publish(self, job: Job, type: str = ev.JOB_MODIFICATION) -> None:
         self.job_changed(job)
         if self.bus.has_subscribers:
-            self.bus.publish(Event(type, job.id, job.owner.uid, job.to_public()))
+            self.bus.publish(Event(type, job.id, job.owner.uid, job_view(job)))
 
     def snapshot(self, job: Job) -> Event:
-        return Event(ev.JOB_SNAPSHOT, job.id, job.owner.uid, job.to_public())
+        return Event(ev.JOB_SNAPSHOT, job.id, job.owner.uid, job_view(job))
 
     # ---- command-line notifications (service/notify.py runs them) ----------------------
 
@@ -596,7 +597,7 @@ class QueueManager:
         if completed and self.bus.has_subscribers:
             # One full view, and the views after the earlier files derived from it: the
             # job's counters are sums over all its files, too dear to recompute per file.
-            final = job.to_public()
+            final = job_view(job)
             views = []
             later_growth, later_unsized = 0, False
             for k in range(len(completed) - 1, -1, -1):

@@ -42,8 +42,8 @@ from typing import Any
 from ..errors import FerryError
 from ..model import notification as notif
 from ..model.notification import PendingNotification
+from ..model.token import Token
 from ..security.identity import IdentityIO
-from ..security.token import Token
 from .manager import QueueManager
 
 log = logging.getLogger("ferry.notify")

@@ -30,8 +30,8 @@ from typing import Any
 
 from ..errors import FerryError
 from ..model.job import Job
+from ..model.token import Token
 from ..model.types import JobState, Priority
-from ..security.token import Token
 from ..transfer.base import TransferError
 from ..transfer.engine import TransferEngine
 from .manager import QueueManager

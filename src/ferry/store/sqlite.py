@@ -10,9 +10,9 @@ Why it is shaped this way:
   (``insert_job``): one long-lived connection, statements reused from the connection's
   statement cache, ``isolation_level=None`` with explicit ``BEGIN IMMEDIATE``/``COMMIT``
   so Python's sqlite3 module adds no implicit transactions of its own.
-* The domain owns the shape of a job: a row holds ``Job.to_record()`` / ``JobFile.to_record()``
-  as JSON, and only the columns the store itself needs to query (owner, state, modified)
-  are broken out. A new job field therefore needs no migration.
+* The codec (store/codec.py) owns the shape of a record: a row holds ``job_record(job)`` /
+  ``file_record(f)`` as JSON, and only the columns the store itself needs to query (owner,
+  state, modified) are broken out. A new job field therefore needs no migration.
 * A damaged or foreign database is refused with ``BG_E_DATABASE_CORRUPT`` and left exactly
   as it was found, never deleted or replaced: it may be the only copy of someone's jobs,
   and an administrator (or ``sqlite3 .recover``) decides what to do with it.
@@ -33,7 +33,9 @@ from typing import Any
 from ..errors import FerryError
 from ..model.job import Job, JobFile
 from ..model.notification import PendingNotification
-from ..security.token import TokenInterner
+from ..model.token import TokenInterner
+from . import codec
+from .codec import file_record, job_record
 
 # "FRRY": marks the file as a ferry store, so a foreign SQLite file is never migrated.
 APPLICATION_ID = 0x46525259
@@ -205,7 +207,7 @@ class SqliteStore:
     def _update_job(self, conn: sqlite3.Connection, job: Job) -> None:
         cur = conn.execute(
             _UPDATE_JOB,
-            (job.owner.uid, job.state.value, job.modified, _dumps(job.to_record()), job.id),
+            (job.owner.uid, job.state.value, job.modified, _dumps(job_record(job)), job.id),
         )
         if cur.rowcount != 1:
             # Saving a job that was deleted must not resurrect it; say so and change nothing.
@@ -242,8 +244,8 @@ class SqliteStore:
         disordered: set[str] = set()
         jobs: list[Job] = []
         job_id = ""
-        file_from_record = JobFile.from_record
-        job_from_record = Job.from_record
+        file_from_record = codec.file_from_record
+        job_from_record = codec.job_from_record
         tokens = TokenInterner()  # the jobs of one owner share one Token
         try:
             cur = conn.execute("SELECT job_id, idx, record FROM files")
@@ -308,7 +310,7 @@ class SqliteStore:
         for position, (idx, _) in enumerate(rows):
             if idx != position:
                 raise ValueError(f"its file indices are not contiguous (missing {position})")
-        return [JobFile.from_record(d) for d in self._decode_batch(rows)]
+        return [codec.file_from_record(d) for d in self._decode_batch(rows)]
 
     def count(self) -> int:
         """The number of stored jobs, final ones included (for the per-machine limit)."""
@@ -323,13 +325,13 @@ class SqliteStore:
         with self._transaction() as conn:
             conn.execute(
                 _INSERT_JOB,
-                (job.id, job.owner.uid, job.state.value, job.modified, _dumps(job.to_record())),
+                (job.id, job.owner.uid, job.state.value, job.modified, _dumps(job_record(job))),
             )
             if job.files:
                 jid = job.id
                 conn.executemany(
                     _INSERT_FILE,
-                    [(jid, i, _dumps(f.to_record())) for i, f in enumerate(job.files)],
+                    [(jid, i, _dumps(file_record(f))) for i, f in enumerate(job.files)],
                 )
 
     def save_job(self, job: Job) -> None:
@@ -346,7 +348,7 @@ class SqliteStore:
             if job.files:
                 conn.executemany(
                     _UPSERT_FILE,
-                    [(jid, i, _dumps(f.to_record())) for i, f in enumerate(job.files)],
+                    [(jid, i, _dumps(file_record(f))) for i, f in enumerate(job.files)],
                 )
 
     def save_job_header(self, job: Job, notification: PendingNotification | None = None) -> None:
@@ -384,7 +386,7 @@ class SqliteStore:
             self._update_job(conn, job)
             jid, files = job.id, job.files
             conn.executemany(
-                _UPSERT_FILE, [(jid, i, _dumps(files[i].to_record())) for i in indices]
+                _UPSERT_FILE, [(jid, i, _dumps(file_record(files[i]))) for i in indices]
             )
             if notification is not None:
                 _insert_notification(conn, notification)
@@ -396,7 +398,7 @@ class SqliteStore:
             raise IndexError(f"job {job.id} has no file {index}")
         with self._transaction() as conn:
             self._update_job(conn, job)
-            conn.execute(_UPSERT_FILE, (job.id, index, _dumps(job.files[index].to_record())))
+            conn.execute(_UPSERT_FILE, (job.id, index, _dumps(file_record(job.files[index]))))
             if notification is not None:
                 _insert_notification(conn, notification)
 
@@ -414,7 +416,7 @@ class SqliteStore:
             conn.executemany(
                 _INSERT_FILE,
                 [
-                    (jid, i, _dumps(job.files[i].to_record()))
+                    (jid, i, _dumps(file_record(job.files[i])))
                     for i in range(first_index, len(job.files))
                 ],
             )

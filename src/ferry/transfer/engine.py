@@ -46,10 +46,10 @@ from dataclasses import dataclass
 
 from ..errors import FerryError
 from ..model.job import Job, JobFile
+from ..model.token import Token
 from ..model.types import ErrorContext, JobType
 from ..security import policy
 from ..security.identity import IdentityIO, check_temp_name, new_temp_name, settle
-from ..security.token import Token
 from .base import (
     WRITE_MAX,
     BatchCallbacks,

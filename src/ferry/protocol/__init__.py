@@ -1,0 +1,1 @@
+"""The API contract shared by ferryd, the clients and the CLI (SPEC §5-§7)."""
