@@ -625,3 +625,64 @@ def _runtime_error(path: Path, exc: sqlite3.Error) -> FerryError:
 
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStore"]
+
+
+class SqliteJobStore:
+    """The ``JobStore`` protocol (store/base.py) on a :class:`SqliteStore`.
+
+    Interim: each call runs its transaction at once on the calling (event-loop) thread.
+    """
+
+    def __init__(self, db: SqliteStore) -> None:
+        self.db = db
+        self.path = db.path
+
+    @classmethod
+    def open(cls, path: Path, *, check: bool = True) -> SqliteJobStore:
+        return cls(SqliteStore.open(path, check=check))
+
+    async def load_all(self) -> list[Job]:
+        return self.db.load_all()
+
+    async def insert_job(self, job: Job) -> None:
+        self.db.insert_job(job)
+
+    async def save_job(self, job: Job) -> None:
+        self.db.save_job(job)
+
+    async def save_job_header(
+        self, job: Job, notification: PendingNotification | None = None
+    ) -> None:
+        self.db.save_job_header(job, notification)
+
+    async def save_progress(
+        self, job: Job, index: int, notification: PendingNotification | None = None
+    ) -> None:
+        self.db.save_progress(job, index, notification)
+
+    async def save_files(
+        self, job: Job, indices: Sequence[int], notification: PendingNotification | None = None
+    ) -> None:
+        self.db.save_files(job, indices, notification)
+
+    async def add_files(self, job: Job, first_index: int) -> None:
+        self.db.add_files(job, first_index)
+
+    async def delete_job(self, job_id: str) -> bool:
+        return self.db.delete_job(job_id)
+
+    async def pending_notifications(self) -> list[PendingNotification]:
+        return self.db.pending_notifications()
+
+    async def update_notification(
+        self, n: PendingNotification, job: Job | None = None
+    ) -> None:
+        self.db.update_notification(n, job)
+
+    async def finish_notification(
+        self, n: PendingNotification, job: Job | None = None
+    ) -> None:
+        self.db.finish_notification(n, job)
+
+    async def close(self) -> None:
+        self.db.close()
