@@ -1,7 +1,7 @@
 # ferry — developer and CI entry points. `make test` is what CI runs (.ci/run).
 #
 #   make venv      create .venv and install ferry in it (editable, with the dev extras)
-#   make lint      ruff + mypy --strict
+#   make lint      ruff + mypy --strict + import-linter (the layers of docs/architecture.md)
 #   make test      lint, then the test suite
 #   make demo      a real 200 MiB transfer through a real ferryd, with a progress bar
 #   make bench     benchmarks against curl and aria2   (make bench QUICK=1 for a short run)
@@ -51,6 +51,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest -q
