@@ -11,8 +11,8 @@ token for the temporary files, the network token a transport may act as, securit
 the file's bookkeeping (a transport updates a ``DownloadRequest``, the engine records it in
 the job before each report), and the SHA-256 check of a finished file (verify.py). The
 transports are built by daemon/main.py and handed in by scheme and direction, so a new scheme
-is a new file and one line there. The overlap of small files is window.py's; the temporary
-files and their checkpoints are sink.py's.
+is a new file and one line there. The overlap of small files is window.py's (one file of it,
+slot.py's); the temporary files and their checkpoints are sink.py's.
 """
 
 from __future__ import annotations
@@ -99,9 +99,9 @@ class TransferEngine:
         if job.type is JobType.DOWNLOAD:
             await JobRun(self, job, callbacks).run()
         else:
-            await self._run_upload(job, callbacks)
+            await self._run_upload(job)
 
-    async def _run_upload(self, job: Job, callbacks: JobCallbacks) -> None:
+    async def _run_upload(self, job: Job) -> None:
         """Upload and upload-reply jobs go through the ``uploads`` transports
         (base.UploadTransport). Neither the BITS upload protocol client nor the run that
         opens each local file as the local-file token and hands it over exists yet, so they
