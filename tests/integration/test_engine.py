@@ -11,6 +11,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -21,6 +22,8 @@ from ferry.model.types import ErrorContext, JobState, TokenFlags
 from ferry.security.identity import IdentityIO
 from ferry.transfer.base import TransferError
 from ferry.transfer.engine import TransferEngine
+from ferry.transfer.http import HttpTransport
+from ferry.transfer.local import LocalTransport
 from tests.helpers.httpserver import FaultServer, http_date
 
 MiB = 1 << 20
@@ -86,6 +89,22 @@ def temp_bytes(job: Job, index: int = 0) -> bytes:
     return Path(temp).read_bytes()
 
 
+def make_engine(
+    identity: IdentityIO,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    read_timeout: float = 120.0,
+    **settings: Any,
+) -> TransferEngine:
+    """An engine with the transports ferryd mounts (daemon/main.py), set up as a test needs."""
+    http = HttpTransport(ssl_context=ssl_context, read_timeout=read_timeout)
+    return TransferEngine(
+        identity,
+        downloads={"http": http, "https": http, "file": LocalTransport(identity)},
+        **settings,
+    )
+
+
 @pytest.fixture
 async def identity() -> AsyncIterator[IdentityIO]:
     io = IdentityIO()
@@ -95,7 +114,7 @@ async def identity() -> AsyncIterator[IdentityIO]:
 
 @pytest.fixture
 async def engine(identity: IdentityIO) -> AsyncIterator[TransferEngine]:
-    eng = TransferEngine(identity, read_timeout=5.0, checkpoint_bytes=256 * 1024)
+    eng = make_engine(identity, read_timeout=5.0, checkpoint_bytes=256 * 1024)
     yield eng
     await eng.close()
 
@@ -254,7 +273,7 @@ async def test_read_timeout_is_transient(
     identity: IdentityIO, server: FaultServer, tmp_path: Path
 ) -> None:
     server.add("s", data_of(100_000))
-    eng = TransferEngine(identity, read_timeout=0.5)
+    eng = make_engine(identity, read_timeout=0.5)
     try:
         job = make_job([(server.url("/stall/s?after=5000"), tmp_path / "s")])
         err = await fails(eng, job)
@@ -527,7 +546,7 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
 
 
 async def test_https_download(identity: IdentityIO, ca: trustme.CA, tmp_path: Path) -> None:
-    eng = TransferEngine(identity, ssl_context=client_tls(ca))
+    eng = make_engine(identity, ssl_context=client_tls(ca))
     try:
         async with FaultServer(server_tls(ca)) as srv:
             job = make_job([(srv.add("s", b"secret"), tmp_path / "s")])
@@ -550,7 +569,7 @@ async def test_https_to_http_redirect_is_refused(
     identity: IdentityIO, server: FaultServer, ca: trustme.CA, tmp_path: Path
 ) -> None:
     plain = server.add("p", b"plain")
-    eng = TransferEngine(identity, ssl_context=client_tls(ca))
+    eng = make_engine(identity, ssl_context=client_tls(ca))
     try:
         async with FaultServer(server_tls(ca)) as srv:
             job = make_job([(srv.url(f"/to?url={plain}"), tmp_path / "p")])

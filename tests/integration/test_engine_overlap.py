@@ -18,7 +18,7 @@ from ferry.security.identity import IdentityIO
 from ferry.transfer.base import BatchCallbacks, TransferError
 from ferry.transfer.engine import TransferEngine
 from tests.helpers.throttled_server import ThrottledServer
-from tests.integration.test_engine import Recorder, make_job, temp_bytes
+from tests.integration.test_engine import Recorder, make_engine, make_job, temp_bytes
 
 
 class BatchRecorder(Recorder):
@@ -44,7 +44,7 @@ def server() -> Iterator[ThrottledServer]:
 @pytest.fixture
 async def engine() -> AsyncIterator[TransferEngine]:
     io = IdentityIO()
-    eng = TransferEngine(io, read_timeout=10.0, overlap_max_bytes=256 * 1024)
+    eng = make_engine(io, read_timeout=10.0, overlap_max_bytes=256 * 1024)
     yield eng
     await eng.close()
     await io.shutdown()

@@ -13,17 +13,24 @@ import pytest
 
 from ferry.model.job import Job
 from ferry.security.identity import IdentityIO
-from ferry.transfer import engine as engine_mod
+from ferry.transfer import window
 from ferry.transfer.engine import TransferEngine
 from tests.helpers.httpserver import FaultServer
-from tests.integration.test_engine import Recorder, data_of, fails, make_job, temp_bytes
+from tests.integration.test_engine import (
+    Recorder,
+    data_of,
+    fails,
+    make_engine,
+    make_job,
+    temp_bytes,
+)
 from tests.integration.test_engine_overlap import BatchRecorder
 
 
 @pytest.fixture
 async def engine() -> AsyncIterator[TransferEngine]:
     io = IdentityIO()
-    eng = TransferEngine(io, read_timeout=5.0)
+    eng = make_engine(io, read_timeout=5.0)
     yield eng
     await eng.close()
     await io.shutdown()
@@ -80,11 +87,11 @@ async def test_a_name_taken_every_time_fails_the_file(
     engine: TransferEngine, server: FaultServer, tmp_path: Path
 ) -> None:
     job = make_job([(server.add("t", data_of(1000)), tmp_path / "t")])
-    rec = SquatRecorder(engine_mod.TEMP_NAME_ATTEMPTS)
+    rec = SquatRecorder(window.TEMP_NAME_ATTEMPTS)
     err = await fails(engine, job, rec)
     assert err.code == "ERROR_FILE_EXISTS" and not err.transient and err.file_index == 0
     names = started_names(rec)
-    assert len(set(names)) == engine_mod.TEMP_NAME_ATTEMPTS
+    assert len(set(names)) == window.TEMP_NAME_ATTEMPTS
     for name in names:
         assert Path(name).read_bytes() == b"not ferry's"
     assert not server.seen("/f/t"), "nothing was fetched"

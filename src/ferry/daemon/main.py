@@ -32,6 +32,8 @@ from ..service.notify import Notifier
 from ..service.scheduler import Scheduler
 from ..store.sqlite import SqliteStore
 from ..transfer.engine import TransferEngine
+from ..transfer.http import HttpTransport
+from ..transfer.local import LocalTransport
 from .api import Api
 from .config import Config, load_config
 
@@ -172,7 +174,13 @@ async def serve(cfg: Config) -> None:
     lock_fd = lock_state_dir(cfg.state_dir)
     store = SqliteStore.open(cfg.db_path)
     identity = IdentityIO()
-    engine = TransferEngine(identity, ssl_context=tls, read_timeout=cfg.stall_timeout)
+    http = HttpTransport(ssl_context=tls, read_timeout=cfg.stall_timeout)
+    engine = TransferEngine(
+        identity,
+        # One transport per scheme and direction: a new one is a file in transfer/ and a line.
+        downloads={"http": http, "https": http, "file": LocalTransport(identity)},
+        uploads={},
+    )
     bus = EventBus(min_interval=cfg.min_notification_interval_ms / 1000)
     manager = QueueManager(store, identity, bus, cfg.limits)
     count = manager.load()

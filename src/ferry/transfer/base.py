@@ -1,13 +1,19 @@
-"""The transport interface and the engine's callbacks: the seam between the scheduler, the
-engine and the schemes (http, file, later the BITS upload protocol)."""
+"""The seam between the scheduler, the engine and the transports (docs/architecture.md, "The
+transfer engine seam"): the callbacks the engine reports through, and the two directions a
+transport may serve — downloads (http.py, local.py) into a ``Sink``, and uploads (the BITS
+upload protocol, later) from a ``Source``. A transport only moves bytes between a URL and a
+descriptor: the engine opens every local file, decides which token acts, and verifies what
+arrived, so those rules live in one place whatever the scheme."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ..errors import FerryError, code_for_errno
 from ..model.job import Job
+from ..model.token import Token
 from ..model.types import ErrorContext
 
 # The most one pwrite hands the kernel. The page cache sizes its folios after the writes:
@@ -116,6 +122,9 @@ class BatchCallbacks(JobCallbacks, Protocol):
         announced file by file, in order."""
 
 
+# ---- downloads ----------------------------------------------------------------------------
+
+
 class Sink(Protocol):
     """Where a transport puts one file's bytes: the temporary file, opened by the engine as
     the local-file token. The sink owns durability: it fsyncs and reports progress, so every
@@ -130,7 +139,8 @@ class Sink(Protocol):
         """How many bytes of the file are in the temporary file: where the transfer goes on."""
 
     async def response(self) -> None:
-        """The remote side answered with data to write: the job is TRANSFERRING."""
+        """The remote side answered with data to write: the job is TRANSFERRING. The
+        request's ``bytes_total`` is read at this moment (a large file stops the overlap)."""
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data`` at ``offset`` (on the calling thread; page-cache writes are fast).
@@ -146,14 +156,115 @@ class Sink(Protocol):
         """Throw away the file's bytes past ``size`` (a restart, or changed remote data)."""
 
 
-class Transport(Protocol):
-    """One family of URL schemes. ``download`` moves the file's bytes from ``sink.offset``
-    to the end into the sink, fills in the JobFile's ``bytes_total``, ``validator`` and
-    ``final_url``, and raises TransferError on failure. It neither finishes the file (the
-    engine does the final fsync and reports completion) nor closes the sink."""
+def _acting(network: Token | FerryError) -> Token:
+    if isinstance(network, FerryError):
+        raise TransferError.from_ferry_error(
+            network, context=ErrorContext.REMOTE_FILE, transient=False
+        )
+    return network
 
-    schemes: frozenset[str]
 
-    async def download(self, job: Job, index: int, sink: Sink) -> None: ...
+@dataclass(slots=True, eq=False)
+class DownloadRequest:
+    """One file's download as the engine hands it to a transport: what to fetch, as whom,
+    and what earlier runs learnt about the remote file.
+
+    The bookkeeping fields (``validator``, ``bytes_total``, ``final_url``) are the
+    transport's to update as it learns them; the engine records them in the job before each
+    report, so a checkpoint always carries the validator its bytes belong to. A transport
+    that finds the remote data changed clears ``validator`` and ``bytes_total`` (after
+    truncating the sink) before it raises BG_E_REMOTE_FILE_CHANGED."""
+
+    url: str
+    # The identity remote access acts as, chosen by the engine (security/policy.py: the
+    # job's NETWORK helper, or its owner); the policy's error when the job's flags name a
+    # helper token it does not have. Read it through ``network_token()``.
+    network: Token | FerryError
+    # BITS_JOB_PROPERTY_DYNAMIC_CONTENT: no Content-Length needed, never resumed.
+    dynamic_content: bool = False
+    validator: str | None = None  # what identifies the remote version the partial data is of
+    bytes_total: int | None = None  # the file's size, once known
+    final_url: str | None = None  # where the last request ended after redirects
+
+    def network_token(self) -> Token:
+        """The token to act as for remote access (opening a file:// source; implicit HTTP
+        credentials). Raises TransferError (BG_E_TOKEN_REQUIRED, REMOTE_FILE) when the job
+        needs a helper token it lacks: a transport asks only when it acts as someone, so a
+        download that needs no identity is not failed for a token it never uses."""
+        return _acting(self.network)
+
+
+class DownloadTransport(Protocol):
+    """One family of URL schemes, for downloads. ``download`` moves the file's bytes from
+    ``sink.offset`` to the end into the sink, keeps the request's bookkeeping up to date,
+    and raises TransferError on failure. It neither verifies nor finishes the file (the
+    engine checks the SHA-256, does the final fsync and reports completion), nor closes the
+    sink. One instance serves every job (connections are kept alive across them)."""
+
+    async def download(self, request: DownloadRequest, sink: Sink) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# ---- uploads (declared for the BITS upload protocol client; nothing implements it yet) -----
+
+
+class Source(Protocol):
+    """The local file an upload sends: opened read-only by the engine as the job's
+    local-file token (a transport never opens local files), with the engine's reporting.
+    Like the Sink it owns durability: a session is persisted before any fragment of it is
+    sent, and the server's acknowledgements become progress only through it."""
+
+    @property
+    def fd(self) -> int:
+        """The local file, open for reading: ``pread`` at any offset (a resumed session, or
+        a fragment sent again, starts wherever the server says)."""
+
+    @property
+    def size(self) -> int:
+        """The bytes to send: the file's size when its upload began. A file that changes
+        meanwhile is the engine's to detect (BG_E_LOCAL_FILE_CHANGED)."""
+
+    async def response(self) -> None:
+        """The server accepted the session: the job is TRANSFERRING."""
+
+    async def session(self, session_id: str | None) -> None:
+        """Persist the upload session the server created (Create-Session), before the first
+        fragment is sent, so a restart resumes it instead of sending everything again; None
+        once the session is closed or cancelled."""
+
+    async def acknowledged(self, offset: int) -> None:
+        """The server holds bytes ``[0, offset)`` of the file (the ``BITS-Received-Content-
+        Range`` of its answer to a fragment): report them as progress."""
+
+
+@dataclass(slots=True, eq=False)
+class UploadRequest:
+    """One file's upload as the engine hands it to an upload transport."""
+
+    url: str
+    network: Token | FerryError  # as DownloadRequest.network
+    # The session of an earlier run, to resume (the server's answer to a Ping or to the next
+    # fragment says how much it holds); the transport sets it when it creates one.
+    session_id: str | None = None
+    reply: bool = False  # an UPLOAD_REPLY job: the server application's reply is wanted
+    # Set by the transport for a reply job: where the reply is fetched (BITS-Reply-URL), by
+    # the engine through a download transport into the job's reply file.
+    reply_url: str | None = None
+
+    def network_token(self) -> Token:
+        """As ``DownloadRequest.network_token``."""
+        return _acting(self.network)
+
+
+class UploadTransport(Protocol):
+    """One family of URL schemes, for uploads (BITS upload and upload-reply jobs).
+    ``upload`` creates a session (or resumes ``request.session_id``; a session the server
+    no longer knows, BG_E_SESSION_NOT_FOUND, starts over), sends the source from the offset
+    the server acknowledges to its end in fragments, reporting through the source, closes
+    the session, and raises TransferError on failure. The first implementation will be the
+    BITS Upload Protocol client (transfer/bits_upload.py), mounted in daemon/main.py."""
+
+    async def upload(self, request: UploadRequest, source: Source) -> None: ...
 
     async def close(self) -> None: ...

@@ -1,7 +1,7 @@
 """The http/https transport (aiohttp): one file's download, resumable with Range + If-Range,
 and the mapping of HTTP and network failures to BITS codes (SPEC §2.1, §3). A job with
-dynamic content accepts a body without Content-Length and never resumes; a file with an
-expected SHA-256 is checked (transfer/verify.py) before the download counts as done.
+dynamic content accepts a body without Content-Length and never resumes. It acts as nobody
+(no local file, no implicit credentials yet) and verifies nothing: the engine does both.
 
 Body bytes go from aiohttp's buffer straight to the temporary file with pwrite on the loop
 thread: page-cache writes of 1 MiB take well under a millisecond, far cheaper than a thread
@@ -21,11 +21,8 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ..errors import http_error_code
-from ..model.job import Job, JobFile
 from ..model.types import ErrorContext
-from ..security.identity import IdentityIO
-from .base import Sink, TransferError
-from .verify import verify_sha256
+from .base import DownloadRequest, Sink, TransferError
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK = 1 << 20
@@ -143,9 +140,11 @@ def map_client_error(exc: BaseException, url: str) -> TransferError:
 
 
 class HttpTransport:
-    """http and https. One ClientSession per engine, so connections are kept alive across
-    the files of a job and across jobs to the same server."""
+    """http and https (a DownloadTransport). One ClientSession for the daemon, so
+    connections are kept alive across the files of a job and across jobs to the same
+    server."""
 
+    # What a redirect may lead to (the daemon mounts this transport for both).
     schemes = frozenset({"http", "https"})
 
     def __init__(
@@ -156,7 +155,6 @@ class HttpTransport:
         read_timeout: float = 120.0,
         max_redirects: int = 10,
         allow_https_to_http: bool = False,
-        identity: IdentityIO | None = None,
     ) -> None:
         # The system trust store unless the caller (config, tests) says otherwise.
         self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
@@ -173,10 +171,6 @@ class HttpTransport:
         self._max_redirects = max_redirects
         self._allow_downgrade = allow_https_to_http
         self._session: aiohttp.ClientSession | None = None
-        # Reads temporary files back for the SHA-256 check, as their owner. The engine's
-        # own IdentityIO when given; otherwise one of our own, made on first use.
-        self._identity = identity
-        self._own_identity: IdentityIO | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -194,48 +188,35 @@ class HttpTransport:
             )
         return self._session
 
-    def _get_identity(self) -> IdentityIO:
-        if self._identity is not None:
-            return self._identity
-        if self._own_identity is None:
-            self._own_identity = IdentityIO(max_workers=2)
-        return self._own_identity
-
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._own_identity is not None:
-            await self._own_identity.shutdown()
-            self._own_identity = None
 
-    async def download(self, job: Job, index: int, sink: Sink) -> None:
-        jf = job.files[index]
-        if sink.offset > 0 and (job.dynamic_content or not jf.validator):
+    async def download(self, request: DownloadRequest, sink: Sink) -> None:
+        if sink.offset > 0 and (request.dynamic_content or not request.validator):
             # Partial data we cannot prove belongs to the current file, or dynamic content,
             # which is never resumed: start over.
             await sink.truncate(0)
-        url = jf.remote_name
         try:
-            await self._download(jf, sink, dynamic=job.dynamic_content)
+            await self._download(request, sink)
         except TransferError:
             raise
         except (aiohttp.ClientError, OSError) as exc:
             # OSError covers TimeoutError and ssl.SSLError; disk failures never get here
             # (the sink raises them as TransferError).
-            raise map_client_error(exc, url) from None
-        await verify_sha256(self._get_identity(), job, index, sink)
+            raise map_client_error(exc, request.url) from None
 
-    async def _open(self, jf: JobFile, offset: int) -> aiohttp.ClientResponse:
+    async def _open(self, request: DownloadRequest, offset: int) -> aiohttp.ClientResponse:
         """Send the request, following redirects by hand so the policy (count, no https to
         http) is ours and the final URL is known."""
         session = self._get_session()
-        url = URL(jf.remote_name)
+        url = URL(request.url)
         for _hop in range(self._max_redirects + 1):
             headers = {}
-            if offset > 0 and jf.validator:
+            if offset > 0 and request.validator:
                 headers["Range"] = f"bytes={offset}-"
-                headers["If-Range"] = jf.validator
+                headers["If-Range"] = request.validator
             resp = await session.get(url, headers=headers, allow_redirects=False)
             if resp.status not in REDIRECT_STATUSES:
                 return resp
@@ -266,17 +247,17 @@ class HttpTransport:
             url = target
         raise _remote(
             "ERROR_WINHTTP_REDIRECT_FAILED",
-            f"more than {self._max_redirects} redirects starting at {jf.remote_name}",
+            f"more than {self._max_redirects} redirects starting at {request.url}",
             transient=False,
         )
 
-    async def _download(self, jf: JobFile, sink: Sink, *, dynamic: bool) -> None:
+    async def _download(self, request: DownloadRequest, sink: Sink) -> None:
         offset = sink.offset
-        resp = await self._open(jf, offset)
+        resp = await self._open(request, offset)
         try:
             status = resp.status
             if status == 416 and offset > 0:
-                await self._range_not_satisfiable(jf, resp, offset, sink)
+                await self._range_not_satisfiable(request, resp, offset, sink)
                 return
             if status in (408, 429) or 500 <= status <= 599:
                 raise _remote(
@@ -294,12 +275,12 @@ class HttpTransport:
             validator = validator_of(resp.headers)
             end: int | None
             if status == 206:
-                end = await self._accept_partial(jf, resp, offset, validator, sink)
+                end = await self._accept_partial(request, resp, offset, validator, sink)
             elif status in (200, 203):
-                end = await self._accept_full(jf, resp, offset, validator, sink, dynamic)
+                end = await self._accept_full(request, resp, offset, validator, sink)
             else:
                 raise _invalid(f"{resp.url} answered {status}, which is not a file")
-            jf.final_url = str(resp.url)
+            request.final_url = str(resp.url)
             await sink.response()
             await self._receive(resp, sink, end)
         finally:
@@ -307,29 +288,28 @@ class HttpTransport:
 
     async def _accept_full(
         self,
-        jf: JobFile,
+        request: DownloadRequest,
         resp: aiohttp.ClientResponse,
         offset: int,
         validator: str | None,
         sink: Sink,
-        dynamic: bool,
     ) -> int | None:
         """The size the body must have; None (dynamic content only): read to EOF."""
         total = _content_length(resp)
         if offset > 0:
             # We asked for a range and got the whole file. Same validator: the server does
             # not do ranges, so start over quietly. Otherwise the file changed (SPEC §3).
-            same = jf.validator is not None and validator == jf.validator
+            same = request.validator is not None and validator == request.validator
             await sink.truncate(0)
             if not same:
-                jf.validator = None
-                jf.bytes_total = None
-                raise _changed(jf.remote_name)
-        if dynamic:
+                request.validator = None
+                request.bytes_total = None
+                raise _changed(request.url)
+        if request.dynamic_content:
             # BITS_JOB_PROPERTY_DYNAMIC_CONTENT: the length is optional, and no validator is
             # kept, so no later request carries a Range: an interruption starts over.
-            jf.validator = None
-            jf.bytes_total = total
+            request.validator = None
+            request.bytes_total = total
             return total
         if total is None:
             raise _remote(
@@ -337,13 +317,13 @@ class HttpTransport:
                 f"{resp.url} did not announce the file's size (no Content-Length)",
                 transient=False,
             )
-        jf.validator = validator
-        jf.bytes_total = total
+        request.validator = validator
+        request.bytes_total = total
         return total
 
     async def _accept_partial(
         self,
-        jf: JobFile,
+        request: DownloadRequest,
         resp: aiohttp.ClientResponse,
         offset: int,
         validator: str | None,
@@ -362,33 +342,33 @@ class HttpTransport:
         length = _content_length(resp)
         if length is not None and length != total - offset:
             raise _invalid(f"{resp.url}: Content-Length {length} disagrees with Content-Range")
-        if (validator is not None and validator != jf.validator) or (
-            jf.bytes_total is not None and jf.bytes_total != total
+        if (validator is not None and validator != request.validator) or (
+            request.bytes_total is not None and request.bytes_total != total
         ):
             await sink.truncate(0)
-            jf.validator = None
-            jf.bytes_total = None
-            raise _changed(jf.remote_name)
-        jf.bytes_total = total
+            request.validator = None
+            request.bytes_total = None
+            raise _changed(request.url)
+        request.bytes_total = total
         return total
 
     async def _range_not_satisfiable(
-        self, jf: JobFile, resp: aiohttp.ClientResponse, offset: int, sink: Sink
+        self, request: DownloadRequest, resp: aiohttp.ClientResponse, offset: int, sink: Sink
     ) -> None:
         """416 to ``Range: bytes=N-`` with a matching If-Range: nothing after byte N. When N
         is the file's size the earlier run already got every byte (it stopped between the
         last write and reporting completion)."""
         m = re.match(r"^\s*bytes\s+\*/(\d+)\s*$", resp.headers.get("Content-Range", ""))
-        total = int(m.group(1)) if m else jf.bytes_total
+        total = int(m.group(1)) if m else request.bytes_total
         if total == offset:
-            jf.bytes_total = total
-            jf.final_url = str(resp.url)
+            request.bytes_total = total
+            request.final_url = str(resp.url)
             await sink.response()
             return
         await sink.truncate(0)
-        jf.validator = None
-        jf.bytes_total = None
-        raise _changed(jf.remote_name)
+        request.validator = None
+        request.bytes_total = None
+        raise _changed(request.url)
 
     async def _receive(self, resp: aiohttp.ClientResponse, sink: Sink, end: int | None) -> None:
         """Write the body; ``end`` is the file's size, None to read to EOF (dynamic content;

@@ -1,9 +1,10 @@
 """The file:// transport: copies a file from a local or mounted network file system (the
 counterpart of BITS's SMB paths) into the temporary file.
 
-The source is opened as the job's NETWORK token (SPEC §4.4), so a user can only copy what
-that identity may read; the bytes then move in the kernel (copy_file_range) on a worker,
-one checkpoint-sized chunk at a time.
+The source is opened as the request's network token, which the engine chose (the job's
+NETWORK helper or its owner, SPEC §4.4), so a user can only copy what that identity may read;
+the bytes then move in the kernel (copy_file_range) on a worker, one checkpoint-sized chunk
+at a time.
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ import errno
 import os
 
 from ..errors import FerryError, code_for_errno
-from ..model.job import Job
 from ..model.paths import file_url_path
 from ..model.types import ErrorContext
-from ..security import policy
 from ..security.identity import IdentityIO
-from .base import WRITE_MAX, Sink, TransferError
-from .verify import verify_sha256
+from .base import WRITE_MAX, DownloadRequest, Sink, TransferError
 
 CHUNK = 8 << 20
 _FALLBACK_ERRNOS = frozenset(
@@ -92,7 +90,7 @@ def _copy(src: int, dst: int, offset: int, count: int) -> int:
 
 
 class LocalTransport:
-    schemes = frozenset({"file"})
+    """file:// (a DownloadTransport). Works on the daemon's IdentityIO workers."""
 
     def __init__(self, identity: IdentityIO, chunk: int = CHUNK) -> None:
         self._identity = identity
@@ -101,35 +99,32 @@ class LocalTransport:
     async def close(self) -> None:
         return None
 
-    async def download(self, job: Job, index: int, sink: Sink) -> None:
-        jf = job.files[index]
+    async def download(self, request: DownloadRequest, sink: Sink) -> None:
         try:
-            token = policy.network_token(job)
-            path = file_url_path(jf.remote_name)
+            token = request.network_token()
+            path = file_url_path(request.url)
             src = await self._identity.open_read(token, path)
         except FerryError as exc:
             raise TransferError.from_ferry_error(
                 exc, context=ErrorContext.REMOTE_FILE, transient=False
             ) from None
         try:
-            await self._copy_from(job, index, src, path, sink)
+            await self._copy_from(request, src, path, sink)
         finally:
             await self._identity.close(src)
-        await verify_sha256(self._identity, job, index, sink)
 
-    async def _copy_from(self, job: Job, index: int, src: int, path: str, sink: Sink) -> None:
-        jf = job.files[index]
+    async def _copy_from(self, request: DownloadRequest, src: int, path: str, sink: Sink) -> None:
         st = await self._identity.run_io(os.fstat, src)
         validator = _validator(st)
-        if sink.offset > 0 and jf.validator != validator:
+        if sink.offset > 0 and request.validator != validator:
             await sink.truncate(0)
-            if jf.validator is not None:
-                jf.validator = None
-                jf.bytes_total = None
+            if request.validator is not None:
+                request.validator = None
+                request.bytes_total = None
                 raise _changed(path)
-        jf.validator = validator
-        jf.bytes_total = st.st_size
-        jf.final_url = jf.remote_name
+        request.validator = validator
+        request.bytes_total = st.st_size
+        request.final_url = request.url
         await sink.response()
         size = st.st_size
         while sink.offset < size:
@@ -146,8 +141,8 @@ class LocalTransport:
         if sink.offset != size or _validator(after) != validator:
             # The source changed under the copy: what we have is a mix of two versions.
             await sink.truncate(0)
-            jf.validator = None
-            jf.bytes_total = None
+            request.validator = None
+            request.bytes_total = None
             raise _changed(path)
 
 

@@ -1,7 +1,7 @@
 """The end-of-file check of a download against the SHA-256 the client gave with the file
-(beyond BITS, which trusts TLS and the server). Scheme-independent: a transport calls
-``verify_sha256`` once every byte of the file is in the sink, before it returns, so a file
-whose digest is wrong is never reported as transferred.
+(beyond BITS, which trusts TLS and the server). Scheme-independent: the engine calls
+``verify_sha256`` once a transport has put every byte of the file in the sink, before the file
+is finished, so a file whose digest is wrong is never reported as transferred.
 
 The temporary file is read back rather than hashed while it arrives: file:// data never
 passes through Python (copy_file_range), and a resumed file would need its prefix re-read
@@ -17,11 +17,10 @@ import os
 from typing import Any
 
 from ..errors import FerryError
-from ..model.job import Job
+from ..model.token import Token
 from ..model.types import ErrorContext
-from ..security import policy
 from ..security.identity import IdentityIO
-from .base import Sink, TransferError, local_error
+from .base import DownloadRequest, Sink, TransferError, local_error
 
 SLICE = 16 << 20  # bytes hashed per worker call
 _READ = 1 << 20
@@ -42,13 +41,13 @@ def _hash_slice(fd: int, digest: Any, offset: int, count: int) -> int:
     return done
 
 
-async def file_sha256(identity: IdentityIO, job: Job, index: int, sink: Sink) -> str:
-    """The SHA-256 of the sink's first ``sink.offset`` bytes, read as the local-file token.
+async def file_sha256(identity: IdentityIO, token: Token, sink: Sink) -> str:
+    """The SHA-256 of the sink's first ``sink.offset`` bytes, read as ``token`` (the job's
+    local-file token, which wrote them).
 
     The file is reopened through /proc/self/fd (the sink's descriptor is write-only), so
     what is hashed is the very file that was written, whatever happened to its name."""
     try:
-        token = policy.local_file_token(job)
         fd = await identity.open_read(token, f"/proc/self/fd/{sink.fd}")
     except FerryError as exc:
         raise TransferError.from_ferry_error(
@@ -69,22 +68,27 @@ async def file_sha256(identity: IdentityIO, job: Job, index: int, sink: Sink) ->
         await identity.close(fd)
 
 
-async def verify_sha256(identity: IdentityIO, job: Job, index: int, sink: Sink) -> None:
-    """Check the file against its expected SHA-256, if it has one. On a mismatch the file's
-    data is discarded (truncated, progress back to 0, so a resume starts it over) and the
-    transfer fails with BG_E_VALIDATION_FAILED, which is final until the client resumes."""
-    jf = job.files[index]
-    if jf.sha256 is None:
+async def verify_sha256(
+    identity: IdentityIO,
+    token: Token,
+    expected: str | None,
+    request: DownloadRequest,
+    sink: Sink,
+) -> None:
+    """Check the file against its ``expected`` SHA-256, if it has one. On a mismatch the
+    file's data is discarded (truncated, progress back to 0, so a resume starts it over) and
+    the transfer fails with BG_E_VALIDATION_FAILED, which is final until the client
+    resumes."""
+    if expected is None:
         return
-    actual = await file_sha256(identity, job, index, sink)
-    if actual == jf.sha256:
+    actual = await file_sha256(identity, token, sink)
+    if actual == expected:
         return
-    jf.validator = None  # before truncate, whose progress report persists the file
+    request.validator = None  # before truncate, whose progress report persists the file
     await sink.truncate(0)
     raise TransferError(
         "BG_E_VALIDATION_FAILED",
-        f"{jf.remote_name} has SHA-256 {actual}, not the expected {jf.sha256}; "
-        "its data was discarded",
+        f"{request.url} has SHA-256 {actual}, not the expected {expected}; its data was discarded",
         context=ErrorContext.REMOTE_FILE,
         transient=False,
     )
