@@ -67,6 +67,7 @@ CODES: dict[str, int] = {
     "BG_E_READ_ONLY_WHEN_JOB_ACTIVE": 0x80200075,
     # Generic COM / Win32-style codes BITS reports for local failures.
     "E_FAIL": 0x80004005,
+    "E_NOTIMPL": 0x80004001,
     "E_ACCESSDENIED": 0x80070005,
     "E_INVALIDARG": 0x80070057,
     "ERROR_FILE_NOT_FOUND": 0x80070002,

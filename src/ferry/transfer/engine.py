@@ -41,8 +41,6 @@ CHECKPOINT_BYTES = 8 << 20
 CHECKPOINT_SECONDS = 1.0
 PARALLEL_FILES = 8
 OVERLAP_MAX_BYTES = 2 << 20
-# COM's E_NOTIMPL: what a job of a direction no transport serves yet fails with.
-E_NOTIMPL = 0x80004001
 
 
 def _scheme(url: str) -> str:
@@ -118,7 +116,6 @@ class TransferEngine:
             f"{job.type.value} jobs are not implemented yet: {why}",
             context=ErrorContext.GENERAL_QUEUE_MANAGER,
             transient=False,
-            hresult=E_NOTIMPL,
         )
 
     # ---- what the window asks of the engine ----------------------------------------------
