@@ -319,7 +319,7 @@ def test_set_properties(ferryd: Daemon) -> None:
 def test_openapi_matches_routes(ferryd: Daemon, dest: Path) -> None:
     from aiohttp import web
 
-    from ferry.daemon.api import ROUTES
+    from ferry.protocol import ROUTES
 
     status, doc = ferryd.call("GET", "/v1/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
