@@ -177,7 +177,3 @@ def print_job(j: dict[str, Any]) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         out.print(Text.assemble((key.ljust(width), "bold"), "  ", value))
-
-
-def print_line(text: str, stderr: bool = False) -> None:
-    console(stderr).print(escape(text))
