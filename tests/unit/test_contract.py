@@ -16,6 +16,7 @@ import pytest
 
 from ferry import protocol
 from ferry.client import _ops
+from ferry.errors import FerryError
 from ferry.model.job import MIN_RETRY_DELAY_FLOOR, Job, JobFile, Limits
 from ferry.model.notification import PendingNotification, status
 from ferry.model.token import Token
@@ -130,9 +131,9 @@ def test_contract_constants_match_the_daemon() -> None:
 
 
 def test_every_route_has_a_handler_and_every_handler_a_route() -> None:
-    from ferry.daemon.api import Api
+    from ferry.daemon.api import Api, handler_names
 
-    handlers = Api.handlers()
+    handlers = handler_names()
     assert set(handlers) == {r.name for r in ROUTES}
     assert {name for name in dir(Api) if name.startswith("h_")} == set(handlers.values())
     assert len({(r.method, r.path) for r in ROUTES}) == len(ROUTES) == len(ROUTE_BY_NAME)
@@ -144,7 +145,36 @@ def test_a_route_without_handler_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     extra = api.ROUTES + (ROUTES[0].__class__("GET", "/v1/x", "nowhere", "x"),)
     monkeypatch.setattr(api, "ROUTES", extra)
     with pytest.raises(RuntimeError, match="no handler"):
-        api.Api.handlers()
+        api.handler_names()
+
+
+@pytest.mark.parametrize(
+    ("operation", "raw", "problem"),
+    [
+        ("set_job", b"[1]", "must be a JSON object"),
+        ("set_job", b"{nope", "not valid JSON"),
+        ("set_job", b'{"colour": "red"}', "unknown field"),
+        ("set_job", b'{"min_retry_delay": true}', "wrong type"),
+        ("set_job", b'{"notify_cmdline": "/bin/true"}', "wrong type"),
+        ("create_job", b"{}", "missing field"),
+        ("job_set_helper_token_flags", b'{"flags": 1.5}', "wrong type"),
+    ],
+)
+def test_request_bodies_are_checked_against_the_route(
+    operation: str, raw: bytes, problem: str
+) -> None:
+    with pytest.raises(FerryError, match=problem) as e:
+        ROUTE_BY_NAME[operation].parse_body(raw)
+    assert e.value.code == "E_INVALIDARG"
+
+
+def test_request_bodies_that_fit() -> None:
+    assert ROUTE_BY_NAME["resume"].parse_body(b"  ") == {}
+    body = b'{"notify_cmdline": null, "dynamic_content": false, "notify_flags": 3}'
+    assert ROUTE_BY_NAME["set_job"].parse_body(body) == {
+        "notify_cmdline": None, "dynamic_content": False, "notify_flags": 3,
+    }  # fmt: skip
+    assert ROUTE_BY_NAME["logoff"].parse_body(b'{"user": 1000}') == {"user": 1000}
 
 
 def _route_of(method: str, target: str) -> str:

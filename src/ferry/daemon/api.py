@@ -25,7 +25,6 @@ from ..errors import FerryError
 from ..model.token import Token
 from ..model.types import JobType, Priority
 from ..protocol import ACTIONS, FILE_FIELD_NAMES, REQUIRED_FILE_FIELDS, ROUTES, Route
-from ..protocol import json_type_matches as _type_ok
 from ..protocol.openapi import openapi_document
 from ..protocol.views import file_view, job_view
 from ..security.handles import Interface
@@ -56,6 +55,35 @@ def _flag(request: web.Request, name: str) -> bool:
     raise FerryError("E_INVALIDARG", f"query parameter {name} must be true or false")
 
 
+# Operations that share a handler; any other operation's handler is ``Api.h_<operation>``.
+SHARED_HANDLERS: dict[str, str] = {
+    **{a.operation: "action" for a in ACTIONS},
+    **{a.handle_operation: "handle_action" for a in ACTIONS if a.via_handle},
+    **{
+        f"{who}_{op}": op.replace("_token_flags", "_flags")
+        for who in ("job", "handle")
+        for op in ("get_helper_token", "set_helper_token", "clear_helper_token",
+                   "set_helper_token_flags")
+    },
+}  # fmt: skip
+
+
+def handler_names() -> dict[str, str]:
+    """The ``Api`` method that handles each contract route. A route without a handler, or a
+    handler without a route, is a programming error refused at start-up (not a 404)."""
+    bound = {r.name: "h_" + SHARED_HANDLERS.get(r.name, r.name) for r in ROUTES}
+    methods = {n for n in dir(Api) if n.startswith("h_")}
+    missing = sorted(set(bound.values()) - methods)
+    unbound = sorted(methods - set(bound.values()))
+    stale = sorted(set(SHARED_HANDLERS) - set(bound))
+    if missing or unbound or stale:
+        raise RuntimeError(
+            f"the API does not match its contract: no handler {missing}, "
+            f"no route for {unbound}, unknown operations {stale}"
+        )
+    return bound
+
+
 class Api:
     def __init__(
         self,
@@ -74,36 +102,8 @@ class Api:
         self._openapi = json.dumps(openapi_document())
         self.closing = asyncio.Event()
 
-    # Operations that share a handler; any other operation's handler is ``h_<operation>``.
-    SHARED_HANDLERS: dict[str, str] = {
-        **{a.operation: "action" for a in ACTIONS},
-        **{a.handle_operation: "handle_action" for a in ACTIONS if a.via_handle},
-        **{
-            f"{who}_{op}": op.replace("_token_flags", "_flags")
-            for who in ("job", "handle")
-            for op in ("get_helper_token", "set_helper_token", "clear_helper_token",
-                       "set_helper_token_flags")
-        },
-    }  # fmt: skip
-
-    @classmethod
-    def handlers(cls) -> dict[str, str]:
-        """The handler method of each contract route. A route without a handler, or a
-        handler without a route, is a programming error refused at start-up (not a 404)."""
-        bound = {r.name: "h_" + cls.SHARED_HANDLERS.get(r.name, r.name) for r in ROUTES}
-        methods = {n for n in dir(cls) if n.startswith("h_")}
-        missing = sorted(set(bound.values()) - methods)
-        unbound = sorted(methods - set(bound.values()))
-        stale = sorted(set(cls.SHARED_HANDLERS) - set(bound))
-        if missing or unbound or stale:
-            raise RuntimeError(
-                f"the API does not match its contract: no handler {missing}, "
-                f"no route for {unbound}, unknown operations {stale}"
-            )
-        return bound
-
     def app(self) -> web.Application:
-        handlers = self.handlers()
+        handlers = handler_names()
         app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY)
         for r in ROUTES:
             app.router.add_route(r.method, r.path, self._bind(r, handlers[r.name]), name=r.name)
@@ -167,29 +167,7 @@ class Api:
 
     async def body(self, request: web.Request) -> dict[str, Any]:
         route: Route = request["route"]
-        assert route.body is not None
-        raw = await request.read()
-        if not raw.strip():
-            data: Any = {}
-        else:
-            try:
-                data = json.loads(raw)
-            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-                raise FerryError(
-                    "E_INVALIDARG", f"the request body is not valid JSON: {exc}"
-                ) from None
-        if not isinstance(data, dict):
-            raise FerryError("E_INVALIDARG", "the request body must be a JSON object")
-        for key, value in data.items():
-            spec = route.body.get(key)
-            if spec is None:
-                raise FerryError("E_INVALIDARG", f"unknown field {key!r}")
-            if not _type_ok(value, spec.schema):
-                raise FerryError("E_INVALIDARG", f"field {key!r} has the wrong type")
-        for key, spec in route.body.items():
-            if spec.required and key not in data:
-                raise FerryError("E_INVALIDARG", f"missing field {key!r}")
-        return data
+        return route.parse_body(await request.read())
 
     # ---- handlers ------------------------------------------------------------------
 

@@ -7,12 +7,14 @@ example, how ``ferry set`` spells and parses it) plus its behaviour in the domai
 (``Job.set_properties`` validates its meaning, ``Job`` keeps it). The PATCH body, the job
 object's schema and view, ``Job.set(...)`` of both clients and ``ferry set --OPTION`` follow.
 
-Kept light to import (the CLI's start-up time matters): the standard library and
-``ferry.model.types`` only; no aiohttp, click or rich, nothing of the daemon.
+Kept light to import (the CLI's start-up time matters): the standard library,
+``ferry.errors`` and ``ferry.model.types`` only; no aiohttp, click or rich, nothing of the
+daemon.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from collections.abc import Callable, Mapping
@@ -21,6 +23,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import quote
 
+from ..errors import FerryError
 from ..model.types import ErrorContext, JobState, JobType, NotifyFlags, Priority, TokenFlags
 
 API_VERSION = 1
@@ -527,6 +530,32 @@ class Route:
     response: Mapping[str, Any] = field(default_factory=dict)
     status: int = 200
     stream: bool = False
+
+    def parse_body(self, raw: bytes) -> dict[str, Any]:
+        """A request body as this route takes it: a JSON object (empty means ``{}``) with
+        only this route's fields, each of its JSON type, the required ones present. What a
+        value means is the domain's to judge."""
+        assert self.body is not None, f"{self.name} takes no body"
+        data: Any = {}
+        if raw.strip():
+            try:
+                data = json.loads(raw)
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                raise FerryError(
+                    "E_INVALIDARG", f"the request body is not valid JSON: {exc}"
+                ) from None
+        if not isinstance(data, dict):
+            raise FerryError("E_INVALIDARG", "the request body must be a JSON object")
+        for key, value in data.items():
+            spec = self.body.get(key)
+            if spec is None:
+                raise FerryError("E_INVALIDARG", f"unknown field {key!r}")
+            if not json_type_matches(value, spec.schema):
+                raise FerryError("E_INVALIDARG", f"field {key!r} has the wrong type")
+        for key, spec in self.body.items():
+            if spec.required and key not in data:
+                raise FerryError("E_INVALIDARG", f"missing field {key!r}")
+        return data
 
     def target(self, **params: str) -> str:
         """The path with ``{job}`` / ``{handle}`` filled in, each quoted whole (so a job's
