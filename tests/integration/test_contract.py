@@ -89,11 +89,20 @@ def test_every_property_at_once(ferryd: Daemon, kind: str) -> None:
 
 
 def test_ferry_set_offers_every_property(ferryd: Daemon) -> None:
-    help_text = Cli(ferryd.socket)("set", "--help", json=False).stdout
+    cli = Cli(ferryd.socket)
+    help_text = cli("set", "--help", json=False).stdout
     for p in PROPERTIES:
         assert p.cli.flag in help_text, p.name
         if p.switch:
             assert "--no-" + p.cli.flag.removeprefix("--") in help_text
+    cli.ok("create", "dyn")
+    r = cli("set", "dyn", "--dynamic-content", json=False)
+    assert r.returncode == 0 and "updated" in r.stdout, r
+    assert "Dynamic content" in cli("info", "dyn", json=False).stdout
+    with Client(ferryd.socket) as c:
+        assert c.get_job("dyn").dynamic_content is True
+    r = cli("set", "dyn", "--min-retry-delay", "soon")
+    assert r.returncode == 2 and "'soon' is not an integer" in r.stderr, r
 
 
 # ---- a file's SHA-256 ---------------------------------------------------------------------
@@ -145,10 +154,10 @@ def test_sha256_through_every_client_is_enforced(
     with Client(ferryd.socket) as c:
         job = c.create_job(f"sha-{kind}")
         add_through(kind, ferryd, job.id, files)
-        listed = [f.data for f in job.files()]
+        listed = job.files()
         for f in listed:
-            assert_valid("File", f)
-        assert [f["sha256"] for f in listed] == [None, sha(good), sha(b"not the data")]
+            assert_valid("File", f.data)
+        assert [f.sha256 for f in listed] == [None, sha(good), sha(b"not the data")]
         job.resume()
         assert job.wait(60) is JobState.ERROR
         assert_valid("Job", job.data)

@@ -97,6 +97,13 @@ def test_client_conveniences() -> None:
         assert PROPERTY_BY_NAME["notify_cmdline"].to_wire(cleared) is None
 
 
+def test_integer_text() -> None:
+    parse = PROPERTY_BY_NAME["min_retry_delay"].cli.parse
+    assert parse(" 060 ") == 60
+    with pytest.raises(ValueError, match="not an integer"):
+        parse("0x10")
+
+
 def test_notify_flags_text() -> None:
     parse = PROPERTY_BY_NAME["notify_flags"].cli.parse
     assert parse("0x1b") == parse("27") == 0x1B

@@ -450,6 +450,10 @@ class JobView:
         e = self.data.get("error")
         return e if isinstance(e, dict) else None
 
+    @property
+    def dynamic_content(self) -> bool:
+        return bool(self.data.get("dynamic_content"))
+
     def _update(self, data: JSONObj) -> None:
         if data.get("id") == self.id:
             self.data = data
@@ -507,6 +511,12 @@ class FileInfo:
     @property
     def completed(self) -> bool:
         return bool(self.data.get("completed"))
+
+    @property
+    def sha256(self) -> str | None:
+        """The SHA-256 ferryd checks the file against (lower case), or None."""
+        v = self.data.get("sha256")
+        return str(v) if v is not None else None
 
     def __repr__(self) -> str:
         return f"<FileInfo {self.remote_name} -> {self.local_name}>"

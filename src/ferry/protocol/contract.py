@@ -82,7 +82,10 @@ def argv_value(value: Any) -> Any:
 
 
 def parse_int(text: str) -> int:
-    return int(text.strip(), 0)
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
 
 
 def parse_choice(text: str) -> str:
