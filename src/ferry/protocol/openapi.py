@@ -1,13 +1,16 @@
-"""The OpenAPI 3.1 document of ferryd's API, generated from the contract (``contract.py``):
-ferryd serves it at /v1/openapi.json, and the tests validate every job and file object
-they see against its schemas, so the document cannot drift from what is served."""
+"""The OpenAPI 3.1 document of ferryd's API, generated from the contract (``routes.py``,
+``schemas.py``, ``contract.py``): ferryd serves it at /v1/openapi.json, and the tests
+validate every answer they see against its schemas, so the document cannot drift from what
+is served."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .._version import __version__
-from .contract import API_VERSION, PROPERTIES, ROUTES, SCHEMAS, Route
+from .contract import API_VERSION, PROPERTIES
+from .routes import ROUTES, Route
+from .schemas import SCHEMAS
 
 _STR = {"type": "string"}
 _JOB_PARAM = {
