@@ -1,12 +1,11 @@
 """Helpers for the client and CLI integration tests: run the real ``ferry`` command, check
-the JSON job object's shape (SPEC §6), and a deliberately slow HTTP server that holds a
-transfer open so cancel and Ctrl-C can be tested mid-transfer."""
+the JSON job object's shape (SPEC §6) against the OpenAPI document, and a deliberately slow
+HTTP server that holds a transfer open so cancel and Ctrl-C can be tested mid-transfer."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -15,6 +14,8 @@ from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from tests.integration.api_schema import assert_valid
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -105,79 +106,16 @@ class Cli:
 
 # ---- the JSON job object (SPEC §6) -------------------------------------------------------
 
-STATES = {
-    "QUEUED",
-    "CONNECTING",
-    "TRANSFERRING",
-    "SUSPENDED",
-    "ERROR",
-    "TRANSIENT_ERROR",
-    "TRANSFERRED",
-    "ACKNOWLEDGED",
-    "CANCELLED",
-}
-CONTEXTS = {
-    "NONE",
-    "UNKNOWN",
-    "GENERAL_QUEUE_MANAGER",
-    "QUEUE_MANAGER_NOTIFICATION",
-    "LOCAL_FILE",
-    "REMOTE_FILE",
-    "GENERAL_TRANSPORT",
-    "REMOTE_APPLICATION",
-    "SERVER_CERTIFICATE_CALLBACK",
-}
-ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
-HRESULT = re.compile(r"^0x[0-9A-F]{8}$")
-
-
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
 
 def assert_job_shape(j: Any) -> None:
-    """Every field SPEC §6 lists, with the right type."""
-    assert isinstance(j, dict), j
-    for key in ("id", "display_name", "description"):
-        assert isinstance(j[key], str), (key, j)
-    assert j["type"] in {"download", "upload", "upload-reply"}
-    assert j["state"] in STATES
-    assert j["priority"] in {"foreground", "high", "normal", "low"}
-    owner = j["owner"]
-    assert isinstance(owner["sid"], str) and owner["sid"] == f"S-1-22-1-{owner['uid']}"
-    assert _int(owner["uid"])
-    assert owner["name"] is None or isinstance(owner["name"], str)
-    p = j["progress"]
-    assert p["bytes_total"] is None or _int(p["bytes_total"])
-    for key in ("bytes_transferred", "files_total", "files_transferred"):
-        assert _int(p[key]), (key, p)
-    t = j["times"]
-    assert ISO_UTC.match(t["created"]) and ISO_UTC.match(t["modified"]), t
-    assert t["transfer_completed"] is None or ISO_UTC.match(t["transfer_completed"])
-    err = j["error"]
-    if err is not None:
-        assert isinstance(err["code"], str)
-        assert HRESULT.match(err["hresult"]), err
-        assert err["context"] in CONTEXTS
-        assert isinstance(err["description"], str)
-        f = err["file"]
-        assert f is None or (isinstance(f["remote_name"], str) and isinstance(f["local_name"], str))
-    for key in ("error_count", "min_retry_delay", "no_progress_timeout", "notify_flags"):
-        assert _int(j[key]), (key, j[key])
-    cmd = j["notify_cmdline"]
-    assert cmd is None or (isinstance(cmd, list) and all(isinstance(a, str) for a in cmd))
-    helper = j["helper_token"]
-    if helper is not None:
-        assert helper["sid"] is None or isinstance(helper["sid"], str)
-        assert isinstance(helper["flags"], list)
-        assert set(helper["flags"]) <= {"LOCAL_FILE", "NETWORK"}
+    """A job object as the OpenAPI document's Job schema describes it (every field SPEC §6
+    lists, with its type), and an owner whose SID is its uid's."""
+    assert_valid("Job", j)
+    assert j["owner"]["sid"] == f"S-1-22-1-{j['owner']['uid']}"
 
 
 def assert_file_shape(f: Any) -> None:
-    assert isinstance(f["remote_name"], str) and isinstance(f["local_name"], str)
-    assert f["bytes_total"] is None or _int(f["bytes_total"])
-    assert _int(f["bytes_transferred"])
-    assert isinstance(f["completed"], bool)
+    assert_valid("File", f)
 
 
 # ---- waiting on the file system -------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import time
@@ -13,11 +14,13 @@ import pytest
 
 from tests.conftest import Daemon, api_call
 from tests.helpers.static_server import StaticServer
+from tests.integration.api_schema import assert_response, assert_valid
 
 
 def create(d: Daemon, name: str = "job", **extra: Any) -> dict[str, Any]:
     status, job = d.call("POST", "/v1/jobs", {"display_name": name, **extra})
     assert status == 201, job
+    assert_valid("Job", job)
     return job  # type: ignore[no-any-return]
 
 
@@ -31,6 +34,7 @@ def wait_state(d: Daemon, job: str, states: set[str], timeout: float = 30) -> di
     while True:
         status, data = d.call("GET", f"/v1/jobs/{job}")
         assert status == 200, data
+        assert_valid("Job", data)
         if data["state"] in states:
             return data  # type: ignore[no-any-return]
         if time.monotonic() > deadline:
@@ -64,8 +68,10 @@ def test_download_life_cycle(ferryd: Daemon, http_server: StaticServer, dest: Pa
     assert done["times"]["transfer_completed"]
     # Nothing is visible under the local names before complete.
     assert not any((dest / n).exists() for n in payloads)
+    status, body = ferryd.call("GET", f"/v1/jobs/{job['id']}/files")
+    assert_response("GET", "/v1/jobs/{job}/files", status, body)
     status, body = ferryd.call("POST", f"/v1/jobs/{job['id']}/complete", {})
-    assert status == 200, body
+    assert_response("POST", "/v1/jobs/{job}/complete", status, body)
     assert body["result"] == {"code": "S_OK", "hresult": "0x00000000"}
     assert body["job"]["state"] == "ACKNOWLEDGED"
     for n, b in payloads.items():
@@ -204,6 +210,7 @@ def test_bad_requests(
 ) -> None:
     before = ferryd.call("GET", "/v1/jobs")[1]
     status, resp = api_call(ferryd.socket, method, path, body, raw)
+    assert_valid("Error", resp)
     assert (status, resp["error"]["code"]) == expected, resp
     assert resp["error"]["hresult"].startswith("0x") and resp["error"]["message"]
     assert ferryd.call("GET", "/v1/jobs")[1] == before
@@ -317,16 +324,17 @@ def test_set_properties(ferryd: Daemon) -> None:
 
 
 def test_openapi_matches_routes(ferryd: Daemon, dest: Path) -> None:
-    from aiohttp import web
-
-    from ferry.daemon.api import ROUTES
+    from ferry.protocol import ROUTES
+    from ferry.protocol.openapi import openapi_document
 
     status, doc = ferryd.call("GET", "/v1/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
+    assert doc == json.loads(json.dumps(openapi_document()))
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     served = {(r.method, r.path) for r in ROUTES}
     assert documented == served
-    # Every documented route is served and succeeds on the real daemon (a fresh job each).
+    # Every documented route is served and answers as documented on the real daemon (a
+    # fresh job each): its status, and a body of its schema.
     for method, path in sorted(documented):
         if path == "/v1/events":
             continue
@@ -353,7 +361,7 @@ def test_openapi_matches_routes(ferryd: Daemon, dest: Path) -> None:
             body = {"display_name": "made-by-openapi-test"}
         status, answer = api_call(ferryd.socket, method, concrete, body)
         assert status < 300, (method, path, status, answer)
-    assert web  # the route table is the one the daemon registers
+        assert_response(method, path, status, answer)
 
 
 def test_events_stream_snapshot_first(ferryd: Daemon) -> None:

@@ -64,7 +64,9 @@ def test_add_files_makes_local_names_absolute_but_not_remotes(
     ]
 
 
-@pytest.mark.parametrize("bad", [[], [("only-one",)], [("r", "l\x00x")]])
+@pytest.mark.parametrize(
+    "bad", [[], [("only-one",)], [("r", "l\x00x")], [("r", "/l", "00" * 32, "extra")]]
+)
 def test_add_files_rejects_bad_input(bad: list[tuple[str, ...]]) -> None:
     with pytest.raises(FerryError) as e:
         _ops.add_files("j", bad)  # type: ignore[arg-type]

@@ -27,8 +27,10 @@ from ferry.model.types import (
     Priority,
     TokenFlags,
 )
+from ferry.protocol import FILE_SCHEMA, JOB_SCHEMA
 from ferry.protocol.views import file_view, job_view
 from ferry.store import codec
+from tests.integration.api_schema import assert_valid
 
 NOW = 1_700_000_000.0
 LIM = Limits()
@@ -694,13 +696,22 @@ def test_job_error_record_round_trip() -> None:
     assert codec.error_from_record(json.loads(json.dumps(codec.error_record(e)))) == e
 
 
+SPEC_6_JOB_FIELDS = {
+    "id", "display_name", "description", "type", "state", "priority", "owner",
+    "progress", "times", "error", "error_count", "min_retry_delay",
+    "no_progress_timeout", "notify_flags", "notify_cmdline", "helper_token",
+}  # fmt: skip
+SPEC_6_FILE_FIELDS = {"remote_name", "local_name", "bytes_total", "bytes_transferred", "completed"}
+
+
+def test_the_schemas_require_every_field_of_spec_6() -> None:
+    assert set(JOB_SCHEMA["required"]) >= SPEC_6_JOB_FIELDS
+    assert set(FILE_SCHEMA["required"]) >= SPEC_6_FILE_FIELDS
+
+
 def test_to_public_has_every_field_of_spec_6() -> None:
     pub = job_view(rich_job())
-    assert set(pub) >= {
-        "id", "display_name", "description", "type", "state", "priority", "owner",
-        "progress", "times", "error", "error_count", "min_retry_delay",
-        "no_progress_timeout", "notify_flags", "notify_cmdline", "helper_token",
-    }  # fmt: skip
+    assert_valid("Job", pub)
     assert pub["owner"] == {"sid": "S-1-22-1-1000", "uid": 1000, "name": "alice"}
     assert pub["progress"] == {
         "bytes_total": None,
@@ -724,14 +735,13 @@ def test_to_public_has_every_field_of_spec_6() -> None:
     assert pub["no_progress_timeout"] == 3600 and pub["notify_flags"] == 0x1B
     assert pub["notify_cmdline"] == ["/usr/bin/notify", "--id", "x y"]
     json.dumps(pub)  # plain JSON all the way down
-    file_pub = file_view(rich_job().files[0])
-    assert set(file_pub) >= {
-        "remote_name", "local_name", "bytes_total", "bytes_transferred", "completed"
-    }  # fmt: skip
+    for f in rich_job().files:
+        assert_valid("File", file_view(f))
 
 
 def test_to_public_of_a_fresh_job() -> None:
     pub = job_view(new_job(0))
+    assert_valid("Job", pub)
     assert pub["error"] is None and pub["helper_token"] is None
     assert pub["progress"] == {
         "bytes_total": 0,
@@ -747,6 +757,7 @@ def test_to_public_error_without_a_file() -> None:
     job.start(NOW)
     job.fail(JobError("BG_E_TOKEN_REQUIRED", ErrorContext.GENERAL_QUEUE_MANAGER, "x"), False, NOW)
     pub = job_view(job)
+    assert_valid("Job", pub)
     assert pub["error"]["file"] is None and pub["error"]["hresult"] == "0x80200056"
 
 

@@ -11,65 +11,23 @@ aiohttp nor rich; rich is loaded only to draw human output.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from .. import __version__
-from ..client import Client, DaemonUnavailable, Job, locate_socket
+from ..client import Job
 from ..errors import FerryError, hresult_of
-from ..model.types import JobState, JobType, NotifyFlags, Priority
-
-F = TypeVar("F", bound=Callable[..., Any])
+from ..model.types import JobState, JobType, Priority
+from ..protocol import ACTIONS, PROPERTIES, SYSTEM_SOCKET, Property
+from . import tokens
+from .context import EXIT_ERROR, Ctx, report_error
+from .context import current as _ctx
 
 PRIORITIES = click.Choice([p.value for p in Priority], case_sensitive=False)
 TYPES = click.Choice([t.value for t in JobType], case_sensitive=False)
-
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-
-class Ctx:
-    """Per-invocation state: output mode and the (lazily opened) client."""
-
-    def __init__(self, socket: str | None, json_mode: bool, autostart: bool) -> None:
-        self.choice = locate_socket(socket)
-        self.json = json_mode
-        self.autostart = autostart
-        self._client: Client | None = None
-
-    def client(self, transfer: bool = False) -> Client:
-        """The client; for commands that ask for a transfer, start a user daemon when none
-        answers — but only if the user did not name a socket (then they meant that daemon)
-        and did not say ``--no-autostart``."""
-        if self._client is None:
-            c = Client(self.choice.path)
-            if transfer and self.autostart and not self.choice.explicit:
-                try:
-                    c.status()
-                except DaemonUnavailable:
-                    c.close()
-                    from ..client.autostart import start_user_daemon
-
-                    c = Client(start_user_daemon())
-            self._client = c
-        return self._client
-
-    def emit(self, doc: Any, human: Callable[[], None]) -> None:
-        if self.json:
-            click.echo(json.dumps(doc, indent=2))
-        else:
-            human()
-
-
-def report_error(e: FerryError, json_mode: bool) -> None:
-    """SPEC §6: the code name and hresult on stderr; in JSON mode the error document too."""
-    if json_mode:
-        click.echo(json.dumps(e.to_json(), indent=2))
-    click.echo(f"{e.code} (0x{e.hresult:08X}): {e.message}", err=True)
 
 
 class FerryGroup(click.Group):
@@ -90,43 +48,15 @@ class FerryGroup(click.Group):
             raise
 
 
-def _ctx() -> Ctx:
-    obj = click.get_current_context().find_object(Ctx)
-    assert obj is not None
-    return obj
-
-
 def _pairs(args: Sequence[str]) -> list[tuple[str, str]]:
     if not args or len(args) % 2:
         raise click.UsageError("give REMOTE LOCAL pairs: an even number of names")
     return [(args[i], args[i + 1]) for i in range(0, len(args), 2)]
 
 
-def _notify_flags(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    """``3``, ``0x3`` or ``JOB_TRANSFERRED,JOB_ERROR`` (names as in BG_NOTIFY_*)."""
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        return int(text, 0)
-    except ValueError:
-        pass
-    flags = 0
-    for part in text.replace("|", ",").split(","):
-        name = part.strip().upper().removeprefix("BG_NOTIFY_")
-        if not name:
-            continue
-        try:
-            flags |= NotifyFlags[name]
-        except KeyError:
-            known = ", ".join(f.name or "" for f in NotifyFlags)
-            raise click.BadParameter(f"{part!r} is not a number or one of {known}") from None
-    return flags
-
-
 # ---- the group ------------------------------------------------------------------------
 
-HELP = """Manage background transfers with ferryd — BITS for Linux.
+HELP = f"""Manage background transfers with ferryd — BITS for Linux.
 
 \b
 JOB is a job id or a display name unique among your jobs.
@@ -140,13 +70,13 @@ or in one step, with a progress bar:
 
 \b
 The daemon: --socket, else $FERRY_SOCKET, else your user daemon
-($XDG_RUNTIME_DIR/ferry/ferryd.sock), else the system one (/run/ferry/ferryd.sock).
+($XDG_RUNTIME_DIR/ferry/ferryd.sock), else the system one ({SYSTEM_SOCKET}).
 create/add/resume/transfer start a user daemon when none is running
 (unless --no-autostart, --socket or $FERRY_SOCKET is given).
 
 \b
 --json: every command prints exactly one JSON document on stdout (events: one
-per line); failures print {"error": {"code", "hresult", "message"}}.
+per line); failures print {{"error": {{"code", "hresult", "message"}}}}.
 Exit status: 0 success, 1 a BITS/ferry error (CODE (0xHRESULT): message on
 stderr), 2 a usage error.
 """
@@ -163,7 +93,11 @@ stderr), 2 a usage error.
 def cli(ctx: click.Context, socket: str | None, json_mode: bool, no_autostart: bool) -> None:
     obj = Ctx(socket, json_mode, not no_autostart)
     ctx.obj = obj
-    ctx.call_on_close(lambda: obj._client.close() if obj._client else None)
+    ctx.call_on_close(obj.close)
+
+
+for _command in (tokens.open_, tokens.helper_token, tokens.logoff):
+    cli.add_command(_command)
 
 
 # ---- jobs -----------------------------------------------------------------------------
@@ -186,15 +120,37 @@ def create(name: str, type_: str, priority: str, description: str) -> None:
 @cli.command()
 @click.argument("job")
 @click.argument("names", nargs=-1, required=True, metavar="REMOTE LOCAL [REMOTE LOCAL]...")
-def add(job: str, names: tuple[str, ...]) -> None:
+@click.option(
+    "--sha256", "digests", multiple=True, metavar="HEX",
+    help="The SHA-256 a file must have (64 hex digits): once per REMOTE LOCAL pair, in their "
+    "order; '-' for a file not to check.",
+)  # fmt: skip
+def add(job: str, names: tuple[str, ...], digests: tuple[str, ...]) -> None:
     """Add files to a job, all or none.  [bitsadmin /addfile, /addfileset]
 
     REMOTE is an http://, https:// or file:// URL; LOCAL a path (made absolute against the
-    current directory; its directory must exist). Prints the job."""
+    current directory; its directory must exist). Prints the job.
+
+    \b
+    With --sha256, ferryd checks each file once it has it all; a mismatch discards the
+    data and fails the job (BG_E_VALIDATION_FAILED):
+      ferry add nightly https://host/a.iso a.iso --sha256 9f86d0...
+      ferry add nightly URL1 a URL2 b --sha256 - --sha256 9f86d0...   (only b checked)"""
     c = _ctx()
     pairs = _pairs(names)
+    files: list[tuple[str, str, str | None]] = [(r, loc, None) for r, loc in pairs]
+    if digests:
+        if len(digests) != len(pairs):
+            raise click.UsageError(
+                f"give --sha256 once per REMOTE LOCAL pair ({len(pairs)}), '-' for a file "
+                f"not to check; got {len(digests)}"
+            )
+        files = [
+            (r, loc, None if d == "-" else d)
+            for (r, loc), d in zip(pairs, digests, strict=True)
+        ]
     j = c.client(transfer=True).get_job(job)
-    j.add_files(pairs)
+    j.add_files(files)
     c.emit(j.data, lambda: click.echo(f"Added {len(pairs)} file(s) to job {_label(j)}."))
 
 
@@ -249,29 +205,36 @@ def _label(j: Job) -> str:
     return f"{j.display_name} ({j.id})"
 
 
-def _simple_action(name: str, verb: str, bitsadmin: str, doc: str, transfer: bool) -> None:
+# How each contract action reads on the command line; an action missing here still gets a
+# command, described by the contract's summary.
+_ACTION_TEXT: dict[str, tuple[str, str]] = {
+    "resume": ("resumed", "Queue a job for transfer (from SUSPENDED, ERROR or TRANSIENT_ERROR)."),
+    "suspend": ("suspended", "Stop a job's transfers."),
+    "cancel": (
+        "cancelled",
+        "Cancel a job: temporary files are deleted, local files are never touched.",
+    ),
+    "take-ownership": ("taken over", "Make yourself the job's owner (owner or administrator)."),
+}
+# Actions that ask for a transfer, so they may start a user daemon.
+_TRANSFER_ACTIONS = frozenset({"resume"})
+
+
+def _simple_action(name: str, bitsadmin: str, summary: str) -> None:
+    verb, doc = _ACTION_TEXT.get(name, ("done", summary + "."))
+
     @cli.command(name=name, help=f"{doc}  [bitsadmin {bitsadmin}]\n\nPrints the job.")
     @click.argument("job")
     def command(job: str) -> None:
         c = _ctx()
-        j = c.client(transfer=transfer).get_job(job)
+        j = c.client(transfer=name in _TRANSFER_ACTIONS).get_job(job)
         getattr(j, name.replace("-", "_"))()
         c.emit(j.data, lambda: click.echo(f"Job {_label(j)} {verb}; it is now {j.state.value}."))
 
 
-_simple_action(
-    "resume", "resumed", "/resume",
-    "Queue a job for transfer (from SUSPENDED, ERROR or TRANSIENT_ERROR).", transfer=True,
-)  # fmt: skip
-_simple_action("suspend", "suspended", "/suspend", "Stop a job's transfers.", transfer=False)
-_simple_action(
-    "cancel", "cancelled", "/cancel",
-    "Cancel a job: temporary files are deleted, local files are never touched.", transfer=False,
-)  # fmt: skip
-_simple_action(
-    "take-ownership", "taken over", "/takeownership",
-    "Make yourself the job's owner (owner or administrator).", transfer=False,
-)  # fmt: skip
+for _action in ACTIONS:
+    if _action.name != "complete":  # its own command below: it reports a result code
+        _simple_action(_action.name, _action.bitsadmin, _action.summary)
 
 
 @cli.command()
@@ -294,42 +257,44 @@ def complete(job: str) -> None:
     c.emit(doc, human)
 
 
+def _property_option(p: Property) -> Callable[[Any], Any]:
+    """``ferry set``'s option for a contract property: a switch for a boolean, a choice for
+    an enumeration, else text that the contract's ``parse`` reads (in ``set_``, so that an
+    empty value, which clears a command line, is still told apart from no option)."""
+    help_text = p.cli.help or p.description
+    if p.switch:
+        negative = "--no-" + p.cli.flag.removeprefix("--")
+        return click.option(f"{p.cli.flag}/{negative}", p.name, default=None, help=help_text)
+    if p.choices is not None:
+        choice = click.Choice(p.choices, case_sensitive=False)
+        return click.option(p.cli.flag, p.name, type=choice, help=help_text)
+    return click.option(p.cli.flag, p.name, metavar=p.cli.metavar, help=help_text)
+
+
+def _property_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for p in reversed(PROPERTIES):
+        f = _property_option(p)(f)
+    return f
+
+
 @cli.command(name="set")
 @click.argument("job")
-@click.option("--display-name", metavar="S", help="[bitsadmin /setdisplayname]")
-@click.option("--description", metavar="S", help="[bitsadmin /setdescription]")
-@click.option("--priority", type=PRIORITIES, help="[bitsadmin /setpriority]")
-@click.option(
-    "--min-retry-delay", type=int, metavar="SEC",
-    help="Wait after a transient error before retrying (min 5). [/setminretrydelay]",
-)  # fmt: skip
-@click.option(
-    "--no-progress-timeout", type=int, metavar="SEC",
-    help="Give up (ERROR) after this long without progress; 0: no retries. "
-    "[/setnoprogresstimeout]",
-)  # fmt: skip
-@click.option(
-    "--notify-flags", callback=_notify_flags, metavar="FLAGS",
-    help="A number (0x3) or names joined by commas: JOB_TRANSFERRED, JOB_ERROR, DISABLE, "
-    "JOB_MODIFICATION, FILE_TRANSFERRED. [/setnotifyflags]",
-)  # fmt: skip
-@click.option(
-    "--notify-cmdline", metavar="'PROGRAM ARGS...'",
-    help="Run as the job owner on notification (split like a shell; '' clears). "
-    "[/setnotifycmdline]",
-)  # fmt: skip
+@_property_options
 def set_(job: str, **options: Any) -> None:
-    """Change job properties; prints the job."""
-    props: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+    """Change job properties (one request: all or none); prints the job."""
+    props: dict[str, Any] = {}
+    for p in PROPERTIES:
+        value = options.get(p.name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            try:
+                value = p.cli.parse(value)
+            except ValueError as e:
+                raise click.BadParameter(str(e), param_hint=p.cli.flag) from None
+        props[p.name] = value
     if not props:
         raise click.UsageError("nothing to set: give at least one option")
-    if "priority" in props:
-        props["priority"] = props["priority"].lower()
-    if "notify_cmdline" in props:
-        try:
-            props["notify_cmdline"] = shlex.split(props["notify_cmdline"]) or None
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--notify-cmdline") from None
     c = _ctx()
     j = c.client().get_job(job)
     j.set(**props)
@@ -434,8 +399,6 @@ def _event_line(kind: str, job_id: str | None, j: dict[str, Any] | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
-    from . import tokens  # noqa: F401  (registers open, helper-token and logoff)
-
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="ferry")
     except BrokenPipeError:
@@ -445,8 +408,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # Run the importable module's ``main`` (not this ``__main__`` copy), so commands other
-    # modules register on ``ferry.cli.main.cli`` are there.
-    from ferry.cli.main import main as _entry
-
-    _entry()
+    main()

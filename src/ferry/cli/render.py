@@ -163,6 +163,8 @@ def print_job(j: dict[str, Any]) -> None:
     row("Min retry delay", f"{j.get('min_retry_delay')} s")
     row("No-progress timeout", f"{j.get('no_progress_timeout')} s")
     row("Notify flags", notify_flags_text(j.get("notify_flags")))
+    if j.get("dynamic_content"):
+        row("Dynamic content", "yes (no size needed; never resumed)")
     cmd = j.get("notify_cmdline")
     if cmd:
         import shlex
@@ -177,7 +179,3 @@ def print_job(j: dict[str, Any]) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         out.print(Text.assemble((key.ljust(width), "bold"), "  ", value))
-
-
-def print_line(text: str, stderr: bool = False) -> None:
-    console(stderr).print(escape(text))

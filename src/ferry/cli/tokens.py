@@ -1,5 +1,6 @@
 """``ferry open``, ``ferry helper-token`` and ``ferry logoff``: IBitsTokenOptions and logon
-sessions from the command line (SPEC §4.3-4.5, §6).
+sessions from the command line (SPEC §4.3-4.5, §6). ``main`` adds these commands to the
+``ferry`` group.
 
 ``helper-token set`` makes the identity running the command the helper token, which is how
 another user delegates: the owner runs ``ferry open JOB --interface token-options`` and hands
@@ -14,19 +15,19 @@ import click
 
 from ..client import TokenOptions
 from ..model.types import TokenFlags
-from .main import _ctx, cli
+from ..protocol import INTERFACES, MAX_HANDLE_TTL
+from .context import current as _ctx
 
-INTERFACES = click.Choice(["job", "token-options"])
 FLAG_NAMES = {"local-file": TokenFlags.LOCAL_FILE, "network": TokenFlags.NETWORK, "none": 0}
 CLI_DEFAULT_TTL = 600
 
 
-@cli.command(name="open")
+@click.command(name="open")
 @click.argument("job")
-@click.option("--interface", type=INTERFACES, default="job", show_default=True)
+@click.option("--interface", type=click.Choice(INTERFACES), default="job", show_default=True)
 @click.option(
     "--ttl",
-    type=click.IntRange(1, 3600),
+    type=click.IntRange(1, MAX_HANDLE_TTL),
     default=CLI_DEFAULT_TTL,
     show_default=True,
     metavar="SEC",
@@ -46,7 +47,7 @@ def open_(job: str, interface: str, ttl: int) -> None:
     )
 
 
-@cli.group(name="helper-token")
+@click.group(name="helper-token")
 def helper_token() -> None:
     """IBitsTokenOptions: the second identity a job uses for local files or the network.
 
@@ -137,7 +138,7 @@ def ht_clear(job: str | None, handle: str | None) -> None:
     _show(opts)
 
 
-@cli.command()
+@click.command()
 @click.option("--user", metavar="UID|NAME", help="Every session of this user.")
 @click.option("--session", type=click.IntRange(0), metavar="ID", help="One audit session id.")
 def logoff(user: str | None, session: int | None) -> None:

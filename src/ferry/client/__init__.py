@@ -1,10 +1,11 @@
 """The client side of ferry: the sync ``Client``, the asyncio ``AsyncClient``, their job
 handles, and socket discovery. Importing this package does not import aiohttp."""
 
+from ..protocol import SYSTEM_SOCKET
 from ._ops import DaemonUnavailable, Event, FileInfo
 from .aio import AsyncClient, AsyncEventStream, AsyncJob, AsyncTokenOptions
 from .impersonation import impersonate
-from .sockets import SYSTEM_SOCKET, locate_socket, resolve_socket, user_socket
+from .sockets import locate_socket, resolve_socket, user_socket
 from .sync import Client, EventStream, Job, TokenOptions
 
 __all__ = [

@@ -1,5 +1,6 @@
-"""The client's knowledge of the API, with no I/O: routes, request bodies, response
-interpretation and the Server-Sent-Events parser.
+"""The client's side of the API, with no I/O: requests built from the contract's routes
+(``ferry.protocol``), request bodies, response interpretation and the Server-Sent-Events
+parser.
 
 The sync client (``http.client``) and the asyncio client (aiohttp) are thin transports over
 this module, so the request logic exists once: a transport sends ``Call.method`` /
@@ -14,17 +15,24 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from ..errors import FerryError
 from ..model.types import JobState, JobType, Priority
+from ..protocol import (
+    ACTION_BY_NAME,
+    INTERFACES,
+    PROPERTIES,
+    PROPERTY_BY_NAME,
+    ROUTE_BY_NAME,
+    SETTABLE_PROPERTIES,
+)
+from ..protocol.contract import wire_value
 
 T = TypeVar("T")
 JSONObj = dict[str, Any]
 
-API_PREFIX = "/v1"
 JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
 SSE_HEADERS: Mapping[str, str] = {"Accept": "text/event-stream"}
 
@@ -32,21 +40,6 @@ SSE_HEADERS: Mapping[str, str] = {"Accept": "text/event-stream"}
 WAIT_DONE_STATES = frozenset(
     {JobState.TRANSFERRED, JobState.ERROR, JobState.ACKNOWLEDGED, JobState.CANCELLED}
 )
-
-# The properties PATCH /v1/jobs/JOB accepts (docs/architecture.md).
-SETTABLE_PROPERTIES = frozenset(
-    {
-        "display_name",
-        "description",
-        "priority",
-        "min_retry_delay",
-        "no_progress_timeout",
-        "notify_flags",
-        "notify_cmdline",
-    }
-)
-
-ACTIONS = frozenset({"resume", "suspend", "cancel", "complete", "take-ownership"})
 
 
 class DaemonUnavailable(FerryError):
@@ -83,19 +76,29 @@ def decode(raw: bytes) -> Any:
         ) from None
 
 
-def _value(v: Any) -> Any:
-    """Enums travel as their wire spelling; IntFlags as plain ints."""
-    if isinstance(v, Enum):
-        return v.value
-    return v
-
-
-def job_path(job: str) -> str:
-    """``/v1/jobs/JOB``: a job id or display name, quoted so names with spaces, slashes or
-    ``?`` survive the trip."""
+def _job(job: str) -> str:
     if not isinstance(job, str) or not job:
         raise FerryError("E_INVALIDARG", "a job id or display name is required")
-    return f"{API_PREFIX}/jobs/{quote(job, safe='')}"
+    return job
+
+
+def _handle(handle: str) -> str:
+    if not isinstance(handle, str) or not handle:
+        raise FerryError("E_INVALIDARG", "a handle is required")
+    return handle
+
+
+def _call(
+    operation: str,
+    parse: Callable[[Any], T],
+    body: bytes | None = None,
+    query: str = "",
+    **params: str,
+) -> Call[T]:
+    """The request of the contract's route ``operation``: its method, and its path with the
+    job / handle filled in (quoted, so names with spaces, slashes or ``?`` survive)."""
+    route = ROUTE_BY_NAME[operation]
+    return Call(route.method, route.target(**params) + query, body, parse)
 
 
 # ---- calls ----------------------------------------------------------------------------
@@ -152,7 +155,7 @@ def _action_result(doc: Any) -> tuple[str, JSONObj]:
 
 
 def status() -> Call[JSONObj]:
-    return Call("GET", f"{API_PREFIX}/status", None, _as_obj)
+    return _call("status", _as_obj)
 
 
 def create_job(
@@ -163,89 +166,98 @@ def create_job(
 ) -> Call[JSONObj]:
     body: JSONObj = {
         "display_name": display_name,
-        "type": _value(type),
-        "priority": _value(priority),
+        "type": wire_value(type),
+        "priority": wire_value(priority),
     }
     if description:
         body["description"] = description
-    return Call("POST", f"{API_PREFIX}/jobs", encode(body), _as_obj)
+    return _call("create_job", _as_obj, encode(body))
 
 
 def get_job(job: str) -> Call[JSONObj]:
-    return Call("GET", job_path(job), None, _as_obj)
+    return _call("get_job", _as_obj, job=_job(job))
 
 
 def list_jobs(all_users: bool = False) -> Call[list[JSONObj]]:
-    target = f"{API_PREFIX}/jobs" + ("?all_users=true" if all_users else "")
-    return Call("GET", target, None, _key_list("jobs"))
+    return _call("list_jobs", _key_list("jobs"), query="?all_users=true" if all_users else "")
 
 
 def set_job(job: str, props: Mapping[str, Any]) -> Call[JSONObj]:
-    """PATCH the job. Unknown names are refused here, before a round trip, because a typo
-    in a keyword argument should fail loudly rather than be silently ignored."""
+    """PATCH the job with any of the contract's ``PROPERTIES``, each converted by its
+    ``to_wire`` (enums and flags become wire values; a notify command line given as one
+    string is split like a shell would, an empty one clears it). Unknown names are refused
+    here, before a round trip, because a typo in a keyword argument should fail loudly
+    rather than be silently ignored."""
     unknown = sorted(set(props) - SETTABLE_PROPERTIES)
     if unknown:
         raise FerryError("E_INVALIDARG", f"unknown job property: {', '.join(unknown)}")
     if not props:
         raise FerryError("E_INVALIDARG", "no property to set")
-    body = {k: normalize_property(k, v) for k, v in props.items()}
-    return Call("PATCH", job_path(job), encode(body), _as_obj)
+    body = {k: PROPERTY_BY_NAME[k].to_wire(v) for k, v in props.items()}
+    return _call("set_job", _as_obj, encode(body), job=_job(job))
 
 
-def normalize_property(key: str, value: Any) -> Any:
-    """Client-side conveniences: enums and flags become wire values; a notify command line
-    given as one string is split like a shell would; an empty one clears it."""
-    if key == "notify_cmdline":
-        if value is None:
-            return None
-        if isinstance(value, str):
-            import shlex
-
-            return shlex.split(value) or None
-        return [str(a) for a in value] or None
-    if key == "notify_flags" and not isinstance(value, bool) and isinstance(value, int):
-        return int(value)
-    return _value(value)
+def set_doc(what: str) -> str:
+    """The docstring of ``Job.set``/``AsyncJob.set``, listing the contract's properties."""
+    lines = [f"Change properties ({what}); keywords, each optional:", ""]
+    lines += [f"* ``{p.keyword}``: {p.description}" for p in PROPERTIES]
+    lines += [
+        "",
+        "Enums and flags (``ferry.Priority``, ``ferry.NotifyFlags``) are taken as they are; a",
+        "command line may be one string, split like a shell would ('' or None clears it).",
+    ]
+    return "\n".join(lines)
 
 
 def list_files(job: str) -> Call[list[JSONObj]]:
-    return Call("GET", f"{job_path(job)}/files", None, _key_list("files"))
+    return _call("list_files", _key_list("files"), job=_job(job))
 
 
-def file_entries(files: Iterable[tuple[Any, Any]]) -> list[JSONObj]:
-    """Local names become absolute against the *client's* working directory: the daemon
-    runs elsewhere and refuses relative names, while a user typing ``ferry add J URL out.iso``
-    means the file next to them. Remote names are passed through untouched: only URLs are
-    valid remotes, and guessing ``file://`` for a path would hide the mistake."""
+FileSpec = tuple[Any, Any] | tuple[Any, Any, str | None]
+
+
+def file_entries(files: Iterable[FileSpec]) -> list[JSONObj]:
+    """``(remote, local)`` or ``(remote, local, sha256)`` tuples as the contract's file
+    entries. Local names become absolute against the *client's* working directory: the
+    daemon runs elsewhere and refuses relative names, while a user typing ``ferry add J URL
+    out.iso`` means the file next to them. Remote names are passed through untouched: only
+    URLs are valid remotes, and guessing ``file://`` for a path would hide the mistake. A
+    SHA-256 (64 hex digits, None for none) is checked by ferryd when the file is complete."""
     out: list[JSONObj] = []
-    for pair in files:
-        try:
-            remote, local = pair
-        except (TypeError, ValueError):
-            raise FerryError("E_INVALIDARG", "files are (remote, local) pairs") from None
+    for spec in files:
+        if not isinstance(spec, tuple | list) or len(spec) not in (2, 3):
+            raise FerryError(
+                "E_INVALIDARG", "files are (remote, local) or (remote, local, sha256) tuples"
+            )
+        remote, local = spec[0], spec[1]
+        sha256 = spec[2] if len(spec) == 3 else None
         local_str = os.fspath(local)
         if not isinstance(remote, str) or not isinstance(local_str, str):
             raise FerryError("E_INVALIDARG", "remote and local names must be strings")
         if "\x00" in local_str:
             # abspath would happily carry a NUL along; the daemon refuses it, say so early.
             raise FerryError("E_INVALIDARG", "local name contains a NUL byte")
-        out.append({"remote_name": remote, "local_name": os.path.abspath(local_str)})
+        entry: JSONObj = {"remote_name": remote, "local_name": os.path.abspath(local_str)}
+        if sha256 is not None:
+            entry["sha256"] = sha256
+        out.append(entry)
     if not out:
         raise FerryError("E_INVALIDARG", "no files given")
     return out
 
 
-def add_files(job: str, files: Iterable[tuple[Any, Any]]) -> Call[JSONObj]:
+def add_files(job: str, files: Iterable[FileSpec]) -> Call[JSONObj]:
     body = {"files": file_entries(files)}
-    return Call("POST", f"{job_path(job)}/files", encode(body), _as_obj)
+    return _call("add_files", _as_obj, encode(body), job=_job(job))
 
 
 def action(job: str, name: str) -> Call[tuple[str, JSONObj]]:
     """resume / suspend / cancel / complete / take-ownership: the answer carries the BITS
     result code (``S_OK`` or ``BG_S_PARTIAL_COMPLETE``) and the job after the change."""
-    if name not in ACTIONS:
+    act = ACTION_BY_NAME.get(name)
+    if act is None:
         raise ValueError(f"unknown job action {name!r}")
-    return Call("POST", f"{job_path(job)}/{name}", b"{}", _action_result)
+    return _call(act.operation, _action_result, b"{}", job=_job(job))
 
 
 def events_target(
@@ -260,7 +272,7 @@ def events_target(
         query.append(("all_users", "true"))
     if all_events:
         query.append(("all_events", "true"))
-    return f"{API_PREFIX}/events" + (f"?{urlencode(query)}" if query else "")
+    return ROUTE_BY_NAME["events"].path + (f"?{urlencode(query)}" if query else "")
 
 
 # ---- Server-Sent Events ---------------------------------------------------------------
@@ -438,6 +450,10 @@ class JobView:
         e = self.data.get("error")
         return e if isinstance(e, dict) else None
 
+    @property
+    def dynamic_content(self) -> bool:
+        return bool(self.data.get("dynamic_content"))
+
     def _update(self, data: JSONObj) -> None:
         if data.get("id") == self.id:
             self.data = data
@@ -496,6 +512,12 @@ class FileInfo:
     def completed(self) -> bool:
         return bool(self.data.get("completed"))
 
+    @property
+    def sha256(self) -> str | None:
+        """The SHA-256 ferryd checks the file against (lower case), or None."""
+        v = self.data.get("sha256")
+        return str(v) if v is not None else None
+
     def __repr__(self) -> str:
         return f"<FileInfo {self.remote_name} -> {self.local_name}>"
 
@@ -508,14 +530,6 @@ def timeout_error(job_id: str, timeout: float) -> FerryError:
 
 # ---- handles and IBitsTokenOptions (SPEC §4.3, §4.4) --------------------------------------
 
-INTERFACES = frozenset({"job", "token-options"})
-
-
-def handle_path(handle: str) -> str:
-    if not isinstance(handle, str) or not handle:
-        raise FerryError("E_INVALIDARG", "a handle is required")
-    return f"{API_PREFIX}/handles/{quote(handle, safe='')}"
-
 
 def open_handle(job: str, interface: str = "job", ttl: int | None = None) -> Call[JSONObj]:
     """QueryInterface: ferryd checks access now, with this connection's identity."""
@@ -524,35 +538,35 @@ def open_handle(job: str, interface: str = "job", ttl: int | None = None) -> Cal
     body: JSONObj = {"interface": interface}
     if ttl is not None:
         body["ttl"] = ttl
-    return Call("POST", f"{job_path(job)}/handles", encode(body), _as_obj)
-
-
-def handle_info(handle: str) -> Call[JSONObj]:
-    return Call("GET", handle_path(handle), None, _as_obj)
+    return _call("open_handle", _as_obj, encode(body), job=_job(job))
 
 
 def release_handle(handle: str) -> Call[JSONObj]:
-    return Call("DELETE", handle_path(handle), None, _as_obj)
+    return _call("release_handle", _as_obj, handle=_handle(handle))
 
 
-def _token_options_base(job: str | None, handle: str | None) -> str:
+def _token_options(
+    operation: str, job: str | None, handle: str | None, body: bytes | None = None
+) -> Call[JSONObj]:
     """With a handle the call is judged by whoever opened it; without one, the caller is
     treated as having opened a handle this very moment."""
     if (job is None) == (handle is None):
         raise FerryError("E_INVALIDARG", "give a job or a handle")
-    return (handle_path(handle) if handle is not None else job_path(job or "")) + "/helper-token"
+    if handle is not None:
+        return _call(f"handle_{operation}", _as_obj, body, handle=_handle(handle))
+    return _call(f"job_{operation}", _as_obj, body, job=_job(job or ""))
 
 
 def get_helper_token(job: str | None = None, handle: str | None = None) -> Call[JSONObj]:
-    return Call("GET", _token_options_base(job, handle), None, _as_obj)
+    return _token_options("get_helper_token", job, handle)
 
 
 def set_helper_token(job: str | None = None, handle: str | None = None) -> Call[JSONObj]:
-    return Call("PUT", _token_options_base(job, handle), b"{}", _as_obj)
+    return _token_options("set_helper_token", job, handle, b"{}")
 
 
 def clear_helper_token(job: str | None = None, handle: str | None = None) -> Call[JSONObj]:
-    return Call("DELETE", _token_options_base(job, handle), None, _as_obj)
+    return _token_options("clear_helper_token", job, handle)
 
 
 def set_helper_token_flags(
@@ -561,11 +575,11 @@ def set_helper_token_flags(
     if isinstance(flags, bool) or not isinstance(flags, int):
         raise FerryError("E_INVALIDARG", "helper token flags must be an integer")
     body = encode({"flags": int(flags)})
-    return Call("PUT", _token_options_base(job, handle) + "/flags", body, _as_obj)
+    return _token_options("set_helper_token_flags", job, handle, body)
 
 
 def logoff(user: str | int | None = None, session: int | None = None) -> Call[JSONObj]:
     if (user is None) == (session is None):
         raise FerryError("E_INVALIDARG", "give exactly one of user and session")
     body: JSONObj = {"user": user} if user is not None else {"session": session}
-    return Call("POST", f"{API_PREFIX}/logoff", encode(body), _as_obj)
+    return _call("logoff", _as_obj, encode(body))

@@ -243,10 +243,12 @@ class AsyncJob(JobView):
         self._update(data)
         return code
 
-    async def add_file(self, remote: str, local: str) -> None:
-        await self.add_files([(remote, local)])
+    async def add_file(self, remote: str, local: str, sha256: str | None = None) -> None:
+        """See ``ferry.Job.add_file``."""
+        await self.add_files([(remote, local, sha256)])
 
-    async def add_files(self, files: Iterable[tuple[str, str]]) -> None:
+    async def add_files(self, files: Iterable[_ops.FileSpec]) -> None:
+        """See ``ferry.Job.add_files``."""
         self._update(await self.client._call(_ops.add_files(self.id, files)))
 
     async def files(self) -> list[FileInfo]:
@@ -273,6 +275,8 @@ class AsyncJob(JobView):
 
     async def set(self, **props: Any) -> None:
         self._update(await self.client._call(_ops.set_job(self.id, props)))
+
+    set.__doc__ = _ops.set_doc("as ``ferry.Job.set``")
 
     async def follow(self) -> AsyncGenerator[Event, None]:
         """See ``ferry.Job.follow``; bound it with ``asyncio.timeout`` if needed."""

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from ..errors import FerryError
+from ..protocol import default_socket, default_state_dir
 from ._ops import DaemonUnavailable
-from .sockets import user_socket, user_state_dir
 from .sync import Client
 
 START_TIMEOUT = 5.0
@@ -53,8 +53,8 @@ def start_user_daemon(timeout: float = START_TIMEOUT) -> str:
     """Start ``ferryd --user`` unless one already answers, wait until it serves, and return
     its socket path. Concurrent callers serialize on a lock file so only one daemon starts.
     Raises FerryError(E_FAIL) with the log's location when the daemon does not come up."""
-    path = user_socket()
-    state_dir = Path(user_state_dir())
+    path = default_socket(system=False)
+    state_dir = Path(default_state_dir(system=False))
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_path = state_dir / "ferryd.log"
     with open(state_dir / "autostart.lock", "a+b") as lock:

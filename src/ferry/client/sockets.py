@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-SYSTEM_SOCKET = "/run/ferry/ferryd.sock"
+from ..protocol import SYSTEM_SOCKET, default_socket
+
 ENV_SOCKET = "FERRY_SOCKET"
 
 SocketSource = Literal["argument", "environment", "user", "system"]
@@ -41,25 +42,9 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def runtime_dir(environ: Mapping[str, str] | None = None) -> str:
-    """``$XDG_RUNTIME_DIR``, or ``/run/user/<uid>`` where pam_systemd would have put it."""
-    env = os.environ if environ is None else environ
-    return env.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
-
-
 def user_socket(environ: Mapping[str, str] | None = None) -> str:
-    """The socket a user-mode ferryd serves (SPEC §1)."""
-    return os.path.join(runtime_dir(environ), "ferry", "ferryd.sock")
-
-
-def user_state_dir(environ: Mapping[str, str] | None = None) -> str:
-    """``$XDG_STATE_HOME/ferry``: where a user-mode ferryd keeps its store (and its log when
-    the client started it)."""
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_STATE_HOME") or os.path.join(
-        env.get("HOME") or os.path.expanduser("~"), ".local", "state"
-    )
-    return os.path.join(base, "ferry")
+    """The socket a user-mode ferryd serves (``ferry.protocol.default_socket``)."""
+    return default_socket(system=False, environ=environ)
 
 
 @dataclass(frozen=True, slots=True)

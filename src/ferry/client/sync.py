@@ -297,12 +297,14 @@ class Job(JobView):
         self._update(data)
         return code
 
-    def add_file(self, remote: str, local: str) -> None:
-        self.add_files([(remote, local)])
+    def add_file(self, remote: str, local: str, sha256: str | None = None) -> None:
+        """AddFile. With ``sha256`` (64 hex digits) ferryd checks the whole file before it
+        counts as transferred; a mismatch fails the job with BG_E_VALIDATION_FAILED."""
+        self.add_files([(remote, local, sha256)])
 
-    def add_files(self, files: Iterable[tuple[str, str]]) -> None:
-        """All or none (AddFileSet). Local names are made absolute against this process's
-        working directory."""
+    def add_files(self, files: Iterable[_ops.FileSpec]) -> None:
+        """All or none (AddFileSet): ``(remote, local)`` or ``(remote, local, sha256)``
+        tuples. Local names are made absolute against this process's working directory."""
         self._update(self.client._call(_ops.add_files(self.id, files)))
 
     def files(self) -> list[FileInfo]:
@@ -331,10 +333,9 @@ class Job(JobView):
         self._act("take-ownership")
 
     def set(self, **props: Any) -> None:
-        """Change properties: display_name, description, priority, min_retry_delay,
-        no_progress_timeout, notify_flags, notify_cmdline (a list, a shell-like string, or
-        None to clear)."""
         self._update(self.client._call(_ops.set_job(self.id, props)))
+
+    set.__doc__ = _ops.set_doc("SetDisplayName, SetPriority, ...; one PATCH, all or none")
 
     def token_options(self, ttl: int | None = None) -> TokenOptions:
         """Open a token-options handle (SPEC §4.3): the access check happens now, with this

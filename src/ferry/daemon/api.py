@@ -1,8 +1,10 @@
 """The HTTP/JSON API over the Unix socket (SPEC §5).
 
-One route table drives both the aiohttp router and the OpenAPI document, so the document
-cannot drift from what is served. Every request carries the caller's token, captured from
-the connection by SO_PEERCRED; every failure is the error body of SPEC §5.
+The routes, their request bodies and the OpenAPI document are the contract's
+(``ferry.protocol``); this module binds a handler to each route by its operation name and
+refuses to start when a route has no handler or a handler no route. Every request carries
+the caller's token, captured from the connection by SO_PEERCRED; every failure is the error
+body of SPEC §5.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import logging
 import os
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +24,8 @@ from .._version import __version__
 from ..errors import FerryError
 from ..model.token import Token
 from ..model.types import JobType, Priority
+from ..protocol import ACTIONS, FILE_FIELD_NAMES, REQUIRED_FILE_FIELDS, ROUTES, Route
+from ..protocol.openapi import openapi_document
 from ..protocol.views import file_view, job_view
 from ..security.handles import Interface
 from ..security.peer import token_from_socket, user_name
@@ -35,392 +38,6 @@ log = logging.getLogger("ferry.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 16 * 1024 * 1024
 SSE_KEEPALIVE = 15.0
-
-# ---- schemas (JSON Schema fragments, also used for request validation) -----------------
-
-JOB_SCHEMA: dict[str, Any] = {"$ref": "#/components/schemas/Job"}
-FILE_SCHEMA: dict[str, Any] = {"$ref": "#/components/schemas/File"}
-RESULT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "result": {
-            "type": "object",
-            "properties": {"code": {"type": "string"}, "hresult": {"type": "string"}},
-        },
-        "job": JOB_SCHEMA,
-    },
-}
-
-
-@dataclass(frozen=True)
-class Field:
-    kind: type | tuple[type, ...]
-    required: bool = False
-    schema: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    name: str
-    summary: str
-    handler: str
-    body: dict[str, Field] | None = None
-    query: dict[str, str] = field(default_factory=dict)
-    response: dict[str, Any] = field(default_factory=dict)
-    status: int = 200
-    stream: bool = False
-
-
-_STR = {"type": "string"}
-HANDLE_PATH = "/v1/handles/{handle}"
-HANDLE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "handle": {"type": "string"},
-        "interface": {"type": "string"},
-        "job_id": {"type": "string"},
-        "expires_in": {"type": ["integer", "null"]},
-        "job": {"$ref": "#/components/schemas/Job"},
-    },
-}
-HELPER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "flags": {"type": "array", "items": {"type": "string"}},
-        "flags_value": {"type": "integer"},
-        "sid": {"type": ["string", "null"]},
-    },
-}
-_INT = {"type": "integer"}
-JOB_PATH = "/v1/jobs/{job}"
-
-ROUTES: tuple[Route, ...] = (
-    Route("GET", "/v1/openapi.json", "openapi", "This document", "openapi"),
-    Route("GET", "/v1/status", "status", "Daemon status and the caller's identity", "status"),
-    Route(
-        "GET",
-        "/v1/jobs",
-        "list_jobs",
-        "List the caller's jobs (admins: all users')",
-        "list_jobs",
-        query={"all_users": "boolean"},
-        response={"type": "object", "properties": {"jobs": {"type": "array", "items": JOB_SCHEMA}}},
-    ),
-    Route(
-        "POST",
-        "/v1/jobs",
-        "create_job",
-        "Create a job (it starts SUSPENDED)",
-        "create_job",
-        body={
-            "display_name": Field(str, True, _STR),
-            "type": Field(str, False, {"enum": [t.value for t in JobType]}),
-            "priority": Field(str, False, {"enum": [p.value for p in Priority]}),
-            "description": Field(str, False, _STR),
-        },
-        response=JOB_SCHEMA,
-        status=201,
-    ),
-    Route("GET", JOB_PATH, "get_job", "One job", "get_job", response=JOB_SCHEMA),
-    Route(
-        "PATCH",
-        JOB_PATH,
-        "set_job",
-        "Change job properties",
-        "set_job",
-        body={
-            "display_name": Field(str, False, _STR),
-            "description": Field(str, False, _STR),
-            "priority": Field(str, False, {"enum": [p.value for p in Priority]}),
-            "min_retry_delay": Field(int, False, _INT),
-            "no_progress_timeout": Field(int, False, _INT),
-            "notify_flags": Field(int, False, _INT),
-            "notify_cmdline": Field(
-                (list, type(None)), False, {"type": ["array", "null"], "items": _STR}
-            ),
-            "dynamic_content": Field(bool, False, {"type": "boolean"}),
-        },
-        response=JOB_SCHEMA,
-    ),
-    Route(
-        "GET",
-        JOB_PATH + "/files",
-        "list_files",
-        "The job's files",
-        "list_files",
-        response={
-            "type": "object",
-            "properties": {"files": {"type": "array", "items": FILE_SCHEMA}},
-        },
-    ),
-    Route(
-        "POST",
-        JOB_PATH + "/files",
-        "add_files",
-        "Add files (all or none)",
-        "add_files",
-        body={
-            "files": Field(
-                list,
-                True,
-                {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["remote_name", "local_name"],
-                        "properties": {
-                            "remote_name": _STR,
-                            "local_name": _STR,
-                            "sha256": {
-                                "type": ["string", "null"],
-                                "pattern": "^[0-9a-fA-F]{64}$",
-                                "description": "expected SHA-256 of the whole file",
-                            },
-                        },
-                        "additionalProperties": False,
-                    },
-                },
-            )
-        },
-        response=JOB_SCHEMA,
-    ),
-    *(
-        Route(
-            "POST",
-            f"{JOB_PATH}/{action}",
-            action.replace("-", "_"),
-            summary,
-            "action",
-            body={},
-            response=RESULT_SCHEMA,
-        )
-        for action, summary in (
-            ("resume", "Queue the job for transfer"),
-            ("suspend", "Stop transferring"),
-            ("cancel", "Delete temporary files; the job becomes CANCELLED"),
-            ("complete", "Publish transferred files; the job becomes ACKNOWLEDGED"),
-            ("take-ownership", "Make the caller the owner"),
-        )
-    ),
-    Route(
-        "POST",
-        JOB_PATH + "/handles",
-        "open_handle",
-        "Open the job for an interface: the access check happens now",
-        "open_handle",
-        body={
-            "interface": Field(str, True, {"enum": [i.value for i in Interface]}),
-            "ttl": Field(int, False, {"type": "integer", "minimum": 1, "maximum": 3600}),
-        },
-        response=HANDLE_SCHEMA,
-        status=201,
-    ),
-    Route(
-        "GET", HANDLE_PATH, "get_handle", "The handle's job", "get_handle", response=HANDLE_SCHEMA
-    ),
-    Route("DELETE", HANDLE_PATH, "release_handle", "Release a handle", "release_handle"),
-    *(
-        Route(
-            "POST",
-            f"{HANDLE_PATH}/{action}",
-            "handle_" + action,
-            f"{action} through a job handle (no new access check)",
-            "handle_action",
-            body={},
-            response=RESULT_SCHEMA,
-        )
-        for action in ("resume", "suspend", "cancel", "complete")
-    ),
-    *(
-        r
-        for base, prefix in ((JOB_PATH, "job"), (HANDLE_PATH, "handle"))
-        for r in (
-            Route(
-                "GET",
-                base + "/helper-token",
-                f"{prefix}_get_helper_token",
-                "GetHelperTokenFlags and GetHelperTokenSid",
-                "get_helper_token",
-                response=HELPER_SCHEMA,
-            ),
-            Route(
-                "PUT",
-                base + "/helper-token",
-                f"{prefix}_set_helper_token",
-                "SetHelperToken: the identity of this connection becomes the helper token",
-                "set_helper_token",
-                body={},
-                response=HELPER_SCHEMA,
-            ),
-            Route(
-                "DELETE",
-                base + "/helper-token",
-                f"{prefix}_clear_helper_token",
-                "ClearHelperToken",
-                "clear_helper_token",
-                response=HELPER_SCHEMA,
-            ),
-            Route(
-                "PUT",
-                base + "/helper-token/flags",
-                f"{prefix}_set_helper_token_flags",
-                "SetHelperTokenFlags (LOCAL_FILE 0x1, NETWORK 0x2; 0 clears)",
-                "set_helper_flags",
-                body={"flags": Field(int, True, {"type": "integer", "minimum": 0, "maximum": 3})},
-                response=HELPER_SCHEMA,
-            ),
-        )
-    ),
-    Route(
-        "POST",
-        "/v1/logoff",
-        "logoff",
-        "Declare a user or a session logged off now (administrators)",
-        "logoff",
-        body={
-            "user": Field((str, int), False, {"type": ["string", "integer"]}),
-            "session": Field(int, False, _INT),
-        },
-    ),
-    Route(
-        "GET",
-        "/v1/events",
-        "events",
-        "Server-Sent Events of job changes (notify_flags apply unless all_events=true)",
-        "events",
-        query={"job": "string", "all_users": "boolean", "all_events": "boolean"},
-        stream=True,
-    ),
-)
-
-_FILE_ITEM_KEYS = frozenset({"remote_name", "local_name", "sha256"})
-_JOB_COMPONENT: dict[str, Any] = {
-    "type": "object",
-    "required": [
-        "id",
-        "display_name",
-        "description",
-        "type",
-        "state",
-        "priority",
-        "owner",
-        "progress",
-        "times",
-        "error",
-        "error_count",
-        "min_retry_delay",
-        "no_progress_timeout",
-        "notify_flags",
-        "notify_cmdline",
-        "helper_token",
-    ],
-    "properties": {
-        "id": _STR,
-        "display_name": _STR,
-        "description": _STR,
-        "type": {"enum": [t.value for t in JobType]},
-        "state": _STR,
-        "priority": {"enum": [p.value for p in Priority]},
-        "owner": {"type": "object"},
-        "progress": {"type": "object"},
-        "times": {"type": "object"},
-        "error": {"type": ["object", "null"]},
-        "error_count": _INT,
-        "min_retry_delay": _INT,
-        "no_progress_timeout": _INT,
-        "notify_flags": _INT,
-        "notify_cmdline": {"type": ["array", "null"]},
-        "helper_token": {"type": ["object", "null"]},
-        "notification": {"type": ["object", "null"]},
-        "dynamic_content": {"type": "boolean"},
-        "retry_at": {"type": ["string", "null"], "description": "next retry (TRANSIENT_ERROR)"},
-    },
-}
-_FILE_COMPONENT: dict[str, Any] = {
-    "type": "object",
-    "required": ["remote_name", "local_name", "bytes_total", "bytes_transferred", "completed"],
-    "properties": {
-        "remote_name": _STR,
-        "local_name": _STR,
-        "bytes_total": {"type": ["integer", "null"]},
-        "bytes_transferred": _INT,
-        "completed": {"type": "boolean"},
-        "final_url": {"type": ["string", "null"]},
-        "sha256": {"type": ["string", "null"]},
-    },
-}
-_ERROR_COMPONENT: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "hresult", "message"],
-            "properties": {"code": _STR, "hresult": _STR, "message": _STR},
-        }
-    },
-}
-
-
-def openapi_document() -> dict[str, Any]:
-    paths: dict[str, Any] = {}
-    for r in ROUTES:
-        op: dict[str, Any] = {"operationId": r.name, "summary": r.summary}
-        params = [
-            {"name": q, "in": "query", "required": False, "schema": {"type": t}}
-            for q, t in r.query.items()
-        ]
-        if "{handle}" in r.path:
-            params.insert(0, {"name": "handle", "in": "path", "required": True, "schema": _STR})
-        if "{job}" in r.path:
-            params.insert(
-                0,
-                {
-                    "name": "job",
-                    "in": "path",
-                    "required": True,
-                    "schema": _STR,
-                    "description": "job id, or a display name unique among the caller's jobs",
-                },
-            )
-        if params:
-            op["parameters"] = params
-        if r.body is not None:
-            op["requestBody"] = {
-                "required": r.method == "POST" and any(f.required for f in r.body.values()),
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": [k for k, f in r.body.items() if f.required],
-                            "properties": {k: f.schema for k, f in r.body.items()},
-                        }
-                    }
-                },
-            }
-        ok_type = "text/event-stream" if r.stream else "application/json"
-        op["responses"] = {
-            str(r.status): {
-                "description": "success",
-                "content": {ok_type: {"schema": r.response or {"type": "object"}}},
-            },
-            "default": {
-                "description": "a BITS error",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-        }
-        paths.setdefault(r.path, {})[r.method.lower()] = op
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "ferryd API", "version": __version__},
-        "paths": paths,
-        "components": {
-            "schemas": {"Job": _JOB_COMPONENT, "File": _FILE_COMPONENT, "Error": _ERROR_COMPONENT}
-        },
-    }
-
 
 # ---- the application ------------------------------------------------------------------
 
@@ -436,6 +53,35 @@ def _flag(request: web.Request, name: str) -> bool:
     if value in ("0", "false", "no", ""):
         return False
     raise FerryError("E_INVALIDARG", f"query parameter {name} must be true or false")
+
+
+# Operations that share a handler; any other operation's handler is ``Api.h_<operation>``.
+SHARED_HANDLERS: dict[str, str] = {
+    **{a.operation: "action" for a in ACTIONS},
+    **{a.handle_operation: "handle_action" for a in ACTIONS if a.via_handle},
+    **{
+        f"{who}_{op}": op.replace("_token_flags", "_flags")
+        for who in ("job", "handle")
+        for op in ("get_helper_token", "set_helper_token", "clear_helper_token",
+                   "set_helper_token_flags")
+    },
+}  # fmt: skip
+
+
+def handler_names() -> dict[str, str]:
+    """The ``Api`` method that handles each contract route. A route without a handler, or a
+    handler without a route, is a programming error refused at start-up (not a 404)."""
+    bound = {r.name: "h_" + SHARED_HANDLERS.get(r.name, r.name) for r in ROUTES}
+    methods = {n for n in dir(Api) if n.startswith("h_")}
+    missing = sorted(set(bound.values()) - methods)
+    unbound = sorted(methods - set(bound.values()))
+    stale = sorted(set(SHARED_HANDLERS) - set(bound))
+    if missing or unbound or stale:
+        raise RuntimeError(
+            f"the API does not match its contract: no handler {missing}, "
+            f"no route for {unbound}, unknown operations {stale}"
+        )
+    return bound
 
 
 class Api:
@@ -454,17 +100,17 @@ class Api:
         self.only_uid = only_uid
         self._tokens: weakref.WeakKeyDictionary[Any, Token] = weakref.WeakKeyDictionary()
         self._openapi = json.dumps(openapi_document())
-        self._streams: set[web.StreamResponse] = set()
         self.closing = asyncio.Event()
 
     def app(self) -> web.Application:
+        handlers = handler_names()
         app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY)
         for r in ROUTES:
-            app.router.add_route(r.method, r.path, self._bind(r), name=r.name)
+            app.router.add_route(r.method, r.path, self._bind(r, handlers[r.name]), name=r.name)
         return app
 
-    def _bind(self, route: Route) -> Handler:
-        method = getattr(self, "h_" + route.handler)
+    def _bind(self, route: Route, name: str) -> Handler:
+        method = getattr(self, name)
 
         async def handler(request: web.Request) -> web.StreamResponse:
             request["route"] = route
@@ -521,31 +167,7 @@ class Api:
 
     async def body(self, request: web.Request) -> dict[str, Any]:
         route: Route = request["route"]
-        assert route.body is not None
-        raw = await request.read()
-        if not raw.strip():
-            data: Any = {}
-        else:
-            try:
-                data = json.loads(raw)
-            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-                raise FerryError(
-                    "E_INVALIDARG", f"the request body is not valid JSON: {exc}"
-                ) from None
-        if not isinstance(data, dict):
-            raise FerryError("E_INVALIDARG", "the request body must be a JSON object")
-        for key, value in data.items():
-            spec = route.body.get(key)
-            if spec is None:
-                raise FerryError("E_INVALIDARG", f"unknown field {key!r}")
-            if not isinstance(value, spec.kind) or (
-                isinstance(value, bool) and spec.kind in (int, (int, float))
-            ):
-                raise FerryError("E_INVALIDARG", f"field {key!r} has the wrong type")
-        for key, spec in route.body.items():
-            if spec.required and key not in data:
-                raise FerryError("E_INVALIDARG", f"missing field {key!r}")
-        return data
+        return route.parse_body(await request.read())
 
     # ---- handlers ------------------------------------------------------------------
 
@@ -601,7 +223,7 @@ class Api:
         for item in body["files"]:
             if (
                 not isinstance(item, dict)
-                or not {"remote_name", "local_name"} <= set(item) <= _FILE_ITEM_KEYS
+                or not REQUIRED_FILE_FIELDS <= set(item) <= FILE_FIELD_NAMES
                 or not isinstance(item["remote_name"], str)
                 or not isinstance(item["local_name"], str)
             ):
@@ -660,7 +282,6 @@ class Api:
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
             )
             await resp.prepare(request)
-            self._streams.add(resp)
             for j in initial:
                 if j.id not in self.manager.jobs:
                     continue  # removed meanwhile; its job-removed event is queued
@@ -684,8 +305,6 @@ class Api:
             raise asyncio.CancelledError() from None
         finally:
             self.bus.unsubscribe(sub)
-            with contextlib.suppress(NameError):
-                self._streams.discard(resp)
 
     # ---- handles, token options, logoff ----------------------------------------------
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grp
-import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -11,22 +10,7 @@ from typing import Any
 
 from ..errors import FerryError
 from ..model.job import Limits
-
-SYSTEM_SOCKET = "/run/ferry/ferryd.sock"
-SYSTEM_STATE_DIR = "/var/lib/ferry"
-
-
-def user_runtime_dir() -> Path:
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}")
-
-
-def user_socket_path() -> Path:
-    return user_runtime_dir() / "ferry" / "ferryd.sock"
-
-
-def user_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "ferry"
+from ..protocol import default_socket, default_state_dir
 
 
 @dataclass(frozen=True)
@@ -110,8 +94,8 @@ def load_config(
     """Defaults for the mode, then the TOML file, then command-line flags."""
     cfg = Config(
         system=system,
-        socket=Path(SYSTEM_SOCKET) if system else user_socket_path(),
-        state_dir=Path(SYSTEM_STATE_DIR) if system else user_state_dir(),
+        socket=Path(default_socket(system)),
+        state_dir=Path(default_state_dir(system)),
     )
     if config_file is not None:
         cfg = _apply_file(cfg, config_file)

@@ -1,5 +1,7 @@
 """The JSON views of jobs and files that clients see (SPEC §6): what the API answers and
-what the event stream carries. Kept out of the domain so the model stays a leaf."""
+what the event stream carries. Kept out of the domain so the model stays a leaf. The shapes
+are the contract's ``JOB_SCHEMA`` and ``FILE_SCHEMA``; the settable properties are rendered
+from the contract's list, so a new one needs no line here."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ from typing import Any
 
 from ..errors import format_hresult
 from ..model.job import Job, JobFile, iso
+from .contract import PROPERTIES, wire_value
+
+_PROPERTY_NAMES = tuple(p.name for p in PROPERTIES)
 
 
 def file_view(f: JobFile) -> dict[str, Any]:
@@ -44,13 +49,12 @@ def job_view(job: Job) -> dict[str, Any]:
             "sid": job.helper_token.sid if job.helper_token else None,
             "flags": job.helper_flags.names(),
         }
-    return {
-        "id": job.id,
-        "display_name": job.display_name,
-        "description": job.description,
+    view: dict[str, Any] = {"id": job.id}
+    for name in _PROPERTY_NAMES:
+        view[name] = wire_value(getattr(job, name))
+    view.update({
         "type": job.type.value,
         "state": job.state.value,
-        "priority": job.priority.value,
         "owner": job.owner.summary(),
         "progress": {
             "bytes_total": job.bytes_total,
@@ -65,12 +69,8 @@ def job_view(job: Job) -> dict[str, Any]:
         },
         "error": err,
         "error_count": job.error_count,
-        "min_retry_delay": job.min_retry_delay,
-        "no_progress_timeout": job.no_progress_timeout,
-        "notify_flags": int(job.notify_flags),
-        "notify_cmdline": job.notify_cmdline,
         "helper_token": helper,
         "notification": job.notification,
-        "dynamic_content": job.dynamic_content,
         "retry_at": iso(job.retry_at),
-    }
+    })
+    return view

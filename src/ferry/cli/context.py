@@ -1,0 +1,67 @@
+"""What every ``ferry`` command shares: the per-invocation state (output mode, the lazily
+opened client) and the uniform error report. A module of its own so that the modules that
+define commands (``main``, ``tokens``) import it, never each other."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..client import Client, DaemonUnavailable, locate_socket
+from ..errors import FerryError
+
+EXIT_ERROR = 1
+
+
+class Ctx:
+    """Per-invocation state: output mode and the (lazily opened) client."""
+
+    def __init__(self, socket: str | None, json_mode: bool, autostart: bool) -> None:
+        self.choice = locate_socket(socket)
+        self.json = json_mode
+        self.autostart = autostart
+        self._client: Client | None = None
+
+    def client(self, transfer: bool = False) -> Client:
+        """The client; for commands that ask for a transfer, start a user daemon when none
+        answers — but only if the user did not name a socket (then they meant that daemon)
+        and did not say ``--no-autostart``."""
+        if self._client is None:
+            c = Client(self.choice.path)
+            if transfer and self.autostart and not self.choice.explicit:
+                try:
+                    c.status()
+                except DaemonUnavailable:
+                    c.close()
+                    from ..client.autostart import start_user_daemon
+
+                    c = Client(start_user_daemon())
+            self._client = c
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def emit(self, doc: Any, human: Callable[[], None]) -> None:
+        if self.json:
+            click.echo(json.dumps(doc, indent=2))
+        else:
+            human()
+
+
+def current() -> Ctx:
+    """The invocation's ``Ctx`` (set up by the ``ferry`` group)."""
+    obj = click.get_current_context().find_object(Ctx)
+    assert obj is not None
+    return obj
+
+
+def report_error(e: FerryError, json_mode: bool) -> None:
+    """SPEC §6: the code name and hresult on stderr; in JSON mode the error document too."""
+    if json_mode:
+        click.echo(json.dumps(e.to_json(), indent=2))
+    click.echo(f"{e.code} (0x{e.hresult:08X}): {e.message}", err=True)

@@ -1,0 +1,202 @@
+"""The API's operations: method, path, operation name, request body and answer of each. ferryd
+binds a handler to every one by its name (daemon/api.py) and checks bodies with
+``Route.parse_body``; the clients build their requests from them (client/_ops.py); the
+OpenAPI document lists them (openapi.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from ..errors import FerryError
+from ..model.types import JobType
+from .contract import (
+    ACTIONS,
+    API_PREFIX,
+    FILE_FIELDS,
+    INTERFACES,
+    MAX_HANDLE_TTL,
+    PROPERTIES,
+    PROPERTY_BY_NAME,
+    REQUIRED_FILE_FIELDS,
+)
+from .schemas import HELPER_SCHEMA, closed, ref
+
+_INT: Mapping[str, Any] = {"type": "integer"}
+
+
+@dataclass(frozen=True, slots=True)
+class BodyField:
+    schema: Mapping[str, Any]
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One operation. ``name`` is its operationId: ferryd binds a handler to it by that
+    name (daemon/api.py) and the clients find their request's method and path by it."""
+
+    method: str
+    path: str
+    name: str
+    summary: str
+    body: Mapping[str, BodyField] | None = None
+    query: Mapping[str, str] = field(default_factory=dict)
+    response: Mapping[str, Any] = field(default_factory=dict)
+    status: int = 200
+    stream: bool = False
+
+    def parse_body(self, raw: bytes) -> dict[str, Any]:
+        """A request body as this route takes it: a JSON object (empty means ``{}``) with
+        only this route's fields, each of its JSON type, the required ones present. What a
+        value means is the domain's to judge."""
+        assert self.body is not None, f"{self.name} takes no body"
+        data: Any = {}
+        if raw.strip():
+            try:
+                data = json.loads(raw)
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                raise FerryError(
+                    "E_INVALIDARG", f"the request body is not valid JSON: {exc}"
+                ) from None
+        if not isinstance(data, dict):
+            raise FerryError("E_INVALIDARG", "the request body must be a JSON object")
+        for key, value in data.items():
+            spec = self.body.get(key)
+            if spec is None:
+                raise FerryError("E_INVALIDARG", f"unknown field {key!r}")
+            if not json_type_matches(value, spec.schema):
+                raise FerryError("E_INVALIDARG", f"field {key!r} has the wrong type")
+        for key, spec in self.body.items():
+            if spec.required and key not in data:
+                raise FerryError("E_INVALIDARG", f"missing field {key!r}")
+        return data
+
+    def target(self, **params: str) -> str:
+        """The path with ``{job}`` / ``{handle}`` filled in, each quoted whole (so a job's
+        display name may hold spaces, slashes or ``?``)."""
+        path = self.path
+        for key, value in params.items():
+            path = path.replace("{" + key + "}", quote(value, safe=""))
+        return path
+
+
+JOB_PATH = f"{API_PREFIX}/jobs/{{job}}"
+HANDLE_PATH = f"{API_PREFIX}/handles/{{handle}}"
+
+
+def _list_of(key: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    return closed({key: {"type": "array", "items": item}})
+
+
+def _helper_routes(base: str, prefix: str) -> tuple[Route, ...]:
+    helper = ref("HelperToken")
+    return (
+        Route("GET", base + "/helper-token", f"{prefix}_get_helper_token",
+              "GetHelperTokenFlags and GetHelperTokenSid", response=helper),
+        Route("PUT", base + "/helper-token", f"{prefix}_set_helper_token",
+              "SetHelperToken: the identity of this connection becomes the helper token",
+              body={}, response=helper),
+        Route("DELETE", base + "/helper-token", f"{prefix}_clear_helper_token",
+              "ClearHelperToken", response=helper),
+        Route("PUT", base + "/helper-token/flags", f"{prefix}_set_helper_token_flags",
+              "SetHelperTokenFlags (LOCAL_FILE 0x1, NETWORK 0x2; 0 clears)",
+              body={"flags": BodyField(HELPER_SCHEMA["properties"]["flags_value"], True)},
+              response=helper),
+    )  # fmt: skip
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", f"{API_PREFIX}/openapi.json", "openapi", "This document"),
+    Route("GET", f"{API_PREFIX}/status", "status", "Daemon status and the caller's identity",
+          response=ref("Status")),
+    Route("GET", f"{API_PREFIX}/jobs", "list_jobs", "List the caller's jobs (admins: all users')",
+          query={"all_users": "boolean"}, response=_list_of("jobs", ref("Job"))),
+    Route("POST", f"{API_PREFIX}/jobs", "create_job", "Create a job (it starts SUSPENDED)",
+          body={
+              "display_name": BodyField(PROPERTY_BY_NAME["display_name"].schema, True),
+              "type": BodyField({"type": "string", "enum": [t.value for t in JobType]}),
+              "priority": BodyField(PROPERTY_BY_NAME["priority"].schema),
+              "description": BodyField(PROPERTY_BY_NAME["description"].schema),
+          },
+          response=ref("Job"), status=201),
+    Route("GET", JOB_PATH, "get_job", "One job", response=ref("Job")),
+    Route("PATCH", JOB_PATH, "set_job", "Change job properties",
+          body={p.name: BodyField(p.schema) for p in PROPERTIES}, response=ref("Job")),
+    Route("GET", JOB_PATH + "/files", "list_files", "The job's files",
+          response=_list_of("files", ref("File"))),
+    Route("POST", JOB_PATH + "/files", "add_files", "Add files (all or none)",
+          body={"files": BodyField(
+              {"type": "array", "items": {
+                  "type": "object",
+                  "required": sorted(REQUIRED_FILE_FIELDS),
+                  "properties": {f.name: dict(f.schema, description=f.description)
+                                 for f in FILE_FIELDS},
+                  "additionalProperties": False,
+              }},
+              True,
+          )},
+          response=ref("Job")),
+    *(Route("POST", f"{JOB_PATH}/{a.name}", a.operation, a.summary, body={},
+            response=ref("ActionResult")) for a in ACTIONS),
+    Route("POST", JOB_PATH + "/handles", "open_handle",
+          "Open the job for an interface: the access check happens now",
+          body={
+              "interface": BodyField({"type": "string", "enum": list(INTERFACES)}, True),
+              "ttl": BodyField({"type": "integer", "minimum": 1, "maximum": MAX_HANDLE_TTL}),
+          },
+          response=ref("Handle"), status=201),
+    Route("GET", HANDLE_PATH, "get_handle", "The handle's job", response=ref("Handle")),
+    Route("DELETE", HANDLE_PATH, "release_handle", "Release a handle",
+          response=closed({"released": {"const": True}})),
+    *(Route("POST", f"{HANDLE_PATH}/{a.name}", a.handle_operation,
+            f"{a.name} through a job handle (no new access check)", body={},
+            response=ref("ActionResult")) for a in ACTIONS if a.via_handle),
+    *_helper_routes(JOB_PATH, "job"),
+    *_helper_routes(HANDLE_PATH, "handle"),
+    Route("POST", f"{API_PREFIX}/logoff", "logoff",
+          "Declare a user or a login session logged off now (administrators)",
+          body={
+              "user": BodyField({"type": ["string", "integer"]}),
+              "session": BodyField(_INT),
+          },
+          response={"type": "object", "required": ["logged_off", "ended_sessions"]}),
+    Route("GET", f"{API_PREFIX}/events", "events",
+          "Server-Sent Events of job changes (notify_flags apply unless all_events=true); "
+          "each event's data is an Event object",
+          query={"job": "string", "all_users": "boolean", "all_events": "boolean"},
+          stream=True),
+)  # fmt: skip
+
+ROUTE_BY_NAME: Mapping[str, Route] = {r.name: r for r in ROUTES}
+
+_JSON_TYPES: Mapping[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+    "null": (type(None),),
+}
+
+
+def python_types(schema: Mapping[str, Any]) -> tuple[type, ...]:
+    """The Python types a JSON value of ``schema``'s ``type`` decodes to (json.loads),
+    for the daemon's first, shape-only check of a request body."""
+    kinds = schema.get("type", "string")
+    out: tuple[type, ...] = ()
+    for kind in [kinds] if isinstance(kinds, str) else kinds:
+        out += _JSON_TYPES[kind]
+    return out
+
+
+def json_type_matches(value: Any, schema: Mapping[str, Any]) -> bool:
+    """``value`` has the JSON type ``schema`` asks for; a bool is not an integer."""
+    kinds = python_types(schema)
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds)
