@@ -9,19 +9,42 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..errors import FerryError
 from ..model.job import Job
 from ..model.token import Token
 from ..model.types import ErrorContext
+from ..security.identity import IdentityIO
 from . import sink as temp
 from .base import DownloadTransport, JobCallbacks, TransferError
 
-if TYPE_CHECKING:
-    from .engine import TransferEngine
-
 log = logging.getLogger("ferry.transfer")
+
+
+class FileRunner(Protocol):
+    """What the window and its slots ask of the engine (engine.TransferEngine), declared
+    here so that the engine imports the window and not the other way round."""
+
+    identity: IdentityIO
+    parallel_files: int
+    overlap_max_bytes: int
+
+    def download_transport(self, url: str) -> DownloadTransport: ...
+
+    def local_file_token(self, job: Job) -> Token: ...
+
+    async def download_file(
+        self,
+        job: Job,
+        index: int,
+        transport: DownloadTransport,
+        token: Token,
+        fd: int,
+        offset: int,
+        callbacks: JobCallbacks,
+        on_response: Callable[[int], Awaitable[None]],
+    ) -> int: ...
 
 
 @dataclass(eq=False)
@@ -47,7 +70,7 @@ class FileSlot:
         )
 
     async def open(
-        self, engine: TransferEngine, job: Job, token: Token, checked_dirs: set[str]
+        self, engine: FileRunner, job: Job, token: Token, checked_dirs: set[str]
     ) -> None:
         """Reopen the file's temporary file at its checkpoint or, when there is none, name a
         new one (``announced`` False): the window persists the name, then ``create_temp``
@@ -67,7 +90,7 @@ class FileSlot:
         else:
             self.fd, self.offset = opened
 
-    async def create_temp(self, engine: TransferEngine, job: Job, token: Token, last: bool) -> None:
+    async def create_temp(self, engine: FileRunner, job: Job, token: Token, last: bool) -> None:
         """Create the temporary file under its persisted name. A name that is taken (what
         is there is not ours) gives way to a fresh one, not persisted yet (``announced``
         False, ``create`` still True), unless this was the ``last`` attempt."""
@@ -88,7 +111,7 @@ class FileSlot:
 
     async def transfer(
         self,
-        engine: TransferEngine,
+        engine: FileRunner,
         job: Job,
         token: Token,
         callbacks: JobCallbacks,

@@ -32,7 +32,6 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from ..errors import FerryError
 from ..model.job import Job
@@ -40,10 +39,7 @@ from ..model.token import Token
 from ..model.types import ErrorContext
 from ..security.identity import settle
 from .base import BatchCallbacks, JobCallbacks, TransferError
-from .slot import FileSlot
-
-if TYPE_CHECKING:
-    from .engine import TransferEngine
+from .slot import FileRunner, FileSlot
 
 log = logging.getLogger("ferry.transfer")
 
@@ -62,7 +58,7 @@ class JobRun:
     most ``width`` run at once, and the window spans at most ``3 * width`` files, so a slow
     file holds back a bounded number of finished ones."""
 
-    def __init__(self, engine: TransferEngine, job: Job, callbacks: JobCallbacks) -> None:
+    def __init__(self, engine: FileRunner, job: Job, callbacks: JobCallbacks) -> None:
         self.engine = engine
         self.job = job
         self.callbacks = callbacks
