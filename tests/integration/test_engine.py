@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from harness.faultserver import FaultServer, http_date
 
 from ferry.model.job import Job, JobFile, Limits
 from ferry.model.token import Token
@@ -21,7 +22,6 @@ from ferry.model.types import ErrorContext, JobState, TokenFlags
 from ferry.security.identity import IdentityIO
 from ferry.transfer.base import TransferError
 from ferry.transfer.engine import TransferEngine
-from tests.helpers.httpserver import FaultServer, http_date
 
 MiB = 1 << 20
 
@@ -529,7 +529,7 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
 async def test_https_download(identity: IdentityIO, ca: trustme.CA, tmp_path: Path) -> None:
     eng = TransferEngine(identity, ssl_context=client_tls(ca))
     try:
-        async with FaultServer(server_tls(ca)) as srv:
+        async with FaultServer(ssl=server_tls(ca)) as srv:
             job = make_job([(srv.add("s", b"secret"), tmp_path / "s")])
             await eng.run_job(job, Recorder())
     finally:
@@ -540,7 +540,7 @@ async def test_https_download(identity: IdentityIO, ca: trustme.CA, tmp_path: Pa
 async def test_untrusted_certificate_is_fatal(
     engine: TransferEngine, ca: trustme.CA, tmp_path: Path
 ) -> None:
-    async with FaultServer(server_tls(ca)) as srv:
+    async with FaultServer(ssl=server_tls(ca)) as srv:
         job = make_job([(srv.add("s", b"secret"), tmp_path / "s")])
         err = await fails(engine, job)
     assert err.code == "ERROR_WINHTTP_SECURE_FAILURE" and not err.transient
@@ -552,7 +552,7 @@ async def test_https_to_http_redirect_is_refused(
     plain = server.add("p", b"plain")
     eng = TransferEngine(identity, ssl_context=client_tls(ca))
     try:
-        async with FaultServer(server_tls(ca)) as srv:
+        async with FaultServer(ssl=server_tls(ca)) as srv:
             job = make_job([(srv.url(f"/to?url={plain}"), tmp_path / "p")])
             err = await fails(eng, job)
     finally:
