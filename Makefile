@@ -15,7 +15,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # Lint what exists: an empty directory is not in a fresh clone.
-LINT_PATHS := $(wildcard src tests benchmarks scripts)
+LINT_PATHS := $(wildcard src tests benchmarks scripts harness)
 
 # `make bench QUICK=1` → the benchmark sees QUICK=1 in its environment; otherwise no QUICK.
 QUICK ?=

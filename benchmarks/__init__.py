@@ -1,5 +1,6 @@
 """Benchmarks and the torture run (``make bench``, ``make torture``); see README.md here.
 
-A package so the short torture test (tests/integration/test_torture_short.py) can import
-the torture driver's functions; the scripts also run directly (``python benchmarks/run.py``).
+The scripts run directly (``python benchmarks/run.py``) and put the repository root on the
+path; what they share with the tests (ferryd, nginx, the fault server, the torture phases)
+is in harness/. A package so they can import each other as ``benchmarks.*``.
 """

@@ -18,9 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import SRC  # noqa: E402  (sets up the import path)
-
-assert SRC
+import harness  # noqa: E402, F401  (a bare checkout: puts src/ on the import path)
 
 
 def fill(db: Path, count: int) -> float:

@@ -30,7 +30,11 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import MIB, ROOT, Ferryd, machine_description, quick, say  # noqa: E402
+from harness.env import ROOT, say  # noqa: E402
+from harness.ferryd import Daemon  # noqa: E402
+from harness.files import MIB  # noqa: E402
+
+from benchmarks.common import machine_description, quick  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -99,7 +103,7 @@ def main() -> int:
         finally:
             store.close()
 
-        d = Ferryd(tmp / "d", log_level="warning")
+        d = Daemon(tmp / "d", log_level="warning")
         d.start()
         try:
             import ferry

@@ -35,26 +35,26 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (  # noqa: E402
-    KIB,
-    MIB,
+from harness.env import (  # noqa: E402
     ROOT,
-    Ferryd,
-    Nginx,
-    Timed,
     child_env,
     ensure_tools,
     ferry_cli,
+    say,
+    short_tmpdir,
+)
+from harness.faultserver import FaultServer  # noqa: E402
+from harness.ferryd import Daemon  # noqa: E402
+from harness.files import KIB, MIB, make_file, sha256_file  # noqa: E402
+from harness.nginx import Nginx  # noqa: E402
+
+from benchmarks.common import (  # noqa: E402
+    Timed,
     machine_description,
-    make_file,
     median,
     quick,
     run_timed,
-    say,
-    sha256_file,
-    short_tmpdir,
 )
-from benchmarks.faultserver import FaultServer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MB = 1_000_000  # memory targets are in MB (10^6 bytes)
@@ -93,11 +93,11 @@ class Bench:
         if self.nginx is None and self.tools.get("nginx"):
             binary = self.tools["nginx"]
             assert binary is not None
-            self.nginx = Nginx(binary, self.www, self.work / "nginx").start()
+            self.nginx = Nginx(self.www, self.work / "nginx", binary=binary).start()
         return self.nginx
 
-    def daemon(self, name: str) -> Ferryd:
-        return Ferryd(self.work / name, log_level="warning")
+    def daemon(self, name: str) -> Daemon:
+        return Daemon(self.work / name, log_level="warning")
 
     @staticmethod
     def rotate(items: list[str], r: int) -> list[str]:
@@ -238,7 +238,7 @@ class Bench:
         self.raw["small"] = {"count": count, "size": 64 * KIB, "runs": runs}
 
     def _small_once(
-        self, tool: str, d: Ferryd, urls: dict[str, str], out_dir: Path, r: int
+        self, tool: str, d: Daemon, urls: dict[str, str], out_dir: Path, r: int
     ) -> dict[str, Any]:
         import ferry
 
@@ -355,7 +355,7 @@ class Bench:
             if jobs != store_n:
                 raise RuntimeError(f"ferryd loaded {jobs} jobs, not {store_n}")
             if s.stop() != 0:
-                raise RuntimeError(f"ferryd did not stop cleanly:\n{s.log_tail()}")
+                raise RuntimeError(f"ferryd did not stop cleanly:\n{s.log()}")
         fig["restart_s_runs"] = restarts
         fig["store_rss_kib_runs"] = rss
         fig["store_hwm_kib_runs"] = hwm
@@ -376,7 +376,7 @@ class Bench:
         root = self.work / "www-fault"
         root.mkdir()
         sha = make_file(root / "drop.bin", size)
-        server = FaultServer(root).start()
+        server = FaultServer(root=root).start()
         d = self.daemon("ferryd-drops")
         d.start()
         out_dir = self.work / "out-drops"
@@ -406,12 +406,12 @@ class Bench:
                     job.complete()
                 wall = time.perf_counter() - t0
                 fetched = server.bytes_served().get("drop.bin", 0)
-                dropped = sum(1 for s in server.log if s.dropped)
+                dropped = sum(1 for s in server.responses if s.dropped)
                 ok = sha256_file(out_dir / "drop.bin") == sha
                 runs.append({
                     "wall": wall, "fetched": fetched, "ratio": fetched / size,
                     "drops": dropped, "resumes": resumes, "sha256_ok": ok,
-                    "requests": len(server.log),
+                    "requests": len(server.responses),
                 })
                 say(f"   round {r + 1}: {dropped} drops, {resumes} resumes, fetched "
                     f"{fetched / size:.4f} x size, SHA-256 {'ok' if ok else 'WRONG'}, "

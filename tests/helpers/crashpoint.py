@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.env import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 ENV = "FERRY_TEST_CRASHPOINT"
 POINTS = ("kill-before-create", "kill-after-create", "fail-create")
 

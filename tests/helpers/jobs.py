@@ -1,16 +1,15 @@
-"""Driving a real ferryd through its raw API in transfer tests: create, add, act, wait for a
-state with a deadline (never a fixed sleep), and look at what is on disk."""
+"""Driving a real ferryd through its raw API in transfer tests: create, add, act, and look
+at what is on disk (waiting for a state is harness.wait.wait_state)."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Daemon
+from harness.ferryd import Daemon
 
 TEMP_SUFFIX = ".ferry-part"
 
@@ -51,34 +50,6 @@ def files(d: Daemon, job: str) -> list[dict[str, Any]]:
     status, body = d.call("GET", f"/v1/jobs/{job}/files")
     assert status == 200, body
     return body["files"]  # type: ignore[no-any-return]
-
-
-def wait_until(
-    check: Callable[[], Any], what: str, timeout: float = 30, every: float = 0.02
-) -> Any:
-    """Poll ``check`` until it returns something true; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
-
-
-def wait_state(d: Daemon, job: str, *states: str, timeout: float = 30) -> dict[str, Any]:
-    last: dict[str, Any] = {}
-
-    def check() -> dict[str, Any] | None:
-        nonlocal last
-        last = get(d, job)
-        return last if last["state"] in states else None
-
-    try:
-        return wait_until(check, f"{states}", timeout)  # type: ignore[no-any-return]
-    except AssertionError:
-        raise AssertionError(f"job stayed {last.get('state')}: {last}\n{d.log()}") from None
 
 
 def temps(directory: Path) -> list[Path]:

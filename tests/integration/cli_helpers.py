@@ -1,6 +1,6 @@
 """Helpers for the client and CLI integration tests: run the real ``ferry`` command, check
-the JSON job object's shape (SPEC §6) against the OpenAPI document, and a deliberately slow
-HTTP server that holds a transfer open so cancel and Ctrl-C can be tested mid-transfer."""
+the JSON job object's shape (SPEC §6) against the OpenAPI document, and the fault
+server set up to hold a transfer open so cancel and Ctrl-C can be tested mid-transfer."""
 
 from __future__ import annotations
 
@@ -8,30 +8,20 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.integration.api_schema import assert_valid
+from harness.env import child_env
+from harness.faultserver import FaultServer, Resource
 
-ROOT = Path(__file__).resolve().parents[2]
-SRC = ROOT / "src"
+from tests.integration.api_schema import assert_valid
 
 
 def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a ``ferry`` child: this checkout's sources first, and no
-    FERRY_SOCKET leaking in from the developer's shell."""
-    env = dict(os.environ)
-    env.pop("FERRY_SOCKET", None)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(SRC)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
-    env["COLUMNS"] = "200"
-    env.update(extra or {})
-    return env
+    """The environment for a ``ferry`` child (harness.env.child_env: this checkout's
+    sources first, no FERRY_SOCKET from the developer's shell), 200 columns wide."""
+    return child_env({"COLUMNS": "200", **(extra or {})})
 
 
 class CliResult:
@@ -118,15 +108,7 @@ def assert_file_shape(f: Any) -> None:
     assert_valid("File", f)
 
 
-# ---- waiting on the file system -------------------------------------------------------------
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+# ---- the file system ---------------------------------------------------------------------------
 
 
 def others_in(directory: Path, *names: str) -> list[str]:
@@ -137,59 +119,17 @@ def others_in(directory: Path, *names: str) -> list[str]:
 # ---- a slow server ----------------------------------------------------------------------------
 
 
-class SlowServer:
-    """Serves ``/slow/NAME`` as ``size`` bytes of which only the first ``head`` are sent
-    until ``release()``: the transfer is provably in progress (the temporary file exists,
-    bytes are on disk) for as long as the test needs."""
+class SlowServer(FaultServer):
+    """Serves every ``/f/NAME`` (any name) as ``size`` random bytes of which only the first
+    ``head`` are sent until ``release()``: the transfer is provably in progress (the
+    temporary file exists, bytes are on disk) for as long as the test needs."""
 
     def __init__(self, size: int = 1_000_000, head: int = 64 * 1024) -> None:
+        super().__init__()
         self.size = size
         self.head = head
-        self.gate = threading.Event()
-        self.data = os.urandom(size)
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _headers(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Length", str(outer.size))
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("ETag", '"slow-1"')
-                self.end_headers()
-
-            def do_HEAD(self) -> None:
-                self._headers()
-
-            def do_GET(self) -> None:
-                self._headers()
-                try:
-                    self.wfile.write(outer.data[: outer.head])
-                    self.wfile.flush()
-                    outer.gate.wait(60)
-                    self.wfile.write(outer.data[outer.head :])
-                except OSError:
-                    pass  # the client went away (cancel): expected
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def start(self) -> SlowServer:
-        self.thread.start()
-        return self
-
-    def url(self, name: str = "file") -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/slow/{name}"
-
-    def release(self) -> None:
-        self.gate.set()
-
-    def stop(self) -> None:
-        self.gate.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def url(self, name_or_path: str = "file") -> str:
+        if not name_or_path.startswith("/") and name_or_path not in self.files:
+            self.files[name_or_path] = Resource(os.urandom(self.size), pause_after=self.head)
+        return super().url(name_or_path)

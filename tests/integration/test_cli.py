@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.faultserver import FaultServer
+from harness.ferryd import Daemon
+from harness.wait import wait_until
 
 from ferry import Client
-from tests.conftest import Daemon
-from tests.helpers.static_server import StaticServer
 from tests.integration.cli_helpers import (
     Cli,
     SlowServer,
     assert_file_shape,
     assert_job_shape,
-    eventually,
     others_in,
     run_ferry,
 )
@@ -112,7 +112,7 @@ def lonely_env() -> Iterator[dict[str, str]]:
             with Client(str(sock)) as c:
                 pid = int(c.status()["pid"])
             os.kill(pid, signal.SIGTERM)
-            eventually(lambda: not _alive(pid), timeout=20, what="ferryd to exit")
+            wait_until(lambda: not _alive(pid), timeout=20, what="ferryd to exit")
         except Exception:
             pass
     shutil.rmtree(base, ignore_errors=True)
@@ -159,7 +159,7 @@ def test_autostart_on_create(lonely_env: dict[str, str]) -> None:
 
 
 def test_life_cycle_by_display_name(
-    cli: Cli, http_server: StaticServer, dest: Path, tmp_path: Path
+    cli: Cli, http_server: FaultServer, dest: Path, tmp_path: Path
 ) -> None:
     payload = os.urandom(150_000)
     url = http_server.add("cli.bin", payload)
@@ -248,7 +248,7 @@ def test_suspend_cancel_take_ownership(cli: Cli, slow_server: SlowServer, dest: 
     cli.ok("add", "c", slow_server.url("c"), str(local))
     assert cli.ok("take-ownership", "c")["owner"]["uid"] == os.getuid()
     cli.ok("resume", "c")
-    eventually(lambda: others_in(dest, "keep.bin") != [], what="the temporary file")
+    wait_until(lambda: others_in(dest, "keep.bin") != [], what="the temporary file")
     assert cli.ok("suspend", "c")["state"] == "SUSPENDED"
     assert cli.ok("cancel", "c")["state"] == "CANCELLED"
     slow_server.release()
@@ -257,7 +257,7 @@ def test_suspend_cancel_take_ownership(cli: Cli, slow_server: SlowServer, dest: 
     assert error_of(cli("resume", "c")) == "BG_E_INVALID_STATE"
 
 
-def test_wait_exit_status(cli: Cli, http_server: StaticServer, dest: Path) -> None:
+def test_wait_exit_status(cli: Cli, http_server: FaultServer, dest: Path) -> None:
     cli.ok("create", "missing")
     cli.ok("add", "missing", http_server.url("absent.bin"), str(dest / "absent.bin"))
     r = cli("wait", "missing", "--timeout", "0.3")
@@ -270,7 +270,7 @@ def test_wait_exit_status(cli: Cli, http_server: StaticServer, dest: Path) -> No
     assert "BG_E_HTTP_ERROR_404 (0x80190194)" in r.stderr
 
 
-def test_human_output(cli: Cli, http_server: StaticServer, dest: Path) -> None:
+def test_human_output(cli: Cli, http_server: FaultServer, dest: Path) -> None:
     job = cli.ok("create", "human")
     cli.ok("add", "human", http_server.add("h.bin", b"hello"), str(dest / "h.bin"))
     for args in (("list",), ("info", "human"), ("files", "human")):
@@ -285,7 +285,7 @@ def test_human_output(cli: Cli, http_server: StaticServer, dest: Path) -> None:
 # ---- transfer ---------------------------------------------------------------------------------
 
 
-def test_transfer_end_to_end(cli: Cli, http_server: StaticServer, dest: Path) -> None:
+def test_transfer_end_to_end(cli: Cli, http_server: FaultServer, dest: Path) -> None:
     a, b = os.urandom(120_000), os.urandom(5)
     r = cli(
         "transfer", "--name", "xfer", "--priority", "foreground",
@@ -299,14 +299,14 @@ def test_transfer_end_to_end(cli: Cli, http_server: StaticServer, dest: Path) ->
     assert (dest / "a.bin").read_bytes() == a and (dest / "b.bin").read_bytes() == b
 
 
-def test_transfer_human_mode(cli: Cli, http_server: StaticServer, dest: Path) -> None:
+def test_transfer_human_mode(cli: Cli, http_server: FaultServer, dest: Path) -> None:
     r = cli("transfer", http_server.add("h.bin", b"x" * 70_000), "h.bin", json=False, cwd=dest)
     assert r.returncode == 0, r
     assert str(dest / "h.bin") in r.stdout
     assert (dest / "h.bin").read_bytes() == b"x" * 70_000
 
 
-def test_transfer_error_keeps_the_job(cli: Cli, http_server: StaticServer, dest: Path) -> None:
+def test_transfer_error_keeps_the_job(cli: Cli, http_server: FaultServer, dest: Path) -> None:
     r = cli("transfer", "--name", "broken", http_server.url("nope.bin"), str(dest / "nope.bin"))
     assert error_of(r) == "BG_E_HTTP_ERROR_404"
     assert r.json["job"]["state"] == "ERROR"
@@ -318,7 +318,7 @@ def test_transfer_error_keeps_the_job(cli: Cli, http_server: StaticServer, dest:
 def test_ctrl_c_during_transfer_cancels(cli: Cli, slow_server: SlowServer, dest: Path) -> None:
     proc = cli.popen("transfer", "--name", "interrupted", slow_server.url("i"), str(dest / "i"))
     try:
-        eventually(lambda: others_in(dest) != [], what="the temporary file")
+        wait_until(lambda: others_in(dest) != [], what="the temporary file")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -346,7 +346,7 @@ def _reader(proc: subprocess.Popen[str]) -> queue.Queue[str]:
     return lines
 
 
-def test_events_json_lines(cli: Cli, http_server: StaticServer, dest: Path) -> None:
+def test_events_json_lines(cli: Cli, http_server: FaultServer, dest: Path) -> None:
     job = cli.ok("create", "streamed")
     cli.ok("add", "streamed", http_server.add("s.bin", os.urandom(40_000)), str(dest / "s.bin"))
     proc = cli.popen("events", "--all-events", "streamed")

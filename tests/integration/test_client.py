@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.faultserver import FaultServer
+from harness.ferryd import Daemon
+from harness.wait import wait_until
 
 import ferry
 from ferry import AsyncClient, Client, FerryError, JobState, Priority
-from tests.conftest import Daemon
-from tests.helpers.static_server import StaticServer
-from tests.integration.cli_helpers import SlowServer, eventually, others_in
+from tests.integration.cli_helpers import SlowServer, others_in
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_status_names_the_caller(client: Client) -> None:
     assert st["mode"] == "user"
 
 
-def test_download_round_trip(client: Client, http_server: StaticServer, dest: Path) -> None:
+def test_download_round_trip(client: Client, http_server: FaultServer, dest: Path) -> None:
     payloads = {"a.bin": os.urandom(200_000), "b.bin": os.urandom(1234)}
     job = client.create_job("round trip", priority=Priority.FOREGROUND, description="two files")
     assert isinstance(job, ferry.Job)
@@ -92,7 +93,7 @@ def test_file_url(client: Client, tmp_path: Path, dest: Path) -> None:
 
 
 def test_relative_local_name_is_made_absolute(
-    client: Client, http_server: StaticServer, dest: Path, monkeypatch: pytest.MonkeyPatch
+    client: Client, http_server: FaultServer, dest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(dest)
     job = client.create_job("relative")
@@ -173,7 +174,7 @@ def test_set_properties(client: Client) -> None:
 
 
 def test_wait_timeout_is_a_ferry_error(
-    client: Client, http_server: StaticServer, dest: Path
+    client: Client, http_server: FaultServer, dest: Path
 ) -> None:
     job = client.create_job("never resumed")
     job.add_file(http_server.add("t.bin", b"x"), str(dest / "t.bin"))
@@ -183,7 +184,7 @@ def test_wait_timeout_is_a_ferry_error(
 
 
 def test_wait_returns_error_then_resume_recovers(
-    client: Client, http_server: StaticServer, dest: Path
+    client: Client, http_server: FaultServer, dest: Path
 ) -> None:
     job = client.create_job("404")
     job.add_file(http_server.url("later.bin"), str(dest / "later.bin"))
@@ -199,7 +200,7 @@ def test_wait_returns_error_then_resume_recovers(
 
 
 def test_events_iterator_sees_transitions(
-    client: Client, http_server: StaticServer, dest: Path
+    client: Client, http_server: FaultServer, dest: Path
 ) -> None:
     job = client.create_job("watched")
     job.add_file(http_server.add("w.bin", os.urandom(50_000)), str(dest / "w.bin"))
@@ -238,7 +239,7 @@ def test_cancel_leaves_no_temporary_file_and_keeps_local_name(
     job = client.create_job("to cancel", priority=Priority.FOREGROUND)
     job.add_file(slow_server.url("c"), str(local))
     job.resume()
-    eventually(lambda: others_in(dest, "target.bin") != [], what="the temporary file")
+    wait_until(lambda: others_in(dest, "target.bin") != [], what="the temporary file")
     job.cancel()
     assert job.state is JobState.CANCELLED
     slow_server.release()
@@ -247,7 +248,7 @@ def test_cancel_leaves_no_temporary_file_and_keeps_local_name(
 
 
 def test_partial_complete(
-    client: Client, slow_server: SlowServer, http_server: StaticServer, dest: Path
+    client: Client, slow_server: SlowServer, http_server: FaultServer, dest: Path
 ) -> None:
     job = client.create_job("partial", priority=Priority.FOREGROUND)
     job.add_files(
@@ -257,7 +258,7 @@ def test_partial_complete(
         ]
     )
     job.resume()
-    eventually(lambda: job.info().progress["files_transferred"] == 1, what="the first file")
+    wait_until(lambda: job.info().progress["files_transferred"] == 1, what="the first file")
     assert job.complete() == "BG_S_PARTIAL_COMPLETE"
     slow_server.release()
     assert (dest / "quick.bin").read_bytes() == b"quick"
@@ -280,7 +281,7 @@ def test_client_survives_daemon_restart(client: Client, ferryd: Daemon) -> None:
 
 
 def test_wait_rides_out_a_restart(
-    client: Client, ferryd: Daemon, http_server: StaticServer, dest: Path
+    client: Client, ferryd: Daemon, http_server: FaultServer, dest: Path
 ) -> None:
     job = client.create_job("across restart")
     job.add_file(http_server.add("x.bin", os.urandom(10_000)), str(dest / "x.bin"))
@@ -308,7 +309,7 @@ def test_wait_rides_out_a_restart(
 
 
 async def test_async_client_same_surface(
-    ferryd: Daemon, http_server: StaticServer, dest: Path, monkeypatch: pytest.MonkeyPatch
+    ferryd: Daemon, http_server: FaultServer, dest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(dest)
     async with AsyncClient(ferryd.socket) as c:

@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.faultserver import FaultServer
+from harness.ferryd import Daemon
+from harness.wait import wait_state, wait_until
 
 from ferry.service.scheduler import HOLD_SECONDS
-from tests.conftest import Daemon
-from tests.helpers.jobs import act, add, create, files, get, temps, wait_state, wait_until
-from tests.helpers.throttled_server import ThrottledServer
+from tests.helpers.jobs import act, add, create, files, get, temps
 from tests.integration.test_scheduling import EventStream
 
 KiB = 1 << 10
@@ -23,13 +24,13 @@ BIG = hashlib.sha256(b"big").digest() * (32 * KiB)  # 1 MiB
 
 
 @pytest.fixture
-def server() -> Iterator[ThrottledServer]:
-    with ThrottledServer() as srv:
+def server() -> Iterator[FaultServer]:
+    with FaultServer() as srv:
         yield srv
 
 
 def test_failed_complete_releases_the_job_at_once(
-    ferryd: Daemon, server: ThrottledServer, dest: Path
+    ferryd: Daemon, server: FaultServer, dest: Path
 ) -> None:
     job = create(ferryd, "complete-fails")
     status, body = ferryd.call(
@@ -74,7 +75,7 @@ def test_failed_complete_releases_the_job_at_once(
 
 
 def test_failed_complete_of_a_transferred_job_is_published(
-    ferryd: Daemon, server: ThrottledServer, dest: Path
+    ferryd: Daemon, server: FaultServer, dest: Path
 ) -> None:
     """Nothing runs: the job stays TRANSFERRED (the error goes to the caller), watchers are
     told at once, and complete can be called again once the cause is gone."""

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.faultserver import FaultServer
+from harness.ferryd import Daemon
 
 from ferry import AsyncClient, Client, JobState
 from ferry.protocol import PROPERTIES, ROUTES, Property
 from ferry.protocol.openapi import openapi_document
-from tests.conftest import Daemon
-from tests.helpers.static_server import StaticServer
 from tests.integration.api_schema import assert_valid
 from tests.integration.cli_helpers import Cli
 
@@ -140,7 +140,7 @@ def add_through(
 
 @pytest.mark.parametrize("kind", CLIENTS)
 def test_sha256_through_every_client_is_enforced(
-    ferryd: Daemon, http_server: StaticServer, dest: Path, kind: str
+    ferryd: Daemon, http_server: FaultServer, dest: Path, kind: str
 ) -> None:
     """Three files: one not checked, one with its right digest (upper case: any case is
     taken), one whose digest is wrong. The first two arrive; the third fails the job with

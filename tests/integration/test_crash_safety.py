@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness import nginx
+from harness.ferryd import Daemon
+from harness.wait import wait_state, wait_until
 
 from ferry.transfer.engine import CHECKPOINT_BYTES
-from tests.conftest import Daemon
-from tests.helpers import nginx
-from tests.helpers.jobs import act, add, create, get, only_temp, temps, wait_state, wait_until
+from tests.helpers.jobs import act, add, create, get, only_temp, temps
 
 MiB = 1 << 20
 SIZE = 200 * MiB

@@ -6,14 +6,14 @@ import hashlib
 import json
 import os
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.faultserver import FaultServer
+from harness.ferryd import Daemon, api_call
+from harness.wait import wait_state
 
-from tests.conftest import Daemon, api_call
-from tests.helpers.static_server import StaticServer
 from tests.integration.api_schema import assert_response, assert_valid
 
 
@@ -29,25 +29,12 @@ def add(d: Daemon, job: str, *pairs: tuple[str, str]) -> tuple[int, Any]:
     return d.call("POST", f"/v1/jobs/{job}/files", {"files": files})
 
 
-def wait_state(d: Daemon, job: str, states: set[str], timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        status, data = d.call("GET", f"/v1/jobs/{job}")
-        assert status == 200, data
-        assert_valid("Job", data)
-        if data["state"] in states:
-            return data  # type: ignore[no-any-return]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job stayed {data['state']}: {data}")
-        time.sleep(0.05)
-
-
 def error_code(resp: tuple[int, Any]) -> tuple[int, str]:
     status, body = resp
     return status, body["error"]["code"]
 
 
-def test_download_life_cycle(ferryd: Daemon, http_server: StaticServer, dest: Path) -> None:
+def test_download_life_cycle(ferryd: Daemon, http_server: FaultServer, dest: Path) -> None:
     payloads = {f"f{i}.bin": os.urandom(100_000 + i) for i in range(3)}
     pairs = [(http_server.add(n, b), str(dest / n)) for n, b in payloads.items()]
     job = create(ferryd, "life")
@@ -94,7 +81,7 @@ def test_file_url_download(ferryd: Daemon, tmp_path: Path, dest: Path) -> None:
 
 
 def test_cancel_deletes_temporaries_and_never_touches_local_names(
-    ferryd: Daemon, http_server: StaticServer, dest: Path
+    ferryd: Daemon, http_server: FaultServer, dest: Path
 ) -> None:
     existing = dest / "keep.bin"
     existing.write_bytes(b"old content")
@@ -115,7 +102,7 @@ def test_cancel_deletes_temporaries_and_never_touches_local_names(
     )
 
 
-def test_partial_complete(ferryd: Daemon, http_server: StaticServer, dest: Path) -> None:
+def test_partial_complete(ferryd: Daemon, http_server: FaultServer, dest: Path) -> None:
     job = create(ferryd, "partial")
     add(ferryd, job["id"], (http_server.add("a.bin", b"a" * 1000), str(dest / "a.bin")))
     add(ferryd, job["id"], (http_server.url("missing.bin"), str(dest / "b.bin")))
@@ -133,7 +120,7 @@ def test_partial_complete(ferryd: Daemon, http_server: StaticServer, dest: Path)
 
 
 def test_jobs_survive_restart_and_kill(
-    ferryd: Daemon, http_server: StaticServer, dest: Path
+    ferryd: Daemon, http_server: FaultServer, dest: Path
 ) -> None:
     job = create(ferryd, "persist", priority="high", description="kept")
     add(ferryd, job["id"], (http_server.add("p.bin", b"p" * 5000), str(dest / "p.bin")))
@@ -252,7 +239,7 @@ def test_malformed_file_lists(ferryd: Daemon, files: Any) -> None:
     assert ferryd.call("GET", f"/v1/jobs/{job['id']}")[1] == job
 
 
-def test_state_rules_over_the_api(ferryd: Daemon, http_server: StaticServer, dest: Path) -> None:
+def test_state_rules_over_the_api(ferryd: Daemon, http_server: FaultServer, dest: Path) -> None:
     job = create(ferryd, "empty")
     assert error_code(ferryd.call("POST", f"/v1/jobs/{job['id']}/resume", {})) == (
         409,
@@ -385,7 +372,7 @@ def test_events_stream_snapshot_first(ferryd: Daemon) -> None:
 
 
 def test_complete_recovers_from_a_crash_between_rename_and_commit(
-    ferryd: Daemon, http_server: StaticServer, dest: Path
+    ferryd: Daemon, http_server: FaultServer, dest: Path
 ) -> None:
     data = os.urandom(40_000)
     job = create(ferryd, "crash-in-complete")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trustme
+from harness.faultserver import FaultServer, http_date
 
 from ferry.model.job import Job, JobFile, Limits
 from ferry.model.token import Token
@@ -24,7 +25,6 @@ from ferry.transfer.base import TransferError
 from ferry.transfer.engine import TransferEngine
 from ferry.transfer.http import HttpTransport
 from ferry.transfer.local import LocalTransport
-from tests.helpers.httpserver import FaultServer, http_date
 
 MiB = 1 << 20
 
@@ -548,7 +548,7 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
 async def test_https_download(identity: IdentityIO, ca: trustme.CA, tmp_path: Path) -> None:
     eng = make_engine(identity, ssl_context=client_tls(ca))
     try:
-        async with FaultServer(server_tls(ca)) as srv:
+        async with FaultServer(ssl=server_tls(ca)) as srv:
             job = make_job([(srv.add("s", b"secret"), tmp_path / "s")])
             await eng.run_job(job, Recorder())
     finally:
@@ -559,7 +559,7 @@ async def test_https_download(identity: IdentityIO, ca: trustme.CA, tmp_path: Pa
 async def test_untrusted_certificate_is_fatal(
     engine: TransferEngine, ca: trustme.CA, tmp_path: Path
 ) -> None:
-    async with FaultServer(server_tls(ca)) as srv:
+    async with FaultServer(ssl=server_tls(ca)) as srv:
         job = make_job([(srv.add("s", b"secret"), tmp_path / "s")])
         err = await fails(engine, job)
     assert err.code == "ERROR_WINHTTP_SECURE_FAILURE" and not err.transient
@@ -571,7 +571,7 @@ async def test_https_to_http_redirect_is_refused(
     plain = server.add("p", b"plain")
     eng = make_engine(identity, ssl_context=client_tls(ca))
     try:
-        async with FaultServer(server_tls(ca)) as srv:
+        async with FaultServer(ssl=server_tls(ca)) as srv:
             job = make_job([(srv.url(f"/to?url={plain}"), tmp_path / "p")])
             err = await fails(eng, job)
     finally:

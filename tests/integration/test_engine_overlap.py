@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from harness.faultserver import FaultServer
 
 from ferry.model.job import Job
 from ferry.security.identity import IdentityIO
 from ferry.transfer.base import BatchCallbacks, TransferError
 from ferry.transfer.engine import TransferEngine
-from tests.helpers.throttled_server import ThrottledServer
 from tests.integration.test_engine import Recorder, make_engine, make_job, temp_bytes
 
 
@@ -36,8 +36,8 @@ class BatchRecorder(Recorder):
 
 
 @pytest.fixture
-def server() -> Iterator[ThrottledServer]:
-    with ThrottledServer() as srv:
+def server() -> Iterator[FaultServer]:
+    with FaultServer() as srv:
         yield srv
 
 
@@ -77,7 +77,7 @@ def check_reports(rec: Recorder, job: Job) -> None:
 
 
 async def test_small_files_overlap_and_complete_in_order(
-    engine: TransferEngine, server: ThrottledServer, recorder: Recorder, tmp_path: Path
+    engine: TransferEngine, server: FaultServer, recorder: Recorder, tmp_path: Path
 ) -> None:
     data = [os.urandom(5000 + 311 * i) for i in range(40)]
     # File 3 answers late: the files after it finish first and must wait.
@@ -95,7 +95,7 @@ async def test_small_files_overlap_and_complete_in_order(
 
 
 async def test_no_file_starts_beside_a_large_one(
-    engine: TransferEngine, server: ThrottledServer, recorder: Recorder, tmp_path: Path
+    engine: TransferEngine, server: FaultServer, recorder: Recorder, tmp_path: Path
 ) -> None:
     small = [os.urandom(3000) for _ in range(12)]
     big = [os.urandom(1 << 20) for _ in range(2)]  # above overlap_max_bytes
@@ -123,7 +123,7 @@ async def test_no_file_starts_beside_a_large_one(
 
 
 async def test_a_failure_is_reported_after_the_files_before_it(
-    engine: TransferEngine, server: ThrottledServer, recorder: Recorder, tmp_path: Path
+    engine: TransferEngine, server: FaultServer, recorder: Recorder, tmp_path: Path
 ) -> None:
     first = os.urandom(4000)
     urls = [
@@ -142,7 +142,7 @@ async def test_a_failure_is_reported_after_the_files_before_it(
 
 
 async def test_a_stopped_run_reports_what_it_has_and_resumes(
-    engine: TransferEngine, server: ThrottledServer, recorder: Recorder, tmp_path: Path
+    engine: TransferEngine, server: FaultServer, recorder: Recorder, tmp_path: Path
 ) -> None:
     data = [os.urandom(200_000) for _ in range(4)]
     urls = [

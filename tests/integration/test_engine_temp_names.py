@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from harness.faultserver import FaultServer
 
 from ferry.model.job import Job
 from ferry.security.identity import IdentityIO
 from ferry.transfer import window
 from ferry.transfer.engine import TransferEngine
-from tests.helpers.httpserver import FaultServer
 from tests.integration.test_engine import (
     Recorder,
     data_of,

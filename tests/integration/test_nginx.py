@@ -12,9 +12,10 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
+from harness import nginx
+from harness.ferryd import Daemon
+from harness.wait import wait_state, wait_until
 
-from tests.conftest import Daemon
-from tests.helpers import nginx
 from tests.helpers.jobs import (
     act,
     add,
@@ -24,8 +25,6 @@ from tests.helpers.jobs import (
     get,
     only_temp,
     temps,
-    wait_state,
-    wait_until,
 )
 
 MiB = 1 << 20

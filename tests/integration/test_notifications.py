@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.faultserver import FaultServer
+from harness.ferryd import Daemon
+from harness.wait import wait_until
 
 from ferry import Client, JobState
 from ferry.client import Event, EventStream, Job
-from tests.conftest import Daemon
-from tests.helpers.static_server import StaticServer
-from tests.integration.cli_helpers import SlowServer, eventually, run_ferry
+from tests.integration.cli_helpers import SlowServer, run_ferry
 
 MakeDaemon = Callable[..., Daemon]
 ALL_BUT_DISABLE = 0x1F & ~0x4  # 0x1B; 0x1F includes DISABLE (0x4), which silences the job
@@ -68,7 +69,7 @@ def info(c: Client, job: Job) -> dict[str, Any]:
 
 
 def test_full_life_cycle_in_order_with_every_flag_but_disable(
-    make_daemon: MakeDaemon, http_server: StaticServer, dest: Path
+    make_daemon: MakeDaemon, http_server: FaultServer, dest: Path
 ) -> None:
     d = make_daemon(min_notification_interval_ms=0)
     data = os.urandom(300_000)
@@ -105,7 +106,7 @@ def test_full_life_cycle_in_order_with_every_flag_but_disable(
 
 
 def test_late_subscriber_first_gets_the_current_state(
-    make_daemon: MakeDaemon, http_server: StaticServer, dest: Path
+    make_daemon: MakeDaemon, http_server: FaultServer, dest: Path
 ) -> None:
     d = make_daemon()
     with Client(d.socket) as c:
@@ -122,7 +123,7 @@ def test_late_subscriber_first_gets_the_current_state(
 
 
 def run_two_jobs(
-    c: Client, flags: int, http_server: StaticServer, dest: Path
+    c: Client, flags: int, http_server: FaultServer, dest: Path
 ) -> dict[str, list[tuple[str, str]]]:
     """A job that transfers and one that fails (404), both with ``flags``, seen by a callback
     subscriber of all the caller's jobs; a sentinel change marks the end of their events."""
@@ -165,7 +166,7 @@ def run_two_jobs(
 )  # fmt: skip
 def test_notify_flags_filter_the_callback_stream(
     make_daemon: MakeDaemon,
-    http_server: StaticServer,
+    http_server: FaultServer,
     dest: Path,
     flags: int,
     ok_kinds: set[str],
@@ -187,7 +188,7 @@ def test_notify_flags_filter_the_callback_stream(
 
 
 def test_waiters_work_when_notifications_are_disabled(
-    make_daemon: MakeDaemon, http_server: StaticServer, dest: Path
+    make_daemon: MakeDaemon, http_server: FaultServer, dest: Path
 ) -> None:
     d = make_daemon()
     with Client(d.socket) as c:
@@ -208,7 +209,7 @@ def test_waiters_work_when_notifications_are_disabled(
 
 
 def test_rate_limit_coalesces_progress_and_delivers_the_latest(
-    make_daemon: MakeDaemon, http_server: StaticServer, dest: Path
+    make_daemon: MakeDaemon, http_server: FaultServer, dest: Path
 ) -> None:
     d = make_daemon(min_notification_interval_ms=3000)
     slow = SlowServer(size=100_000, head=1000).start()
@@ -263,7 +264,7 @@ def settled(c: Client, job: Job, state: str = "DELIVERED") -> Callable[[], bool]
 
 
 def transferred_job(
-    c: Client, http_server: StaticServer, dest: Path, cmdline: list[str], name: str = "n"
+    c: Client, http_server: FaultServer, dest: Path, cmdline: list[str], name: str = "n"
 ) -> Job:
     job = c.create_job(name)
     job.set(notify_cmdline=cmdline)
@@ -275,7 +276,7 @@ def transferred_job(
 
 def test_command_line_runs_with_a_clean_environment(
     make_daemon: MakeDaemon,
-    http_server: StaticServer,
+    http_server: FaultServer,
     dest: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -288,7 +289,7 @@ def test_command_line_runs_with_a_clean_environment(
     )
     with Client(d.socket) as c:
         job = transferred_job(c, http_server, dest, ["/bin/sh", "-c", script])
-        eventually(settled(c, job), what="the notification")
+        wait_until(settled(c, job), what="the notification")
         n = notification(c, job)
     assert n == {
         "last_event": "JOB_TRANSFERRED",
@@ -319,12 +320,12 @@ def test_command_line_runs_with_a_clean_environment(
         assert Path(f"{out}.pwd").read_text().strip() == expected_cwd
     else:
         assert "HOME" not in env
-    eventually(lambda: "hello-err" in d.log(), what="the program's output in the log")
+    wait_until(lambda: "hello-err" in d.log(), what="the program's output in the log")
     assert "hello-out" in d.log()
 
 
 def test_error_notification_runs_and_disable_silences_it(
-    make_daemon: MakeDaemon, http_server: StaticServer, dest: Path, tmp_path: Path
+    make_daemon: MakeDaemon, http_server: FaultServer, dest: Path, tmp_path: Path
 ) -> None:
     d = make_daemon()
     out = tmp_path / "errors"
@@ -343,14 +344,14 @@ def test_error_notification_runs_and_disable_silences_it(
         for j in (loud, quiet, only_transferred):
             j.resume()
             assert j.wait(30) is JobState.ERROR
-        eventually(settled(c, loud), what="the error notification")
+        wait_until(settled(c, loud), what="the error notification")
         # Nothing was owed for the others: the decision is stored with the state change.
         assert notification(c, quiet) is None and notification(c, only_transferred) is None
     assert out.read_text() == "JOB_ERROR ERROR\n"
 
 
 def test_failing_programs_are_recorded_and_retried(
-    make_daemon: MakeDaemon, http_server: StaticServer, dest: Path, tmp_path: Path
+    make_daemon: MakeDaemon, http_server: FaultServer, dest: Path, tmp_path: Path
 ) -> None:
     d = make_daemon(notify_retry_delay=0.2, notify_max_attempts=3)
     tries = tmp_path / "tries"
@@ -368,8 +369,8 @@ def test_failing_programs_are_recorded_and_retried(
             "flaky",
         )
         for j in (exit3, missing):
-            eventually(settled(c, j, "FAILED"), what=f"{j.display_name} to fail for good")
-        eventually(settled(c, flaky), what="the flaky program to succeed on a retry")
+            wait_until(settled(c, j, "FAILED"), what=f"{j.display_name} to fail for good")
+        wait_until(settled(c, flaky), what="the flaky program to succeed on a retry")
         failed_exit = notification(c, exit3)
         failed_start = notification(c, missing)
         delivered = notification(c, flaky)
@@ -394,14 +395,14 @@ def test_failing_programs_are_recorded_and_retried(
 
 
 def test_a_program_that_outlives_the_timeout_loses_its_process_group(
-    make_daemon: MakeDaemon, http_server: StaticServer, dest: Path, tmp_path: Path
+    make_daemon: MakeDaemon, http_server: FaultServer, dest: Path, tmp_path: Path
 ) -> None:
     d = make_daemon(notify_timeout=1, notify_max_attempts=1)
     pidfile = tmp_path / "pid"
     script = f"sleep 120 & echo $! > {pidfile}; wait"
     with Client(d.socket) as c:
         job = transferred_job(c, http_server, dest, ["/bin/sh", "-c", script])
-        eventually(settled(c, job, "FAILED"), what="the timeout")
+        wait_until(settled(c, job, "FAILED"), what="the timeout")
         n = notification(c, job)
     assert n is not None and n["error"]["code"] == "BG_E_WATCHDOG_TIMEOUT"
     pid = int(pidfile.read_text())
@@ -413,11 +414,11 @@ def test_a_program_that_outlives_the_timeout_loses_its_process_group(
             return True
         return stat.rsplit(")", 1)[1].split()[0] == "Z"  # killed, awaiting its reaper
 
-    eventually(gone, what="the program's child to be killed with its group")
+    wait_until(gone, what="the program's child to be killed with its group")
 
 
 def test_a_crash_between_transfer_and_notification_notifies_once_after_restart(
-    make_daemon: MakeDaemon, http_server: StaticServer, dest: Path, tmp_path: Path, short_tmp: Path
+    make_daemon: MakeDaemon, http_server: FaultServer, dest: Path, tmp_path: Path, short_tmp: Path
 ) -> None:
     d = make_daemon(notify_start_delay=3600)  # the notifier sleeps: the window stays open
     out = tmp_path / "once"
@@ -436,7 +437,7 @@ def test_a_crash_between_transfer_and_notification_notifies_once_after_restart(
     write_config(short_tmp / "ferryd.toml", {})
     d.start()
     with Client(d.socket) as c:
-        eventually(settled(c, job), what="the notification after the restart")
+        wait_until(settled(c, job), what="the notification after the restart")
         assert c.get_job(job.id).state is JobState.TRANSFERRED
     assert out.read_text() == f"{job.id}\n"
     d.restart()  # a clean restart finds nothing owed

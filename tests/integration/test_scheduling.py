@@ -2,7 +2,7 @@
 slots, the background limit, priority order, pre-emption, round robin among equals, and a
 job of many small files whose completions are reported in file order.
 
-Transfers are made slow or held by a server on loopback (tests/helpers/throttled_server.py)
+Transfers are made slow or held by a server on loopback (harness/faultserver.py)
 so states can be observed; every wait has a deadline, nothing asserts on durations.
 """
 
@@ -17,17 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import Daemon
-from tests.helpers.throttled_server import ThrottledServer
+from harness.faultserver import FaultServer
+from harness.ferryd import Daemon
 
 ACTIVE = {"CONNECTING", "TRANSFERRING"}
 DEADLINE = 60.0
 
 
 @pytest.fixture
-def server() -> Iterator[ThrottledServer]:
-    with ThrottledServer() as srv:
+def server() -> Iterator[FaultServer]:
+    with FaultServer() as srv:
         yield srv
 
 
@@ -104,7 +103,7 @@ def complete_and_check(d: Daemon, job: str, expected: dict[Path, bytes]) -> None
 
 
 def test_foreground_runs_beside_full_background_slots(
-    daemon_factory: Callable[..., Daemon], server: ThrottledServer, dest: Path
+    daemon_factory: Callable[..., Daemon], server: FaultServer, dest: Path
 ) -> None:
     d = daemon_factory(max_background_jobs=2, time_slice=0)
     data = {n: os.urandom(200_000) for n in ("b1", "b2", "b3", "fg")}
@@ -134,7 +133,7 @@ def test_foreground_runs_beside_full_background_slots(
 
 
 def test_max_background_jobs_is_respected(
-    daemon_factory: Callable[..., Daemon], server: ThrottledServer, dest: Path
+    daemon_factory: Callable[..., Daemon], server: FaultServer, dest: Path
 ) -> None:
     d = daemon_factory(max_background_jobs=2, time_slice=0)
     data = {f"j{i}": os.urandom(120_000) for i in range(5)}
@@ -164,7 +163,7 @@ def test_max_background_jobs_is_respected(
 
 
 def test_background_jobs_start_in_priority_order(
-    daemon_factory: Callable[..., Daemon], server: ThrottledServer, dest: Path
+    daemon_factory: Callable[..., Daemon], server: FaultServer, dest: Path
 ) -> None:
     d = daemon_factory(max_background_jobs=1, time_slice=0)
     blocker_data = os.urandom(100_000)
@@ -190,7 +189,7 @@ def test_background_jobs_start_in_priority_order(
 
 
 def test_higher_priority_pre_empts_and_the_lower_job_resumes(
-    daemon_factory: Callable[..., Daemon], server: ThrottledServer, dest: Path
+    daemon_factory: Callable[..., Daemon], server: FaultServer, dest: Path
 ) -> None:
     d = daemon_factory(max_background_jobs=1, time_slice=0)
     low_data, high_data = os.urandom(400_000), os.urandom(100_000)
@@ -223,7 +222,7 @@ def test_higher_priority_pre_empts_and_the_lower_job_resumes(
 
 
 def test_equal_priorities_share_the_slot_round_robin(
-    daemon_factory: Callable[..., Daemon], server: ThrottledServer, dest: Path
+    daemon_factory: Callable[..., Daemon], server: FaultServer, dest: Path
 ) -> None:
     d = daemon_factory(max_background_jobs=1, time_slice=0.3)
     data = {n: os.urandom(600_000) for n in ("a", "b")}
@@ -255,7 +254,7 @@ def test_equal_priorities_share_the_slot_round_robin(
 
 
 def test_stops_and_restarts_in_quick_succession_lose_nothing(
-    daemon_factory: Callable[..., Daemon], server: ThrottledServer, dest: Path
+    daemon_factory: Callable[..., Daemon], server: FaultServer, dest: Path
 ) -> None:
     """Suspend, resume and priority changes while transfers run and rotate: every stop
     waits for the job's task, so a job never runs twice and each run resumes where the
@@ -324,7 +323,7 @@ class EventStream:
 
 
 def test_many_small_files_complete_in_file_order(
-    daemon_factory: Callable[..., Daemon], server: ThrottledServer, dest: Path
+    daemon_factory: Callable[..., Daemon], server: FaultServer, dest: Path
 ) -> None:
     d = daemon_factory()
     count = 120

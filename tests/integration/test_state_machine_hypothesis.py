@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.faultserver import FaultServer
+from harness.ferryd import Daemon
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -27,9 +29,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from tests.conftest import Daemon
 from tests.helpers.jobs import temps
-from tests.helpers.static_server import StaticServer
 
 RUNNING = frozenset({"QUEUED", "CONNECTING", "TRANSFERRING", "TRANSFERRED"})
 FINAL = frozenset({"ACKNOWLEDGED", "CANCELLED"})
@@ -74,7 +74,7 @@ class ModelJob:
         return frozenset({self.state})
 
 
-def test_job_state_machine(ferryd: Daemon, http_server: StaticServer, dest: Path) -> None:
+def test_job_state_machine(ferryd: Daemon, http_server: FaultServer, dest: Path) -> None:
     payloads = [hashlib.sha256(bytes([i])).digest() * (1000 + 700 * i) for i in range(GOOD)]
     urls = [http_server.add(f"s{i}.bin", p) for i, p in enumerate(payloads)]
     urls.append(http_server.url("missing.bin"))

@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.faultserver import FaultServer
+from harness.ferryd import Daemon
+from harness.wait import wait_state, wait_until
 
-from tests.conftest import Daemon
 from tests.helpers import crashpoint
-from tests.helpers.jobs import act, add, create, get, temps, wait_state, wait_until
-from tests.helpers.throttled_server import ThrottledServer
+from tests.helpers.jobs import act, add, create, get, temps
 
 KiB = 1 << 10
 DATA = hashlib.sha256(b"ferry").digest() * (32 * KiB)  # 1 MiB
@@ -29,8 +30,8 @@ PAUSE = 256 * KiB  # the first response stops here until released: the job is mi
 
 
 @pytest.fixture
-def server() -> Iterator[ThrottledServer]:
-    with ThrottledServer() as srv:
+def server() -> Iterator[FaultServer]:
+    with FaultServer() as srv:
         yield srv
 
 
@@ -64,7 +65,7 @@ def start_job(d: Daemon, url: str, local: Path) -> str:
 def crash_at(
     point: str,
     daemon: Daemon,
-    server: ThrottledServer,
+    server: FaultServer,
     dest: Path,
     short_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -83,7 +84,7 @@ def crash_at(
 
 def test_kill_after_create_then_cancel_leaves_nothing(
     daemon: Daemon,
-    server: ThrottledServer,
+    server: FaultServer,
     dest: Path,
     short_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -107,7 +108,7 @@ def test_kill_after_create_then_cancel_leaves_nothing(
 
 def test_kill_after_create_then_complete_publishes_the_file(
     daemon: Daemon,
-    server: ThrottledServer,
+    server: FaultServer,
     dest: Path,
     short_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -130,7 +131,7 @@ def test_kill_after_create_then_complete_publishes_the_file(
 
 def test_kill_before_create_then_the_persisted_name_is_created(
     daemon: Daemon,
-    server: ThrottledServer,
+    server: FaultServer,
     dest: Path,
     short_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -155,7 +156,7 @@ def test_kill_before_create_then_the_persisted_name_is_created(
 @pytest.mark.parametrize("action", ["cancel", "complete"])
 def test_persisted_name_without_a_file_is_cleaned_up(
     daemon: Daemon,
-    server: ThrottledServer,
+    server: FaultServer,
     dest: Path,
     short_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -200,7 +201,7 @@ def _point_temp_name_at(d: Daemon, job: str, target: Path) -> None:
 
 @pytest.mark.parametrize("action", ["cancel", "complete"])
 def test_a_stored_name_that_is_not_ours_is_never_touched(
-    daemon: Daemon, server: ThrottledServer, dest: Path, action: str
+    daemon: Daemon, server: FaultServer, dest: Path, action: str
 ) -> None:
     """cancel must not delete, and complete must not rename, a file the store names as a
     temporary file when the name is not one ferry makes."""

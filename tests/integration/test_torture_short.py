@@ -1,8 +1,8 @@
 """A short torture run inside ``make test``: a few SIGKILLs of ferryd mid-transfer, and a
-few hundred hostile API requests (benchmarks/torture.py has the full run and says what is
-checked). Each test fails with the torture report's list of failures, unless every failure
-is one of the known, not yet fixed ferryd bugs listed in KNOWN_BUGS (then it is an expected
-failure, shown by ``pytest -rx``)."""
+few hundred hostile API requests (harness/torture.py and harness/hostile.py say what is
+checked; benchmarks/torture.py is the full run). Each test fails with the torture report's
+list of failures, unless every failure is one of the known, not yet fixed ferryd bugs listed
+in KNOWN_BUGS (then it is an expected failure, shown by ``pytest -rx``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import random
 from pathlib import Path
 
 import pytest
-from benchmarks import torture
-from benchmarks.common import MIB
+from harness.files import MIB
+from harness.hostile import fuzz_phase
+from harness.report import Report
+from harness.torture import kill_phase
 
 # Bugs in ferryd the torture run found and that are not fixed yet (benchmarks/README.md,
 # "Known failures"). A run whose only failures are of these kinds is an expected failure;
@@ -20,7 +22,7 @@ from benchmarks.common import MIB
 KNOWN_BUGS: dict[str, str] = {}
 
 
-def _check(report: torture.Report) -> None:
+def _check(report: Report) -> None:
     if not report.failures:
         return
     text = "\n".join([report.summary(), *report.failures])
@@ -32,8 +34,8 @@ def _check(report: torture.Report) -> None:
 
 
 def test_kills_lose_nothing(short_tmp: Path) -> None:
-    report = torture.Report()
-    torture.kill_phase(
+    report = Report()
+    kill_phase(
         short_tmp / "k",
         report,
         kills=3,
@@ -65,8 +67,8 @@ def test_kills_lose_nothing(short_tmp: Path) -> None:
     ],
 )
 def test_hostile_api(short_tmp: Path, use_schemathesis: bool) -> None:
-    report = torture.Report()
-    torture.fuzz_phase(
+    report = Report()
+    fuzz_phase(
         short_tmp / "f",
         report,
         cases=200,

@@ -1,5 +1,5 @@
 """What a real ferryd does when servers misbehave: one scenario per route of the
-fault-injecting server (tests/helpers/httpserver.py, scripted by tests/helpers/scripted.py),
+fault-injecting server (harness/faultserver.py, with a script of faults per file),
 each checking the job's final state, its error (code, hresult, context, file), and the
 bytes on disk — in the temporary file before ``complete``, under the local name after.
 
@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 import trustme
+from harness.aio import ServerThread
+from harness.faultserver import Drop, FaultServer, Status, http_date
+from harness.ferryd import Daemon
+from harness.wait import wait_state
 
-from tests.conftest import Daemon
-from tests.helpers.httpserver import http_date
 from tests.helpers.jobs import (
     act,
     add,
@@ -33,10 +35,8 @@ from tests.helpers.jobs import (
     get,
     only_temp,
     temps,
-    wait_state,
     when,
 )
-from tests.helpers.scripted import Drop, ScriptedServer, ServerThread, Status
 
 MiB = 1 << 20
 STALL_TIMEOUT = 1.5
@@ -77,14 +77,14 @@ def _cancel_leftovers(d: Daemon) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def srv() -> Iterator[ServerThread]:
-    with ServerThread(ScriptedServer()) as thread:
+    with ServerThread(FaultServer()) as thread:
         yield thread
 
 
 def _tls_server(ca: trustme.CA) -> ServerThread:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(ctx)
-    return ServerThread(ScriptedServer(ctx))
+    return ServerThread(FaultServer(ssl=ctx))
 
 
 @pytest.fixture(scope="module")

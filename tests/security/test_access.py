@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Daemon
+from harness.ferryd import Daemon
+
 from tests.helpers.session_agent import SessionAgent
 
 ALICE = 40101

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from harness.ferryd import Daemon
 
 import ferry
-from tests.conftest import Daemon
 from tests.helpers.as_user import run_cli_as
 from tests.helpers.jobs import owned_dir
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.ferryd import Daemon
+from harness.wait import wait_state
 
-from tests.conftest import Daemon
 from tests.helpers.jobs import owned_dir
 from tests.helpers.session_agent import SessionAgent
 
@@ -37,17 +38,6 @@ def world(short_tmp: Path) -> Path:
     base.mkdir()
     os.chmod(base, 0o755)
     return base
-
-
-def wait_state(d: Daemon, job: str, states: set[str], timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        status, data = d.call("GET", f"/v1/jobs/{job}")
-        assert status == 200, data
-        if data["state"] in states:
-            return data  # type: ignore[no-any-return]
-        assert time.monotonic() < deadline, f"job stayed {data['state']}: {data}"
-        time.sleep(0.05)
 
 
 def make_job(d: Daemon, owner: SessionAgent, remote: str, local: Path) -> str:

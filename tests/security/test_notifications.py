@@ -7,18 +7,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.faultserver import FaultServer
+from harness.ferryd import Daemon
+from harness.wait import wait_state, wait_until
 
-from tests.conftest import Daemon
 from tests.helpers.jobs import owned_dir
 from tests.helpers.session_agent import SessionAgent
-from tests.helpers.static_server import StaticServer
-from tests.integration.cli_helpers import eventually
 
 A = 40221  # the job owner, with two supplementary groups
 A_GROUPS = (40222, 40223)
@@ -33,17 +32,6 @@ def agents() -> Iterator[dict[str, SessionAgent]]:
     yield made
     for agent in made.values():
         agent.end()
-
-
-def wait_state(d: Daemon, job: str, states: set[str], timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        status, data = d.call("GET", f"/v1/jobs/{job}")
-        assert status == 200, data
-        if data["state"] in states:
-            return data  # type: ignore[no-any-return]
-        assert time.monotonic() < deadline, f"job stayed {data['state']}: {data}"
-        time.sleep(0.05)
 
 
 def create(d: Daemon, who: SessionAgent, name: str, **props: Any) -> str:
@@ -120,8 +108,7 @@ def test_the_command_line_runs_as_the_owner_never_as_root(
     box = owned_dir(world / "a-only", A, 0o700)
     www = tmp_path / "www"
     www.mkdir()
-    server = StaticServer(www)
-    server.start()
+    server = FaultServer(root=www).start()
     try:
         url = server.add("n.bin", os.urandom(20_000))
         script = (
@@ -139,7 +126,7 @@ def test_the_command_line_runs_as_the_owner_never_as_root(
             n = d.call("GET", f"/v1/jobs/{job}")[1].get("notification")
             return n is not None and n["error"] is not None
 
-        eventually(settled, timeout=30, what="the notification")
+        wait_until(settled, timeout=30, what="the notification")
     finally:
         server.stop()
     read = {name: (box / name).read_text().strip() for name in ("uid", "gid", "groups", "pwd")}

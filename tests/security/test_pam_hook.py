@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import ROOT, Daemon
+from harness.env import ROOT
+from harness.ferryd import Daemon
 
 B = 40402
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")

@@ -1,33 +1,41 @@
-"""nginx as the real-world peer: a private instance on 127.0.0.1 and a free port, with its
-configuration, pid file, logs and temporary directories in a temporary directory.
+"""nginx as the real-world peer: Debian's nginx on 127.0.0.1 and a free port, in the
+foreground (our child: it dies with the signal we send), with its configuration, pid file,
+logs and temporary directories in a directory of its own.
 
-``/f/NAME`` serves ROOT/NAME as nginx serves static files (ETag, Last-Modified, ranges,
-If-Range); ``/slow/NAME`` is the same file at ``rate`` bytes per second per connection
-(``limit_rate``), so a test can act in the middle of a transfer; ``/slow-lm/NAME`` is that
-without an ETag (Last-Modified is then the only validator). Every request is logged
-with its Range and If-Range headers, its status and the body bytes sent; ``requests()``
-parses that log.
+Routes, all serving the files under ``root`` as nginx serves static files (ETag,
+Last-Modified, ranges, If-Range):
+
+* ``/f/NAME`` — at full speed;
+* ``/slow/NAME`` — at ``rate`` bytes per second per connection (``limit_rate``), so a test
+  can act in the middle of a transfer and the torture run can kill ferryd mid-file;
+* ``/slow-lm/NAME`` — that without an ETag (Last-Modified is then the only validator).
+
+Every request is logged with its Range and If-Range headers, its status and the body bytes
+sent: ``requests()`` parses that log, ``bytes_served()`` sums it per file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+from harness.env import which
+
+NGINX = which("nginx") or "/usr/sbin/nginx"
 
 _CONF = """\
 {user}
 worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-events {{ worker_connections 256; }}
+events {{ worker_connections 1024; }}
 http {{
     log_format ferry escape=none '$request_uri\\t$http_range\\t$http_if_range'
                                  '\\t$status\\t$body_bytes_sent';
@@ -39,7 +47,9 @@ http {{
     scgi_temp_path {dir}/tmp/scgi;
     default_type application/octet-stream;
     sendfile on;
-    keepalive_timeout 30;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
     server {{
         listen 127.0.0.1:{port};
         location /f/ {{ alias {root}/; }}
@@ -52,6 +62,8 @@ http {{
 
 @dataclass(frozen=True)
 class Logged:
+    """One request, from the access log (written when the request ends)."""
+
     uri: str
     range: str | None
     if_range: str | None
@@ -70,14 +82,23 @@ def _free_port() -> int:
 
 
 class Nginx:
-    def __init__(self, root: Path, workdir: Path, rate: int = 32 << 20) -> None:
+    def __init__(
+        self, root: Path, workdir: Path, *, rate: int = 32 << 20, binary: str | None = None
+    ) -> None:
         self.root = root
         self.dir = workdir
         self.rate = rate
+        self.binary = binary or NGINX
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, attempts: int = 3) -> None:
+    @property
+    def access_log(self) -> Path:
+        return self.dir / "access.log"
+
+    def start(self, attempts: int = 5) -> Self:
+        """Start on a free port (another, if that one was taken meanwhile) and wait until it
+        accepts connections."""
         (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
         for _ in range(attempts):
             self.port = _free_port()
@@ -92,16 +113,19 @@ class Nginx:
                 )
             )
             # -e: the error log nginx opens before it reads the configuration (>= 1.19.5).
-            args = [NGINX, "-c", str(conf), "-p", str(self.dir), "-g", "daemon off;"]
+            args = [self.binary, "-c", str(conf), "-p", str(self.dir), "-g", "daemon off;"]
             args += ["-e", str(self.dir / "error.log")]
-            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with open(self.dir / "nginx.stderr", "ab") as err:
+                self.proc = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=err, stderr=err
+                )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break  # the port was taken meanwhile, or a config error: see the log
                 try:
                     socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                    return
+                    return self
                 except OSError:
                     time.sleep(0.02)
             self.stop()
@@ -125,21 +149,13 @@ class Nginx:
 
     def requests(self) -> list[Logged]:
         try:
-            text = (self.dir / "access.log").read_text()
+            text = self.access_log.read_text(errors="replace")
         except FileNotFoundError:
             return []
         out = []
         for line in text.splitlines():
             uri, rng, if_range, status, sent = line.split("\t")
-            out.append(
-                Logged(
-                    uri,
-                    rng or None,
-                    if_range or None,
-                    int(status),
-                    int(sent),
-                )
-            )
+            out.append(Logged(uri, rng or None, if_range or None, int(status), int(sent)))
         return out
 
     def wait_requests(self, since: int, count: int, timeout: float = 10) -> list[Logged]:
@@ -152,8 +168,19 @@ class Nginx:
                 return found
             time.sleep(0.02)
 
+    def bytes_served(self) -> dict[str, int]:
+        """Body bytes of 200/206 answers per file NAME (relative to ROOT), whatever the
+        route. File bytes only: the body of a 416 or of an error page is not the file's."""
+        totals: dict[str, int] = {}
+        for r in self.requests():
+            if r.status in (200, 206):
+                name = r.uri.split("?", 1)[0].split("/", 2)[-1]
+                totals[name] = totals.get(name, 0) + r.body_bytes
+        return totals
+
     def error_log(self) -> str:
-        try:
-            return (self.dir / "error.log").read_text()[-4000:]
-        except OSError:
-            return ""
+        text = ""
+        for name in ("nginx.stderr", "error.log"):
+            with contextlib.suppress(OSError):
+                text += (self.dir / name).read_text(errors="replace")[-4000:]
+        return text

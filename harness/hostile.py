@@ -15,28 +15,18 @@ import hashlib
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import (  # noqa: E402
-    KIB,
-    MIB,
-    Ferryd,
-    api_call,
-    make_file,
-    say,
-    sha256_file,
-    status_ok,
-)
-from benchmarks.faultserver import FaultServer  # noqa: E402
-from benchmarks.report import Report  # noqa: E402
+from harness.env import say
+from harness.faultserver import FaultServer
+from harness.ferryd import Daemon, api_call, status_ok
+from harness.files import KIB, MIB, make_file, sha256_file
+from harness.report import Report
+from harness.wait import wait_state
 
 NOBODY = 65534  # the attacker's uid when the run is root
 
@@ -178,19 +168,23 @@ def _statuses(reply: bytes) -> list[int]:
 class Hostile:
     """The attacker's side of phase 2."""
 
-    def __init__(self, d: Ferryd, report: Report, identity: tuple[int, int] | None) -> None:
+    def __init__(self, d: Daemon, report: Report, identity: tuple[int, int] | None) -> None:
         self.d = d
         self.report = report
         self.identity = identity
 
     def check_alive(self, after: str) -> bool:
         if not self.d.alive() or not status_ok(self.d.socket, timeout=10):
-            self.report.fail(f"ferryd is gone after {after}:\n{self.d.log_tail(3000)}")
+            self.report.fail(f"ferryd is gone after {after}:\n{self.d.log(3000)}")
             with contextlib.suppress(Exception):
                 self.d.kill()
                 self.d.start()
             return False
         return True
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """``api`` under the name harness.wait expects."""
+        return self.api(method, path, body, what=f"{method} {path}")
 
     def api(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
             what: str = "") -> tuple[int, Any]:
@@ -233,7 +227,8 @@ def fuzz_phase(
     started = time.monotonic()
     who = "system-mode ferryd, attacker uid 65534" if root else "user-mode ferryd"
     say(f"phase 2: hostile API ({who})")
-    d = Ferryd(work / "fz", system=root, config="[daemon]\nsession_poll_interval = 1\n")
+    d = Daemon(work / "fz", system=root, config="[daemon]\nsession_poll_interval = 1\n",
+               log_level="info")
     src = work / "fz-src"
     src.mkdir(parents=True)
     os.chmod(src, 0o755)
@@ -250,7 +245,7 @@ def fuzz_phase(
     if root:
         os.chown(arena, NOBODY, NOBODY)
     sentinel_before = (sha256_file(sentinel), os.lstat(sentinel).st_mtime_ns)
-    server = FaultServer(src, rate=2 * MIB).start()
+    server = FaultServer(root=src, rate=2 * MIB).start()
     fwd: Forwarder | None = None
     d.start()
     hostile = Hostile(d, report, identity)
@@ -285,14 +280,14 @@ def fuzz_phase(
             fwd.close()
         code = d.stop() if d.alive() else None
         if code not in (None, 0):
-            report.fail(f"ferryd exited with status {code} on SIGTERM:\n{d.log_tail(3000)}")
+            report.fail(f"ferryd exited with status {code} on SIGTERM:\n{d.log(3000)}")
         server.stop()
     say(f"  {report.fuzz_cases} fuzz cases, {report.raw_requests} raw requests, "
         f"{report.attacks} path attacks, {time.monotonic() - started:.0f} s")
 
 
 def _make_bystanders(
-    d: Ferryd, identity: tuple[int, int] | None, server: FaultServer, protected: Path,
+    d: Daemon, identity: tuple[int, int] | None, server: FaultServer, protected: Path,
     arena: Path,
 ) -> list[str]:
     """Jobs that exist before the attacks and must come out unchanged: one of the daemon
@@ -313,7 +308,7 @@ def _make_bystanders(
     return ids
 
 
-def _jobs_snapshot(d: Ferryd, ids: list[str]) -> dict[str, Any]:
+def _jobs_snapshot(d: Daemon, ids: list[str]) -> dict[str, Any]:
     out = {}
     for jid in ids:
         status, doc = api_call(d.socket, "GET", f"/v1/jobs/{jid}")
@@ -322,7 +317,7 @@ def _jobs_snapshot(d: Ferryd, ids: list[str]) -> dict[str, Any]:
 
 
 def _schemathesis(
-    fwd: Forwarder, d: Ferryd, report: Report, cases: int, seed: int, hostile: Hostile
+    fwd: Forwarder, d: Daemon, report: Report, cases: int, seed: int, hostile: Hostile
 ) -> None:
     try:
         import requests
@@ -338,7 +333,7 @@ def _schemathesis(
         report.fail(f"GET /v1/openapi.json -> {status}")
         return
     schema = schemathesis.openapi.from_dict(doc)
-    ops = [r.ok() for r in schema.get_all_operations()]
+    ops = [r.ok() for r in schema.get_all_operations()]  # type: ignore[union-attr]
     per = max(1, cases // max(1, 2 * len(ops)))
     base = f"http://127.0.0.1:{fwd.port}"
     session = requests.Session()
@@ -355,7 +350,7 @@ def _schemathesis(
                              allow_redirects=False)
         except requests.exceptions.RequestException as exc:
             if not d.alive():
-                report.fail(f"ferryd died on {label}: {exc}\n{d.log_tail(3000)}")
+                report.fail(f"ferryd died on {label}: {exc}\n{d.log(3000)}")
                 hostile.check_alive(label)
             elif not stream:
                 report.fail(f"{label}: no answer: {exc!r:.200}")
@@ -496,20 +491,12 @@ def _raw_requests(h: Hostile) -> None:
 
 
 def _wait_state(h: Hostile, jid: str, states: set[str], timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    state = "?"
-    while time.monotonic() < deadline:
-        status, doc = api_call_as(h, "GET", f"/v1/jobs/{jid}")
-        if status == 200 and isinstance(doc, dict):
-            state = doc["state"]
-            if state in states:
-                return state
-        time.sleep(0.1)
-    return state
-
-
-def api_call_as(h: Hostile, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    return h.api(method, path, body, what=f"{method} {path}")
+    """The job's state once it is one of ``states``, or as last seen after ``timeout``: an
+    attack goes on either way (its checks look at the state)."""
+    try:
+        return str(wait_state(h, jid, states, timeout=timeout, every=0.1)["state"])
+    except AssertionError as exc:  # StateTimeout, or a GET that did not answer 200
+        return str(getattr(exc, "last", {}).get("state", "?"))
 
 
 def _path_attacks(
@@ -598,15 +585,15 @@ def _path_attacks(
     # The temporary file swapped for a symlink (and for a FIFO) while the job is suspended.
     for swap in ("symlink", "fifo", "directory"):
         jid = new_job(f"swap-{swap}")
-        local = arena / f"swap-{swap}.bin"
-        if not jid or add(jid, str(local), server.url("slow.bin")) not in (200, 201):
+        swapped = arena / f"swap-{swap}.bin"
+        if not jid or add(jid, str(swapped), server.url("slow.bin")) not in (200, 201):
             continue
         h.api("POST", f"/v1/jobs/{jid}/resume", {})
         deadline = time.monotonic() + 20
         temps: list[Path] = []
         while time.monotonic() < deadline:
             status, doc = h.api("GET", f"/v1/jobs/{jid}")
-            temps = list(arena.glob(f".{local.name}.*.ferry-part"))
+            temps = list(arena.glob(f".{swapped.name}.*.ferry-part"))
             if temps and isinstance(doc, dict) and doc["progress"]["bytes_transferred"] > 0:
                 break
             time.sleep(0.05)
