@@ -60,7 +60,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             record TEXT NOT NULL,
             PRIMARY KEY (job_id, idx)
         )""",
-        "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",  # dropped by 3
     ),
     # 2: the outbox of command-line notifications (service/notify.py). No foreign key to
     # jobs: a notification that is owed outlives the purge of its job.
@@ -72,6 +72,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             record TEXT NOT NULL
         )""",
     ),
+    # 3: the kv table of daemon-wide values never found a use.
+    ("DROP TABLE IF EXISTS kv",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -312,12 +314,6 @@ class SqliteStore:
                 raise ValueError(f"its file indices are not contiguous (missing {position})")
         return [codec.file_from_record(d) for d in self._decode_batch(rows)]
 
-    def count(self) -> int:
-        """The number of stored jobs, final ones included (for the per-machine limit)."""
-        with self._transaction("BEGIN") as conn:
-            (n,) = conn.execute("SELECT count(*) FROM jobs").fetchone()
-        return int(n)
-
     # ---- writing ---------------------------------------------------------------------
 
     def insert_job(self, job: Job) -> None:
@@ -464,26 +460,6 @@ class SqliteStore:
             conn.execute("DELETE FROM notifications WHERE id = ?", (n.id,))
             if job is not None:
                 self._update_job(conn, job)
-
-    # ---- daemon metadata -------------------------------------------------------------
-
-    def get_value(self, key: str) -> str | None:
-        """A small daemon-wide value (e.g. a notification outbox), or None."""
-        with self._transaction("BEGIN") as conn:
-            row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_value(self, key: str, value: str | None) -> None:
-        """Set a daemon-wide value durably; None removes it."""
-        with self._transaction() as conn:
-            if value is None:
-                conn.execute("DELETE FROM kv WHERE key = ?", (key,))
-            else:
-                conn.execute(
-                    "INSERT INTO kv (key, value) VALUES (?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (key, value),
-                )
 
 
 def _insert_notification(conn: sqlite3.Connection, n: PendingNotification) -> None:
