@@ -13,7 +13,8 @@ The contract in detail, as ``tests/store/`` checks it:
   are): it serialises the job and queues the write before returning, so
   ``c = store.save_job(job); job.x = 1; await c`` stores the job without ``x``, and
   ``store.save_job(a)`` called before ``store.save_job(b)`` is applied first, whichever
-  coroutine runs first. An ``async def`` would only read the job when first awaited.
+  coroutine runs first; a read (``load_all``, ``pending_notifications``) sees every write
+  called before it. An ``async def`` would only read the job when first awaited.
 * Durable on return. A write's coroutine completes once the write is committed; a
   ``PendingNotification`` passed to a save has its outbox ``id`` set by then.
 * Each write on its own. A store may commit several callers' writes in one transaction
