@@ -213,3 +213,24 @@ async def test_close_checkpoints_on_the_store_thread(store: SqliteJobStore) -> N
     await store.close()
     assert not wal.exists()  # the last connection checkpointed and removed it
     assert not store._thread._thread.is_alive()
+
+
+async def test_if_the_store_thread_dies_no_caller_waits_forever(store: SqliteJobStore) -> None:
+    class Bug(BaseException):
+        pass
+
+    def bug() -> None:
+        raise Bug("a bug in the store")
+
+    opened, blocked = gate(store)
+    calls = [store._thread.read(bug), store.insert_job(make_job(1)), store.load_all()]
+    opened.set()
+    await blocked
+    for result in await asyncio.gather(*calls, return_exceptions=True):
+        assert isinstance(result, FerryError) and result.code == "E_FAIL", result
+        assert "thread died" in result.message
+    with pytest.raises(FerryError) as exc:
+        await store.insert_job(make_job(1))
+    assert exc.value.code == "E_FAIL"
+    await store.close()  # the dying thread released the database already
+    assert store.db._conn is None

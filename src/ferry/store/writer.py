@@ -104,6 +104,7 @@ class StoreThread(Generic[W]):
         self._lock = threading.Lock()
         self._closing: _Request | None = None
         self._broken: BaseException | None = None
+        self._taken: list[_Request] = []
         # A daemon thread: a store that is never closed must not keep the process alive.
         # Nothing acknowledged is lost that way; a write is only acknowledged once committed.
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -165,42 +166,53 @@ class StoreThread(Generic[W]):
             log.exception("the store thread %s died", self._thread.name)
             with self._lock:
                 self._broken = exc
+            with contextlib.suppress(Exception):
+                self._close()
+            left = self._taken
             while True:
                 try:
-                    req = self._queue.get_nowait()
+                    left.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-                self._resolve([req], [(None, _thread_died(exc))])
+            # A close waiting among them is done: the store was just released.
+            died = [(None, None if r.kind == _CLOSE else _thread_died(exc)) for r in left]
+            self._resolve(left, died)
 
     def _serve(self) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
-        carried: _Request | None = None
+        # Requests taken off the queue and not yet answered, in order: what _run must still
+        # answer if this loop ever dies. After a group, it holds the read or close that
+        # ended it, to be served next.
+        taken = self._taken = []
         while True:
-            req = carried if carried is not None else get()
-            carried = None
+            if not taken:
+                taken.append(get())
+            req = taken[0]
             if req.kind == _WRITE:
-                group = [req]
-                while len(group) < self._max_group:
+                while len(taken) < self._max_group:
                     try:
                         nxt = get_nowait()
                     except queue.Empty:
                         break
+                    taken.append(nxt)
                     if nxt.kind != _WRITE:
-                        carried = nxt  # a read or the close: after this group has committed
-                        break
-                    group.append(nxt)
+                        break  # a read or the close ends the group: next, once it committed
+                n = len(taken) if taken[-1].kind == _WRITE else len(taken) - 1
+                group = taken[:n]
                 try:
                     outcomes = self._apply_group([r.work for r in group])
                 except Exception as exc:  # apply_group answers per write; this is a bug
-                    log.exception("the store failed a group of %d writes", len(group))
-                    outcomes = [(None, exc)] * len(group)
+                    log.exception("the store failed a group of %d writes", n)
+                    outcomes = [(None, exc)] * n
                 self._resolve(group, outcomes)
+                del taken[:n]
             elif req.kind == _READ:
                 try:
                     outcome: Outcome = (req.work(), None)
                 except Exception as exc:
                     outcome = (None, exc)
                 self._resolve([req], [outcome])
+                del taken[0]
             else:
                 try:
                     self._close()
@@ -208,6 +220,7 @@ class StoreThread(Generic[W]):
                 except Exception as exc:
                     outcome = (None, exc)
                 self._resolve([req], [outcome])
+                del taken[0]
                 return
 
     def _resolve(self, reqs: Sequence[_Request], outcomes: Sequence[Outcome]) -> None:
