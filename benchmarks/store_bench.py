@@ -10,11 +10,14 @@ Figures, each the best of a few runs:
 * ``await SqliteJobStore.insert_job`` by one caller, sequentially: the same fsync plus the
   hand-over to the store's thread and back;
 * the same with 8 (and 32) concurrent writer tasks: group commit lets each fsync carry the
-  writes that queued up during the previous one;
-* event-loop stall: a ticker task sleeps 1 ms at a time through each async run and records
-  how late it wakes; the worst lateness is the longest the loop was blocked. The same ticker
-  beside the synchronous store called on the loop (what the interim async face did) shows
-  what the thread saves;
+  writes that queued up during the previous one (``group``: the mean writes per commit);
+* ``save_progress`` checkpoints of 8 jobs at once, the other hot path;
+* event-loop stall: a probe thread posts a stamped callback to the loop every millisecond
+  and records how long the loop takes to run it (LagProbe); the worst delay is the longest
+  the loop was unresponsive. The idle loop gives the probe's floor (thread wake-ups; a busy
+  machine adds its own), and the synchronous store called on the loop (what the interim
+  async face did) shows what the thread saves. With many writers the delay also holds the
+  loop's legitimate work (resuming the writers, encoding their jobs), not only blocking;
 * loop CPU per write: the event-loop thread's CPU time (encoding, queueing, resolving)
   divided by the writes, i.e. what a write still costs the loop.
 
@@ -29,6 +32,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,7 +44,6 @@ if __package__ in (None, ""):
 from benchmarks.common import ROOT, machine_description, quick, say  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-TICK = 0.001
 
 
 def make_jobs(n: int) -> list[Any]:
@@ -59,119 +62,157 @@ def make_jobs(n: int) -> list[Any]:
     return jobs
 
 
-class Ticker:
-    """Sleeps TICK at a time and records how late each wake-up is."""
+class LagProbe:
+    """How long the event loop takes to run a callback posted to it: a thread posts one,
+    stamped, every millisecond (``call_soon_threadsafe``), and the loop records its delay.
+    The delay is the loop's unresponsiveness at that moment — whatever blocked it (an
+    fsync on the loop, waiting for the GIL, a long callback) — at a resolution of tens of
+    microseconds, where a sleeping ticker would see epoll's whole milliseconds."""
 
-    def __init__(self) -> None:
-        self.late: list[float] = []
-        self._stop = False
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lags: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._post, daemon=True)
 
-    async def run(self) -> None:
-        while not self._stop:
-            t0 = time.perf_counter()
-            await asyncio.sleep(TICK)
-            self.late.append(time.perf_counter() - t0 - TICK)
+    def _post(self) -> None:
+        while not self._stop.wait(0.001):
+            self.loop.call_soon_threadsafe(self._hit, time.perf_counter())
 
-    def stop(self) -> None:
-        self._stop = True
+    def _hit(self, posted: float) -> None:
+        self.lags.append(time.perf_counter() - posted)
+
+    def __enter__(self) -> LagProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
     def summary(self) -> dict[str, float]:
-        late = sorted(self.late) or [0.0]
+        lags = sorted(self.lags) or [0.0]
         return {
-            "max_ms": late[-1] * 1e3,
-            "p99_ms": late[int(len(late) * 0.99)] * 1e3,
-            "median_ms": statistics.median(late) * 1e3,
+            "max_ms": lags[-1] * 1e3,
+            "p99_ms": lags[int(len(lags) * 0.99)] * 1e3,
+            "median_ms": statistics.median(lags) * 1e3,
         }
 
 
 async def timed(run: Callable[[], Awaitable[None]], n: int) -> dict[str, Any]:
-    """Run ``run`` (n writes) beside a ticker: rate, loop stall and loop CPU per write."""
-    ticker = Ticker()
-    tick = asyncio.create_task(ticker.run())
-    await asyncio.sleep(0.01)
-    cpu0, t0 = time.thread_time(), time.perf_counter()
-    await run()
-    elapsed, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
-    ticker.stop()
-    await tick
-    # The ticker's own wake-ups are in the loop's CPU time too; they are a few µs each.
+    """Run ``run`` (n writes) beside a lag probe: rate, loop stall and loop CPU per write."""
+    with LagProbe(asyncio.get_running_loop()) as probe:
+        await asyncio.sleep(0.01)
+        cpu0, t0 = time.thread_time(), time.perf_counter()
+        await run()
+        elapsed, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+    # The probe's callbacks are in the loop's CPU time too: a few µs a millisecond.
     return {
         "per_second": n / elapsed,
-        "stall": ticker.summary(),
+        "stall": probe.summary(),
         "loop_cpu_us_per_write": cpu / n * 1e6,
     }
 
 
 async def bench(tmp: Path, n: int, repeat: int) -> dict[str, Any]:
+    """Each configuration once per round, rounds interleaved (the disk's speed drifts), best
+    round kept."""
     from ferry.store.sqlite import SqliteJobStore, SqliteStore
 
-    figures: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
 
-    def keep(name: str, runs: list[dict[str, Any]]) -> None:
-        best = max(runs, key=lambda r: r["per_second"])
-        worst_stall = max(r["stall"]["max_ms"] for r in runs)
-        best = dict(best, worst_stall_ms=worst_stall)
-        figures[name] = best
-        say(
-            f"  {name:<46} {best['per_second']:9,.0f} /s   loop stall max {worst_stall:6.2f} ms"
-            f" (p99 {best['stall']['p99_ms']:.2f})   loop CPU {best['loop_cpu_us_per_write']:5.1f}"
-            " us/write"
-        )
-
-    # The synchronous store, called on the loop: the old interim face.
-    runs = []
-    for r in range(repeat):
-        db = SqliteStore.open(tmp / f"sync{r}" / "ferry.db")
+    async def sync_on_loop(path: Path) -> dict[str, Any]:
+        db = SqliteStore.open(path)
         jobs = make_jobs(n)
 
-        async def sync_run(db: SqliteStore = db, jobs: list[Any] = jobs) -> None:
-            for i, job in enumerate(jobs):
+        async def run() -> None:
+            for job in jobs:
                 db.insert_job(job)
-                if i % 16 == 0:
-                    await asyncio.sleep(0)  # let the ticker see how late it is
+                # One write per callback, as one per request handler: the loop runs
+                # between writes, and each write blocks it for one transaction.
+                await asyncio.sleep(0)
 
-        runs.append(await timed(sync_run, n))
-        db.close()
-    keep("SqliteStore.insert_job (sync, on the loop)", runs)
+        try:
+            return await timed(run, n)
+        finally:
+            db.close()
 
-    async def writers(store: SqliteJobStore, jobs: list[Any], k: int) -> None:
+    async def inserts(path: Path, k: int) -> dict[str, Any]:
+        store = SqliteJobStore.open(path)
+        jobs = make_jobs(n)
+
         async def one(mine: list[Any]) -> None:
             for job in mine:
                 await store.insert_job(job)
 
-        await asyncio.gather(*[one(jobs[i::k]) for i in range(k)])
+        async def run() -> None:
+            await asyncio.gather(*[one(jobs[i::k]) for i in range(k)])
 
-    for k in (1, 8, 32):
-        runs = []
-        for r in range(repeat):
-            store = SqliteJobStore.open(tmp / f"async{k}-{r}" / "ferry.db")
-            jobs = make_jobs(n)
-            runs.append(
-                await timed(lambda s=store, j=jobs, k=k: writers(s, j, k), n)  # type: ignore[misc]
-            )
+        try:
+            return with_groups(await timed(run, n), store)
+        finally:
             await store.close()
-        label = "sequential" if k == 1 else f"{k} concurrent writers"
-        keep(f"await SqliteJobStore.insert_job, {label}", runs)
 
-    # Progress checkpoints of 8 running jobs, concurrently: the other hot path.
-    runs = []
-    for r in range(repeat):
-        store = SqliteJobStore.open(tmp / f"progress-{r}" / "ferry.db")
-        jobs = make_jobs(8)
+    async def checkpoints(path: Path, k: int) -> dict[str, Any]:
+        store = SqliteJobStore.open(path)
+        jobs = make_jobs(k)
         for job in jobs:
             await store.insert_job(job)
+        groups0, writes0 = store._thread.groups, store._thread.writes
 
-        async def checkpoints(store: SqliteJobStore = store, jobs: list[Any] = jobs) -> None:
-            async def one(job: Any) -> None:
-                for i in range(n // 8):
-                    job.files[0].bytes_transferred = (i + 1) * 65536
-                    await store.save_progress(job, 0)
+        async def one(job: Any) -> None:
+            for i in range(n // k):
+                job.files[0].bytes_transferred = (i + 1) * 65536
+                await store.save_progress(job, 0)
 
+        async def run() -> None:
             await asyncio.gather(*[one(job) for job in jobs])
 
-        runs.append(await timed(checkpoints, n // 8 * 8))
-        await store.close()
-    keep("await SqliteJobStore.save_progress, 8 jobs", runs)
+        try:
+            return with_groups(await timed(run, n // k * k), store, groups0, writes0)
+        finally:
+            await store.close()
+
+    async def idle(path: Path) -> dict[str, Any]:
+        """The probe alone for a while: the floor under every stall (thread wake-ups)."""
+        return await timed(lambda: asyncio.sleep(0.5), 1)
+
+    configs: list[tuple[str, Callable[[Path], Awaitable[dict[str, Any]]]]] = [
+        ("idle loop (the probe's own floor)", idle),
+        ("SqliteStore.insert_job (sync, on the loop)", sync_on_loop),
+        ("await SqliteJobStore.insert_job, sequential", lambda p: inserts(p, 1)),
+        ("await SqliteJobStore.insert_job, 8 writers", lambda p: inserts(p, 8)),
+        ("await SqliteJobStore.insert_job, 32 writers", lambda p: inserts(p, 32)),
+        ("await SqliteJobStore.save_progress, 8 jobs", lambda p: checkpoints(p, 8)),
+    ]
+    for r in range(repeat):
+        for c, (name, run) in enumerate(configs):
+            runs.setdefault(name, []).append(await run(tmp / f"r{r}-c{c}" / "ferry.db"))
+
+    figures: dict[str, Any] = {}
+    for name, results in runs.items():
+        best = dict(max(results, key=lambda x: x["per_second"]))
+        best["worst_stall_ms"] = max(x["stall"]["max_ms"] for x in results)
+        best["all_rates"] = [round(x["per_second"]) for x in results]
+        figures[name] = best
+        group = f"   group {best['mean_group']:4.1f}" if "mean_group" in best else ""
+        if name.startswith("idle"):
+            say(f"  {name:<44} {'':>10}   stall max {best['worst_stall_ms']:6.2f} ms,"
+                f" p99 {best['stall']['p99_ms']:5.2f}")  # fmt: skip
+            continue
+        say(
+            f"  {name:<44} {best['per_second']:7,.0f} /s   stall max {best['worst_stall_ms']:6.2f}"
+            f" ms, p99 {best['stall']['p99_ms']:5.2f}   loop CPU"
+            f" {best['loop_cpu_us_per_write']:5.1f} us/write{group}"
+        )
+    return figures
+
+
+def with_groups(
+    figures: dict[str, Any], store: Any, groups0: int = 0, writes0: int = 0
+) -> dict[str, Any]:
+    groups = store._thread.groups - groups0
+    figures["mean_group"] = (store._thread.writes - writes0) / groups if groups else 0.0
     return figures
 
 

@@ -105,6 +105,10 @@ class StoreThread(Generic[W]):
         self._closing: _Request | None = None
         self._broken: BaseException | None = None
         self._taken: list[_Request] = []
+        # Counted on the thread, read anywhere (benchmarks, logs): writes / groups is the
+        # mean group size, how many callers each commit served.
+        self.groups = 0
+        self.writes = 0
         # A daemon thread: a store that is never closed must not keep the process alive.
         # Nothing acknowledged is lost that way; a write is only acknowledged once committed.
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -205,6 +209,8 @@ class StoreThread(Generic[W]):
                     log.exception("the store failed a group of %d writes", n)
                     outcomes = [(None, exc)] * n
                 self._resolve(group, outcomes)
+                self.groups += 1
+                self.writes += n
                 del taken[:n]
             elif req.kind == _READ:
                 try:
