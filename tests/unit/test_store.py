@@ -18,65 +18,11 @@ import pytest
 
 import ferry
 from ferry.errors import FerryError
-from ferry.model.job import Job, JobError, JobFile, Limits
-from ferry.model.token import Token
-from ferry.model.types import ErrorContext, JobState, JobType, TokenFlags
+from ferry.model.job import Job, JobFile
+from ferry.model.types import JobState, JobType, TokenFlags
 from ferry.store import codec
-from ferry.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, SqliteStore
-from tests.unit.test_job import full_job
-
-NOW = 1_700_000_000.0
-LIM = Limits()
-OWNER = Token(uid=1000, gid=1000, groups=(1000, 24), session=42, name="alice")
-HELPER = Token(uid=1001, gid=1001, groups=(1001,), session=43, name="bob")
-
-
-def make_job(n_files: int = 1, name: str = "job", owner: Token = OWNER) -> Job:
-    job = Job.new(owner, name, NOW, LIM)
-    if n_files:
-        job.add_files(
-            [
-                JobFile(f"https://example.com/{name}/{i}", f"/srv/dl/{name}-{i}")
-                for i in range(n_files)
-            ],
-            LIM,
-            NOW,
-        )
-    return job
-
-
-def rich_job() -> Job:
-    """A job using every field a record carries."""
-    job = Job.new(OWNER, "riche ✓", NOW, LIM, description="all fields", type=JobType.DOWNLOAD)
-    job.add_files(
-        [
-            JobFile("https://example.com/a", "/srv/dl/a"),
-            JobFile("file:///mnt/share/b", "/srv/dl/b\udcff"),  # undecodable byte in a name
-            JobFile("https://example.com/c?q=1&r=ü", "/srv/dl/c"),
-        ],
-        LIM,
-        NOW,
-    )
-    job.set_properties(
-        {"priority": "high", "min_retry_delay": 30, "notify_flags": 0x1B,
-         "notify_cmdline": ["/usr/bin/notify", "--job", "a b"]},
-        LIM,
-        NOW + 1,
-    )  # fmt: skip
-    job.resume(NOW + 2)
-    job.start(NOW + 2)
-    job.transferring(NOW + 3)
-    a = job.files[0]
-    a.bytes_total, a.temp_name, a.validator = 4096, "/srv/dl/.a.ferry-x1", '"etag"'
-    a.final_url = "https://cdn.example.com/a"
-    job.record_progress(0, 4096, NOW + 4)
-    job.file_completed(0, NOW + 4)
-    job.files[1].temp_name = "/srv/dl/.b.ferry-x2"
-    job.record_progress(1, 100, NOW + 5)
-    job.helper_token = HELPER
-    job.helper_flags = TokenFlags.LOCAL_FILE | TokenFlags.NETWORK
-    job.fail(JobError("BG_E_HTTP_ERROR_503", ErrorContext.REMOTE_FILE, "busy", 1), True, NOW + 6)
-    return job
+from ferry.store.sqlite import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, SqliteStore
+from tests.store.jobs import HELPER, LIM, NOW, OWNER, full_job, make_job, rich_job, upload_job
 
 
 @pytest.fixture
@@ -99,6 +45,12 @@ def reopen(store: SqliteStore) -> SqliteStore:
 def raw(path: Path) -> sqlite3.Connection:
     """A second, independent connection for looking behind the store's back."""
     return sqlite3.connect(str(path), isolation_level=None)
+
+
+def count_jobs(path: Path) -> int:
+    with raw(path) as c:
+        (n,) = c.execute("SELECT count(*) FROM jobs").fetchone()
+    return int(n)
 
 
 # ---- opening ------------------------------------------------------------------------------
@@ -132,18 +84,52 @@ def test_reopen_keeps_the_schema_version(store: SqliteStore) -> None:
     store.insert_job(make_job())
     store = reopen(store)
     try:
-        assert store.count() == 1
+        assert count_jobs(store.path) == 1
         with raw(store.path) as c:
             assert c.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     finally:
         store.close()
 
 
+def _tables(path: Path) -> set[str]:
+    with raw(path) as c:
+        return {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_a_new_store_has_no_kv_table(store: SqliteStore) -> None:
+    assert _tables(store.path) == {"jobs", "files", "notifications", "sqlite_sequence"}
+
+
+def test_a_version_2_store_drops_the_kv_table_and_keeps_its_jobs(db_path: Path) -> None:
+    db_path.parent.mkdir()
+    with raw(db_path) as c:
+        for statements in MIGRATIONS[:2]:
+            for sql in statements:
+                c.execute(sql)
+        c.execute("INSERT INTO kv VALUES ('outbox', '[]')")
+        c.execute("PRAGMA user_version = 2")
+        c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    job = make_job(2)
+    row = (job.id, job.owner.uid, job.state.value, job.modified, json.dumps(codec.job_record(job)))
+    with raw(db_path) as c:
+        c.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?)", row)
+        for i, f in enumerate(job.files):
+            c.execute(
+                "INSERT INTO files VALUES (?, ?, ?)", (job.id, i, json.dumps(codec.file_record(f)))
+            )
+    assert SCHEMA_VERSION == 3
+    with SqliteStore.open(db_path) as s:
+        assert s.load_all() == [job]
+    assert "kv" not in _tables(db_path)
+    with raw(db_path) as c:
+        assert c.execute("PRAGMA user_version").fetchone() == (3,)
+
+
 def test_an_empty_existing_file_is_a_new_store(db_path: Path) -> None:
     db_path.parent.mkdir()
     db_path.write_bytes(b"")
     with SqliteStore.open(db_path) as s:
-        assert s.count() == 0 and s.load_all() == []
+        assert s.load_all() == []
 
 
 def test_close_is_idempotent_and_a_closed_store_refuses(store: SqliteStore) -> None:
@@ -267,10 +253,7 @@ def test_record_missing_a_field_is_reported_as_corrupt(store: SqliteStore) -> No
 
 
 def test_round_trip_of_jobs_with_files_errors_and_helper_tokens(store: SqliteStore) -> None:
-    jobs = [rich_job(), make_job(0, name="empty"), make_job(5, name="five")]
-    upload = Job.new(HELPER, "up", NOW, LIM, type=JobType.UPLOAD)
-    upload.add_files([JobFile("https://example.com/up", "/home/bob/report.pdf")], LIM, NOW)
-    jobs.append(upload)
+    jobs = [rich_job(), make_job(0, name="empty"), make_job(5, name="five"), upload_job()]
     for job in jobs:
         store.insert_job(job)
     assert store.load_all() == jobs
@@ -359,7 +342,7 @@ def test_load_of_2000_jobs(store: SqliteStore) -> None:
         store.insert_job(job)
     store = reopen(store)
     try:
-        assert store.count() == 2000
+        assert count_jobs(store.path) == 2000
         loaded = store.load_all()
         assert loaded == jobs
         assert [f.local_name for f in loaded[7].files] == [f"/srv/dl/many-{i}" for i in range(40)]
@@ -491,7 +474,7 @@ def test_insert_of_an_existing_job_fails(store: SqliteStore) -> None:
     with pytest.raises(FerryError) as exc:
         store.insert_job(job)
     assert exc.value.code == "E_FAIL"
-    assert store.count() == 1
+    assert count_jobs(store.path) == 1
 
 
 def test_saving_a_deleted_job_does_not_resurrect_it(store: SqliteStore) -> None:
@@ -502,17 +485,17 @@ def test_saving_a_deleted_job_does_not_resurrect_it(store: SqliteStore) -> None:
         with pytest.raises(FerryError) as exc:
             save(job)
         assert exc.value.code == "BG_E_NOT_FOUND"
-    assert store.count() == 0
+    assert count_jobs(store.path) == 0
 
 
 def test_delete_cascades_to_files(store: SqliteStore) -> None:
     keep, drop = make_job(2, name="keep"), make_job(5, name="drop")
     store.insert_job(keep)
     store.insert_job(drop)
-    assert store.count() == 2
+    assert count_jobs(store.path) == 2
     assert store.delete_job(drop.id) is True
     assert store.delete_job(drop.id) is False
-    assert store.count() == 1
+    assert count_jobs(store.path) == 1
     with raw(store.path) as c:
         left = c.execute("SELECT count(*) FROM files WHERE job_id = ?", (drop.id,)).fetchone()
         assert left == (0,)
@@ -527,20 +510,6 @@ def test_bad_file_index_is_refused(store: SqliteStore) -> None:
         store.save_progress(job, 1)
     with pytest.raises(IndexError):
         store.save_file(job, -1)
-
-
-def test_kv_values(store: SqliteStore) -> None:
-    assert store.get_value("outbox") is None
-    store.set_value("outbox", "[1]")
-    store.set_value("outbox", "[1,2]")
-    assert store.get_value("outbox") == "[1,2]"
-    store = reopen(store)
-    try:
-        assert store.get_value("outbox") == "[1,2]"
-        store.set_value("outbox", None)
-        assert store.get_value("outbox") is None
-    finally:
-        store.close()
 
 
 # ---- durability -------------------------------------------------------------------------------

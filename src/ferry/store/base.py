@@ -1,11 +1,29 @@
 """The job store interface: what the queue manager needs of durable storage.
 
-ferryd holds every job in memory and the store is its durable copy; each write is one
-transaction (a change and the notification it made due are stored together, or neither is).
+ferryd holds every job in memory and the store is its durable copy; each write is atomic
+(a change and the notification it made due are stored together, or neither is).
 Every method is a coroutine, so a store may do its blocking work (SQLite's fsync'd commits,
 PostgreSQL's round trips) away from the event loop. What a write stores is taken from the
 job **when the method is called**, so later changes to the in-memory job never leak into an
 earlier write; writes of one store are applied in the order they were called.
+
+The contract in detail, as ``tests/store/`` checks it:
+
+* Call time. A method may be a plain function that returns a coroutine (``SqliteJobStore``'s
+  are): it serialises the job and queues the write before returning, so
+  ``c = store.save_job(job); job.x = 1; await c`` stores the job without ``x``, and
+  ``store.save_job(a)`` called before ``store.save_job(b)`` is applied first, whichever
+  coroutine runs first; a read (``load_all``, ``pending_notifications``) sees every write
+  called before it. An ``async def`` would only read the job when first awaited.
+* Durable on return. A write's coroutine completes once the write is committed; a
+  ``PendingNotification`` passed to a save has its outbox ``id`` set by then.
+* Each write on its own. A store may commit several callers' writes in one transaction
+  (group commit), but one failing write fails alone, with the error the write deserves
+  (``BG_E_NOT_FOUND`` for a job that was deleted, ``E_FAIL`` for a duplicate), leaving the
+  others to commit; only a failure of the shared commit fails them all.
+* Never on the event loop. Blocking work (disk, network) runs elsewhere: a thread of the
+  store's own (SQLite, store/writer.py) or an asynchronous driver (PostgreSQL).
+* ``close()`` applies every write called before it; afterwards calls raise ``E_FAIL``.
 
 Implementations: ``store/sqlite.py`` (the embedded default). A new store is one new file
 that passes the conformance suite in ``tests/store/``.

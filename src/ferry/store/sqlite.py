@@ -4,8 +4,15 @@ Why it is shaped this way:
 
 * Durability is the point (SPEC §3: a ``kill -9`` or power loss loses nothing that was
   acknowledged). The database runs in WAL mode with ``synchronous=FULL``, so every commit
-  is one append to the WAL plus one fsync, and every public method is exactly one
-  transaction that has committed when the method returns ("persist before you announce").
+  is one append to the WAL plus one fsync, and a write has committed before it is answered
+  ("persist before you announce"): a :class:`SqliteStore` method when it returns, a
+  :class:`SqliteJobStore` coroutine when it completes.
+* Where the blocking work runs. :class:`SqliteStore` is synchronous and works on the calling
+  thread, one transaction per call (tests, benchmarks, tools). ferryd uses
+  :class:`SqliteJobStore`, the ``JobStore`` protocol (store/base.py): it encodes each write
+  on the event loop at call time and does every SQLite call on one thread of its own
+  (store/writer.py), committing the writes that queue up during a commit together in one
+  transaction (group commit: one fsync for many callers, a savepoint each).
 * The hot path is the progress checkpoint (``save_progress``) and job creation
   (``insert_job``): one long-lived connection, statements reused from the connection's
   statement cache, ``isolation_level=None`` with explicit ``BEGIN IMMEDIATE``/``COMMIT``
@@ -13,22 +20,20 @@ Why it is shaped this way:
 * The codec (store/codec.py) owns the shape of a record: a row holds ``job_record(job)`` /
   ``file_record(f)`` as JSON, and only the columns the store itself needs to query (owner,
   state, modified) are broken out. A new job field therefore needs no migration.
-* A damaged or foreign database is refused with ``BG_E_DATABASE_CORRUPT`` and left exactly
-  as it was found, never deleted or replaced: it may be the only copy of someone's jobs,
-  and an administrator (or ``sqlite3 .recover``) decides what to do with it.
+* The file itself — created private, a damaged or foreign one refused and left untouched,
+  the schema migrated — is store/sqlite_file.py's business.
 """
 
 from __future__ import annotations
 
 import gc
 import json
-import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from ..errors import FerryError
 from ..model.job import Job, JobFile
@@ -36,44 +41,13 @@ from ..model.notification import PendingNotification
 from ..model.token import TokenInterner
 from . import codec
 from .codec import file_record, job_record
+from .sqlite_file import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, connect, runtime_error
+from .writer import MAX_GROUP, Outcome, StoreThread
 
-# "FRRY": marks the file as a ferry store, so a foreign SQLite file is never migrated.
-APPLICATION_ID = 0x46525259
+if TYPE_CHECKING:
+    from .base import JobStore
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-# Each entry upgrades the schema by one version; entry N-1 takes version N-1 to N.
-# Never edit an entry that has shipped: append a new one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE jobs (
-            id TEXT PRIMARY KEY,
-            owner_uid INTEGER NOT NULL,
-            state TEXT NOT NULL,
-            modified REAL NOT NULL,
-            record TEXT NOT NULL
-        )""",
-        "CREATE INDEX jobs_owner_uid ON jobs(owner_uid)",
-        """CREATE TABLE files (
-            job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-            idx INTEGER NOT NULL,
-            record TEXT NOT NULL,
-            PRIMARY KEY (job_id, idx)
-        )""",
-        "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    ),
-    # 2: the outbox of command-line notifications (service/notify.py). No foreign key to
-    # jobs: a notification that is owed outlives the purge of its job.
-    (
-        """CREATE TABLE notifications (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            job_id TEXT NOT NULL,
-            next_attempt REAL NOT NULL,
-            record TEXT NOT NULL
-        )""",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
+T = TypeVar("T")
 
 # The statements of the hot paths, spelled once so the connection's cache reuses them.
 _INSERT_JOB = "INSERT INTO jobs (id, owner_uid, state, modified, record) VALUES (?, ?, ?, ?, ?)"
@@ -87,6 +61,7 @@ _UPSERT_FILE = (
     "WHERE files.record IS NOT excluded.record"
 )
 _TRIM_FILES = "DELETE FROM files WHERE job_id = ? AND idx >= ?"
+_INSERT_NOTIFICATION = "INSERT INTO notifications (job_id, next_attempt, record) VALUES (?, ?, ?)"
 
 # ensure_ascii (the default) matters: local names may carry undecodable bytes as lone
 # surrogates (surrogateescape), which SQLite could not store as UTF-8 text; escaped as
@@ -98,25 +73,15 @@ _loads = json.loads
 # about 10% faster than 2048, and with less memory).
 _BATCH = 256
 
-# Primary SQLite result codes (the low byte of an extended code).
-_SQLITE_BUSY = 5
-_SQLITE_LOCKED = 6
-_SQLITE_CORRUPT = 11
-_SQLITE_FULL = 13
-_SQLITE_NOTADB = 26
-
-
-def _primary_code(exc: sqlite3.Error) -> int | None:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code & 0xFF if isinstance(code, int) else None
-
 
 class SqliteStore:
     """The job store on one SQLite database file; open it with :meth:`open`.
 
-    Methods are synchronous and meant for the daemon's event-loop thread: each is a single
-    short transaction (a commit costs one fsync). A lock still serialises them, so moving a
-    call onto an executor thread can never interleave two transactions on the connection.
+    Methods are synchronous and run on the calling thread: each write is a single short
+    transaction (a commit costs one fsync). :class:`SqliteJobStore` drives one from its
+    thread (``load_all``, ``pending_notifications``, ``apply_group``, ``close``). A lock
+    serialises all of them, so two threads can never interleave transactions on the one
+    connection.
     """
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
@@ -129,40 +94,13 @@ class SqliteStore:
 
     @classmethod
     def open(cls, path: Path, *, check: bool = True) -> SqliteStore:
-        """Open (creating if needed) and migrate the store at ``path``.
+        """Open (creating if needed) and migrate the store at ``path`` (store/sqlite_file.py).
 
         ``check`` runs ``PRAGMA quick_check`` first, so a damaged file is reported at startup
         rather than when some page is first touched mid-transfer.
         """
         path = Path(path)
-        try:
-            created_dir = _ensure_dir(path.parent)
-            created = _create_file(path)
-            if not created:
-                _check_header(path)
-        except OSError as exc:
-            raise FerryError.from_oserror(exc, f"cannot open the job store {path}") from exc
-        try:
-            conn = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, timeout=5.0
-            )
-        except sqlite3.Error as exc:
-            raise _open_error(path, exc) from exc
-        try:
-            _prepare(conn, path, check)
-            if created:
-                # The new file's directory entry must survive a crash, like its contents.
-                _fsync_dir(path.parent)
-                if created_dir:
-                    _fsync_dir(path.parent.parent)
-        except BaseException as exc:
-            conn.close()
-            if isinstance(exc, sqlite3.Error):
-                raise _open_error(path, exc) from exc
-            if isinstance(exc, OSError):
-                raise FerryError.from_oserror(exc, f"cannot open the job store {path}") from exc
-            raise
-        return cls(conn, path)
+        return cls(connect(path, check=check), path)
 
     def close(self) -> None:
         """Close the connection; SQLite checkpoints the WAL into the database file. Idempotent."""
@@ -190,7 +128,7 @@ class SqliteStore:
         with self._lock:
             conn = self._conn
             if conn is None:
-                raise FerryError("E_FAIL", f"the job store {self.path} is closed")
+                raise self.closed_error()
             try:
                 conn.execute(begin)
                 yield conn
@@ -201,17 +139,86 @@ class SqliteStore:
                     with suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise _runtime_error(self.path, exc) from exc
+                    raise runtime_error(self.path, exc) from exc
                 raise
 
-    def _update_job(self, conn: sqlite3.Connection, job: Job) -> None:
-        cur = conn.execute(
-            _UPDATE_JOB,
-            (job.owner.uid, job.state.value, job.modified, _dumps(job_record(job)), job.id),
-        )
-        if cur.rowcount != 1:
-            # Saving a job that was deleted must not resurrect it; say so and change nothing.
-            raise FerryError("BG_E_NOT_FOUND", f"job {job.id} is not in the job store")
+    def _run(self, write: Write[T]) -> T:
+        """One write in a transaction of its own: the synchronous face."""
+        with self._transaction() as conn:
+            return write(conn)
+
+    def apply_group(self, writes: Sequence[Write[Any]]) -> list[Outcome]:
+        """Apply several callers' writes in one transaction, one commit (one fsync).
+
+        The group commit of :class:`SqliteJobStore`'s thread. Each write runs inside its own
+        SAVEPOINT: a write that fails is rolled back to it and gets its own error, and the
+        others go on and commit. SQLite may abandon the whole transaction when a statement
+        fails (it does for SQLITE_FULL); then that write fails alone and the others are
+        applied again, in order, in a fresh transaction (a write is a pure function of its
+        snapshot, so running it again is safe). When BEGIN or COMMIT fails, nothing of the
+        group is stored and every write gets that error. Returns one outcome per write, in
+        order; never raises.
+        """
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                return [(None, self.closed_error()) for _ in writes]
+            return self._apply(conn, writes)
+
+    def _apply(self, conn: sqlite3.Connection, writes: Sequence[Write[Any]]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        savepoints = len(writes) > 1  # a lone write is rolled back with its transaction
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in writes:
+                if savepoints:
+                    conn.execute("SAVEPOINT w")
+                try:
+                    value = write(conn)
+                except Exception as exc:
+                    if not savepoints or not conn.in_transaction:
+                        raise _TransactionLost(exc) from exc
+                    conn.execute("ROLLBACK TO w")
+                    conn.execute("RELEASE w")
+                    outcomes.append((None, self._error(exc)))
+                    continue
+                if savepoints:
+                    conn.execute("RELEASE w")
+                outcomes.append((value, None))
+            conn.execute("COMMIT")
+            return outcomes
+        except Exception as exc:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            # Writes that failed by themselves keep their error whatever happens next.
+            out: list[Outcome | None] = [o if o[1] is not None else None for o in outcomes]
+            out += [None] * (len(writes) - len(out))
+            if isinstance(exc, _TransactionLost):
+                out[len(outcomes)] = (None, self._error(exc.cause))
+                again = [i for i, o in enumerate(out) if o is None]
+                if again:
+                    redone = self._apply(conn, [writes[i] for i in again])
+                    for i, o in zip(again, redone, strict=True):
+                        out[i] = o
+            return [(None, self._error(exc, shared=True)) if o is None else o for o in out]
+
+    def _error(self, exc: BaseException, shared: bool = False) -> BaseException:
+        """The error a caller sees: SQLite's errors as FerryError (a fresh object per caller,
+        as one exception object must not be raised in several tasks)."""
+        if isinstance(exc, sqlite3.Error):
+            err = runtime_error(self.path, exc)
+        elif shared and isinstance(exc, FerryError):
+            err = FerryError(exc.code, exc.message, hresult=exc.hresult)
+        elif shared:
+            err = FerryError("E_FAIL", f"the job store {self.path} failed: {exc!r}")
+        else:
+            return exc
+        err.__cause__ = exc
+        return err
+
+    def closed_error(self) -> FerryError:
+        return FerryError("E_FAIL", f"the job store {self.path} is closed")
 
     # ---- reading ---------------------------------------------------------------------
 
@@ -312,27 +319,13 @@ class SqliteStore:
                 raise ValueError(f"its file indices are not contiguous (missing {position})")
         return [codec.file_from_record(d) for d in self._decode_batch(rows)]
 
-    def count(self) -> int:
-        """The number of stored jobs, final ones included (for the per-machine limit)."""
-        with self._transaction("BEGIN") as conn:
-            (n,) = conn.execute("SELECT count(*) FROM jobs").fetchone()
-        return int(n)
-
     # ---- writing ---------------------------------------------------------------------
+    # Each method encodes its write at once (see the write_* functions below) and runs it in
+    # a transaction of its own, committed when the method returns.
 
     def insert_job(self, job: Job) -> None:
         """Store a new job and all its files. A job id already stored is a bug: E_FAIL."""
-        with self._transaction() as conn:
-            conn.execute(
-                _INSERT_JOB,
-                (job.id, job.owner.uid, job.state.value, job.modified, _dumps(job_record(job))),
-            )
-            if job.files:
-                jid = job.id
-                conn.executemany(
-                    _INSERT_FILE,
-                    [(jid, i, _dumps(file_record(f))) for i, f in enumerate(job.files)],
-                )
+        self._run(write_insert_job(job))
 
     def save_job(self, job: Job) -> None:
         """Rewrite the job row and every file row (rows beyond the file list are dropped).
@@ -341,27 +334,16 @@ class SqliteStore:
         file rows are not rewritten (see _UPSERT_FILE), so it stays cheap for big jobs; the
         cost left is serialising every file.
         """
-        with self._transaction() as conn:
-            self._update_job(conn, job)
-            jid = job.id
-            conn.execute(_TRIM_FILES, (jid, len(job.files)))
-            if job.files:
-                conn.executemany(
-                    _UPSERT_FILE,
-                    [(jid, i, _dumps(file_record(f))) for i, f in enumerate(job.files)],
-                )
+        self._run(write_save_job(job))
 
     def save_job_header(self, job: Job, notification: PendingNotification | None = None) -> None:
         """Only the job row: state changes, properties, owner, helper token, error; and the
         command-line notification the change made due, in the same transaction."""
-        with self._transaction() as conn:
-            self._update_job(conn, job)
-            if notification is not None:
-                _insert_notification(conn, notification)
+        _set_id(notification, self._run(write_save_files(job, (), notification)))
 
     def save_file(self, job: Job, index: int) -> None:
         """The job row and one file row, in one transaction (a file started or completed)."""
-        self._save_one(job, index)
+        self._run(write_save_files(job, (index,)))
 
     def save_progress(
         self, job: Job, index: int, notification: PendingNotification | None = None
@@ -369,63 +351,25 @@ class SqliteStore:
         """The progress checkpoint: the job row and one file row, in one transaction.
 
         Both rows, because recording progress also moves the job's no-progress clock.
-        A separate name from save_file so a future backend may batch checkpoints. The last
-        file's completion may make a notification due: it is stored in the same transaction.
+        The last file's completion may make a notification due: it is stored in the same
+        transaction.
         """
-        self._save_one(job, index, notification)
+        _set_id(notification, self._run(write_save_files(job, (index,), notification)))
 
     def save_files(
         self, job: Job, indices: Sequence[int], notification: PendingNotification | None = None
     ) -> None:
         """The job row and several file rows in one transaction: the engine's batched reports
         (a group of small files started, or completed together)."""
-        for index in indices:
-            if not 0 <= index < len(job.files):
-                raise IndexError(f"job {job.id} has no file {index}")
-        with self._transaction() as conn:
-            self._update_job(conn, job)
-            jid, files = job.id, job.files
-            conn.executemany(
-                _UPSERT_FILE, [(jid, i, _dumps(file_record(files[i]))) for i in indices]
-            )
-            if notification is not None:
-                _insert_notification(conn, notification)
-
-    def _save_one(
-        self, job: Job, index: int, notification: PendingNotification | None = None
-    ) -> None:
-        if not 0 <= index < len(job.files):
-            raise IndexError(f"job {job.id} has no file {index}")
-        with self._transaction() as conn:
-            self._update_job(conn, job)
-            conn.execute(_UPSERT_FILE, (job.id, index, _dumps(file_record(job.files[index]))))
-            if notification is not None:
-                _insert_notification(conn, notification)
+        _set_id(notification, self._run(write_save_files(job, indices, notification)))
 
     def add_files(self, job: Job, first_index: int) -> None:
-        """Insert ``job.files[first_index:]`` (just added by ``Job.add_files``) and the job row.
-
-        Plain inserts, not upserts: a row already there means the caller's bookkeeping is
-        wrong, and failing loudly beats silently overwriting a file's progress.
-        """
-        if not 0 <= first_index <= len(job.files):
-            raise IndexError(f"job {job.id} has no file {first_index}")
-        with self._transaction() as conn:
-            self._update_job(conn, job)
-            jid = job.id
-            conn.executemany(
-                _INSERT_FILE,
-                [
-                    (jid, i, _dumps(file_record(job.files[i])))
-                    for i in range(first_index, len(job.files))
-                ],
-            )
+        """Insert ``job.files[first_index:]`` (just added by ``Job.add_files``) and the job row."""
+        self._run(write_add_files(job, first_index))
 
     def delete_job(self, job_id: str) -> bool:
         """Remove a job and (by cascade) its files; False when there was no such job."""
-        with self._transaction() as conn:
-            cur = conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-        return cur.rowcount > 0
+        return self._run(write_delete_job(job_id))
 
     # ---- the notification outbox ---------------------------------------------------------
 
@@ -449,240 +393,296 @@ class SqliteStore:
     def update_notification(self, n: PendingNotification, job: Job | None = None) -> None:
         """Record an attempt (its count and when the next one is due), and the job's
         notification status with it when ``job`` is given."""
-        with self._transaction() as conn:
-            conn.execute(
-                "UPDATE notifications SET next_attempt = ?, record = ? WHERE id = ?",
-                (n.next_attempt, _dumps(n.to_record()), n.id),
-            )
-            if job is not None:
-                self._update_job(conn, job)
+        self._run(write_update_notification(n, job))
 
     def finish_notification(self, n: PendingNotification, job: Job | None = None) -> None:
         """The notification is settled (delivered, or failed for the last time): drop it
         from the outbox, and save the job's notification status in the same transaction."""
-        with self._transaction() as conn:
-            conn.execute("DELETE FROM notifications WHERE id = ?", (n.id,))
-            if job is not None:
-                self._update_job(conn, job)
-
-    # ---- daemon metadata -------------------------------------------------------------
-
-    def get_value(self, key: str) -> str | None:
-        """A small daemon-wide value (e.g. a notification outbox), or None."""
-        with self._transaction("BEGIN") as conn:
-            row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_value(self, key: str, value: str | None) -> None:
-        """Set a daemon-wide value durably; None removes it."""
-        with self._transaction() as conn:
-            if value is None:
-                conn.execute("DELETE FROM kv WHERE key = ?", (key,))
-            else:
-                conn.execute(
-                    "INSERT INTO kv (key, value) VALUES (?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (key, value),
-                )
+        self._run(write_finish_notification(n, job))
 
 
-def _insert_notification(conn: sqlite3.Connection, n: PendingNotification) -> None:
-    cur = conn.execute(
-        "INSERT INTO notifications (job_id, next_attempt, record) VALUES (?, ?, ?)",
-        (n.job_id, n.next_attempt, _dumps(n.to_record())),
-    )
-    n.id = cur.lastrowid
+# ---- writes, encoded at call time -------------------------------------------------------------
+#
+# Each write_* function reads the job *now*, on the calling thread, serialises what it will
+# store (JSON records, row tuples) and returns a function that runs the statements inside an
+# open transaction. That function holds only the serialised snapshot, never a live object,
+# so it can run later, on the store's thread, and a change made to the job in the meantime
+# cannot leak into it. Its value is the caller's answer (delete: whether there was a job;
+# a write that stores a notification: the outbox row's id, for ``PendingNotification.id``).
+
+Write: TypeAlias = Callable[[sqlite3.Connection], T]
+
+_JobRow = tuple[int, str, float, str, str]  # _UPDATE_JOB's parameters
+_NotificationRow = tuple[str, float, str]
 
 
-# ---- opening helpers ---------------------------------------------------------------------
+def _job_row(job: Job) -> _JobRow:
+    return (job.owner.uid, job.state.value, job.modified, _dumps(job_record(job)), job.id)
 
 
-def _ensure_dir(directory: Path) -> bool:
-    """Create missing directories private to the daemon (0700); existing ones are left as
-    the administrator made them. Returns True when the last one was created."""
-    if directory.is_dir():
-        return False
-    missing: list[Path] = []
-    d = directory
-    while not d.exists():
-        missing.append(d)
-        d = d.parent
-    for d in reversed(missing):
-        with suppress(FileExistsError):
-            os.mkdir(d, 0o700)
-    return True
+def _update_job(conn: sqlite3.Connection, row: _JobRow) -> None:
+    if conn.execute(_UPDATE_JOB, row).rowcount != 1:
+        # Saving a job that was deleted must not resurrect it; say so and change nothing.
+        raise FerryError("BG_E_NOT_FOUND", f"job {row[4]} is not in the job store")
 
 
-def _create_file(path: Path) -> bool:
-    """Create the database file 0600 before SQLite sees it, so it is never world-readable
-    (it holds every job's tokens and paths); SQLite gives the WAL files the same mode.
-    Returns False when the file already existed."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        return False
-    os.close(fd)
-    return True
+def _notification_row(n: PendingNotification | None) -> _NotificationRow | None:
+    return None if n is None else (n.job_id, n.next_attempt, _dumps(n.to_record()))
 
 
-def _check_header(path: Path) -> None:
-    """Refuse a file that is not SQLite before SQLite opens it: then nothing can ever write
-    to it. An empty file is fine (a crash right after _create_file leaves one)."""
-    with open(path, "rb") as f:
-        head = f.read(len(_SQLITE_MAGIC))
-    if head and head != _SQLITE_MAGIC:
-        raise FerryError(
-            "BG_E_DATABASE_CORRUPT",
-            f"the job store {path} is not a SQLite database; it was left untouched "
-            "(move it away to start with an empty store)",
-        )
+def _insert_notification(conn: sqlite3.Connection, row: _NotificationRow | None) -> int | None:
+    if row is None:
+        return None
+    return conn.execute(_INSERT_NOTIFICATION, row).lastrowid
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _set_id(n: PendingNotification | None, rowid: int | None) -> None:
+    if n is not None:
+        n.id = rowid
 
 
-def _prepare(conn: sqlite3.Connection, path: Path, check: bool) -> None:
-    """Vet, configure and migrate a fresh connection. Nothing is written to the file
-    until it is known to be a healthy ferry database of a version this code understands."""
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
-    if app_id not in (0, APPLICATION_ID):
-        raise _corrupt(path, f"it belongs to another application (application_id {app_id:#x})")
-    if version > SCHEMA_VERSION:
-        raise _corrupt(
-            path,
-            f"its schema version {version} is newer than this ferry knows ({SCHEMA_VERSION}); "
-            "run the newer ferryd that wrote it",
-        )
-    if version == 0:
-        (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        if tables:
-            raise _corrupt(path, "it is a SQLite database of some other application")
-    if check:
-        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
-        if problems != ["ok"]:
-            text = "; ".join(str(p).replace("\n", "; ") for p in problems)
-            raise _corrupt(path, "integrity check failed: " + text)
-    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-    if str(mode).lower() != "wal":
-        raise FerryError("E_FAIL", f"the job store {path} cannot use WAL mode (got {mode})")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA foreign_keys = ON")  # a no-op inside a transaction: set it here
-    # A huge save_job can grow the WAL; shrink it back after the next checkpoint.
-    conn.execute("PRAGMA journal_size_limit = 16777216")
-    if version < SCHEMA_VERSION:
-        _migrate(conn, path)
+def write_insert_job(job: Job) -> Write[None]:
+    row = (job.id, job.owner.uid, job.state.value, job.modified, _dumps(job_record(job)))
+    jid = job.id
+    files = [(jid, i, _dumps(file_record(f))) for i, f in enumerate(job.files)]
+
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute(_INSERT_JOB, row)
+        if files:
+            conn.executemany(_INSERT_FILE, files)
+
+    return write
 
 
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Apply the missing migrations in order, all in one transaction: a crash leaves the
-    old schema intact, never a half-upgraded one."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        # Re-read under the write lock: another process may have migrated meanwhile.
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise _corrupt(path, f"its schema version {version} is newer than this ferry knows")
-        for statements in MIGRATIONS[version:]:
-            for sql in statements:
-                conn.execute(sql)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-        conn.execute(f"PRAGMA application_id = {APPLICATION_ID:d}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+def write_save_job(job: Job) -> Write[None]:
+    row = _job_row(job)
+    jid, count = job.id, len(job.files)
+    files = [(jid, i, _dumps(file_record(f))) for i, f in enumerate(job.files)]
+
+    def write(conn: sqlite3.Connection) -> None:
+        _update_job(conn, row)
+        conn.execute(_TRIM_FILES, (jid, count))
+        if files:
+            conn.executemany(_UPSERT_FILE, files)
+
+    return write
 
 
-def _corrupt(path: Path, why: str) -> FerryError:
-    return FerryError(
-        "BG_E_DATABASE_CORRUPT",
-        f"the job store {path} cannot be used: {why}; it was left untouched",
-    )
+def write_save_files(
+    job: Job, indices: Sequence[int], notification: PendingNotification | None = None
+) -> Write[int | None]:
+    """The job row, the file rows at ``indices`` (none: save_job_header) and the
+    notification the change made due; the value is the notification's outbox id."""
+    files = job.files
+    for index in indices:
+        if not 0 <= index < len(files):
+            raise IndexError(f"job {job.id} has no file {index}")
+    row = _job_row(job)
+    jid = job.id
+    file_rows = [(jid, i, _dumps(file_record(files[i]))) for i in indices]
+    note = _notification_row(notification)
+
+    def write(conn: sqlite3.Connection) -> int | None:
+        _update_job(conn, row)
+        if len(file_rows) == 1:  # the progress checkpoint: the hot path
+            conn.execute(_UPSERT_FILE, file_rows[0])
+        elif file_rows:
+            conn.executemany(_UPSERT_FILE, file_rows)
+        return _insert_notification(conn, note)
+
+    return write
 
 
-def _open_error(path: Path, exc: sqlite3.Error) -> FerryError:
-    """An SQLite error while opening: busy means another process, anything else means the
-    file cannot be read as a ferry store."""
-    if _primary_code(exc) in (_SQLITE_BUSY, _SQLITE_LOCKED):
-        return FerryError("E_FAIL", f"the job store {path} is locked by another process: {exc}")
-    return _corrupt(path, f"SQLite says: {exc}")
+def write_add_files(job: Job, first_index: int) -> Write[None]:
+    """Plain inserts, not upserts: a row already there means the caller's bookkeeping is
+    wrong, and failing loudly (E_FAIL) beats silently overwriting a file's progress."""
+    files = job.files
+    if not 0 <= first_index <= len(files):
+        raise IndexError(f"job {job.id} has no file {first_index}")
+    row = _job_row(job)
+    jid = job.id
+    file_rows = [(jid, i, _dumps(file_record(files[i]))) for i in range(first_index, len(files))]
+
+    def write(conn: sqlite3.Connection) -> None:
+        _update_job(conn, row)
+        if file_rows:
+            conn.executemany(_INSERT_FILE, file_rows)
+
+    return write
 
 
-def _runtime_error(path: Path, exc: sqlite3.Error) -> FerryError:
-    code = _primary_code(exc)
-    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
-        return FerryError("BG_E_DATABASE_CORRUPT", f"the job store {path} is corrupt: {exc}")
-    if code == _SQLITE_FULL:
-        return FerryError("ERROR_DISK_FULL", f"the job store {path} cannot grow: {exc}")
-    return FerryError("E_FAIL", f"the job store {path} failed: {exc}")
+def write_delete_job(job_id: str) -> Write[bool]:
+    def write(conn: sqlite3.Connection) -> bool:
+        return conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+
+    return write
 
 
-__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SqliteStore"]
+def write_update_notification(n: PendingNotification, job: Job | None) -> Write[None]:
+    params = (n.next_attempt, _dumps(n.to_record()), n.id)
+    row = None if job is None else _job_row(job)
+
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE notifications SET next_attempt = ?, record = ? WHERE id = ?", params)
+        if row is not None:
+            _update_job(conn, row)
+
+    return write
+
+
+def write_finish_notification(n: PendingNotification, job: Job | None) -> Write[None]:
+    nid = n.id
+    row = None if job is None else _job_row(job)
+
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM notifications WHERE id = ?", (nid,))
+        if row is not None:
+            _update_job(conn, row)
+
+    return write
+
+
+class _TransactionLost(Exception):
+    """A write failed and SQLite rolled back the whole transaction with it."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class SqliteJobStore:
-    """The ``JobStore`` protocol (store/base.py) on a :class:`SqliteStore`.
+    """The ``JobStore`` protocol (store/base.py) on SQLite, for the event loop.
 
-    Interim: each call runs its transaction at once on the calling (event-loop) thread.
+    Where the work runs: every SQLite call — each transaction and its fsync, ``load_all``,
+    ``pending_notifications``, the WAL checkpoint of ``close`` — runs on one dedicated thread
+    that owns the connection (store/writer.py); the event loop only encodes and queues.
+    Writes are encoded (the job's JSON records) on the calling thread when the method is
+    *called*, before the returned coroutine is even awaited, and queued in call order; so
+    ``c = store.save_job(job); job.description = "x"; await c`` stores the job as it was
+    at the call, and two saves of one job apply in the order they were called, however
+    their coroutines are scheduled.
+
+    Group commit: writes that queue up while a commit is in flight are committed together
+    in the next transaction (:meth:`SqliteStore.apply_group`: one fsync for all of them, a
+    savepoint each so one failing write fails alone); each caller resumes when its own
+    write is durable. A failing write raises what the synchronous store raises for it
+    (``BG_E_NOT_FOUND`` for a job that was deleted, ``E_FAIL`` for a duplicate id or file
+    row, ``IndexError`` for a file index the job does not have — that one when awaited,
+    nothing having been queued); a failed COMMIT fails every write of its group.
+
+    The methods are plain functions returning coroutines (what the protocol's ``async def``
+    declares), which is what lets them act at call time. Own the :class:`SqliteStore`
+    exclusively: a synchronous call on ``db`` meanwhile is safe (a lock) but unordered.
     """
 
-    def __init__(self, db: SqliteStore) -> None:
+    def __init__(self, db: SqliteStore, *, max_group: int = MAX_GROUP) -> None:
         self.db = db
         self.path = db.path
+        self._thread: StoreThread[Write[Any]] = StoreThread(
+            "ferry-store", db.apply_group, db.close, db.closed_error, max_group=max_group
+        )
 
     @classmethod
     def open(cls, path: Path, *, check: bool = True) -> SqliteJobStore:
+        """Open as :meth:`SqliteStore.open` does (on the calling thread: it runs before the
+        daemon serves anything) and start the store's thread."""
         return cls(SqliteStore.open(path, check=check))
 
-    async def load_all(self) -> list[Job]:
-        return self.db.load_all()
+    async def __aenter__(self) -> SqliteJobStore:
+        return self
 
-    async def insert_job(self, job: Job) -> None:
-        self.db.insert_job(job)
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
-    async def save_job(self, job: Job) -> None:
-        self.db.save_job(job)
+    def _write(
+        self, encode: Callable[[], Write[Any]], then: Callable[[Any], Any] | None = None
+    ) -> Coroutine[Any, Any, Any]:
+        if self._thread.closed:
+            return _fail(self.db.closed_error())
+        try:
+            write = encode()  # now, on the calling thread: the snapshot
+        except Exception as exc:
+            return _fail(exc)
+        return self._thread.write(write, then)
 
-    async def save_job_header(
+    def load_all(self) -> Coroutine[Any, Any, list[Job]]:
+        return self._thread.read(self.db.load_all)
+
+    def insert_job(self, job: Job) -> Coroutine[Any, Any, None]:
+        return self._write(lambda: write_insert_job(job))
+
+    def save_job(self, job: Job) -> Coroutine[Any, Any, None]:
+        return self._write(lambda: write_save_job(job))
+
+    def save_job_header(
         self, job: Job, notification: PendingNotification | None = None
-    ) -> None:
-        self.db.save_job_header(job, notification)
+    ) -> Coroutine[Any, Any, None]:
+        return self._write(
+            lambda: write_save_files(job, (), notification), _id_setter(notification)
+        )
 
-    async def save_progress(
+    def save_progress(
         self, job: Job, index: int, notification: PendingNotification | None = None
-    ) -> None:
-        self.db.save_progress(job, index, notification)
+    ) -> Coroutine[Any, Any, None]:
+        return self._write(
+            lambda: write_save_files(job, (index,), notification), _id_setter(notification)
+        )
 
-    async def save_files(
+    def save_files(
         self, job: Job, indices: Sequence[int], notification: PendingNotification | None = None
-    ) -> None:
-        self.db.save_files(job, indices, notification)
+    ) -> Coroutine[Any, Any, None]:
+        return self._write(
+            lambda: write_save_files(job, indices, notification), _id_setter(notification)
+        )
 
-    async def add_files(self, job: Job, first_index: int) -> None:
-        self.db.add_files(job, first_index)
+    def add_files(self, job: Job, first_index: int) -> Coroutine[Any, Any, None]:
+        return self._write(lambda: write_add_files(job, first_index))
 
-    async def delete_job(self, job_id: str) -> bool:
-        return self.db.delete_job(job_id)
+    def delete_job(self, job_id: str) -> Coroutine[Any, Any, bool]:
+        return self._write(lambda: write_delete_job(job_id))
 
-    async def pending_notifications(self) -> list[PendingNotification]:
-        return self.db.pending_notifications()
+    def pending_notifications(self) -> Coroutine[Any, Any, list[PendingNotification]]:
+        return self._thread.read(self.db.pending_notifications)
 
-    async def update_notification(
+    def update_notification(
         self, n: PendingNotification, job: Job | None = None
-    ) -> None:
-        self.db.update_notification(n, job)
+    ) -> Coroutine[Any, Any, None]:
+        return self._write(lambda: write_update_notification(n, job))
 
-    async def finish_notification(
+    def finish_notification(
         self, n: PendingNotification, job: Job | None = None
-    ) -> None:
-        self.db.finish_notification(n, job)
+    ) -> Coroutine[Any, Any, None]:
+        return self._write(lambda: write_finish_notification(n, job))
 
     async def close(self) -> None:
-        self.db.close()
+        """Commit every write queued so far, then close the database (the WAL checkpoint
+        runs on the store's thread). Idempotent; calls made afterwards raise E_FAIL."""
+        await self._thread.close()
+
+
+def _id_setter(n: PendingNotification | None) -> Callable[[Any], None] | None:
+    """Records the outbox id on the caller's loop, before the caller resumes."""
+    if n is None:
+        return None
+
+    def then(rowid: Any) -> None:
+        n.id = rowid
+
+    return then
+
+
+async def _fail(exc: BaseException) -> Any:
+    raise exc
+
+
+if TYPE_CHECKING:
+    _conforms: type[JobStore] = SqliteJobStore
+
+
+__all__ = [
+    "APPLICATION_ID",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SqliteJobStore",
+    "SqliteStore",
+]
