@@ -41,7 +41,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ROOT, machine_description, quick, say  # noqa: E402
+from harness.env import ROOT, say  # noqa: E402
+
+from benchmarks.common import machine_description, quick  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
