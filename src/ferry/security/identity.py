@@ -348,19 +348,6 @@ class IdentityIO:
 
         return await self._call(token, op, discard=_close_async)
 
-    async def rename(self, token: Token, src: str, dst: str) -> None:
-        """Atomically replace ``dst`` by ``src``; both must be in the same directory, so the
-        rename is one atomic step on one file system."""
-        _same_directory(src, dst)
-
-        def op() -> None:
-            try:
-                os.rename(src, dst)
-            except OSError as exc:
-                raise FerryError.from_oserror(exc, f"cannot rename {src} to {dst}") from None
-
-        await self._call(token, op)
-
     async def publish_many(
         self, token: Token, pairs: list[tuple[str, str]], mode: int = 0o644
     ) -> tuple[int, FerryError | None]:
