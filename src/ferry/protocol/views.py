@@ -70,7 +70,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "notify_flags": int(job.notify_flags),
         "notify_cmdline": job.notify_cmdline,
         "helper_token": helper,
-        "notification": job.notification,
+        "notification": None if job.notification is None else job.notification.to_json(),
         "dynamic_content": job.dynamic_content,
         "retry_at": iso(job.retry_at),
     }

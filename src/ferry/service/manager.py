@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import FerryError
 from ..model import notification as notif
 from ..model.job import Job, JobError, JobFile, Limits, iso
-from ..model.notification import PendingNotification
+from ..model.notification import NotificationStatus, PendingNotification
 from ..model.paths import validate_local_name, validate_remote_name, validate_sha256
 from ..model.token import Token
 from ..model.types import ErrorContext, JobState, JobType, Priority
@@ -121,14 +121,14 @@ class QueueManager:
         neither loses the notification nor lets it retry forever."""
         self.store.update_notification(n)
 
-    def notification_outcome(self, n: PendingNotification, status: dict[str, Any]) -> None:
+    def notification_outcome(self, n: PendingNotification, status: NotificationStatus) -> None:
         """Record how an attempt went on the job (if it still exists); a settled
         notification (delivered, or failed for the last time) leaves the outbox in the same
         transaction."""
         job = self.jobs.get(n.job_id)
         if job is not None:
             job.notification = status
-        if status["state"] == notif.PENDING:
+        if not status.settled:
             self.store.update_notification(n, job)
         else:
             self.store.finish_notification(n, job)

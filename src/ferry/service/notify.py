@@ -41,7 +41,7 @@ from typing import Any
 
 from ..errors import FerryError
 from ..model import notification as notif
-from ..model.notification import PendingNotification
+from ..model.notification import NotificationStatus, PendingNotification
 from ..model.token import Token
 from ..security.identity import IdentityIO
 from .manager import QueueManager
@@ -274,7 +274,7 @@ class Notifier:
         return FerryError("E_FAIL", f"{program} exited with status {rc}")
 
 
-def _status(n: PendingNotification, state: str, failure: FerryError | None) -> dict[str, Any]:
+def _status(n: PendingNotification, state: str, failure: FerryError | None) -> NotificationStatus:
     if failure is None:
         return notif.status(n, state)
     return notif.status(n, state, failure.code, failure.message, failure.hresult)
