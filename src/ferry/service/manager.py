@@ -306,6 +306,8 @@ class QueueManager:
                 published += indices[:done]
                 if error is None:
                     break
+                if done == len(indices):  # all renamed; a directory could not be synced
+                    raise error
                 failed = indices[done]
                 # The temporary file is gone and the local name holds the whole file: an
                 # earlier complete renamed it and was stopped before recording that.

@@ -202,8 +202,16 @@ class Notifier:
                     # Stat'ing HOME/. as the owner: they may search (enter) their home.
                     await self.identity.check_directory(token, posixpath.join(pw.pw_dir, "."))
                     cwd = pw.pw_dir
-                except FerryError:
-                    pass
+                except FerryError as exc:
+                    log.info(
+                        "notification %s of job %s runs in / : uid %d cannot enter its home "
+                        "%s (%s)",
+                        n.event,
+                        n.job_id,
+                        token.uid,
+                        pw.pw_dir,
+                        exc,
+                    )
         drop: dict[str, Any] = {}
         if self.switch_identity:
             # An empty list matters: without it the child would keep root's groups.
