@@ -200,7 +200,3 @@ class FerryError(Exception):
         err = exc.errno or 0
         text = exc.strerror or str(exc)
         return cls(code_for_errno(err), f"{what}: {text}")
-
-
-def invalid_arg(message: str) -> FerryError:
-    return FerryError("E_INVALIDARG", message)

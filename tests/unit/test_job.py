@@ -18,6 +18,7 @@ from ferry.model.job import (
     JobFile,
     Limits,
 )
+from ferry.model.notification import NotificationError, NotificationStatus
 from ferry.model.token import Token, TokenInterner
 from ferry.model.types import (
     ErrorContext,
@@ -829,12 +830,9 @@ def full_job() -> Job:
         dynamic_content=True,
         retry_at=NOW + 60.75,
         no_progress_since=NOW + 4.5,
-        notification={
-            "last_event": "error",
-            "state": "failed",
-            "attempts": 2,
-            "error": {"code": "E_FAIL", "hresult": "0x80004005", "description": "exit 3"},
-        },
+        notification=NotificationStatus(
+            "JOB_ERROR", "FAILED", 2, NotificationError("E_FAIL", 0x80004005, "exit 3")
+        ),
     )
 
 

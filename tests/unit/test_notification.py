@@ -3,16 +3,19 @@ in the same transaction as the state change, settled with the job's status."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from ferry.errors import FerryError
+from ferry.errors import FerryError, format_hresult, hresult_of
 from ferry.model import notification as notif
 from ferry.model.job import Job, JobFile, Limits
 from ferry.model.token import Token
 from ferry.model.types import JobState, NotifyFlags
+from ferry.protocol.views import job_view
+from ferry.store.codec import job_from_record, job_record
 from ferry.store.sqlite import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 OWNER = Token(1000, 1000, (1000, 27), session=5, name="alice")
@@ -55,7 +58,7 @@ def test_status_view() -> None:
     n = pending(JobState.ERROR, 0x2)
     assert n is not None
     n.attempts = 2
-    assert notif.status(n, notif.PENDING, "E_FAIL", "exited with status 3") == {
+    assert notif.status(n, notif.PENDING, "E_FAIL", "exited with status 3").to_json() == {
         "last_event": "JOB_ERROR",
         "state": "PENDING",
         "attempts": 2,
@@ -66,7 +69,37 @@ def test_status_view() -> None:
             "description": "exited with status 3",
         },
     }
-    assert notif.status(n, notif.DELIVERED)["error"] is None
+    assert notif.status(n, notif.DELIVERED).error is None
+
+
+def test_status_json_is_the_stored_and_the_public_shape() -> None:
+    """The status is a value object inside; the store and clients see the same JSON as when
+    it was a dict, key order included (a stored record is byte-for-byte what it was)."""
+    n = pending(JobState.ERROR, 0x2)
+    assert n is not None
+    n.attempts = 3
+    job = make_job()
+    job.notification = notif.status(n, notif.FAILED, "BG_E_WATCHDOG_TIMEOUT", "did not finish")
+    shape = {
+        "last_event": "JOB_ERROR",
+        "state": "FAILED",
+        "attempts": 3,
+        "error": {
+            "code": "BG_E_WATCHDOG_TIMEOUT",
+            "hresult": format_hresult(hresult_of("BG_E_WATCHDOG_TIMEOUT")),
+            "context": "QUEUE_MANAGER_NOTIFICATION",
+            "description": "did not finish",
+        },
+    }
+    record = job_record(job)
+    assert json.dumps(record["notification"]) == json.dumps(shape)
+    assert job_view(job)["notification"] == shape
+    again = job_from_record(json.loads(json.dumps(record)), job.files)
+    assert again.notification == job.notification
+    assert job_record(again) == record
+    job.notification = notif.status(n, notif.DELIVERED)
+    assert job_view(job)["notification"] == dict(shape, state="DELIVERED", error=None)
+    assert job_from_record(job_record(job), job.files).notification == job.notification
 
 
 def make_job() -> Job:
@@ -98,7 +131,8 @@ def test_outbox_round_trip_with_the_state_change(tmp_path: Path) -> None:
         job.notification = notif.status(n, notif.DELIVERED)
         store.finish_notification(n, job)
         assert store.pending_notifications() == []
-        assert store.load_all()[0].notification["state"] == "DELIVERED"  # type: ignore[index]
+        loaded = store.load_all()[0].notification
+        assert loaded is not None and loaded.state == "DELIVERED"
 
 
 def test_a_failed_transaction_leaves_no_outbox_entry(tmp_path: Path) -> None:

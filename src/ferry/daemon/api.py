@@ -31,6 +31,8 @@ from ..security.handles import Interface
 from ..security.peer import token_from_socket, user_name
 from ..service import events as ev
 from ..service.events import EventBus
+from ..service.handles import Handles
+from ..service.logon import Logon
 from ..service.manager import QueueManager
 
 log = logging.getLogger("ferry.api")
@@ -88,12 +90,16 @@ class Api:
     def __init__(
         self,
         manager: QueueManager,
+        handles: Handles,
+        logon: Logon,
         bus: EventBus,
         admin_groups: frozenset[int],
         mode: str,
         only_uid: int | None,
     ) -> None:
         self.manager = manager
+        self.handles = handles
+        self.logon = logon
         self.bus = bus
         self.admin_groups = admin_groups
         self.mode = mode
@@ -182,7 +188,7 @@ class Api:
                 "version": __version__,
                 "mode": self.mode,
                 "pid": os.getpid(),
-                "jobs": len(self.manager.jobs),
+                "jobs": self.manager.job_count(),
                 "caller": caller,
             }
         )
@@ -198,7 +204,7 @@ class Api:
             priority = Priority(body.get("priority", Priority.NORMAL.value))
         except ValueError as exc:
             raise FerryError("E_INVALIDARG", str(exc)) from None
-        job = self.manager.create_job(
+        job = await self.manager.create_job(
             request["token"], body["display_name"], jtype, priority, body.get("description", "")
         )
         return web.json_response(job_view(job), status=201)
@@ -209,7 +215,7 @@ class Api:
 
     async def h_set_job(self, request: web.Request) -> web.Response:
         body = await self.body(request)
-        job = self.manager.set_properties(request["token"], request.match_info["job"], body)
+        job = await self.manager.set_properties(request["token"], request.match_info["job"], body)
         return web.json_response(job_view(job))
 
     async def h_list_files(self, request: web.Request) -> web.Response:
@@ -248,7 +254,7 @@ class Api:
     async def _do_action(self, token: Token, ref: str, action: str) -> web.Response:
         result = "S_OK"
         if action == "resume":
-            job = self.manager.resume(token, ref)
+            job = await self.manager.resume(token, ref)
         elif action == "suspend":
             job = await self.manager.suspend(token, ref)
         elif action == "cancel":
@@ -256,7 +262,7 @@ class Api:
         elif action == "complete":
             job, result = await self.manager.complete(token, ref)
         else:
-            job = self.manager.take_ownership(token, ref)
+            job = await self.manager.take_ownership(token, ref)
         err = FerryError(result)
         return web.json_response(
             {"result": {"code": result, "hresult": f"0x{err.hresult:08X}"}, "job": job_view(job)}
@@ -283,7 +289,7 @@ class Api:
             )
             await resp.prepare(request)
             for j in initial:
-                if j.id not in self.manager.jobs:
+                if not self.manager.has_job(j.id):
                     continue  # removed meanwhile; its job-removed event is queued
                 snapshot = self.manager.snapshot(j)
                 sub.sent_snapshot(snapshot)
@@ -321,7 +327,7 @@ class Api:
         def alive() -> bool:
             return not transport.is_closing()
 
-        h = self.manager.open_handle(
+        h = self.handles.open_handle(
             request["token"], request.match_info["job"], interface, ttl, alive
         )
         return web.json_response(
@@ -330,7 +336,7 @@ class Api:
         )
 
     async def h_get_handle(self, request: web.Request) -> web.Response:
-        h, job = self.manager.handle_job(request.match_info["handle"])
+        h, job = self.handles.handle_job(request.match_info["handle"])
         return web.json_response(
             {
                 "handle": h.id,
@@ -341,39 +347,39 @@ class Api:
         )
 
     async def h_release_handle(self, request: web.Request) -> web.Response:
-        self.manager.handles.release(request.match_info["handle"])
+        self.handles.release_handle(request.match_info["handle"])
         return web.json_response({"released": True})
 
     async def h_handle_action(self, request: web.Request) -> web.Response:
         await self.body(request)
-        opener, job_id = self.manager.as_opener(request.match_info["handle"])
+        opener, job_id = self.handles.as_opener(request.match_info["handle"])
         return await self._do_action(opener, job_id, request.path.rsplit("/", 1)[1])
 
     def _token_options_target(self, request: web.Request) -> tuple[Token, Any]:
-        return self.manager.token_options(
+        return self.handles.token_options(
             request["token"], request.match_info.get("job"), request.match_info.get("handle")
         )
 
     async def h_get_helper_token(self, request: web.Request) -> web.Response:
         opener, job = self._token_options_target(request)
-        return web.json_response(self.manager.get_helper_token(opener, job))
+        return web.json_response(self.handles.get_helper_token(opener, job))
 
     async def h_set_helper_token(self, request: web.Request) -> web.Response:
         await self.body(request)
         opener, job = self._token_options_target(request)
-        await self.manager.set_helper_token(opener, job, request["token"])
-        return web.json_response(self.manager.get_helper_token(opener, job))
+        await self.handles.set_helper_token(opener, job, request["token"])
+        return web.json_response(self.handles.get_helper_token(opener, job))
 
     async def h_clear_helper_token(self, request: web.Request) -> web.Response:
         opener, job = self._token_options_target(request)
-        await self.manager.clear_helper_token(opener, job)
-        return web.json_response(self.manager.get_helper_token(opener, job))
+        await self.handles.clear_helper_token(opener, job)
+        return web.json_response(self.handles.get_helper_token(opener, job))
 
     async def h_set_helper_flags(self, request: web.Request) -> web.Response:
         body = await self.body(request)
         opener, job = self._token_options_target(request)
-        await self.manager.set_helper_flags(opener, job, body["flags"])
-        return web.json_response(self.manager.get_helper_token(opener, job))
+        await self.handles.set_helper_flags(opener, job, body["flags"])
+        return web.json_response(self.handles.get_helper_token(opener, job))
 
     async def h_logoff(self, request: web.Request) -> web.Response:
         body = await self.body(request)
@@ -382,19 +388,14 @@ class Api:
             raise FerryError("E_ACCESSDENIED", "only administrators may declare a logoff")
         if ("user" in body) == ("session" in body):
             raise FerryError("E_INVALIDARG", "give exactly one of user and session")
-        # Look at the sessions as they are now, so the declaration covers every one of them.
-        await self.manager.refresh_sessions()
         if "session" in body:
-            change = self.manager.sessions.declare_session_ended(body["session"])
+            ended = await self.logon.logoff(session=body["session"])
             what: dict[str, Any] = {"session": body["session"]}
         else:
             uid = resolve_uid(body["user"])
-            change = self.manager.sessions.declare_user_logged_off(uid)
+            ended = await self.logon.logoff(user=uid)
             what = {"uid": uid, "name": user_name(uid)}
-        await self.manager.sessions_changed(change.ended_sessions, change.logged_off)
-        return web.json_response(
-            {"logged_off": what, "ended_sessions": sorted(change.ended_sessions)}
-        )
+        return web.json_response({"logged_off": what, "ended_sessions": sorted(ended)})
 
 
 def resolve_uid(user: str | int) -> int:

@@ -26,11 +26,20 @@ from aiohttp import web
 
 from ..errors import FerryError
 from ..security.identity import IdentityIO
+from ..security.localfiles import LocalFiles
+from ..security.sessions import SessionTracker
 from ..service.events import EventBus
+from ..service.handles import Handles
+from ..service.housekeeping import Housekeeper
+from ..service.logon import Logon
 from ..service.manager import QueueManager
 from ..service.notify import Notifier
+from ..service.outbox import Outbox
+from ..service.reports import EngineReports
+from ..service.runqueue import RunQueue
 from ..service.scheduler import Scheduler
-from ..store.sqlite import SqliteStore
+from ..service.table import JobTable
+from ..store.sqlite import SqliteJobStore
 from ..transfer.engine import TransferEngine
 from ..transfer.http import HttpTransport
 from ..transfer.local import LocalTransport
@@ -169,10 +178,18 @@ def lock_state_dir(state_dir: Path) -> int:
 
 
 async def serve(cfg: Config) -> None:
+    """Build the services in the one order their dependencies allow (each gets what it
+    needs through its constructor), then serve until SIGTERM/SIGINT.
+
+    The run queue comes first: the job table tells it of every change of a job and the
+    scheduler reads it, which breaks the cycle between the two (service/runqueue.py). The
+    scheduler is built on the job side's records of a run (EngineReports) and handed to the
+    parts that stop jobs to change them (as ``Transfers``)."""
     started = time.monotonic()
     tls = tls_context(cfg)
     lock_fd = lock_state_dir(cfg.state_dir)
-    store = SqliteStore.open(cfg.db_path)
+    clock = time.time
+    store = SqliteJobStore.open(cfg.db_path)
     identity = IdentityIO()
     http = HttpTransport(ssl_context=tls, read_timeout=cfg.stall_timeout)
     engine = TransferEngine(
@@ -182,26 +199,44 @@ async def serve(cfg: Config) -> None:
         uploads={},
     )
     bus = EventBus(min_interval=cfg.min_notification_interval_ms / 1000)
-    manager = QueueManager(store, identity, bus, cfg.limits)
-    count = manager.load()
+    runqueue = RunQueue()
+    table = JobTable(store, bus, runqueue, clock)
+    count = await table.load()
     # The loaded jobs live as long as the daemon: move them out of the collector's sight so
     # neither this start-up nor every later full collection walks 100,000 jobs again.
     gc.freeze()
-    manager.sessions.update(await asyncio.to_thread(manager.sessions.scan))
+    outbox = Outbox(store, table, clock)
+    reports = EngineReports(table, store, outbox, clock)
+    sessions = SessionTracker()
     scheduler = Scheduler(
-        manager, engine, cfg.max_background_jobs, manager.logged_on, time_slice=cfg.time_slice
+        runqueue,
+        reports,
+        engine,
+        cfg.max_background_jobs,
+        sessions.token_logged_on,
+        time_slice=cfg.time_slice,
+        clock=clock,
     )
+    manager = QueueManager(table, store, outbox, LocalFiles(identity), scheduler, cfg.limits, clock)
+    handles = Handles(table, store, clock)
+    logon = Logon(table, store, outbox, sessions, scheduler, reports.requeued, clock)
+    housekeeper = Housekeeper(table, store, manager.cancel_job, clock)
     notifier = Notifier(
-        manager,
+        outbox,
         identity,
         socket_path=str(cfg.socket),
         timeout=cfg.notify_timeout,
         retry_delay=cfg.notify_retry_delay,
         max_attempts=cfg.notify_max_attempts,
         start_delay=cfg.notify_start_delay,
+        clock=clock,
     )
+    # Who is logged on, before the scheduler's first pass asks.
+    await logon.refresh()
     api = Api(
         manager,
+        handles,
+        logon,
         bus,
         cfg.admin_groups,
         "system" if cfg.system else "user",
@@ -230,49 +265,36 @@ async def serve(cfg: Config) -> None:
     sd_notify("READY=1\nSTATUS=serving")
     try:
         async with asyncio.TaskGroup() as tg:
-            sched_task = tg.create_task(scheduler.run(), name="scheduler")
-            house_task = tg.create_task(housekeeping(manager, cfg), name="housekeeping")
-            logon_task = tg.create_task(watch_sessions(manager, cfg), name="sessions")
-            notify_task = tg.create_task(notifier.run(), name="notifier")
+            services = [
+                tg.create_task(scheduler.run(), name="scheduler"),
+                tg.create_task(
+                    housekeeper.run(
+                        cfg.final_job_retention,
+                        cfg.job_inactivity_timeout,
+                        cfg.housekeeping_interval,
+                    ),
+                    name="housekeeping",
+                ),
+                tg.create_task(logon.run(cfg.session_poll_interval), name="sessions"),
+                tg.create_task(notifier.run(), name="notifier"),
+            ]
             await stop.wait()
             log.info("stopping")
             sd_notify("STOPPING=1")
             api.closing.set()
             bus.close()
-            sched_task.cancel()
-            house_task.cancel()
-            logon_task.cancel()
-            notify_task.cancel()
+            for task in services:
+                task.cancel()
     finally:
         await runner.cleanup()
         await engine.close()
         await identity.shutdown()
-        store.close()
+        await store.close()
         if owns_socket:
             with contextlib.suppress(OSError):
                 cfg.socket.unlink()
         os.close(lock_fd)
         log.info("stopped")
-
-
-async def housekeeping(manager: QueueManager, cfg: Config) -> None:
-    while True:
-        try:
-            await manager.housekeeping(cfg.final_job_retention, cfg.job_inactivity_timeout)
-        except Exception:
-            log.exception("housekeeping failed; trying again later")
-        await asyncio.sleep(cfg.housekeeping_interval)
-
-
-async def watch_sessions(manager: QueueManager, cfg: Config) -> None:
-    """Poll logon sessions; apply the logoff rules when sessions end or users log off."""
-    await manager.discard_stale_helper_tokens()
-    while True:
-        try:
-            await manager.refresh_sessions()
-        except Exception:
-            log.exception("session tracking failed; trying again later")
-        await asyncio.sleep(cfg.session_poll_interval)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import FerryError, hresult_of
+from .notification import NotificationStatus
 from .token import Token
 from .types import (
     DEFAULT_NOTIFY_FLAGS,
@@ -134,8 +135,8 @@ class Job:
     # the client resumes the job; None while no such stretch is running.
     retry_at: float | None = None
     no_progress_since: float | None = None
-    # How the last command-line notification went (model/notification.py ``status``).
-    notification: dict[str, Any] | None = None
+    # How the last command-line notification went.
+    notification: NotificationStatus | None = None
 
     # ---- construction -------------------------------------------------------------
 

@@ -5,6 +5,7 @@ A notification is due when a job *enters* TRANSFERRED (flag JOB_TRANSFERRED) or 
 JOB_ERROR), the job has a command line and DISABLE is not set. The pending record is a
 snapshot taken at that moment — the owner it runs as, the command line, the state — so it
 means the same thing after a restart, after ``take_ownership`` or after the job was purged.
+``NotificationStatus`` is how the last one went, as the job carries it.
 """
 
 from __future__ import annotations
@@ -98,25 +99,78 @@ def due(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class NotificationError:
+    """Why the last attempt failed (the job object's ``notification.error``)."""
+
+    code: str
+    hresult: int
+    description: str
+    context: ErrorContext = ErrorContext.QUEUE_MANAGER_NOTIFICATION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "hresult": format_hresult(self.hresult),
+            "context": self.context.value,
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> NotificationError:
+        return cls(
+            code=str(d["code"]),
+            hresult=int(str(d["hresult"]), 16),
+            description=str(d.get("description", "")),
+            context=ErrorContext(d["context"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationStatus:
+    """The job's ``notification`` field: how its last command-line notification went.
+    ``to_json`` is both what the store keeps and what clients see."""
+
+    last_event: str  # JOB_TRANSFERRED or JOB_ERROR
+    state: str  # PENDING, DELIVERED or FAILED
+    attempts: int
+    error: NotificationError | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Delivered, or failed for the last time: the outbox is done with it."""
+        return self.state != PENDING
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "last_event": self.last_event,
+            "state": self.state,
+            "attempts": self.attempts,
+            "error": None if self.error is None else self.error.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> NotificationStatus:
+        error = d.get("error")
+        return cls(
+            last_event=str(d["last_event"]),
+            state=str(d["state"]),
+            attempts=int(d["attempts"]),
+            error=None if error is None else NotificationError.from_json(error),
+        )
+
+
 def status(
     n: PendingNotification,
     state: str,
     error_code: str | None = None,
     description: str = "",
     hresult: int | None = None,
-) -> dict[str, Any]:
-    """The job object's ``notification`` field: how its last command-line notification went."""
-    error: dict[str, Any] | None = None
+) -> NotificationStatus:
+    """The status of ``n`` after an attempt (or when it became due)."""
+    error: NotificationError | None = None
     if error_code is not None:
-        error = {
-            "code": error_code,
-            "hresult": format_hresult(hresult if hresult is not None else hresult_of(error_code)),
-            "context": ErrorContext.QUEUE_MANAGER_NOTIFICATION.value,
-            "description": description,
-        }
-    return {
-        "last_event": n.event,
-        "state": state,
-        "attempts": n.attempts,
-        "error": error,
-    }
+        error = NotificationError(
+            error_code, hresult if hresult is not None else hresult_of(error_code), description
+        )
+    return NotificationStatus(n.event, state, n.attempts, error)

@@ -38,14 +38,6 @@ class Priority(StrEnum):
     NORMAL = "normal"
     LOW = "low"
 
-    @property
-    def rank(self) -> int:
-        """Lower runs first."""
-        return _PRIORITY_RANK[self]
-
-
-_PRIORITY_RANK = {Priority.FOREGROUND: 0, Priority.HIGH: 1, Priority.NORMAL: 2, Priority.LOW: 3}
-
 
 class ErrorContext(StrEnum):
     NONE = "NONE"

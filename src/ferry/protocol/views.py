@@ -70,7 +70,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "error": err,
         "error_count": job.error_count,
         "helper_token": helper,
-        "notification": job.notification,
+        "notification": None if job.notification is None else job.notification.to_json(),
         "retry_at": iso(job.retry_at),
     })
     return view

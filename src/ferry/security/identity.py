@@ -348,31 +348,23 @@ class IdentityIO:
 
         return await self._call(token, op, discard=_close_async)
 
-    async def rename(self, token: Token, src: str, dst: str) -> None:
-        """Atomically replace ``dst`` by ``src``; both must be in the same directory, so the
-        rename is one atomic step on one file system."""
-        _same_directory(src, dst)
-
-        def op() -> None:
-            try:
-                os.rename(src, dst)
-            except OSError as exc:
-                raise FerryError.from_oserror(exc, f"cannot rename {src} to {dst}") from None
-
-        await self._call(token, op)
-
     async def publish_many(
         self, token: Token, pairs: list[tuple[str, str]], mode: int = 0o644
     ) -> tuple[int, FerryError | None]:
         """Publish finished temporary files in order, each (temporary, local name) in one
         directory: its final mode, then the rename. Each temporary file is opened
         O_NOFOLLOW so the chmod cannot be redirected through a symlink. Stops at the first
-        failure. Every directory a rename went into is then synced once (best effort), so
-        the renames are durable before the caller records them — one directory fsync for
-        a job of 1,000 files, not 1,000. One trip to a worker for the whole list.
+        failure. Every directory a rename went into is then synced once, so the renames are
+        durable before the caller records them — one directory fsync for a job of 1,000
+        files, not 1,000. One trip to a worker for the whole list.
 
-        Returns how many were published and the failure that stopped the rest (None when
-        all were)."""
+        Returns how many were renamed and the failure that stopped the rest; or, when every
+        file was renamed, the failure to sync a directory (``done == len(pairs)`` with an
+        error: the files are in place, but a crash may still undo the renames, so the caller
+        must not report them as durably published). A directory the token may not open
+        (write and search permission only, a drop box) cannot be synced by it at all: that
+        is logged and the renames count as published, rather than making ``complete``
+        impossible there."""
         for temp_path, local_name in pairs:
             _same_directory(temp_path, local_name)
 
@@ -388,7 +380,12 @@ class IdentityIO:
             except FerryError as exc:
                 error = exc
             for directory in dirs:
-                _sync_directory(directory)
+                failure = _sync_directory(directory, token.uid)
+                if failure is not None:
+                    if error is None:
+                        error = failure
+                    else:  # the rename's failure is what the caller acts on
+                        log.error("%s", failure.message)
             return done, error
 
         return await self._call(token, op)
@@ -501,14 +498,26 @@ def _publish_one(temp_path: str, local_name: str, mode: int) -> None:
         raise FerryError.from_oserror(exc, f"cannot rename {temp_path} to {local_name}") from None
 
 
-def _sync_directory(directory: str) -> None:
+def _sync_directory(directory: str, uid: int) -> FerryError | None:
+    """fsync ``directory`` (on a worker, as the token): None when its entries are durable,
+    or when the token may not open it (logged; see ``publish_many``); the failure else."""
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return  # a write-only directory: the rename is done, only its durability is weaker
+    except PermissionError as exc:
+        log.warning(
+            "uid %d may not open %s to sync it (%s): its new entries are in place, "
+            "durable once the file system commits them",
+            uid,
+            directory,
+            exc.strerror,
+        )
+        return None
+    except OSError as exc:
+        return FerryError.from_oserror(exc, f"renamed into {directory}, but cannot sync it")
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        return FerryError.from_oserror(exc, f"renamed into {directory}, but cannot sync it")
     finally:
         os.close(fd)
+    return None

@@ -1,9 +1,10 @@
 """The notifier: runs a job's notification command line (BITS SetNotifyCmdLine, SPEC §2.6)
 when the job is transferred or fails, as the job's owner, never as root for anyone else.
 
-Delivery goes through an outbox in the store. The queue manager writes the owed notification
-in the same transaction as the state change that makes it due (model/notification.py says
-when), then hands it here. Each attempt is counted durably before its program starts, and
+Delivery goes through the outbox (service/outbox.py, and a table in the store). The part that
+changes the job writes the owed notification in the same transaction as the state change that
+makes it due (model/notification.py says when), then announces it to the outbox, which the
+notifier reads. Each attempt is counted durably before its program starts, and
 the entry leaves the outbox, in one transaction with the job's ``notification`` status,
 once the program has succeeded or failed for the last time. So:
 
@@ -36,15 +37,16 @@ import posixpath
 import pwd
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import FerryError
 from ..model import notification as notif
-from ..model.notification import PendingNotification
+from ..model.notification import NotificationStatus, PendingNotification
 from ..model.token import Token
 from ..security.identity import IdentityIO
-from .manager import QueueManager
+from .outbox import Outbox
 
 log = logging.getLogger("ferry.notify")
 
@@ -55,7 +57,7 @@ OUTPUT_GRACE = 1.0  # seconds to drain output after the program exited
 class Notifier:
     def __init__(
         self,
-        manager: QueueManager,
+        outbox: Outbox,
         identity: IdentityIO,
         *,
         socket_path: str | None = None,
@@ -65,9 +67,9 @@ class Notifier:
         start_delay: float = 0.0,
         max_concurrent: int = 8,
         output_limit: int = 4096,
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.manager = manager
+        self.outbox = outbox
         self.identity = identity
         self.socket_path = socket_path
         self.timeout = timeout
@@ -75,19 +77,10 @@ class Notifier:
         self.max_attempts = max(1, max_attempts)
         self.start_delay = start_delay
         self.output_limit = output_limit
-        self.clock = clock or manager.clock
+        self.clock = clock
         self.switch_identity = os.geteuid() == 0
-        self._pending: dict[int, PendingNotification] = {}
         self._running: set[int] = set()
         self._slots = asyncio.Semaphore(max_concurrent)
-        self._wake = asyncio.Event()
-        manager.notification_due = self.add
-
-    def add(self, n: PendingNotification) -> None:
-        """A notification was stored in the outbox: run it when due."""
-        if n.id is not None:
-            self._pending.setdefault(n.id, n)
-            self._wake.set()
 
     def backoff(self, attempts: int, cap: float) -> float:
         """The wait after the ``attempts``-th failure: retry_delay, doubling, capped at the
@@ -98,34 +91,35 @@ class Notifier:
         if self.start_delay > 0:
             await asyncio.sleep(self.start_delay)
         try:
-            for n in self.manager.store.pending_notifications():
+            for n in await self.outbox.restore():
                 if n.attempts >= self.max_attempts:
                     # ferryd stopped while the last allowed attempt ran: whether it succeeded
                     # is unknown, and running it again would exceed the bound.
-                    self._settle(n, FerryError("E_FAIL", "ferryd stopped during the last attempt"))
+                    await self._settle(
+                        n, FerryError("E_FAIL", "ferryd stopped during the last attempt")
+                    )
                     continue
-                self.add(n)
+                self.outbox.announce(n)
         except Exception:
             # Transfers must go on; what is left in the outbox is delivered at the next start.
             log.exception("cannot read the notification outbox; pending notifications wait")
-        if self._pending:
-            log.info("%d notification(s) pending from before the start", len(self._pending))
+        if owed := len(self.outbox.owed()):
+            log.info("%d notification(s) pending from before the start", owed)
         async with asyncio.TaskGroup() as tg:
             while True:
                 now = self.clock()
                 next_due: float | None = None
-                for nid, n in list(self._pending.items()):
-                    if nid in self._running:
+                for n in self.outbox.owed():
+                    assert n.id is not None
+                    if n.id in self._running:
                         continue
                     if n.next_attempt <= now:
-                        self._running.add(nid)
+                        self._running.add(n.id)
                         tg.create_task(self._deliver(n), name=f"notify-{n.job_id}")
                     else:
                         wait = n.next_attempt - now
                         next_due = wait if next_due is None else min(next_due, wait)
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), next_due)
+                await self.outbox.wait(next_due)
 
     async def _deliver(self, n: PendingNotification) -> None:
         assert n.id is not None
@@ -133,10 +127,10 @@ class Notifier:
             async with self._slots:
                 n.attempts += 1
                 n.next_attempt = self.clock() + self.backoff(n.attempts, n.retry_cap)
-                self.manager.notification_attempt(n)
+                await self.outbox.attempt(n)
                 failure = await self.execute(n)
                 if failure is None:
-                    self._settle(n, None)
+                    await self._settle(n, None)
                 elif n.attempts >= self.max_attempts:
                     log.warning(
                         "notification %s of job %s failed %d times; giving up: %s",
@@ -145,7 +139,7 @@ class Notifier:
                         n.attempts,
                         failure.message,
                     )
-                    self._settle(n, failure)
+                    await self._settle(n, failure)
                 else:
                     log.info(
                         "notification %s of job %s failed (attempt %d of %d), retrying in "
@@ -157,7 +151,7 @@ class Notifier:
                         max(n.next_attempt - self.clock(), 0.0),
                         failure.message,
                     )
-                    self.manager.notification_outcome(n, _status(n, notif.PENDING, failure))
+                    await self.outbox.outcome(n, _status(n, notif.PENDING, failure))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -166,13 +160,12 @@ class Notifier:
             n.next_attempt = max(n.next_attempt, self.clock() + self.retry_delay)
         finally:
             self._running.discard(n.id)
-            self._wake.set()
+            self.outbox.wake()
 
-    def _settle(self, n: PendingNotification, failure: FerryError | None) -> None:
+    async def _settle(self, n: PendingNotification, failure: FerryError | None) -> None:
+        """Delivered, or failed for the last time: it leaves the outbox."""
         state = notif.DELIVERED if failure is None else notif.FAILED
-        self.manager.notification_outcome(n, _status(n, state, failure))
-        if n.id is not None:
-            self._pending.pop(n.id, None)
+        await self.outbox.outcome(n, _status(n, state, failure))
 
     # ---- running the program ---------------------------------------------------------
 
@@ -202,8 +195,16 @@ class Notifier:
                     # Stat'ing HOME/. as the owner: they may search (enter) their home.
                     await self.identity.check_directory(token, posixpath.join(pw.pw_dir, "."))
                     cwd = pw.pw_dir
-                except FerryError:
-                    pass
+                except FerryError as exc:
+                    log.info(
+                        "notification %s of job %s runs in / : uid %d cannot enter its home "
+                        "%s (%s)",
+                        n.event,
+                        n.job_id,
+                        token.uid,
+                        pw.pw_dir,
+                        exc,
+                    )
         drop: dict[str, Any] = {}
         if self.switch_identity:
             # An empty list matters: without it the child would keep root's groups.
@@ -274,7 +275,7 @@ class Notifier:
         return FerryError("E_FAIL", f"{program} exited with status {rc}")
 
 
-def _status(n: PendingNotification, state: str, failure: FerryError | None) -> dict[str, Any]:
+def _status(n: PendingNotification, state: str, failure: FerryError | None) -> NotificationStatus:
     if failure is None:
         return notif.status(n, state)
     return notif.status(n, state, failure.code, failure.message, failure.hresult)

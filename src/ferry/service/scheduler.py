@@ -12,43 +12,73 @@ A stopped job (pre-empted, rotated, suspended, ...) gives its slot up only once 
 ended, that is once the engine has saved its checkpoints and closed its files; so a job
 never runs twice at once and two jobs never write past the slot limit.
 
-Every pass looks only at the jobs that may run (an index of QUEUED and TRANSIENT_ERROR jobs
-that the queue manager keeps current through ``job_changed``) and at the running ones, never
-at every job: a store of 100,000 mostly finished jobs costs nothing here. Every transfer is
-a task in one TaskGroup owned by ``run``; cancelling a task is how a transfer is stopped.
+Every pass looks only at the jobs that may run (the run queue, service/runqueue.py, which
+the job table keeps current) and at the running ones, never at every job: a store of
+100,000 mostly finished jobs costs nothing here. Every transfer is a task in one TaskGroup
+owned by ``run``; cancelling a task is how a transfer is stopped.
+
+A pass never awaits, so what it decides holds until it returns. What it starts persists in
+tasks of its own, and awaits there really suspend (a store write), so:
+
+* A run is registered, with its task, in the same synchronous step that decides to start
+  it; the task's first act is to persist the start (QUEUED -> CONNECTING). No later pass
+  can start the job again, and ``stop`` always finds the run: cancelled before its first
+  step, the task never touches the job (still QUEUED); cancelled while the start is being
+  written, the job is CONNECTING in memory and the stopper's own change is written after
+  that write (a store applies writes in call order), so the stopper's state is the last
+  word, in memory and in the store. A run is forgotten when its task is done, by a done
+  callback, which also covers a task cancelled before it ever ran.
+* A TRANSIENT_ERROR job whose retry time has come is requeued in a task too; until that
+  task is done the job is in ``_retrying``, so a pass issues its requeue once, and it
+  starts only once it is QUEUED in the store.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, Protocol
 
-from ..errors import FerryError
 from ..model.job import Job
 from ..model.token import Token
 from ..model.types import JobState, Priority
-from ..transfer.base import TransferError
-from ..transfer.engine import TransferEngine
-from .manager import QueueManager
+from ..transfer.base import JobCallbacks, TransferError
+from .runqueue import RunQueue
 
 log = logging.getLogger("ferry.scheduler")
 
 BACKGROUND = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
-# How long a job stays held after the manager stopped it to change it, if no change comes
-# (the manager's operation failed half-way): then it may run again.
+# How long a job stays held after a service stopped it to change it, if no change comes
+# (the operation failed half-way): then it may run again.
 HOLD_SECONDS = 30.0
+
+
+class RunRecords(JobCallbacks, Protocol):
+    """The job side of a run: the engine's callbacks, and the records the scheduler makes
+    (service/reports.py). Each persists before it returns."""
+
+    async def started(self, job: Job) -> None: ...
+
+    async def requeued(self, job: Job) -> None: ...
+
+    async def failed(self, job: Job, exc: TransferError) -> None: ...
+
+    async def internal_failure(self, job: Job, exc: BaseException) -> None: ...
+
+
+class Engine(Protocol):
+    async def run_job(self, job: Job, callbacks: JobCallbacks) -> None: ...
 
 
 @dataclass(eq=False)
 class _Run:
     job: Job
     started: float  # loop time: the start of its time slice
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None  # set in the step that registers the run
     stopping: bool = False  # cancelled; still owns its slot until the task has ended
     requeue: bool = False  # stopped by the scheduler: back to QUEUED once stopped
 
@@ -56,100 +86,62 @@ class _Run:
 class Scheduler:
     def __init__(
         self,
-        manager: QueueManager,
-        engine: TransferEngine,
+        queue: RunQueue,
+        records: RunRecords,
+        engine: Engine,
         max_background_jobs: int,
         is_logged_on: Callable[[Token], bool] = lambda token: True,
         time_slice: float = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.manager = manager
+        self.queue = queue
+        self.records = records
         self.engine = engine
         self.max_background_jobs = max(1, max_background_jobs)
         self.is_logged_on = is_logged_on
         self.time_slice = max(0.0, time_slice)
+        self.clock = clock
         self._running: dict[str, _Run] = {}
-        # The index: QUEUED jobs per priority in the order they were queued (round robin
-        # puts a rotated job at the end), and TRANSIENT_ERROR jobs waiting for their retry.
-        self._queued: dict[Priority, dict[str, Job]] = {p: {} for p in Priority}
-        self._queued_as: dict[str, Priority] = {}
-        self._waiting: dict[str, Job] = {}
-        # Jobs the manager stopped to change them: none starts until that change is made.
-        # None while the stop is in progress, then the loop time the hold ends.
-        self._held: dict[str, float | None] = {}
-        self._wake = asyncio.Event()
+        self._retrying: set[str] = set()
         self._tg: asyncio.TaskGroup | None = None
-        manager.kick = self.kick
-        manager.stop_transfer = self.stop
-        manager.job_changed = self.job_changed
-        self._index_all()
 
-    # ---- the manager's hooks ------------------------------------------------------------
+    # ---- Transfers: what the services that change jobs use ------------------------------
 
     def kick(self) -> None:
-        self._wake.set()
+        self.queue.kick()
+
+    async def stop(self, job: Job) -> None:
+        """Stop a job's transfer and wait until its task has let go of its files; the job
+        does not start again until the caller has made the change it stopped it for."""
+        self.queue.hold(job.id)
+        try:
+            run = self._running.get(job.id)
+            if run is not None:
+                assert run.task is not None  # registered with it, see _start
+                run.requeue = False
+                run.stopping = True
+                run.task.cancel()
+                await asyncio.wait([run.task])
+        finally:
+            self.queue.hold_until(job.id, asyncio.get_running_loop().time() + HOLD_SECONDS)
 
     @property
     def running(self) -> set[str]:
         return set(self._running)
 
-    def job_changed(self, job: Job) -> None:
-        """Keep the index current; the manager calls this for every change of a job."""
-        jid = job.id
-        if job.state is JobState.QUEUED:
-            self._waiting.pop(jid, None)
-            where = self._queued_as.get(jid)
-            if where is not job.priority:  # newly queued, or its priority changed
-                if where is not None:
-                    del self._queued[where][jid]
-                self._queued[job.priority][jid] = job
-                self._queued_as[jid] = job.priority
-        else:
-            where = self._queued_as.pop(jid, None)
-            if where is not None:
-                del self._queued[where][jid]
-            if job.state is JobState.TRANSIENT_ERROR:
-                self._waiting[jid] = job
-            else:
-                self._waiting.pop(jid, None)
-        if self._held.get(jid) is not None:
-            del self._held[jid]  # the change the manager stopped the job for is made
-
-    def _index_all(self) -> None:
-        """Once, at start-up: the jobs loaded from the store."""
-        for job in self.manager.jobs.values():
-            self.job_changed(job)
-
-    async def stop(self, job: Job) -> None:
-        """Stop a job's transfer and wait until its task has let go of its files; the job
-        does not start again until the manager has made the change it stopped it for."""
-        self._held[job.id] = None
-        try:
-            run = self._running.get(job.id)
-            if run is not None:
-                run.requeue = False
-                run.stopping = True
-                assert run.task is not None
-                run.task.cancel()
-                await asyncio.wait([run.task])
-        finally:
-            self._held[job.id] = asyncio.get_running_loop().time() + HOLD_SECONDS
-
     # ---- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self._index_all()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             try:
                 while True:
-                    self._wake.clear()
                     try:
                         timeout = self._pass()
                     except Exception:  # the scheduler must outlive any one bad pass
                         log.exception("scheduling pass failed")
                         timeout = 1.0
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    await self.queue.wait(timeout)
             finally:
                 for run in self._running.values():
                     if run.task is not None:
@@ -159,22 +151,16 @@ class Scheduler:
         """One scheduling pass; returns how long until something is due (a retry, the end
         of a time slice or of a hold), None when only a kick can change anything."""
         loop_now = asyncio.get_running_loop().time()
-        now = self.manager.clock()
-        due: list[float] = []
-        for jid, until in list(self._held.items()):
-            if until is not None:
-                if until <= loop_now:
-                    del self._held[jid]
-                else:
-                    due.append(until - loop_now)
-        for job in list(self._waiting.values()):
-            if job.retry_at is None or job.id in self._held:
+        now = self.clock()
+        due = self.queue.expire_holds(loop_now)
+        for job in self.queue.waiting():
+            if job.retry_at is None or job.id in self._retrying or self.queue.is_held(job.id):
                 continue
             if job.retry_at <= now:
-                self.manager.requeued(job)  # -> job_changed: now in the queue
+                self._retry(job)
             else:
                 due.append(job.retry_at - now)
-        for job in list(self._queued[Priority.FOREGROUND].values()):
+        for job in self.queue.queued(Priority.FOREGROUND):
             if self._eligible(job):
                 self._start(job)
         due.extend(self._background(loop_now))
@@ -221,7 +207,7 @@ class Scheduler:
                 (r for r in active if r.job.priority is priority), key=lambda r: r.started
             )
             yield from (r for r in mine if not self._expired(r, loop_now))
-            for job in self._queued[priority].values():
+            for job in self.queue.queued(priority):
                 if self._eligible(job):
                     yield job
             yield from (r for r in mine if self._expired(r, loop_now))
@@ -232,22 +218,38 @@ class Scheduler:
     def _eligible(self, job: Job) -> bool:
         return (
             job.id not in self._running
-            and job.id not in self._held
+            and job.id not in self._retrying
+            and not self.queue.is_held(job.id)
             and self.is_logged_on(job.owner)
         )
 
-    # ---- starting and stopping ------------------------------------------------------------
+    # ---- starting, retrying and stopping --------------------------------------------------
 
     def _start(self, job: Job) -> None:
+        """Register the run and create its task in one step (see the module's docstring)."""
         assert self._tg is not None
-        try:
-            self.manager.started(job)  # QUEUED -> CONNECTING, persisted; leaves the queue
-        except FerryError as exc:
-            log.error("cannot start job %s: %s", job.id, exc)
-            return
         run = _Run(job, asyncio.get_running_loop().time())
         self._running[job.id] = run
         run.task = self._tg.create_task(self._transfer(run), name=f"job-{job.id}")
+        run.task.add_done_callback(lambda _: self._ended(run))
+
+    def _ended(self, run: _Run) -> None:
+        if self._running.get(run.job.id) is run:
+            del self._running[run.job.id]
+        self.queue.kick()
+
+    def _retry(self, job: Job) -> None:
+        assert self._tg is not None
+        self._retrying.add(job.id)
+        task = self._tg.create_task(
+            self._record(job, self.records.requeued, job), name=f"retry-{job.id}"
+        )
+
+        def done(_: object) -> None:
+            self._retrying.discard(job.id)
+            self.queue.kick()
+
+        task.add_done_callback(done)
 
     def _stop_and_requeue(self, run: _Run) -> None:
         """Pre-emption and rotation: the job goes back to QUEUED once its task has ended;
@@ -262,27 +264,26 @@ class Scheduler:
         not take the daemon down."""
         job = run.job
         try:
-            await self.engine.run_job(job, self.manager)
+            if job.state is not JobState.QUEUED:  # changed before the task's first step
+                return
+            await self.records.started(job)
+            await self.engine.run_job(job, self.records)
             if not job.all_transferred and job.state.is_active:
                 # Files were added while the engine ran: queue the job again for them.
-                self._settle(job, self.manager.requeued, job)
+                await self._record(job, self.records.requeued, job)
         except TransferError as exc:
-            self._settle(job, self.manager.failed, job, exc)
+            await self._record(job, self.records.failed, job, exc)
         except asyncio.CancelledError:
             if run.requeue and job.state in (JobState.CONNECTING, JobState.TRANSFERRING):
-                self._settle(job, self.manager.requeued, job)
+                await self._record(job, self.records.requeued, job)
             raise
         except Exception as exc:
             log.exception("transfer of job %s failed unexpectedly", job.id)
-            self._settle(job, self.manager.internal_failure, job, exc)
-        finally:
-            if self._running.get(job.id) is run:
-                del self._running[job.id]
-            self.kick()
+            await self._record(job, self.records.internal_failure, job, exc)
 
     @staticmethod
-    def _settle(job: Job, record: Callable[..., None], *args: Any) -> None:
+    async def _record(job: Job, record: Callable[..., Awaitable[None]], *args: Any) -> None:
         try:
-            record(*args)
+            await record(*args)
         except Exception:
             log.exception("cannot record the outcome of job %s's transfer", job.id)

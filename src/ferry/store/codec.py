@@ -16,6 +16,7 @@ from ..model.job import (
     JobError,
     JobFile,
 )
+from ..model.notification import NotificationStatus
 from ..model.token import Token, TokenInterner
 from ..model.types import (
     DEFAULT_NOTIFY_FLAGS,
@@ -117,7 +118,7 @@ def job_record(job: Job) -> dict[str, Any]:
         "dynamic_content": job.dynamic_content,
         "retry_at": job.retry_at,
         "no_progress_since": job.no_progress_since,
-        "notification": job.notification,
+        "notification": None if job.notification is None else job.notification.to_json(),
     }
 
 
@@ -142,6 +143,7 @@ def job_from_record(
         JobState(d["state"])
         raise
     error = get("error")
+    notification = get("notification")
     notify_flags = get("notify_flags", _DEFAULT_NOTIFY_INT)
     notify = _NOTIFY_FLAGS.get(notify_flags)
     if notify is None:
@@ -182,5 +184,5 @@ def job_from_record(
         bool(get("dynamic_content", False)),
         get("retry_at"),
         get("no_progress_since"),
-        get("notification"),
+        NotificationStatus.from_json(notification) if notification else None,
     )
