@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness.faultserver import FaultServer
 
 from ferry.model.job import Job, Limits
 from ferry.model.token import Token
@@ -36,10 +37,9 @@ from ferry.service.runqueue import RunQueue
 from ferry.service.scheduler import Scheduler
 from ferry.service.table import JobTable
 from ferry.store.sqlite import SqliteJobStore
-from ferry.transfer.engine import TransferEngine
 from tests.helpers.jobs import temps
 from tests.helpers.paced_store import PacedStore
-from tests.helpers.throttled_server import ThrottledServer
+from tests.integration.test_engine import make_engine
 
 OWNER = Token(os.geteuid(), os.getegid(), tuple(os.getgroups()))
 DEADLINE = 30.0
@@ -79,7 +79,7 @@ async def services(db: Path, max_background_jobs: int = 1) -> AsyncIterator[Serv
     clock = Clock()
     store = PacedStore(SqliteJobStore.open(db))
     identity = IdentityIO()
-    engine = TransferEngine(identity, read_timeout=10.0, connect_timeout=5.0)
+    engine = make_engine(identity, read_timeout=10.0)
     bus = EventBus()
     runqueue = RunQueue()
     table = JobTable(store, bus, runqueue, clock)
@@ -101,8 +101,8 @@ async def services(db: Path, max_background_jobs: int = 1) -> AsyncIterator[Serv
 
 
 @pytest.fixture
-def server() -> Iterator[ThrottledServer]:
-    with ThrottledServer() as srv:
+def server() -> Iterator[FaultServer]:
+    with FaultServer() as srv:
         yield srv
 
 
@@ -153,7 +153,7 @@ async def stored(db: Path, job: Job) -> Job:
 
 
 async def test_a_suspend_while_the_start_is_written_has_the_last_word(
-    tmp_path: Path, dest: Path, server: ThrottledServer
+    tmp_path: Path, dest: Path, server: FaultServer
 ) -> None:
     db = tmp_path / "state" / "ferry.db"
     url = server.add("a", DATA_A)
@@ -189,7 +189,7 @@ async def test_a_suspend_while_the_start_is_written_has_the_last_word(
     assert (await stored(db, job)).state is JobState.TRANSFERRED
 
 
-async def test_a_job_never_runs_twice(tmp_path: Path, dest: Path, server: ThrottledServer) -> None:
+async def test_a_job_never_runs_twice(tmp_path: Path, dest: Path, server: FaultServer) -> None:
     """While A's start is being written: kicks, a priority change of A, and a higher-priority
     job that pre-empts A. A has one run at a time, keeps its slot until its run is over (B
     waits), and both transfer exactly once, never side by side."""
@@ -261,7 +261,7 @@ async def test_a_retry_is_requeued_once(tmp_path: Path, dest: Path) -> None:
 
 
 async def test_commands_that_stop_a_job_take_turns(
-    tmp_path: Path, dest: Path, server: ThrottledServer
+    tmp_path: Path, dest: Path, server: FaultServer
 ) -> None:
     """A cancel that arrives while a suspend is still recording its change waits for it:
     the temporary file stays until the suspension is written, then the cancel runs on the

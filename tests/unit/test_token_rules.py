@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from ferry.model.token import Token
 from ferry.model.types import TokenFlags
 from ferry.security import policy
 from ferry.security.handles import HandleTable, Interface
-from ferry.security.sessions import SessionTracker, scan_logind, scan_procfs
+from ferry.security.sessions import Change, SessionTracker, scan_logind, scan_procfs
 
 OWNER = Token(1000, 1000, (1000,), session=7)
 OTHER = Token(1001, 1001, (1001,), session=8)
@@ -165,6 +166,51 @@ def test_session_tracker_transitions(tmp_path: Path) -> None:
     assert not tracker.token_logged_on(owner)
     assert tracker.update(tracker.scan()).logged_on == frozenset()  # stays dead
     assert tracker.token_logged_on(Token(1000, 1000, session=None))  # service identity
+
+
+def test_a_session_seen_only_through_a_token_still_ends(tmp_path: Path) -> None:
+    """A helper connects from session 7 and logs off before any scan saw it: the session was
+    noted from its token, so the next scan that misses it reports it ended."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    tracker = SessionTracker(proc=str(proc), logind_dir=str(tmp_path / "none"))
+    assert tracker.update(tracker.scan()) == Change()
+    helper = Token(1001, 1001, session=7)
+    assert tracker.note(helper).logged_on == {1001}
+    assert tracker.token_logged_on(helper)
+    assert tracker.note(helper) == Change()  # noted once
+    change = tracker.update(tracker.scan(), scan_started=time.monotonic())
+    assert change.ended_sessions == {7} and change.logged_off == {1001}
+    assert not tracker.token_logged_on(helper)
+
+
+def test_a_session_noted_during_a_scan_is_not_ended_by_it(tmp_path: Path) -> None:
+    """The scan looked at /proc before session 8 began; its token arrived while the scan ran.
+    That scan must not end it; the next one, which sees it, keeps it; one that misses it
+    after that ends it."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    tracker = SessionTracker(proc=str(proc), logind_dir=str(tmp_path / "none"))
+    started = time.monotonic()
+    found = tracker.scan()  # session 8 does not exist yet
+    tracker.note(Token(1002, 1002, session=8))
+    assert tracker.update(found, started).ended_sessions == frozenset()
+    assert tracker.session_alive(8)
+    _proc(proc, 20, 8, 1002)
+    assert tracker.update(tracker.scan(), time.monotonic()) == Change()
+    (proc / "20" / "sessionid").unlink()
+    (proc / "20" / "loginuid").unlink()
+    (proc / "20").rmdir()
+    assert tracker.update(tracker.scan(), time.monotonic()).ended_sessions == {8}
+
+
+def test_a_declared_dead_session_is_not_revived_by_its_token(tmp_path: Path) -> None:
+    tracker = SessionTracker(proc=str(tmp_path / "none"), logind_dir=str(tmp_path / "none"))
+    token = Token(1003, 1003, session=9)
+    tracker.note(token)
+    assert tracker.declare_session_ended(9).ended_sessions == {9}
+    assert tracker.note(token) == Change()
+    assert not tracker.session_alive(9)
 
 
 def test_logind_sessions(tmp_path: Path) -> None:

@@ -144,6 +144,7 @@ class Api:
         token = token_from_socket(sock, self.admin_groups)
         with contextlib.suppress(TypeError):
             self._tokens[transport] = token
+        self.logon.note(token)
         return token
 
     @web.middleware

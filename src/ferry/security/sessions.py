@@ -10,6 +10,7 @@ ids are never reused, so a declared-dead session stays dead.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +85,8 @@ class SessionTracker:
     logind_dir: str = "/run/systemd/sessions"
     alive: dict[int, int] = field(default_factory=dict)  # session -> uid
     declared_dead: set[int] = field(default_factory=set)
+    # Sessions learnt from a caller's token rather than a scan: when (monotonic) each was seen.
+    noted: dict[int, float] = field(default_factory=dict)
 
     def scan(self) -> dict[int, int]:
         """Blocking (reads procfs): call from a worker thread."""
@@ -93,9 +96,34 @@ class SessionTracker:
             found.pop(sid, None)
         return found
 
-    def update(self, found: dict[int, int]) -> Change:
+    def note(self, token: Token) -> Change:
+        """A caller's connection carries ``token``: its session is alive now, whether or not a
+        scan has seen it yet. Without this, a session that starts and ends between two polls
+        (a helper that sets its token and logs off at once) would never be seen to end, and
+        the logoff rules would never apply to it."""
+        sid = token.session
+        if sid is None or sid in self.alive or sid in self.declared_dead:
+            return Change()
+        first = not self.user_logged_on(token.uid)
+        self.alive[sid] = token.uid
+        self.noted[sid] = time.monotonic()
+        return Change(logged_on=frozenset({token.uid}) if first else frozenset())
+
+    def update(self, found: dict[int, int], scan_started: float | None = None) -> Change:
+        """Apply a scan's result. ``scan_started`` (monotonic) is when the scan began: a
+        session noted from a token after that may be missing from the scan only because it
+        began after the scan had looked, so it is kept, not ended."""
         for sid in self.declared_dead:
             found.pop(sid, None)
+        if scan_started is not None:
+            for sid, seen in self.noted.items():
+                if seen >= scan_started and sid not in found and sid in self.alive:
+                    found[sid] = self.alive[sid]
+        self.noted = {
+            sid: seen
+            for sid, seen in self.noted.items()
+            if scan_started is not None and seen >= scan_started and sid in found
+        }
         before_users = set(self.alive.values())
         ended = frozenset(set(self.alive) - set(found))
         self.alive = found

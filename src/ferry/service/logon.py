@@ -55,6 +55,11 @@ class Logon:
     def logged_on(self, token: Token) -> bool:
         return self._sessions.token_logged_on(token)
 
+    def note(self, token: Token) -> None:
+        """A caller's token was captured: its session is alive now (see SessionTracker.note)."""
+        if self._sessions.note(token).logged_on:
+            self._transfers.kick()
+
     async def run(self, poll_interval: float) -> None:
         """Discard the helper tokens of sessions that ended while ferryd was down, then poll
         the sessions and apply what changed."""
@@ -68,7 +73,9 @@ class Logon:
 
     async def refresh(self) -> None:
         """Scan the logon sessions now and apply what changed."""
-        change = self._sessions.update(await asyncio.to_thread(self._sessions.scan))
+        started = time.monotonic()
+        found = await asyncio.to_thread(self._sessions.scan)
+        change = self._sessions.update(found, started)
         if change.ended_sessions or change.logged_off:
             await self.apply(change.ended_sessions, change.logged_off)
         if change.logged_on:
