@@ -720,3 +720,33 @@ async def test_file_source_is_read_as_the_network_token(
     await engine.run_job(job, Recorder())
     assert temp_bytes(job) == b"root only"
     assert os.stat(job.files[0].temp_name or "").st_uid == 40001
+
+
+async def test_a_stopped_single_file_reports_the_bytes_it_has(
+    engine: TransferEngine, server: FaultServer, tmp_path: Path
+) -> None:
+    """A job of one file whose response has paused is stopped (suspend, pre-emption): what
+    reached its temporary file is fsynced and reported before the run ends, so the next run
+    resumes there instead of fetching it again."""
+    data = data_of(1 * MiB)
+    url = server.add("p", data, pause_after=300_000)
+    job = make_job([(url, tmp_path / "p")])
+    rec = Recorder()
+    task = asyncio.create_task(engine.run_job(job, rec))
+    deadline = time.monotonic() + 30
+    while not server.paused("p"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    temp = job.files[0].temp_name
+    while not (temp and os.path.exists(temp) and os.stat(temp).st_size >= 300_000):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert job.files[0].bytes_transferred == 300_000
+    assert rec.progress_of(0)[-1] == 300_000
+    server.release("p")
+    await engine.run_job(job, Recorder())
+    assert temp_bytes(job) == data
+    assert [r.range for r in server.requests_for("p")] == [None, "bytes=300000-"]
