@@ -337,7 +337,7 @@ async def test_an_attempt_is_counted_and_the_outcome_settles_it(
     await store.finish_notification(n, job)
     assert await store.pending_notifications() == [m]
     loaded = (await store.load_all())[0]
-    assert loaded.notification is not None and loaded.notification["state"] == "DELIVERED"
+    assert loaded.notification is not None and loaded.notification.state == "DELIVERED"
 
 
 async def test_a_notification_outlives_its_job(store: JobStore) -> None:
