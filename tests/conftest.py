@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from harness.env import short_tmpdir
 from harness.faultserver import FaultServer
 from harness.ferryd import Daemon
+
+from ferry.security.identity import IdentityIO
 
 
 @pytest.fixture
@@ -55,3 +57,11 @@ def dest(tmp_path: Path) -> Path:
     d = tmp_path / "dest"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+async def identity() -> AsyncIterator[IdentityIO]:
+    """The worker pool that does file operations as a token (ferryd's one IdentityIO)."""
+    io = IdentityIO()
+    yield io
+    await io.shutdown()

@@ -106,13 +106,6 @@ def make_engine(
 
 
 @pytest.fixture
-async def identity() -> AsyncIterator[IdentityIO]:
-    io = IdentityIO()
-    yield io
-    await io.shutdown()
-
-
-@pytest.fixture
 async def engine(identity: IdentityIO) -> AsyncIterator[TransferEngine]:
     eng = make_engine(identity, read_timeout=5.0, checkpoint_bytes=256 * 1024)
     yield eng

@@ -76,13 +76,6 @@ class MemoryTransport:
 
 
 @pytest.fixture
-async def identity() -> AsyncIterator[IdentityIO]:
-    io = IdentityIO()
-    yield io
-    await io.shutdown()
-
-
-@pytest.fixture
 def memory() -> MemoryTransport:
     return MemoryTransport()
 
