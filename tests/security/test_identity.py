@@ -16,7 +16,8 @@ import pytest
 
 from ferry.errors import FerryError
 from ferry.model.token import Token
-from ferry.security.identity import IdentityIO, _PerThreadCreds
+from ferry.security.creds import PerThreadCreds
+from ferry.security.identity import IdentityIO
 
 ALICE = Token(uid=40001, gid=40001)
 BOB = Token(uid=40002, gid=40002)
@@ -62,7 +63,7 @@ async def denied(coro: object) -> FerryError:
 
 async def test_unknown_architecture_is_refused() -> None:
     with pytest.raises(FerryError, match="not supported"):
-        _PerThreadCreds("sparc64")
+        PerThreadCreds("sparc64")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="checks the user-mode rule as a plain user")

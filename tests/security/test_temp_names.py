@@ -1,7 +1,8 @@
-"""Temporary names chosen before their file exists (security/identity.py): the engine names a
-download's temporary file, persists the name, then ``IdentityIO.create_temp`` creates exactly
-that name. The name is checked first — a hidden ``.NAME.<token>.ferry-part`` beside the local
-name, nothing else — and O_EXCL|O_NOFOLLOW still refuse anything already there."""
+"""Temporary names chosen before their file exists (security/tempnames.py, created by
+security/identity.py): the engine names a download's temporary file, persists the name, then
+``IdentityIO.create_temp`` creates exactly that name. The name is checked first — a hidden
+``.NAME.<token>.ferry-part`` beside the local name, nothing else — and O_EXCL|O_NOFOLLOW
+still refuse anything already there."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 from ferry.errors import FerryError
 from ferry.model.token import Token
-from ferry.security.identity import IdentityIO, check_temp_name, new_temp_name
+from ferry.security.identity import IdentityIO
+from ferry.security.tempnames import check_temp_name, new_temp_name
 from tests.security.test_identity import ALICE, BOB, denied, needs_root, owned_dir
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from ferry import FerryError, JobState, JobType, NotifyFlags, Priority
-from ferry.client import _ops
-from ferry.client._ops import DaemonUnavailable, Event, SSEMessage, SSEParser
+from ferry.client import _ops, sse, views
+from ferry.client._ops import DaemonUnavailable
 from ferry.client.sockets import SYSTEM_SOCKET, locate_socket, user_socket
+from ferry.client.sse import Event, SSEMessage, SSEParser
 from ferry.client.sync import Client
 
 # ---- routes and bodies -------------------------------------------------------------------
@@ -177,7 +178,7 @@ def test_sse_parser_line_api_and_bom() -> None:
 
 
 def test_events_from_messages() -> None:
-    events = _ops.events_from(_parse_in_chunks(STREAM, 5))
+    events = sse.events_from(_parse_in_chunks(STREAM, 5))
     assert [(e.type, e.job_id, e.state) for e in events] == [
         ("job-snapshot", "a", JobState.SUSPENDED),
         ("job-modification", "a", JobState.QUEUED),
@@ -189,7 +190,7 @@ def test_events_from_messages() -> None:
 
 
 def test_job_view_observe_decides_when_wait_ends() -> None:
-    view = _ops.JobView({"id": "a", "state": "QUEUED"})
+    view = views.JobView({"id": "a", "state": "QUEUED"})
 
     def ev(kind: str, state: str) -> Event:
         return Event(kind, "a", {"id": "a", "state": state})
@@ -199,7 +200,7 @@ def test_job_view_observe_decides_when_wait_ends() -> None:
     assert view._observe(Event("job-modification", "other", {"id": "other"})) is None
     assert view._observe(ev("job-transferred", "TRANSFERRED")) is JobState.TRANSFERRED
     assert view.state is JobState.TRANSFERRED
-    gone = _ops.JobView({"id": "a", "state": "SUSPENDED"})
+    gone = views.JobView({"id": "a", "state": "SUSPENDED"})
     with pytest.raises(FerryError) as e:
         gone._observe(Event("job-removed", "a", None))
     assert e.value.code == "BG_E_NOT_FOUND"

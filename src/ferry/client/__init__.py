@@ -2,11 +2,13 @@
 handles, and socket discovery. Importing this package does not import aiohttp."""
 
 from ..protocol import SYSTEM_SOCKET
-from ._ops import DaemonUnavailable, Event, FileInfo
+from ._ops import DaemonUnavailable
 from .aio import AsyncClient, AsyncEventStream, AsyncJob, AsyncTokenOptions
 from .impersonation import impersonate
 from .sockets import locate_socket, resolve_socket, user_socket
+from .sse import Event
 from .sync import Client, EventStream, Job, TokenOptions
+from .views import FileInfo
 
 __all__ = [
     "SYSTEM_SOCKET",

@@ -1,25 +1,24 @@
-"""The client's side of the API, with no I/O: requests built from the contract's routes
-(``ferry.protocol``), request bodies, response interpretation and the Server-Sent-Events
-parser.
+"""The client's side of the API's operations, with no I/O: requests built from the
+contract's routes (``ferry.protocol``), request bodies and response interpretation.
 
 The sync client (``http.client``) and the asyncio client (aiohttp) are thin transports over
 this module, so the request logic exists once: a transport sends ``Call.method`` /
 ``Call.target`` / ``Call.body`` and hands the status and raw body back to ``Call.finish``.
-Everything here is unit-testable without a daemon.
+Everything here is unit-testable without a daemon. The event stream's parser is ``sse``;
+the job and file views the clients hand out are ``views``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
 from ..errors import FerryError
-from ..model.types import JobState, JobType, Priority
+from ..model.types import JobType, Priority
 from ..protocol import (
     ACTION_BY_NAME,
     INTERFACES,
@@ -35,11 +34,6 @@ JSONObj = dict[str, Any]
 
 JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json"}
 SSE_HEADERS: Mapping[str, str] = {"Accept": "text/event-stream"}
-
-# States in which Job.wait returns: the transfer is over for now, one way or another.
-WAIT_DONE_STATES = frozenset(
-    {JobState.TRANSFERRED, JobState.ERROR, JobState.ACKNOWLEDGED, JobState.CANCELLED}
-)
 
 
 class DaemonUnavailable(FerryError):
@@ -273,259 +267,6 @@ def events_target(
     if all_events:
         query.append(("all_events", "true"))
     return ROUTE_BY_NAME["events"].path + (f"?{urlencode(query)}" if query else "")
-
-
-# ---- Server-Sent Events ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SSEMessage:
-    event: str
-    data: str
-    id: str | None = None
-
-
-_EOL = re.compile(rb"[\r\n]")
-
-
-class SSEParser:
-    """The WHATWG event-stream grammar, incrementally: ``feed`` takes bytes as they arrive
-    (any split, CR / LF / CRLF line ends) and returns the messages completed by them.
-    Comments (``:`` lines, used as keep-alives) and ``retry`` are ignored."""
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._skip_lf = False
-        self._event = ""
-        self._data: list[str] = []
-        self._last_id: str | None = None
-        self._first = True
-
-    def feed(self, chunk: bytes) -> list[SSEMessage]:
-        buf = self._buf + chunk
-        pos = 0
-        if self._skip_lf and buf:
-            if buf[:1] == b"\n":
-                pos = 1
-            self._skip_lf = False
-        out: list[SSEMessage] = []
-        while True:
-            m = _EOL.search(buf, pos)
-            if m is None:
-                break
-            end = m.start()
-            line = buf[pos:end]
-            nxt = end + 1
-            if buf[end : end + 1] == b"\r":
-                if nxt < len(buf):
-                    if buf[nxt : nxt + 1] == b"\n":
-                        nxt += 1
-                else:
-                    self._skip_lf = True
-            pos = nxt
-            msg = self.feed_line(line.decode("utf-8", "replace"))
-            if msg is not None:
-                out.append(msg)
-        self._buf = buf[pos:]
-        return out
-
-    def feed_line(self, line: str) -> SSEMessage | None:
-        """One line without its terminator (a trailing CR/LF is tolerated, so lines from
-        ``readline()`` can be passed as they are)."""
-        line = line.rstrip("\r\n")
-        if self._first:
-            self._first = False
-            line = line.removeprefix("\ufeff")
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None
-        name, sep, value = line.partition(":")
-        if sep and value.startswith(" "):
-            value = value[1:]
-        if name == "event":
-            self._event = value
-        elif name == "data":
-            self._data.append(value)
-        elif name == "id" and "\x00" not in value:
-            self._last_id = value
-        return None
-
-    def _dispatch(self) -> SSEMessage | None:
-        data, event = self._data, self._event
-        self._data, self._event = [], ""
-        if not data:
-            return None
-        return SSEMessage(event or "message", "\n".join(data), self._last_id)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A job event (the counterpart of IBackgroundCopyCallback): ``type`` is the event name
-    (``job-snapshot``, ``job-modification``, ``job-transferred``, ``job-error``,
-    ``file-transferred``, ``job-removed``), ``job`` the JSON job object at that moment."""
-
-    type: str
-    job_id: str | None
-    job: JSONObj | None = field(default=None, compare=False)
-
-    @property
-    def state(self) -> JobState | None:
-        if self.job is None:
-            return None
-        try:
-            return JobState(str(self.job.get("state")))
-        except ValueError:
-            return None
-
-    @classmethod
-    def from_message(cls, msg: SSEMessage) -> Event | None:
-        """None for messages that are not job events (so a future event kind, or a
-        malformed line, does not break an old client)."""
-        try:
-            doc = json.loads(msg.data)
-        except ValueError:
-            return None
-        if not isinstance(doc, dict):
-            return None
-        job = doc.get("job")
-        if not isinstance(job, dict):
-            job = None
-        job_id = doc.get("job_id")
-        if not isinstance(job_id, str):
-            job_id = job.get("id") if job is not None else None
-        kind = doc.get("type") if isinstance(doc.get("type"), str) else None
-        return cls(kind or msg.event, job_id if isinstance(job_id, str) else None, job)
-
-
-def events_from(messages: Sequence[SSEMessage]) -> list[Event]:
-    return [e for e in (Event.from_message(m) for m in messages) if e is not None]
-
-
-# ---- job views shared by Job and AsyncJob ---------------------------------------------
-
-
-class JobView:
-    """What sync and async job handles have in common: the id and the last JSON job object
-    seen (from any answer or event), with typed accessors over it."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: JSONObj) -> None:
-        if not isinstance(data.get("id"), str):
-            raise FerryError("E_FAIL", "ferryd sent a job without an id")
-        self.data = data
-
-    @property
-    def id(self) -> str:
-        return str(self.data["id"])
-
-    @property
-    def state(self) -> JobState:
-        return JobState(self.data["state"])
-
-    @property
-    def display_name(self) -> str:
-        return str(self.data.get("display_name", ""))
-
-    @property
-    def description(self) -> str:
-        return str(self.data.get("description", ""))
-
-    @property
-    def type(self) -> JobType:
-        return JobType(self.data.get("type", JobType.DOWNLOAD.value))
-
-    @property
-    def priority(self) -> Priority:
-        return Priority(self.data.get("priority", Priority.NORMAL.value))
-
-    @property
-    def progress(self) -> JSONObj:
-        p = self.data.get("progress")
-        return p if isinstance(p, dict) else {}
-
-    @property
-    def error(self) -> JSONObj | None:
-        e = self.data.get("error")
-        return e if isinstance(e, dict) else None
-
-    @property
-    def dynamic_content(self) -> bool:
-        return bool(self.data.get("dynamic_content"))
-
-    def _update(self, data: JSONObj) -> None:
-        if data.get("id") == self.id:
-            self.data = data
-
-    def _observe(self, event: Event) -> JobState | None:
-        """Take in an event about this job; the state at which ``wait`` may stop, else None.
-        A removed job that never reached a final state is gone: BG_E_NOT_FOUND."""
-        if event.job_id not in (None, self.id):
-            return None
-        if event.job is not None:
-            self._update(event.job)
-        if event.type == "job-removed":
-            if self.state in WAIT_DONE_STATES:
-                return self.state
-            raise FerryError("BG_E_NOT_FOUND", f"job {self.id} was removed")
-        if event.job is not None and self.state in WAIT_DONE_STATES:
-            return self.state
-        return None
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.id} {self.display_name!r} {self.data.get('state')}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, JobView) and type(other) is type(self) and other.id == self.id
-
-    def __hash__(self) -> int:
-        return hash(self.id)
-
-
-class FileInfo:
-    """A file of a job (SPEC §6 file object); ``data`` is the JSON object as sent."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: JSONObj) -> None:
-        self.data = data
-
-    @property
-    def remote_name(self) -> str:
-        return str(self.data.get("remote_name", ""))
-
-    @property
-    def local_name(self) -> str:
-        return str(self.data.get("local_name", ""))
-
-    @property
-    def bytes_total(self) -> int | None:
-        v = self.data.get("bytes_total")
-        return int(v) if v is not None else None
-
-    @property
-    def bytes_transferred(self) -> int:
-        return int(self.data.get("bytes_transferred") or 0)
-
-    @property
-    def completed(self) -> bool:
-        return bool(self.data.get("completed"))
-
-    @property
-    def sha256(self) -> str | None:
-        """The SHA-256 ferryd checks the file against (lower case), or None."""
-        v = self.data.get("sha256")
-        return str(v) if v is not None else None
-
-    def __repr__(self) -> str:
-        return f"<FileInfo {self.remote_name} -> {self.local_name}>"
-
-
-def timeout_error(job_id: str, timeout: float) -> FerryError:
-    """wait() ran out of time. A FerryError (not TimeoutError) so the CLI and callers
-    handle it like every other failure."""
-    return FerryError("BG_E_WATCHDOG_TIMEOUT", f"job {job_id} did not finish within {timeout:g} s")
 
 
 # ---- handles and IBitsTokenOptions (SPEC §4.3, §4.4) --------------------------------------

@@ -2,7 +2,8 @@
 with ``async`` methods.
 
 aiohttp is imported on first use, not at ``import ferry``: the CLI and sync scripts never
-pay for it. The request logic is ``_ops``'s, shared with the sync client.
+pay for it. The request logic (``_ops``), the event-stream parser (``sse``) and the job and
+file views (``views``) are shared with the sync client.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import FerryError
 from ..model.types import JobState, JobType, Priority, TokenFlags
-from . import _ops
-from ._ops import DaemonUnavailable, Event, FileInfo, JobView, JSONObj
+from . import _ops, sse, views
+from ._ops import DaemonUnavailable, JSONObj
 from .impersonation import current as current_impersonation
 from .sockets import resolve_socket
+from .sse import Event
 from .sync import DEFAULT_TIMEOUT, RECONNECT_GRACE, one_shot_request
+from .views import FileInfo, JobView
 
 if TYPE_CHECKING:
     import aiohttp
@@ -157,7 +160,7 @@ class AsyncEventStream:
         self._client = client
         self._target = target
         self._resp: aiohttp.ClientResponse | None = None
-        self._parser = _ops.SSEParser()
+        self._parser = sse.SSEParser()
         self._pending: list[Event] = []
         self._ended = False
 
@@ -200,7 +203,7 @@ class AsyncEventStream:
             if not chunk:
                 await self.aclose()
                 raise StopAsyncIteration
-            self._pending.extend(_ops.events_from(self._parser.feed(chunk)))
+            self._pending.extend(sse.events_from(self._parser.feed(chunk)))
         return self._pending.pop(0)
 
     async def aclose(self) -> None:
@@ -318,7 +321,7 @@ class AsyncJob(JobView):
                 finally:
                     await events.aclose()
         except TimeoutError:
-            raise _ops.timeout_error(self.id, timeout or 0.0) from None
+            raise views.timeout_error(self.id, timeout or 0.0) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -3,7 +3,8 @@
 Not built on the asyncio client, so a plain script pays no event loop, no thread hop and no
 aiohttp import per call: one kept-alive connection (framed by ``wire``) is reused for every
 request, which is what makes thousands of calls per second possible. Event streams use
-``http.client``. The request logic itself lives in ``_ops``; this module only moves bytes.
+``http.client``. The request logic itself lives in ``_ops``, the event-stream parser in
+``sse`` and the job and file views in ``views``; this module only moves bytes.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from typing import Any, TypeVar
 
 from ..errors import FerryError
 from ..model.types import JobState, JobType, Priority, TokenFlags
-from . import _ops, wire
-from ._ops import DaemonUnavailable, Event, FileInfo, JobView, JSONObj
+from . import _ops, sse, views, wire
+from ._ops import DaemonUnavailable, JSONObj
 from .impersonation import Identity, connect_as
 from .impersonation import current as current_impersonation
 from .sockets import UnixHTTPConnection, resolve_socket
+from .sse import Event
+from .views import FileInfo, JobView
 
 T = TypeVar("T")
 
@@ -201,7 +204,7 @@ class EventStream:
         # The timeout bounds connecting and the response head; reads of the stream itself
         # wait as long as ``next`` is told to (events may be hours apart).
         self._conn = UnixHTTPConnection(path, timeout)
-        self._parser = _ops.SSEParser()
+        self._parser = sse.SSEParser()
         self._pending: list[Event] = []
         _connect(self._conn)
         try:
@@ -359,7 +362,7 @@ class Job(JobView):
                 if now - lost_since > RECONNECT_GRACE:
                     raise
                 if deadline is not None and now >= deadline:
-                    raise _ops.timeout_error(self.id, timeout or 0.0) from None
+                    raise views.timeout_error(self.id, timeout or 0.0) from None
                 time.sleep(0.1)
                 continue
             lost_since = None
@@ -371,14 +374,14 @@ class Job(JobView):
                     try:
                         ev = stream.next(remaining)
                     except TimeoutError:
-                        raise _ops.timeout_error(self.id, timeout or 0.0) from None
+                        raise views.timeout_error(self.id, timeout or 0.0) from None
                     if ev is None:
                         break  # ferryd went away: re-subscribe
                     if ev.job is not None:
                         self._update(ev.job)
                     yield ev
                     if deadline is not None and time.monotonic() >= deadline:
-                        raise _ops.timeout_error(self.id, timeout or 0.0)
+                        raise views.timeout_error(self.id, timeout or 0.0)
 
     def wait(self, timeout: float | None = None) -> JobState:
         """Block until the job is TRANSFERRED, ERROR, ACKNOWLEDGED or CANCELLED, following

@@ -5,11 +5,11 @@ When ferryd is root, each operation runs on a worker thread that first switches 
 credentials (supplementary groups, fsgid, fsuid) to the token's, verifies that the switch
 took, performs the operation and switches back. Linux keeps credentials per thread, so the
 daemon's other threads keep root; glibc's ``setgroups()`` wrapper would broadcast the change
-to every thread, which is why the raw syscalls are used. Changing the fsuid away from 0 also
-drops the file capabilities (CAP_DAC_OVERRIDE, CAP_FOWNER, ...) from the thread's effective
-set, so the kernel checks every access exactly as it would for the user — the same technique
-knfsd and Samba use. A descriptor opened this way keeps the access it was opened with, so
-data is then written through it from any thread.
+to every thread, which is why the raw syscalls are used (``creds.py``). Changing the fsuid
+away from 0 also drops the file capabilities (CAP_DAC_OVERRIDE, CAP_FOWNER, ...) from the
+thread's effective set, so the kernel checks every access exactly as it would for the user —
+the same technique knfsd and Samba use. A descriptor opened this way keeps the access it was
+opened with, so data is then written through it from any thread.
 
 In user mode (ferryd not root) nothing is switched: the daemon serves its own uid only, and
 a token for any other uid is refused.
@@ -18,19 +18,19 @@ Every failure to switch is fail-closed: the operation is refused (E_ACCESSDENIED
 with the daemon's own credentials. A failure to switch *back* poisons the IdentityIO: it
 refuses every later identity operation rather than risk running one with the wrong
 credentials.
+
+The temporary names ``create_temp`` creates, and checks, are ``tempnames.py``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import fcntl
 import logging
 import os
 import platform
 import posixpath
-import secrets
 import stat
 import threading
 from collections.abc import Awaitable, Callable
@@ -38,63 +38,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ..errors import FerryError
-from ..model.paths import TEMP_SUFFIX, temp_name_for
 from ..model.token import Token
+from .creds import PerThreadCreds, check_id
+from .tempnames import check_temp_name, new_temp_name
 
 log = logging.getLogger("ferry.identity")
 
 T = TypeVar("T")
-
-# (setgroups, setfsuid, setfsgid) syscall numbers. On x86_64 and aarch64 the native calls
-# take 32-bit ids (there is no separate *32 variant as on i386/arm).
-SYSCALLS: dict[str, tuple[int, int, int]] = {
-    "x86_64": (116, 122, 123),
-    "aarch64": (159, 151, 152),
-}
-MAX_ID = 0xFFFFFFFE  # (uid_t)-1 means "no change" to the kernel, so it is never a real id
-TEMP_TOKEN_BYTES = 12  # 96 random bits: a name nobody can predict or collide with
-
-
-class _PerThreadCreds:
-    """Raw credential syscalls that affect only the calling thread."""
-
-    def __init__(self, machine: str) -> None:
-        numbers = SYSCALLS.get(machine)
-        if numbers is None:
-            raise FerryError(
-                "E_FAIL",
-                f"per-thread identity switching is not supported on {machine!r}; "
-                "refusing to run as root",
-            )
-        self._nr_setgroups, self._nr_setfsuid, self._nr_setfsgid = numbers
-        # A private handle so restype/argtypes set here cannot leak to other ctypes users.
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._syscall = libc.syscall
-        self._syscall.restype = ctypes.c_long
-
-    def setgroups(self, groups: tuple[int, ...]) -> None:
-        array: Any = (ctypes.c_uint32 * len(groups))(*groups) if groups else None
-        ctypes.set_errno(0)
-        rc = self._syscall(ctypes.c_long(self._nr_setgroups), ctypes.c_long(len(groups)), array)
-        if rc != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-
-    def setfsuid(self, uid: int) -> int:
-        """Returns the previous fsuid, whether or not the change took; -1 only queries."""
-        return int(self._syscall(ctypes.c_long(self._nr_setfsuid), ctypes.c_long(uid)))
-
-    def setfsgid(self, gid: int) -> int:
-        return int(self._syscall(ctypes.c_long(self._nr_setfsgid), ctypes.c_long(gid)))
-
-    def current(self) -> tuple[int, int, list[int]]:
-        """(fsuid, fsgid, sorted groups) of the calling thread."""
-        return self.setfsuid(-1), self.setfsgid(-1), sorted(os.getgroups())
-
-
-def _check_id(what: str, value: int) -> None:
-    if not 0 <= value <= MAX_ID:
-        raise FerryError("E_ACCESSDENIED", f"token {what} {value} is not a valid id")
 
 
 async def settle(fut: asyncio.Future[T]) -> bool:
@@ -113,50 +63,17 @@ async def settle(fut: asyncio.Future[T]) -> bool:
     return cancelled
 
 
-def new_temp_name(local_name: str) -> str:
-    """A fresh temporary name for ``local_name``: ``<dir>/.<basename>.<random>.ferry-part``,
-    96 random bits that nobody can predict. Nothing is created: the caller persists the name,
-    then creates the file with ``IdentityIO.create_temp``."""
-    return temp_name_for(local_name, secrets.token_hex(TEMP_TOKEN_BYTES))
-
-
-def check_temp_name(local_name: str, temp_name: str) -> None:
-    """``temp_name`` is a temporary name of ``local_name`` as ``new_temp_name`` makes them: a
-    plain hidden file ``.<basename>.<token>.ferry-part`` in the same directory (no other
-    directory, no NUL, no slash or dot in the token). Raises E_INVALIDARG otherwise."""
-    directory, base = posixpath.split(temp_name)
-    stem = base.removesuffix(TEMP_SUFFIX)
-    token = stem.rpartition(".")[2]
-    valid = (
-        "\x00" not in temp_name
-        and directory == posixpath.dirname(local_name)
-        and base.startswith(".")
-        and stem != base
-        and "." in stem[1:]
-        and bool(token)
-    )
-    if valid:
-        try:
-            valid = temp_name_for(local_name, token) == temp_name
-        except FerryError:
-            valid = False
-    if not valid:
-        raise FerryError(
-            "E_INVALIDARG", f"{temp_name!r} is not a temporary name of {local_name!r}"
-        )
-
-
 class IdentityIO:
     """Performs file operations as a token on a bounded pool of worker threads."""
 
     def __init__(self, max_workers: int = 8) -> None:
         self._root = os.geteuid() == 0
-        self._creds: _PerThreadCreds | None = None
+        self._creds: PerThreadCreds | None = None
         # What every worker thread must hold between operations (checked only when root).
         self._base_groups = tuple(os.getgroups())
         self._base = (os.geteuid(), os.getegid(), sorted(self._base_groups))
         if self._root:
-            self._creds = _PerThreadCreds(platform.machine())
+            self._creds = PerThreadCreds(platform.machine())
         self._broken = False
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ferry-id")
 
@@ -196,10 +113,10 @@ class IdentityIO:
             raise self._poison(f"worker thread credentials are {creds.current()}")
         if token.uid == 0:
             return fn(*args)
-        _check_id("uid", token.uid)
-        _check_id("gid", token.gid)
+        check_id("uid", token.uid)
+        check_id("gid", token.gid)
         for g in token.groups:
-            _check_id("group", g)
+            check_id("group", g)
         try:
             try:
                 creds.setgroups(token.groups)
@@ -220,7 +137,7 @@ class IdentityIO:
         finally:
             self._restore(creds)
 
-    def _restore(self, creds: _PerThreadCreds) -> None:
+    def _restore(self, creds: PerThreadCreds) -> None:
         # fsuid first: returning it to 0 gives the file capabilities back, after which the
         # group changes are plain CAP_SETGID operations.
         try:

@@ -3,7 +3,8 @@ destination directory can be used, publishing finished temporary files under the
 names, and deleting temporary files. All of it is file work done *as a token*, built from the
 identity I/O beside it (``identity.py``), and guarded the same way: a temporary name read
 from the store is never opened, renamed or deleted unless it has the shape ferry gives them
-(``check_temp_name``), so a damaged store cannot point ferryd at somebody else's file.
+(``check_temp_name``, ``tempnames.py``), so a damaged store cannot point ferryd at somebody
+else's file.
 
 Each method records on the job (in memory) what it did to the disk; the caller persists the
 job afterwards.
@@ -19,7 +20,8 @@ from ..model.job import Job, JobFile
 from ..model.token import Token
 from ..model.types import JobType
 from . import policy
-from .identity import IdentityIO, check_temp_name
+from .identity import IdentityIO
+from .tempnames import check_temp_name
 
 log = logging.getLogger("ferry.localfiles")
 

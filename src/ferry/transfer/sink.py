@@ -19,7 +19,8 @@ from ..errors import FerryError
 from ..model.job import Job, JobFile
 from ..model.token import Token
 from ..model.types import ErrorContext
-from ..security.identity import IdentityIO, check_temp_name, new_temp_name, settle
+from ..security.identity import IdentityIO, settle
+from ..security.tempnames import check_temp_name, new_temp_name
 from .base import WRITE_MAX, Sink, TransferError, local_error
 
 log = logging.getLogger("ferry.transfer")
