@@ -369,3 +369,39 @@ def test_events_json_lines(cli: Cli, http_server: FaultServer, dest: Path) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_directory_as_the_local_name(cli: Cli, http_server: FaultServer, dest: Path) -> None:
+    """`ferry add` refuses a local name that is a directory, and adds nothing; `ferry
+    transfer URL DIR` (or DIR/) writes DIR/NAME, the name from the URL, as curl -O does."""
+    url = http_server.add("named.bin", b"n" * 10_000)
+    job = cli.ok("create", "dir-test")
+    for local in (str(dest), str(dest) + "/", "."):
+        r = cli("add", job["id"], url, local, cwd=dest)
+        assert error_of(r) == "E_INVALIDARG", r
+        assert "directory" in r.json["error"]["message"]
+    assert cli.ok("info", job["id"])["progress"]["files_total"] == 0
+    assert others_in(dest) == []
+
+    r = cli("transfer", url, str(dest) + "/")
+    assert r.returncode == 0, r
+    assert (dest / "named.bin").read_bytes() == b"n" * 10_000
+    (dest / "named.bin").unlink()
+    r = cli("transfer", url, ".", cwd=dest, json=False)
+    assert r.returncode == 0, r
+    assert (dest / "named.bin").read_bytes() == b"n" * 10_000
+    assert others_in(dest, "named.bin") == []
+    # A URL that names no file: the user must name the local file.
+    r = cli("transfer", http_server.url("/"), str(dest))
+    assert error_of(r) == "E_INVALIDARG" and "names no file" in r.json["error"]["message"]
+
+
+def test_complete_says_how_many_files_were_transferred(cli: Cli, dest: Path) -> None:
+    job = cli.ok("create", "nothing-yet")
+    cli.ok("add", job["id"], "http://127.0.0.1:9/a", str(dest / "a"),
+           "http://127.0.0.1:9/b", str(dest / "b"))  # fmt: skip
+    r = cli("complete", job["id"], json=False)
+    assert r.returncode == 0, r
+    assert "BG_S_PARTIAL_COMPLETE" in r.stdout
+    assert "No file was transferred: all 2 files were discarded." in r.stderr
+    assert "only some" not in r.stderr.lower()

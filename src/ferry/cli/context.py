@@ -65,3 +65,19 @@ def report_error(e: FerryError, json_mode: bool) -> None:
     if json_mode:
         click.echo(json.dumps(e.to_json(), indent=2))
     click.echo(f"{e.code} (0x{e.hresult:08X}): {e.message}", err=True)
+
+
+def partial_complete_text(job: dict[str, Any]) -> str:
+    """What a BG_S_PARTIAL_COMPLETE means for this job, in numbers: "only some files"
+    misleads when none arrived at all."""
+    progress = job.get("progress") or {}
+    done = int(progress.get("files_transferred") or 0)
+    total = int(progress.get("files_total") or 0)
+    if done == 0:
+        what = "the file was" if total == 1 else f"all {total} files were"
+        return f"No file was transferred: {what} discarded."
+    left = total - done
+    return (
+        f"{done} of {total} files were transferred; "
+        f"the other {left} {'was' if left == 1 else 'were'} discarded."
+    )

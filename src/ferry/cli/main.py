@@ -23,7 +23,7 @@ from ..errors import FerryError, hresult_of
 from ..model.types import JobState, JobType, Priority
 from ..protocol import ACTIONS, PROPERTIES, SYSTEM_SOCKET, Property
 from . import tokens
-from .context import EXIT_ERROR, Ctx, report_error
+from .context import EXIT_ERROR, Ctx, partial_complete_text, report_error
 from .context import current as _ctx
 
 PRIORITIES = click.Choice([p.value for p in Priority], case_sensitive=False)
@@ -251,8 +251,8 @@ def complete(job: str) -> None:
 
     def human() -> None:
         click.echo(f"Job {_label(j)} completed: {code}.")
-        if code != "S_OK":
-            click.echo("Only some files were transferred; the others were discarded.", err=True)
+        if code == "BG_S_PARTIAL_COMPLETE":
+            click.echo(partial_complete_text(j.data), err=True)
 
     c.emit(doc, human)
 

@@ -10,6 +10,8 @@ an interactive transfer the user abandoned should not linger in the queue.
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +21,7 @@ from typing import Any
 from ..client import Client, Job
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, Priority
+from .context import partial_complete_text
 
 EXIT_INTERRUPTED = 130
 
@@ -32,6 +35,7 @@ def run_transfer(
 ) -> int:
     """Returns the exit status. FerryErrors from the set-up calls propagate to the CLI's
     uniform error report, after the half-made job has been cancelled."""
+    pairs = [(remote, destination(remote, local)) for remote, local in pairs]
     job = client.create_job(name, priority=priority)
     try:
         try:
@@ -58,6 +62,23 @@ def run_transfer(
     if final is JobState.ACKNOWLEDGED:  # someone else completed it meanwhile
         return _report_done(job, "S_OK", elapsed, json_mode)
     return _report_failed(job, final, json_mode)
+
+
+def destination(remote: str, local: str) -> str:
+    """``ferry transfer URL DIR`` (or ``DIR/``) writes into DIR under the file's name in the
+    URL, as ``curl -O`` and ``wget`` do. Only ``transfer`` does this; ``ferry add`` takes a
+    local name as given, and ferryd refuses one that is a directory."""
+    if not (local.endswith("/") or os.path.isdir(local)):
+        return local
+    from urllib.parse import unquote, urlsplit
+
+    name = unquote(posixpath.basename(urlsplit(remote).path))
+    if name in ("", ".", "..") or "/" in name or "\x00" in name:
+        raise FerryError(
+            "E_INVALIDARG",
+            f"{local} is a directory and {remote} names no file in it: give the local file name",
+        )
+    return os.path.join(local, name)
 
 
 def _interrupted() -> FerryError:
@@ -131,8 +152,10 @@ def _report_done(job: Job, code: str, elapsed: float, json_mode: bool) -> int:
     for f in job.files():
         mark = "" if f.completed else "   (not transferred)"
         print(f"  {f.local_name}{mark}")
-    if code != "S_OK":
-        print(f"{code}: only some files were transferred.", file=sys.stderr)
+    if code == "BG_S_PARTIAL_COMPLETE":
+        print(f"{code}: {partial_complete_text(job.data)}", file=sys.stderr)
+    elif code != "S_OK":
+        print(f"{code}", file=sys.stderr)
     return 0
 
 

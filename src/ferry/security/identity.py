@@ -33,7 +33,7 @@ import platform
 import posixpath
 import stat
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -354,6 +354,41 @@ class IdentityIO:
                 ) from None
             except OSError as exc:
                 raise FerryError.from_oserror(exc, f"cannot use directory {directory}") from None
+
+        await self._call(token, op)
+
+    async def check_destinations(self, token: Token, local_names: Sequence[str]) -> None:
+        """Every local name's directory exists and the token can search it (as
+        ``check_directory``, once per directory), and no local name is itself a directory:
+        a download would otherwise be fetched whole into the parent directory and only fail
+        at ``complete``. One trip to a worker for all the names."""
+
+        def op() -> None:
+            checked: set[str] = set()
+            for local_name in local_names:
+                directory = posixpath.dirname(local_name) or "/"
+                if directory not in checked:
+                    try:
+                        os.stat(posixpath.join(directory, "."))
+                    except (FileNotFoundError, NotADirectoryError):
+                        raise FerryError(
+                            "ERROR_PATH_NOT_FOUND", f"the directory {directory} does not exist"
+                        ) from None
+                    except OSError as exc:
+                        raise FerryError.from_oserror(
+                            exc, f"cannot use directory {directory}"
+                        ) from None
+                    checked.add(directory)
+                try:
+                    st = os.lstat(local_name)
+                except OSError:
+                    continue  # absent (the usual case) or unreadable: creating it will tell
+                if stat.S_ISDIR(st.st_mode):
+                    raise FerryError(
+                        "E_INVALIDARG",
+                        f"the local name {local_name} is a directory; name the file to "
+                        f"write (for example {local_name}/NAME)",
+                    )
 
         await self._call(token, op)
 

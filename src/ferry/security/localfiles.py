@@ -32,16 +32,12 @@ class LocalFiles:
 
     async def check_destinations(self, job: Job, files: Sequence[JobFile]) -> None:
         """A download's destination directories exist and the identity that will write
-        there may search them; once per directory (1,000 files, one check)."""
+        there may search them, and no local name is a directory: checked as that identity,
+        in one trip to a worker (1,000 files, one trip)."""
         if job.type is not JobType.DOWNLOAD:
             return
         token = policy.local_file_token(job)
-        checked: set[str] = set()
-        for f in files:
-            directory = f.local_name.rpartition("/")[0]
-            if directory not in checked:
-                await self._io.check_directory(token, f.local_name)
-                checked.add(directory)
+        await self._io.check_destinations(token, [f.local_name for f in files])
 
     async def publish(self, job: Job, token: Token, indices: list[int]) -> None:
         """Rename the temporary files of ``indices`` to their local names as ``token``: in
