@@ -3,7 +3,7 @@
 #   make venv      create .venv and install ferry in it (editable, with the dev extras)
 #   make lint      ruff + mypy --strict + import-linter (the layers of docs/architecture.md)
 #   make test      lint, then the test suite
-#   make demo      a real 200 MiB transfer through a real ferryd, with a progress bar
+#   make demo      ferry at work (~20 s): a progress bar, then a job surviving a kill -9
 #   make bench     benchmarks against curl and aria2   (make bench QUICK=1 for a short run)
 #   make torture   crash/restart torture run           (make torture QUICK=1 likewise)
 #   make clean     remove the venv and every cache
