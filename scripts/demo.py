@@ -234,7 +234,7 @@ class Demo:
             raise DemoError(str(exc)) from None
         j = self.job()
         say(f"ferryd is back (pid {self.daemon.pid}); the job is {j['state']} and resumes from "
-            f"{mb(j['progress']['bytes_transferred'])}")
+            f"{mb(j['progress']['bytes_transferred'])} (its last checkpoint)")
 
         step(
             "5. Wait for the job, then complete it",
