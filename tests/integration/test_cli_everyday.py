@@ -3,6 +3,7 @@ as a user would, against a real ferryd."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 from harness.ferryd import Daemon
 from harness.wait import wait_state
 
-from tests.integration.cli_helpers import Cli
+from ferry.protocol import SYSTEM_SOCKET
+from tests.integration.cli_helpers import Cli, run_ferry
 
 
 @pytest.fixture
@@ -41,4 +43,31 @@ def test_cannot_connect_names_host_and_port_not_library_internals(
     assert f"127.0.0.1:{port}" in text, text
     assert "ssl:" not in text and "Connect call failed" not in text, text
     assert "refused" in text.lower(), text
+
+
+# ---- no daemon: which sockets, and how to start one ----------------------------------------
+
+
+def test_no_daemon_names_every_socket_and_how_to_start_one(tmp_path: Path) -> None:
+    if os.path.exists(SYSTEM_SOCKET):
+        pytest.skip(f"a system ferryd may be running at {SYSTEM_SOCKET}")
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    r = run_ferry("list", json_mode=False, env={"XDG_RUNTIME_DIR": str(runtime)})
+    assert r.returncode == 1, r
+    user = str(runtime / "ferry" / "ferryd.sock")
+    assert user in r.stderr and SYSTEM_SOCKET in r.stderr, r
+    assert r.stderr.index(user) < r.stderr.index(SYSTEM_SOCKET), r
+    for hint in ("ferryd --user &", "systemctl --user start ferryd.socket",
+                 "systemctl start ferryd.socket"):  # fmt: skip
+        assert hint in r.stderr, r
+    assert not (runtime / "ferry").exists(), "ferry list must not start a daemon"
+
+
+def test_no_daemon_at_a_named_socket(tmp_path: Path) -> None:
+    gone = str(tmp_path / "nothing.sock")
+    r = run_ferry("list", socket=gone, json_mode=True)
+    assert r.returncode == 1, r
+    message = r.json["error"]["message"]
+    assert gone in message and "--socket" in message and "ferryd --user &" in message, r
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from ..client import Client, DaemonUnavailable, locate_socket
+from ..client import Client, DaemonUnavailable, locate_socket, user_socket
+from ..client.sockets import ENV_SOCKET, SocketChoice
 from ..errors import FerryError
 
 EXIT_ERROR = 1
@@ -58,6 +59,27 @@ def current() -> Ctx:
     obj = click.get_current_context().find_object(Ctx)
     assert obj is not None
     return obj
+
+
+_START_HINT = (
+    "Start one: `ferryd --user &` or `systemctl --user start ferryd.socket` (your own "
+    "daemon), or `systemctl start ferryd.socket` as root (the system daemon)."
+)
+
+
+def no_daemon_error(e: DaemonUnavailable, choice: SocketChoice) -> FerryError:
+    """``DaemonUnavailable`` told as a user needs it: every socket that was tried, in the
+    order ``locate_socket`` tries them, and how to start ferryd. The bare "not running at
+    /run/ferry/ferryd.sock" left a new user guessing which daemon was meant."""
+    if choice.source == "argument":
+        tried = f"the socket given by --socket ({e.message})"
+    elif choice.source == "environment":
+        tried = f"the socket named by ${ENV_SOCKET} ({e.message})"
+    elif choice.source == "user":
+        tried = f"your user daemon's socket ({e.message})"
+    else:
+        tried = f"no user daemon at {user_socket()}, and {e.message}"
+    return FerryError(e.code, f"{tried}. {_START_HINT}")
 
 
 def report_error(e: FerryError, json_mode: bool) -> None:

@@ -18,12 +18,12 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..client import Job
+from ..client import DaemonUnavailable, Job
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, JobType, Priority
 from ..protocol import ACTIONS, PROPERTIES, SYSTEM_SOCKET, Property
 from . import tokens
-from .context import EXIT_ERROR, Ctx, partial_complete_text, report_error
+from .context import EXIT_ERROR, Ctx, no_daemon_error, partial_complete_text, report_error
 from .context import current as _ctx
 
 PRIORITIES = click.Choice([p.value for p in Priority], case_sensitive=False)
@@ -39,6 +39,8 @@ class FerryGroup(click.Group):
             return super().invoke(ctx)
         except FerryError as e:
             obj = ctx.obj
+            if isinstance(e, DaemonUnavailable) and isinstance(obj, Ctx):
+                e = no_daemon_error(e, obj.choice)
             report_error(e, isinstance(obj, Ctx) and obj.json)
             ctx.exit(EXIT_ERROR)
         except click.UsageError as e:
@@ -71,8 +73,11 @@ or in one step, with a progress bar:
 \b
 The daemon: --socket, else $FERRY_SOCKET, else your user daemon
 ($XDG_RUNTIME_DIR/ferry/ferryd.sock), else the system one ({SYSTEM_SOCKET}).
-create/add/resume/transfer start a user daemon when none is running
-(unless --no-autostart, --socket or $FERRY_SOCKET is given).
+Autostart: only the commands that ask for a transfer (create, add, resume,
+transfer) start a user daemon (ferryd --user) when none answers; never when
+--socket or $FERRY_SOCKET names a daemon, never with --no-autostart. Other
+commands report every socket tried and how to start ferryd. The library
+(import ferry) never starts one.
 
 \b
 --json: every command prints exactly one JSON document on stdout (events: one
