@@ -3,6 +3,7 @@ as a user would, against a real ferryd."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -43,6 +44,48 @@ def test_cannot_connect_names_host_and_port_not_library_internals(
     assert f"127.0.0.1:{port}" in text, text
     assert "ssl:" not in text and "Connect call failed" not in text, text
     assert "refused" in text.lower(), text
+
+
+# ---- ferry events shows what happens -----------------------------------------------------
+
+
+def _events_of(cli: Cli, *flags: str) -> list[tuple[str, str]]:
+    """Run ``ferry events`` (with ``flags``), then create and cancel a job with the default
+    notify flags (JOB_TRANSFERRED | JOB_ERROR); the (type, state) of every event of that job
+    the stream shows. A second job that asks for JOB_MODIFICATION marks the end: both
+    views show its change, and events come in the order they were made."""
+    # A job whose snapshot, the stream's first line, proves it is subscribed before we act.
+    marker = cli.ok("create", "marker")["id"]
+    proc = cli.popen("events", *flags)
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["job_id"] == marker, first
+        job = cli.ok("create", "watched")["id"]
+        cli.ok("cancel", job)
+        cli.ok("set", marker, "--notify-flags", "JOB_MODIFICATION")
+        seen: list[tuple[str, str]] = []
+        for line in proc.stdout:
+            ev = json.loads(line)
+            if ev["job_id"] == marker:
+                break
+            if ev["job_id"] == job:
+                seen.append((ev["type"], ev["job"]["state"] if ev["job"] else ""))
+        return seen
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_events_follow_everything_by_default(cli: Cli) -> None:
+    seen = _events_of(cli)
+    assert seen == [("job-modification", "SUSPENDED"), ("job-modification", "CANCELLED")], seen
+
+
+def test_events_callback_honours_the_notify_flags(cli: Cli) -> None:
+    """Default flags (JOB_TRANSFERRED | JOB_ERROR): the callback sees neither the creation
+    nor the cancel."""
+    assert _events_of(cli, "--callback") == []
 
 
 # ---- no daemon: which sockets, and how to start one ----------------------------------------

@@ -357,16 +357,26 @@ def transfer(priority: str, name: str | None, names: tuple[str, ...]) -> None:
 @click.argument("job", required=False)
 @click.option("--all-users", is_flag=True, help="Every user's jobs (administrators only).")
 @click.option(
-    "--all-events", is_flag=True, help="Every change, whatever the jobs' notify flags."
-)
+    "--all-events/--callback", "all_events", default=True,
+    help="--all-events (the default): every change of every job, whatever its notify flags "
+    "(observer). --callback: only what the jobs' notify flags ask for (callback view).",
+)  # fmt: skip
 def events(job: str | None, all_users: bool, all_events: bool) -> None:
     """Follow job events (a job's, or all of yours) until Ctrl-C.
 
-    Each job is first reported as job-snapshot, then as its notify flags ask:
+    Each job is first reported as job-snapshot. By default every change follows
+    (job-modification for create, resume, suspend, progress, a retry…; job-transferred,
+    job-error, file-transferred, job-removed), whatever the job's notify flags: what
+    happens to a job, as an observer sees it.
+
+    \b
+    --callback shows instead what the job's callback gets, as its notify flags ask:
     job-transferred (JOB_TRANSFERRED), job-error (JOB_ERROR), file-transferred
-    (FILE_TRANSFERRED), job-modification (JOB_MODIFICATION), job-removed; DISABLE silences
-    a job. --all-events shows every change regardless. --json: one JSON object per line
-    ({"type", "job_id", "job"})."""
+    (FILE_TRANSFERRED), job-modification (JOB_MODIFICATION), job-removed; DISABLE
+    silences the job. With the default flags (JOB_TRANSFERRED | JOB_ERROR) that is
+    only the end of a transfer.
+
+    --json: one JSON object per line ({"type", "job_id", "job"})."""
     c = _ctx()
     stream = c.client().events(job, all_users=all_users, all_events=all_events)
     try:
