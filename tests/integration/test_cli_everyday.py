@@ -3,6 +3,7 @@ as a user would, against a real ferryd."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -12,7 +13,9 @@ import pytest
 from harness.ferryd import Daemon
 from harness.wait import wait_state
 
+from ferry import AsyncClient
 from ferry.protocol import SYSTEM_SOCKET
+from tests.helpers.as_user import run_cli_as
 from tests.integration.cli_helpers import Cli, run_ferry
 
 
@@ -113,4 +116,34 @@ def test_no_daemon_at_a_named_socket(tmp_path: Path) -> None:
     assert r.returncode == 1, r
     message = r.json["error"]["message"]
     assert gone in message and "--socket" in message and "ferryd --user &" in message, r
+
+
+# ---- ferry shutdown ------------------------------------------------------------------------
+
+
+def test_shutdown_by_the_owner_stops_a_user_ferryd(cli: Cli, ferryd: Daemon) -> None:
+    assert cli.ok("shutdown") == {"stopping": True}
+    proc = ferryd.proc
+    assert proc is not None
+    assert proc.wait(timeout=30) == 0, ferryd.log()
+    assert not os.path.exists(ferryd.socket)
+    assert "stopping" in ferryd.log()
+
+
+async def test_async_client_shutdown(ferryd: Daemon) -> None:
+    async with AsyncClient(ferryd.socket) as c:
+        assert await c.shutdown() == {"stopping": True}
+    proc = ferryd.proc
+    assert proc is not None
+    assert await asyncio.to_thread(proc.wait, 30) == 0, ferryd.log()
+
+
+def test_shutdown_of_the_system_ferryd_is_for_administrators(system_ferryd: Daemon) -> None:
+    uid = 40102  # an unprivileged uid, as in tests/security
+    r = run_cli_as(uid, uid, ["--socket", system_ferryd.socket, "--json", "shutdown"])
+    assert r.code == 1, r
+    assert json.loads(r.stdout)["error"]["code"] == "E_ACCESSDENIED", r
+    assert system_ferryd.alive()
+    status, _ = system_ferryd.call("GET", "/v1/status")
+    assert status == 200
 

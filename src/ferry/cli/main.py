@@ -354,6 +354,17 @@ def transfer(priority: str, name: str | None, names: tuple[str, ...]) -> None:
 
 
 @cli.command()
+def shutdown() -> None:
+    """Stop the daemon ferry talks to, as SIGTERM would: transfers stop at a checkpoint
+    and resume when ferryd starts again. Allowed for the daemon's own user (user mode) and
+    for administrators (the system daemon); anyone else gets E_ACCESSDENIED. Never starts
+    a daemon."""
+    c = _ctx()
+    answer = c.client().shutdown()
+    c.emit(answer, lambda: click.echo(f"ferryd at {c.choice.path} is stopping."))
+
+
+@cli.command()
 @click.argument("job", required=False)
 @click.option("--all-users", is_flag=True, help="Every user's jobs (administrators only).")
 @click.option(
