@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import signal
 import socket
 from pathlib import Path
 
@@ -147,3 +149,48 @@ def test_shutdown_of_the_system_ferryd_is_for_administrators(system_ferryd: Daem
     status, _ = system_ferryd.call("GET", "/v1/status")
     assert status == 200
 
+
+# ---- a retry says so, and when -------------------------------------------------------------
+
+
+def test_transfer_not_on_a_terminal_reports_each_retry(
+    cli: Cli, ferryd: Daemon, dest: Path
+) -> None:
+    """stderr is a pipe: one status line per state change, the transient error saying which
+    try comes next and when; --retry-delay and --timeout set the job's properties, and
+    ``ferry info`` shows the next retry."""
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}/x"
+    proc = cli.popen(
+        "transfer", "--name", "unreachable", "--retry-delay", "5", "--timeout", "120",
+        url, str(dest / "x"), json=False,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        lines: list[str] = []
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("transient error"):
+                break
+        line = lines[-1]
+        assert "ERROR_WINHTTP_CANNOT_CONNECT (try 2): next try at " in line, lines
+        assert re.search(r"\(in [0-5] s\)", line), line
+        assert f"127.0.0.1:{port}" in line, line
+        job = cli.ok("info", "unreachable")
+        assert (job["min_retry_delay"], job["no_progress_timeout"]) == (5, 120)
+        assert job["retry_at"], job
+        human = cli("info", "unreachable", json=False)
+        assert re.search(r"next retry at \d\d:\d\d:\d\d \(in \d+ s\)", human.stdout), human
+        # The next failure is reported too, with the count that goes with it.
+        for line in proc.stderr:
+            if line.startswith("transient error"):
+                break
+        assert "(try 3)" in line, line
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+
+
+def test_transfer_retry_delay_has_a_minimum(cli: Cli, dest: Path) -> None:
+    r = cli("transfer", "--retry-delay", "1", "http://127.0.0.1:1/x", str(dest / "x"))
+    assert r.returncode == 2, r

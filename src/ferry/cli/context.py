@@ -89,6 +89,29 @@ def report_error(e: FerryError, json_mode: bool) -> None:
     click.echo(f"{e.code} (0x{e.hresult:08X}): {e.message}", err=True)
 
 
+def retry_text(job: dict[str, Any], now: float | None = None, countdown: bool = True) -> str:
+    """When a TRANSIENT_ERROR job tries again, from its ``retry_at`` (ISO 8601 UTC): "next
+    try at 00:41:07 (in 60 s)", local time. Empty when no retry is scheduled. Without it a
+    retry 600 s away looks like a hang. ``countdown=False`` leaves out "(in N s)", which a
+    line redrawn without a new event (the progress bar) would show stale."""
+    at = job.get("retry_at")
+    if not isinstance(at, str) or not at:
+        return ""
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        return f"next try at {at}"
+    import time
+
+    text = f"next try at {when.astimezone().strftime('%H:%M:%S')}"
+    if not countdown:
+        return text
+    left = max(0, round(when.timestamp() - (time.time() if now is None else now)))
+    return f"{text} (in {left} s)"
+
+
 def partial_complete_text(job: dict[str, Any]) -> str:
     """What a BG_S_PARTIAL_COMPLETE means for this job, in numbers: "only some files"
     misleads when none arrived at all."""

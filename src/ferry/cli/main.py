@@ -334,13 +334,31 @@ def wait(job: str, timeout: float | None) -> None:
 @cli.command()
 @click.option("--priority", type=PRIORITIES, default="normal", show_default=True)
 @click.option("--name", metavar="S", help="Display name (default: the first local file's name).")
+@click.option(
+    "--retry-delay", type=click.IntRange(min=5), metavar="SEC",
+    help="Wait SEC seconds after a transient error before trying again (the job's "
+    "min_retry_delay, at least 5; ferryd's default is 600).",
+)  # fmt: skip
+@click.option(
+    "--timeout", type=click.IntRange(min=0), metavar="SEC",
+    help="Give up (ERROR) after SEC seconds without progress in transient errors (the job's "
+    "no_progress_timeout).",
+)  # fmt: skip
 @click.argument("names", nargs=-1, required=True, metavar="REMOTE LOCAL [REMOTE LOCAL]...")
-def transfer(priority: str, name: str | None, names: tuple[str, ...]) -> None:
+def transfer(
+    priority: str,
+    name: str | None,
+    retry_delay: int | None,
+    timeout: int | None,
+    names: tuple[str, ...],
+) -> None:
     """Transfer files now, with a progress bar, and complete the job.  [bitsadmin /transfer]
 
     Creates a job, adds the files, resumes it and follows it. On success the files are in
     place (JSON: {"result", "job"}); on ERROR the job is kept for `ferry resume` and the exit
-    status is 1; Ctrl-C cancels the job (exit 130)."""
+    status is 1; Ctrl-C cancels the job (exit 130). A transient error is retried by ferryd:
+    the bar (or, when stderr is not a terminal, one line per state change) says which try
+    comes next and when."""
     import os.path
 
     from .transfer import run_transfer
@@ -348,7 +366,14 @@ def transfer(priority: str, name: str | None, names: tuple[str, ...]) -> None:
     pairs = _pairs(names)
     c = _ctx()
     label = name or os.path.basename(pairs[0][1].rstrip("/")) or "ferry transfer"
-    code = run_transfer(c.client(transfer=True), pairs, label, Priority(priority.lower()), c.json)
+    props: dict[str, Any] = {}
+    if retry_delay is not None:
+        props["min_retry_delay"] = retry_delay
+    if timeout is not None:
+        props["no_progress_timeout"] = timeout
+    code = run_transfer(
+        c.client(transfer=True), pairs, label, Priority(priority.lower()), c.json, props
+    )
     if code:
         click.get_current_context().exit(code)
 
