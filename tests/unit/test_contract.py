@@ -207,6 +207,7 @@ def test_every_client_request_is_a_contract_route() -> None:
         _ops.open_handle("j", "token-options", 60),
         _ops.release_handle("h"),
         _ops.logoff(session=3),
+        _ops.shutdown(),
         *(
             op(**where)
             for op in (_ops.get_helper_token, _ops.set_helper_token, _ops.clear_helper_token)

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from ..client import Client, DaemonUnavailable, locate_socket
+from ..client import Client, DaemonUnavailable, locate_socket, user_socket
+from ..client.sockets import ENV_SOCKET, SocketChoice
 from ..errors import FerryError
 
 EXIT_ERROR = 1
@@ -60,11 +61,55 @@ def current() -> Ctx:
     return obj
 
 
+_START_HINT = (
+    "Start one: `ferryd --user &` or `systemctl --user start ferryd.socket` (your own "
+    "daemon), or `systemctl start ferryd.socket` as root (the system daemon)."
+)
+
+
+def no_daemon_error(e: DaemonUnavailable, choice: SocketChoice) -> FerryError:
+    """``DaemonUnavailable`` told as a user needs it: every socket that was tried, in the
+    order ``locate_socket`` tries them, and how to start ferryd. The bare "not running at
+    /run/ferry/ferryd.sock" left a new user guessing which daemon was meant."""
+    if choice.source == "argument":
+        tried = f"the socket given by --socket ({e.message})"
+    elif choice.source == "environment":
+        tried = f"the socket named by ${ENV_SOCKET} ({e.message})"
+    elif choice.source == "user":
+        tried = f"your user daemon's socket ({e.message})"
+    else:
+        tried = f"no user daemon at {user_socket()}, and {e.message}"
+    return FerryError(e.code, f"{tried}. {_START_HINT}")
+
+
 def report_error(e: FerryError, json_mode: bool) -> None:
     """SPEC §6: the code name and hresult on stderr; in JSON mode the error document too."""
     if json_mode:
         click.echo(json.dumps(e.to_json(), indent=2))
     click.echo(f"{e.code} (0x{e.hresult:08X}): {e.message}", err=True)
+
+
+def retry_text(job: dict[str, Any], now: float | None = None, countdown: bool = True) -> str:
+    """When a TRANSIENT_ERROR job tries again, from its ``retry_at`` (ISO 8601 UTC): "next
+    try at 00:41:07 (in 60 s)", local time. Empty when no retry is scheduled. Without it a
+    retry 600 s away looks like a hang. ``countdown=False`` leaves out "(in N s)", which a
+    line redrawn without a new event (the progress bar) would show stale."""
+    at = job.get("retry_at")
+    if not isinstance(at, str) or not at:
+        return ""
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        return f"next try at {at}"
+    import time
+
+    text = f"next try at {when.astimezone().strftime('%H:%M:%S')}"
+    if not countdown:
+        return text
+    left = max(0, round(when.timestamp() - (time.time() if now is None else now)))
+    return f"{text} (in {left} s)"
 
 
 def partial_complete_text(job: dict[str, Any]) -> str:

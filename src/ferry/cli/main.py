@@ -18,12 +18,12 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..client import Job
+from ..client import DaemonUnavailable, Job
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, JobType, Priority
 from ..protocol import ACTIONS, PROPERTIES, SYSTEM_SOCKET, Property
 from . import tokens
-from .context import EXIT_ERROR, Ctx, partial_complete_text, report_error
+from .context import EXIT_ERROR, Ctx, no_daemon_error, partial_complete_text, report_error
 from .context import current as _ctx
 
 PRIORITIES = click.Choice([p.value for p in Priority], case_sensitive=False)
@@ -39,6 +39,8 @@ class FerryGroup(click.Group):
             return super().invoke(ctx)
         except FerryError as e:
             obj = ctx.obj
+            if isinstance(e, DaemonUnavailable) and isinstance(obj, Ctx):
+                e = no_daemon_error(e, obj.choice)
             report_error(e, isinstance(obj, Ctx) and obj.json)
             ctx.exit(EXIT_ERROR)
         except click.UsageError as e:
@@ -71,8 +73,11 @@ or in one step, with a progress bar:
 \b
 The daemon: --socket, else $FERRY_SOCKET, else your user daemon
 ($XDG_RUNTIME_DIR/ferry/ferryd.sock), else the system one ({SYSTEM_SOCKET}).
-create/add/resume/transfer start a user daemon when none is running
-(unless --no-autostart, --socket or $FERRY_SOCKET is given).
+Autostart: only the commands that ask for a transfer (create, add, resume,
+transfer) start a user daemon (ferryd --user) when none answers; never when
+--socket or $FERRY_SOCKET names a daemon, never with --no-autostart. Other
+commands report every socket tried and how to start ferryd. The library
+(import ferry) never starts one.
 
 \b
 --json: every command prints exactly one JSON document on stdout (events: one
@@ -329,13 +334,31 @@ def wait(job: str, timeout: float | None) -> None:
 @cli.command()
 @click.option("--priority", type=PRIORITIES, default="normal", show_default=True)
 @click.option("--name", metavar="S", help="Display name (default: the first local file's name).")
+@click.option(
+    "--retry-delay", type=click.IntRange(min=5), metavar="SEC",
+    help="Wait SEC seconds after a transient error before trying again (the job's "
+    "min_retry_delay, at least 5; ferryd's default is 600).",
+)  # fmt: skip
+@click.option(
+    "--timeout", type=click.IntRange(min=0), metavar="SEC",
+    help="Give up (ERROR) after SEC seconds without progress in transient errors (the job's "
+    "no_progress_timeout).",
+)  # fmt: skip
 @click.argument("names", nargs=-1, required=True, metavar="REMOTE LOCAL [REMOTE LOCAL]...")
-def transfer(priority: str, name: str | None, names: tuple[str, ...]) -> None:
+def transfer(
+    priority: str,
+    name: str | None,
+    retry_delay: int | None,
+    timeout: int | None,
+    names: tuple[str, ...],
+) -> None:
     """Transfer files now, with a progress bar, and complete the job.  [bitsadmin /transfer]
 
     Creates a job, adds the files, resumes it and follows it. On success the files are in
     place (JSON: {"result", "job"}); on ERROR the job is kept for `ferry resume` and the exit
-    status is 1; Ctrl-C cancels the job (exit 130)."""
+    status is 1; Ctrl-C cancels the job (exit 130). A transient error is retried by ferryd:
+    the bar (or, when stderr is not a terminal, one line per state change) says which try
+    comes next and when."""
     import os.path
 
     from .transfer import run_transfer
@@ -343,25 +366,53 @@ def transfer(priority: str, name: str | None, names: tuple[str, ...]) -> None:
     pairs = _pairs(names)
     c = _ctx()
     label = name or os.path.basename(pairs[0][1].rstrip("/")) or "ferry transfer"
-    code = run_transfer(c.client(transfer=True), pairs, label, Priority(priority.lower()), c.json)
+    props: dict[str, Any] = {}
+    if retry_delay is not None:
+        props["min_retry_delay"] = retry_delay
+    if timeout is not None:
+        props["no_progress_timeout"] = timeout
+    code = run_transfer(
+        c.client(transfer=True), pairs, label, Priority(priority.lower()), c.json, props
+    )
     if code:
         click.get_current_context().exit(code)
+
+
+@cli.command()
+def shutdown() -> None:
+    """Stop the daemon ferry talks to, as SIGTERM would: transfers stop at a checkpoint
+    and resume when ferryd starts again. Allowed for the daemon's own user (user mode) and
+    for administrators (the system daemon); anyone else gets E_ACCESSDENIED. Never starts
+    a daemon."""
+    c = _ctx()
+    answer = c.client().shutdown()
+    c.emit(answer, lambda: click.echo(f"ferryd at {c.choice.path} is stopping."))
 
 
 @cli.command()
 @click.argument("job", required=False)
 @click.option("--all-users", is_flag=True, help="Every user's jobs (administrators only).")
 @click.option(
-    "--all-events", is_flag=True, help="Every change, whatever the jobs' notify flags."
-)
+    "--all-events/--callback", "all_events", default=True,
+    help="--all-events (the default): every change of every job, whatever its notify flags "
+    "(observer). --callback: only what the jobs' notify flags ask for (callback view).",
+)  # fmt: skip
 def events(job: str | None, all_users: bool, all_events: bool) -> None:
     """Follow job events (a job's, or all of yours) until Ctrl-C.
 
-    Each job is first reported as job-snapshot, then as its notify flags ask:
+    Each job is first reported as job-snapshot. By default every change follows
+    (job-modification for create, resume, suspend, progress, a retry…; job-transferred,
+    job-error, file-transferred, job-removed), whatever the job's notify flags: what
+    happens to a job, as an observer sees it.
+
+    \b
+    --callback shows instead what the job's callback gets, as its notify flags ask:
     job-transferred (JOB_TRANSFERRED), job-error (JOB_ERROR), file-transferred
-    (FILE_TRANSFERRED), job-modification (JOB_MODIFICATION), job-removed; DISABLE silences
-    a job. --all-events shows every change regardless. --json: one JSON object per line
-    ({"type", "job_id", "job"})."""
+    (FILE_TRANSFERRED), job-modification (JOB_MODIFICATION), job-removed; DISABLE
+    silences the job. With the default flags (JOB_TRANSFERRED | JOB_ERROR) that is
+    only the end of a transfer.
+
+    --json: one JSON object per line ({"type", "job_id", "job"})."""
     c = _ctx()
     stream = c.client().events(job, all_users=all_users, all_events=all_events)
     try:

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..model.types import NotifyFlags
+from .context import retry_text
 
 _STATE_STYLE = {
     "TRANSFERRED": "green",
@@ -160,6 +161,9 @@ def print_job(j: dict[str, Any]) -> None:
         if isinstance(f, dict):
             row("Error file", f"{f.get('remote_name')} -> {f.get('local_name')}")
     row("Error count", j.get("error_count", 0))
+    retry = retry_text(j)
+    if retry:
+        row("Retry", retry.replace("next try", "next retry", 1))
     row("Min retry delay", f"{j.get('min_retry_delay')} s")
     row("No-progress timeout", f"{j.get('no_progress_timeout')} s")
     row("Notify flags", notify_flags_text(j.get("notify_flags")))

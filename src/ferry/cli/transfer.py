@@ -21,7 +21,7 @@ from typing import Any
 from ..client import Client, Job
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, Priority
-from .context import partial_complete_text
+from .context import partial_complete_text, retry_text
 
 EXIT_INTERRUPTED = 130
 
@@ -32,6 +32,7 @@ def run_transfer(
     name: str,
     priority: Priority,
     json_mode: bool,
+    props: dict[str, Any] | None = None,
 ) -> int:
     """Returns the exit status. FerryErrors from the set-up calls propagate to the CLI's
     uniform error report, after the half-made job has been cancelled."""
@@ -39,6 +40,8 @@ def run_transfer(
     job = client.create_job(name, priority=priority)
     try:
         try:
+            if props:
+                job.set(**props)
             job.add_files(pairs)
             job.resume()
         except FerryError:
@@ -46,7 +49,12 @@ def run_transfer(
                 job.cancel()
             raise
         started = time.monotonic()
-        final = _follow(job, show_progress=not json_mode)
+        if json_mode:
+            final = job.wait()
+        elif sys.stderr.isatty():
+            final = _follow(job)
+        else:
+            final = _follow_lines(job)
     except KeyboardInterrupt:
         with suppress(FerryError):
             job.cancel()
@@ -89,12 +97,41 @@ def _emit(doc: Any) -> None:
     print(json.dumps(doc, indent=2))
 
 
-def _follow(job: Job, show_progress: bool) -> JobState:
-    """Follow the job's events until it is TRANSFERRED, ERROR or final. TRANSIENT_ERROR is
-    shown but waited out: ferryd retries by itself, as BITS does."""
-    if not show_progress:
-        return job.wait()
+def status_line(job: dict[str, Any]) -> str:
+    """One line for a state the job entered; for a TRANSIENT_ERROR, the error, which try
+    comes next and when."""
+    state = str(job.get("state", ""))
+    err = job.get("error")
+    if state == JobState.TRANSIENT_ERROR.value and isinstance(err, dict):
+        tries = int(job.get("error_count") or 0) + 1
+        line = f"transient error {err.get('code')} (try {tries})"
+        retry = retry_text(job)
+        if retry:
+            line += f": {retry}"
+        return f"{line} — {err.get('description', '')}"
+    p = job.get("progress") or {}
+    return f"{state.lower()} ({p.get('files_transferred', 0)}/{p.get('files_total', 0)} files)"
 
+
+def _follow_lines(job: Job) -> JobState:
+    """Not on a terminal (a log, a pipe, a CI job): one line on stderr per state change, so
+    a retry that waits minutes reads as a retry, not a hang; no progress bar."""
+    last: tuple[Any, ...] = ()
+    for ev in job.follow():
+        key = (job.state, job.data.get("error_count"), job.data.get("retry_at"))
+        if key != last:
+            last = key
+            print(status_line(job.data), file=sys.stderr, flush=True)
+        done = job._observe(ev)
+        if done is not None:
+            return done
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _follow(job: Job) -> JobState:
+    """Follow the job's events with a progress bar until it is TRANSFERRED, ERROR or final.
+    TRANSIENT_ERROR is shown with the try that comes next and when, and waited out: ferryd
+    retries by itself, as BITS does."""
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -123,7 +160,9 @@ def _follow(job: Job, show_progress: bool) -> JobState:
             total = p.get("bytes_total")
             note = ""
             if job.state is JobState.TRANSIENT_ERROR and job.error:
-                note = f"[yellow]{job.error.get('code')}: retrying"
+                tries = int(job.data.get("error_count") or 0) + 1
+                retry = retry_text(job.data, countdown=False) or "retrying"
+                note = f"[yellow]{job.error.get('code')} (try {tries}): {retry}"
             elif job.state in (JobState.QUEUED, JobState.CONNECTING):
                 note = f"[dim]{job.state.value.lower()}"
             progress.update(

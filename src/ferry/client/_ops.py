@@ -319,6 +319,10 @@ def set_helper_token_flags(
     return _token_options("set_helper_token_flags", job, handle, body)
 
 
+def shutdown() -> Call[JSONObj]:
+    return _call("shutdown", _as_obj, b"{}")
+
+
 def logoff(user: str | int | None = None, session: int | None = None) -> Call[JSONObj]:
     if (user is None) == (session is None):
         raise FerryError("E_INVALIDARG", "give exactly one of user and session")

@@ -127,6 +127,10 @@ class AsyncClient:
     async def logoff(self, user: str | int | None = None, session: int | None = None) -> JSONObj:
         return await self._call(_ops.logoff(user, session))
 
+    async def shutdown(self) -> JSONObj:
+        """Stop the daemon, as SIGTERM would (see ``Client.shutdown``)."""
+        return await self._call(_ops.shutdown())
+
     async def create_job(
         self,
         display_name: str,

@@ -184,6 +184,11 @@ class Client:
         close-session hook calls)."""
         return self._call(_ops.logoff(user, session))
 
+    def shutdown(self) -> JSONObj:
+        """Stop the daemon this client talks to, as SIGTERM would (``{"stopping": true}``):
+        its own user may in user mode, administrators may; anyone else E_ACCESSDENIED."""
+        return self._call(_ops.shutdown())
+
     def events(
         self, job_id: str | None = None, all_users: bool = False, all_events: bool = False
     ) -> EventStream:

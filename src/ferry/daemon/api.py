@@ -96,6 +96,7 @@ class Api:
         admin_groups: frozenset[int],
         mode: str,
         only_uid: int | None,
+        request_stop: Callable[[], None],
     ) -> None:
         self.manager = manager
         self.handles = handles
@@ -104,6 +105,7 @@ class Api:
         self.admin_groups = admin_groups
         self.mode = mode
         self.only_uid = only_uid
+        self.request_stop = request_stop
         self._tokens: weakref.WeakKeyDictionary[Any, Token] = weakref.WeakKeyDictionary()
         self._openapi = json.dumps(openapi_document())
         self.closing = asyncio.Event()
@@ -397,6 +399,21 @@ class Api:
             ended = await self.logon.logoff(user=uid)
             what = {"uid": uid, "name": user_name(uid)}
         return web.json_response({"logged_off": what, "ended_sessions": sorted(ended)})
+
+    async def h_shutdown(self, request: web.Request) -> web.StreamResponse:
+        """Stop as on SIGTERM. The daemon's own user (user mode) or an administrator: a
+        system daemon serves everyone, and one user must not stop everyone's transfers.
+        The answer is written out before the stop is asked for, so the caller gets it."""
+        await self.body(request)
+        token: Token = request["token"]
+        if not (token.admin or (self.only_uid is not None and token.uid == self.only_uid)):
+            raise FerryError("E_ACCESSDENIED", "only administrators may stop the system ferryd")
+        log.info("shutdown asked by uid %d", token.uid)
+        response = web.json_response({"stopping": True})
+        await response.prepare(request)
+        await response.write_eof()
+        self.request_stop()
+        return response
 
 
 def resolve_uid(user: str | int) -> int:

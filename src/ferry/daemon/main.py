@@ -233,6 +233,7 @@ async def serve(cfg: Config) -> None:
     )
     # Who is logged on, before the scheduler's first pass asks.
     await logon.refresh()
+    stop = asyncio.Event()
     api = Api(
         manager,
         handles,
@@ -241,6 +242,7 @@ async def serve(cfg: Config) -> None:
         cfg.admin_groups,
         "system" if cfg.system else "user",
         None if cfg.system else os.geteuid(),
+        stop.set,
     )
     sock = activated_socket()
     owns_socket = sock is None
@@ -251,7 +253,6 @@ async def serve(cfg: Config) -> None:
     site = web.SockSite(runner, sock)
     await site.start()
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -164,6 +164,10 @@ ROUTES: tuple[Route, ...] = (
               "session": BodyField(_INT),
           },
           response={"type": "object", "required": ["logged_off", "ended_sessions"]}),
+    Route("POST", f"{API_PREFIX}/shutdown", "shutdown",
+          "Stop ferryd as on SIGTERM (transfers stop at a checkpoint); its own user in user "
+          "mode, administrators",
+          body={}, response=ref("Shutdown")),
     Route("GET", f"{API_PREFIX}/events", "events",
           "Server-Sent Events of job changes (notify_flags apply unless all_events=true); "
           "each event's data is an Event object",

@@ -171,6 +171,8 @@ STATUS_SCHEMA: dict[str, Any] = {
         "caller": {"type": "object", "required": ["sid", "uid"]},
     },
 }
+# The answer of POST /v1/shutdown, sent before ferryd begins to stop.
+SHUTDOWN_SCHEMA: dict[str, Any] = closed({"stopping": {"const": True}})
 
 SCHEMAS: Mapping[str, Mapping[str, Any]] = {
     "Job": JOB_SCHEMA,
@@ -181,4 +183,5 @@ SCHEMAS: Mapping[str, Mapping[str, Any]] = {
     "Handle": HANDLE_SCHEMA,
     "HelperToken": HELPER_SCHEMA,
     "Status": STATUS_SCHEMA,
+    "Shutdown": SHUTDOWN_SCHEMA,
 }

@@ -10,6 +10,7 @@ hop per chunk, and the fsyncs that can block run on workers (see the engine's si
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import ssl
@@ -97,6 +98,21 @@ def _content_length(resp: aiohttp.ClientResponse) -> int | None:
     return int(value)
 
 
+def _host_port(host: str, port: int | None) -> str:
+    """HOST:PORT as a user writes it (brackets around an IPv6 address)."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
+
+
+def _os_text(err: OSError) -> str:
+    """The OS's own words for a socket error. aiohttp's text names its connection key
+    (``ssl:default`` on a plain http URL) and asyncio's strerror is a Python repr
+    ("Connect call failed ('127.0.0.1', 9)"): neither means anything to a user."""
+    if err.errno:
+        return os.strerror(err.errno)
+    return err.strerror or type(err).__name__
+
+
 def map_client_error(exc: BaseException, url: str) -> TransferError:
     """The BITS code for an aiohttp/network failure. Order matters: aiohttp's connector
     errors are OSError subclasses, and its TLS errors are connector errors."""
@@ -113,7 +129,9 @@ def map_client_error(exc: BaseException, url: str) -> TransferError:
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return _transport(
-            "ERROR_WINHTTP_CANNOT_CONNECT", f"cannot connect to {url}: {exc}", transient=True
+            "ERROR_WINHTTP_CANNOT_CONNECT",
+            f"cannot connect to {_host_port(exc.host, exc.port)}: {_os_text(exc.os_error)}",
+            transient=True,
         )
     if isinstance(exc, TimeoutError):
         return _transport("ERROR_WINHTTP_TIMEOUT", f"{url} did not answer in time", transient=True)
