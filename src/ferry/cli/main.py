@@ -154,6 +154,24 @@ def add(job: str, names: tuple[str, ...], digests: tuple[str, ...]) -> None:
     c.emit(j.data, lambda: click.echo(f"Added {len(pairs)} file(s) to job {_label(j)}."))
 
 
+@cli.command(name="set-remote")
+@click.argument("job")
+@click.argument("index", type=click.IntRange(min=0), metavar="FILE_INDEX")
+@click.argument("url")
+def set_remote(job: str, index: int, url: str) -> None:
+    """Give file FILE_INDEX (0-based, as `ferry files` lists them) a new remote name.
+    [bitsadmin /setremotename; IBackgroundCopyFile2::SetRemoteName]
+
+    For a download job's files not yet transferred, e.g. to swap an expired signed URL. A
+    transfer in progress stops and goes back to the queue; the file keeps its partial data
+    if the new server has the same size and validator (ETag or Last-Modified), and starts
+    over otherwise. Prints the job."""
+    c = _ctx()
+    j = c.client().get_job(job)
+    j.set_remote_name(index, url)
+    c.emit(j.data, lambda: click.echo(f"File {index} of job {_label(j)} now comes from {url}."))
+
+
 @cli.command()
 @click.argument("job")
 def files(job: str) -> None:

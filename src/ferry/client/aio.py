@@ -254,6 +254,10 @@ class AsyncJob(JobView):
         """See ``ferry.Job.add_files``."""
         self._update(await self.client._call(_ops.add_files(self.id, files)))
 
+    async def set_remote_name(self, index: int, url: str) -> None:
+        """See ``ferry.Job.set_remote_name``."""
+        self._update(await self.client._call(_ops.set_remote_name(self.id, index, url)))
+
     async def files(self) -> list[FileInfo]:
         return [FileInfo(d) for d in await self.client._call(_ops.list_files(self.id))]
 

@@ -310,6 +310,13 @@ class Job(JobView):
         tuples. Local names are made absolute against this process's working directory."""
         self._update(self.client._call(_ops.add_files(self.id, files)))
 
+    def set_remote_name(self, index: int, url: str) -> None:
+        """SetRemoteName: file ``index`` (0-based, not yet transferred) of a download job
+        comes from ``url`` from now on. A transfer in progress stops and goes back to the
+        queue; the file keeps its partial data if the new server has the same size and
+        validator (ETag or Last-Modified), and starts over otherwise."""
+        self._update(self.client._call(_ops.set_remote_name(self.id, index, url)))
+
     def files(self) -> list[FileInfo]:
         return [FileInfo(d) for d in self.client._call(_ops.list_files(self.id))]
 

@@ -246,6 +246,16 @@ class Api:
         )
         return web.json_response(job_view(job))
 
+    async def h_set_remote_name(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        raw = request.match_info["index"]
+        if not raw.isdigit() or not raw.isascii():
+            raise FerryError("E_INVALIDARG", f"file index {raw!r} is not a number")
+        job = await self.manager.set_remote_name(
+            request["token"], request.match_info["job"], int(raw), body["remote_name"]
+        )
+        return web.json_response(job_view(job))
+
     async def h_action(self, request: web.Request) -> web.Response:
         await self.body(request)
         return await self._do_action(

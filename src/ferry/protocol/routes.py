@@ -140,6 +140,11 @@ ROUTES: tuple[Route, ...] = (
               True,
           )},
           response=ref("Job")),
+    Route("PUT", JOB_PATH + "/files/{index}/remote-name", "set_remote_name",
+          "SetRemoteName: a new URL for file {index} (0-based; downloads, not transferred "
+          "files); partial data is kept if the new server has the same size and validator",
+          body={"remote_name": BodyField(FILE_FIELDS[0].schema, True)},
+          response=ref("Job")),
     *(Route("POST", f"{JOB_PATH}/{a.name}", a.operation, a.summary, body={},
             response=ref("ActionResult")) for a in ACTIONS),
     Route("POST", JOB_PATH + "/handles", "open_handle",

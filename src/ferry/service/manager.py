@@ -218,6 +218,26 @@ class QueueManager:
             self._transfers.kick()
         return job
 
+    async def set_remote_name(self, caller: Token, ref: str, index: int, url: str) -> Job:
+        """IBackgroundCopyFile2::SetRemoteName: a transfer in progress stops first and goes
+        back to the queue; the file keeps its partial data if the new server has the same
+        size and validator, and starts over otherwise (transfer/engine.py)."""
+        job = self.resolve(caller, ref)
+        remote = validate_remote_name(url, self._limits)
+        async with self._table.exclusive(job):
+            job.check_set_remote_name(index)  # refuses before anything stops
+            await self._transfers.stop(job)
+            job.set_remote_name(index, remote, self._clock())
+            self._requeue_stopped(job)
+            await self._table.commit(job, self._store.save_progress(job, index))
+        self._transfers.kick()
+        return job
+
+    def _requeue_stopped(self, job: Job) -> None:
+        """A transfer stopped for a change goes back to the queue."""
+        if job.state in (JobState.CONNECTING, JobState.TRANSFERRING):
+            job.requeue(self._clock())
+
     async def take_ownership(self, caller: Token, ref: str) -> Job:
         job = self.resolve(caller, ref)
         old_uid = job.owner.uid
