@@ -340,6 +340,8 @@ def test_openapi_matches_routes(ferryd: Daemon, dest: Path) -> None:
             body = {"flags": 0}
         elif path.endswith("/handles"):
             body = {"interface": "job"}
+        elif path.endswith("/replace-remote-prefix"):
+            body = {"old": "http://127.0.0.1:9/", "new": "http://127.0.0.1:8/"}
         elif path.endswith("/remote-name"):
             body = {"remote_name": "http://127.0.0.1:9/z"}
         elif path == "/v1/logoff":

@@ -191,3 +191,88 @@ async def test_async_client_set_remote_name(
             await job.set_remote_name(0, "gopher://h/x")
         assert exc.value.code == "E_INVALIDARG"
         await job.cancel()
+
+
+# ---- ReplaceRemotePrefix ---------------------------------------------------------------
+
+
+def test_replace_prefix_swaps_an_expired_url_and_keeps_the_data(
+    client: Client, http_server: FaultServer, dest: Path
+) -> None:
+    data = os.urandom(SIZE)
+    job, kept = _expired(client, http_server, dest, data, etag='"v1"')
+    http_server.add("new", data, etag='"v1"')
+    assert job.replace_remote_prefix(http_server.url("old"), http_server.url("new")) == "S_OK"
+    assert_valid("Job", job.data)
+    assert [f.remote_name for f in job.files()] == [http_server.url("new")]
+    _finish(job)
+    assert [s.range for s in http_server.requests_for("new")] == [f"bytes={kept}-"]
+    assert (dest / "out.bin").read_bytes() == data
+
+
+def test_replace_prefix_all_or_nothing(
+    client: Client, http_server: FaultServer, dest: Path
+) -> None:
+    job = client.create_job("prefix")
+    names = ["http://h.example/a?x=1", "http://h.example/b", "https://h.example/c"]
+    job.add_files([(n, str(dest / str(i))) for i, n in enumerate(names)])
+    before = [f.data for f in job.files()]
+    # No match (case-sensitive): S_FALSE, nothing changes.
+    assert job.replace_remote_prefix("HTTP://h.example/", "http://m.example/") == "S_FALSE"
+    # One resulting name is invalid (a file URL has no query): nothing changes.
+    for old, new, code in [
+        ("http://h.example/", "file:///srv/", "E_INVALIDARG"),
+        ("", "http://m.example/", "E_INVALIDARG"),
+        ("http://h.example/", "", "E_INVALIDARG"),
+        ("http://h.example/", "http://m.example/" + "x" * 9000, "BG_E_STRING_TOO_LONG"),
+    ]:
+        with pytest.raises(FerryError) as exc:
+            job.replace_remote_prefix(old, new)
+        assert exc.value.code == code, (old, new, exc.value)
+    assert [f.data for f in job.files()] == before
+    assert job.replace_remote_prefix("http://h.example/", "https://m.example/") == "S_OK"
+    assert [f.remote_name for f in job.files()] == [
+        "https://m.example/a?x=1",
+        "https://m.example/b",
+        "https://h.example/c",
+    ]
+    up = client.create_job("up", type="upload")
+    (dest / "up").write_bytes(b"u")
+    up.add_file("http://h.example/up", str(dest / "up"))
+    with pytest.raises(FerryError) as exc:
+        up.replace_remote_prefix("http://", "https://")
+    assert exc.value.code == "E_NOTIMPL"
+    job.cancel()
+    up.cancel()
+    with pytest.raises(FerryError) as exc:
+        job.replace_remote_prefix("http://", "https://")
+    assert exc.value.code == "BG_E_INVALID_STATE"
+
+
+def test_cli_replace_remote_prefix(ferryd: Daemon, dest: Path) -> None:
+    s = ferryd.socket
+    assert run_ferry("create", "j", socket=s).returncode == 0
+    r = run_ferry("add", "j", "http://h.example/a", str(dest / "a"), socket=s)
+    assert r.returncode == 0, r
+    r = run_ferry("replace-remote-prefix", "j", "http://h.example/", "https://m.example/", socket=s)
+    assert r.returncode == 0, r
+    assert r.json["result"] == {"code": "S_OK", "hresult": "0x00000000"}
+    assert_valid("ActionResult", r.json)
+    r = run_ferry("replace-remote-prefix", "j", "http://h.example/", "https://x/", socket=s)
+    assert r.returncode == 0 and r.json["result"] == {"code": "S_FALSE", "hresult": "0x00000001"}
+    r = run_ferry("replace-remote-prefix", "j", "https://", "ftp://", socket=s)
+    assert r.returncode == 1 and r.json["error"]["code"] == "E_INVALIDARG", r
+    r = run_ferry("files", "j", socket=s)
+    assert [f["remote_name"] for f in r.json] == ["https://m.example/a"]
+    r = run_ferry("replace-remote-prefix", "j", "x", "y", socket=s, json_mode=False)
+    assert r.returncode == 0 and "S_FALSE" in r.stdout, r
+
+
+async def test_async_client_replace_remote_prefix(ferryd: Daemon, dest: Path) -> None:
+    async with AsyncClient(ferryd.socket) as c:
+        job = await c.create_job("async prefix")
+        await job.add_file("http://h.example/a", str(dest / "a"))
+        assert await job.replace_remote_prefix("http://h.", "https://m.") == "S_OK"
+        assert [f.remote_name for f in await job.files()] == ["https://m.example/a"]
+        assert await job.replace_remote_prefix("http://h.", "https://m.") == "S_FALSE"
+        await job.cancel()

@@ -1077,3 +1077,38 @@ def test_set_remote_name_not_on_uploads(type: JobType) -> None:
         job.set_remote_name(0, "https://example.com/x", NOW + 9)
     assert exc.value.code == "E_NOTIMPL"
     assert job.files[0].remote_name == "https://example.com/f0"
+
+
+def test_replace_remote_prefix_plans_every_matching_file() -> None:
+    job = job_in(JobState.TRANSFERRED, nfiles=3)
+    job.files[2].remote_name = "HTTPS://example.com/f2"  # case-sensitive: no match
+    plan = job.plan_replace_remote_prefix("https://example.com/", "https://mirror.example.org/")
+    assert plan == {0: "https://mirror.example.org/f0", 1: "https://mirror.example.org/f1"}
+    assert job.plan_replace_remote_prefix("https://nowhere/", "https://x/") == {}
+    before = snapshot(job)
+    job.replace_remote_names(plan, NOW + 5)
+    # Transferred files change their name and keep their data; they are not moved again.
+    assert [f.remote_name for f in job.files][:2] == list(plan.values())
+    assert all(f.completed and not f.remote_renamed for f in job.files)
+    assert snapshot(job)["files"][2] == before["files"][2]
+    assert job.state is JobState.TRANSFERRED
+
+
+@pytest.mark.parametrize(("old", "new"), [("", "https://x/"), ("https://", "")])
+def test_replace_remote_prefix_refuses_empty_prefixes(old: str, new: str) -> None:
+    with pytest.raises(FerryError) as exc:
+        new_job(1).plan_replace_remote_prefix(old, new)
+    assert exc.value.code == "E_INVALIDARG"
+
+
+@pytest.mark.parametrize("state", FINAL)
+def test_replace_remote_prefix_refused_on_final_jobs(state: JobState) -> None:
+    with pytest.raises(FerryError) as exc:
+        job_in(state).plan_replace_remote_prefix("https://", "http://")
+    assert exc.value.code == "BG_E_INVALID_STATE"
+
+
+def test_replace_remote_prefix_not_on_uploads() -> None:
+    with pytest.raises(FerryError) as exc:
+        new_job(1, JobType.UPLOAD).plan_replace_remote_prefix("https://", "http://")
+    assert exc.value.code == "E_NOTIMPL"

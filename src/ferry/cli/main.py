@@ -172,6 +172,35 @@ def set_remote(job: str, index: int, url: str) -> None:
     c.emit(j.data, lambda: click.echo(f"File {index} of job {_label(j)} now comes from {url}."))
 
 
+@cli.command(name="replace-remote-prefix")
+@click.argument("job")
+@click.argument("old")
+@click.argument("new")
+def replace_remote_prefix(job: str, old: str, new: str) -> None:
+    """Every remote name of the job that starts with OLD starts with NEW instead.
+    [bitsadmin /replaceremoteprefix; IBackgroundCopyJob3::ReplaceRemotePrefix]
+
+    \b
+    Case-sensitive, on every file of a download job, all or none (each new name must be a
+    valid URL). Transferred files keep their data; the others keep their partial data if
+    the new server has the same size and validator, and start over otherwise. The result is
+    S_FALSE (still exit 0) when no name matched. JSON output: {"result": {"code",
+    "hresult"}, "job": JOB}.
+      ferry replace-remote-prefix nightly http://old-mirror/ https://new-mirror/"""
+    c = _ctx()
+    j = c.client().get_job(job)
+    code = j.replace_remote_prefix(old, new)
+    doc = {"result": {"code": code, "hresult": f"0x{hresult_of(code):08X}"}, "job": j.data}
+
+    def human() -> None:
+        if code == "S_FALSE":
+            click.echo(f"No remote name of job {_label(j)} starts with {old} (S_FALSE).")
+        else:
+            click.echo(f"Remote names of job {_label(j)} starting with {old} now start with {new}.")
+
+    c.emit(doc, human)
+
+
 @cli.command()
 @click.argument("job")
 def files(job: str) -> None:

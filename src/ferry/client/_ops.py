@@ -255,6 +255,14 @@ def set_remote_name(job: str, index: int, url: str) -> Call[JSONObj]:
     )
 
 
+def replace_remote_prefix(job: str, old: str, new: str) -> Call[tuple[str, JSONObj]]:
+    """The answer carries ``S_OK``, or ``S_FALSE`` when no remote name matched."""
+    if not isinstance(old, str) or not isinstance(new, str):
+        raise FerryError("E_INVALIDARG", "the prefixes must be strings")
+    body = encode({"old": old, "new": new})
+    return _call("replace_remote_prefix", _action_result, body, job=_job(job))
+
+
 def action(job: str, name: str) -> Call[tuple[str, JSONObj]]:
     """resume / suspend / cancel / complete / take-ownership: the answer carries the BITS
     result code (``S_OK`` or ``BG_S_PARTIAL_COMPLETE``) and the job after the change."""

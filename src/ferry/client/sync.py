@@ -317,6 +317,15 @@ class Job(JobView):
         validator (ETag or Last-Modified), and starts over otherwise."""
         self._update(self.client._call(_ops.set_remote_name(self.id, index, url)))
 
+    def replace_remote_prefix(self, old: str, new: str) -> str:
+        """ReplaceRemotePrefix: every remote name starting with ``old`` (case-sensitive, all
+        files; transferred ones keep their data) starts with ``new`` instead, all or none.
+        Returns ``S_OK``, or ``S_FALSE`` when no name matched. As ``set_remote_name`` for
+        partial data and a transfer in progress."""
+        code, data = self.client._call(_ops.replace_remote_prefix(self.id, old, new))
+        self._update(data)
+        return code
+
     def files(self) -> list[FileInfo]:
         return [FileInfo(d) for d in self.client._call(_ops.list_files(self.id))]
 

@@ -359,6 +359,28 @@ class Job:
         self._rename_remote(index, url)
         self.modified = now
 
+    def plan_replace_remote_prefix(self, old: str, new: str) -> dict[int, str]:
+        """IBackgroundCopyJob3::ReplaceRemotePrefix, first half: the new remote name of every
+        file whose remote name starts with ``old`` (case-sensitive; transferred files too,
+        as in BITS: their name changes, their data stays), not yet validated. Empty: no
+        match (S_FALSE). Raises what the call refuses, before anything is stopped."""
+        self._check_remote_change("replace a remote prefix")
+        if not isinstance(old, str) or not isinstance(new, str) or not old or not new:
+            raise FerryError("E_INVALIDARG", "the old and new prefixes must not be empty")
+        return {
+            i: new + f.remote_name[len(old) :]
+            for i, f in enumerate(self.files)
+            if f.remote_name.startswith(old)
+        }
+
+    def replace_remote_names(self, names: dict[int, str], now: float) -> None:
+        """The second half: ``names`` (from ``plan_replace_remote_prefix``, validated) take
+        effect, all of them. The engine must not be running the job."""
+        self._require_not_final("replace a remote prefix")
+        for index, url in names.items():
+            self._rename_remote(index, url)
+        self.modified = now
+
     def _rename_remote(self, index: int, url: str) -> None:
         f = self.files[index]
         if f.remote_name == url:
