@@ -276,3 +276,34 @@ async def test_async_client_replace_remote_prefix(ferryd: Daemon, dest: Path) ->
         assert [f.remote_name for f in await job.files()] == ["https://m.example/a"]
         assert await job.replace_remote_prefix("http://h.", "https://m.") == "S_FALSE"
         await job.cancel()
+
+
+# ---- a plain absolute path as a remote name ----------------------------------------------
+
+
+def test_cli_plain_path_remote_is_a_file_url(ferryd: Daemon, tmp_path: Path, dest: Path) -> None:
+    src_dir = tmp_path / "src dir"
+    src_dir.mkdir()
+    src = src_dir / "a?#%.bin"
+    data = os.urandom(70_000)
+    src.write_bytes(data)
+    s = ferryd.socket
+    assert run_ferry("create", "plain", socket=s).returncode == 0
+    r = run_ferry("add", "plain", str(src), str(dest / "a"), socket=s)
+    assert r.returncode == 0, r
+    (f,) = run_ferry("files", "plain", socket=s).json
+    assert f["remote_name"] == f"file://{src_dir.as_posix().replace(' ', '%20')}/a%3F%23%25.bin"
+    assert run_ferry("resume", "plain", socket=s).returncode == 0
+    r = run_ferry("wait", "plain", "--timeout", "30", socket=s)
+    assert r.returncode == 0 and r.json["state"] == "TRANSFERRED", r
+    assert run_ferry("complete", "plain", socket=s).returncode == 0
+    assert (dest / "a").read_bytes() == data
+    # set-remote takes a plain path too; a relative one is no remote name.
+    assert run_ferry("create", "plain2", socket=s).returncode == 0
+    r = run_ferry("add", "plain2", "http://h.example/x", str(dest / "b"), socket=s)
+    assert r.returncode == 0, r
+    r = run_ferry("set-remote", "plain2", "0", str(src), socket=s)
+    assert r.returncode == 0, r
+    assert run_ferry("files", "plain2", socket=s).json[0]["remote_name"].startswith("file:///")
+    r = run_ferry("set-remote", "plain2", "0", "relative/path", socket=s)
+    assert r.returncode == 1 and r.json["error"]["code"] == "E_INVALIDARG", r

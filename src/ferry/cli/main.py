@@ -128,7 +128,8 @@ def create(name: str, type_: str, priority: str, description: str) -> None:
 def add(job: str, names: tuple[str, ...], digests: tuple[str, ...]) -> None:
     """Add files to a job, all or none.  [bitsadmin /addfile, /addfileset]
 
-    REMOTE is an http://, https:// or file:// URL; LOCAL a path (made absolute against the
+    REMOTE is an http://, https:// or file:// URL, or an absolute path (its file:// URL);
+    LOCAL a path (made absolute against the
     current directory; its directory must exist). Prints the job.
 
     \b
