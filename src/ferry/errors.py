@@ -12,6 +12,7 @@ from typing import Any
 
 CODES: dict[str, int] = {
     "S_OK": 0x00000000,
+    "S_FALSE": 0x00000001,
     "BG_S_PARTIAL_COMPLETE": 0x00200017,
     "BG_S_UNABLE_TO_DELETE_FILES": 0x0020001A,
     "BG_E_NOT_FOUND": 0x80200001,

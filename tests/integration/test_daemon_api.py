@@ -332,12 +332,18 @@ def test_openapi_matches_routes(ferryd: Daemon, dest: Path) -> None:
             f"/v1/jobs/{job['id']}/handles",
             {"interface": "token-options" if "helper" in path else "job", "ttl": 60},
         )[1]["handle"]
-        concrete = path.replace("{job}", job["id"]).replace("{handle}", handle)
+        concrete = (
+            path.replace("{job}", job["id"]).replace("{handle}", handle).replace("{index}", "0")
+        )
         body: Any = {} if method in ("POST", "PUT", "PATCH") else None
         if path.endswith("/flags"):
             body = {"flags": 0}
         elif path.endswith("/handles"):
             body = {"interface": "job"}
+        elif path.endswith("/replace-remote-prefix"):
+            body = {"old": "http://127.0.0.1:9/", "new": "http://127.0.0.1:8/"}
+        elif path.endswith("/remote-name"):
+            body = {"remote_name": "http://127.0.0.1:9/z"}
         elif path == "/v1/logoff":
             body = {"session": 999999}
         elif path.endswith("/files") and method == "POST":

@@ -56,6 +56,7 @@ def rich_job() -> Job:
     job.record_progress(0, 4096, NOW + 4)
     job.file_completed(0, NOW + 4)
     job.files[1].temp_name = "/srv/dl/.b.ferry-x2"
+    job.files[1].remote_renamed = True
     job.record_progress(1, 100, NOW + 5)
     job.helper_token = HELPER
     job.helper_flags = TokenFlags.LOCAL_FILE | TokenFlags.NETWORK

@@ -202,6 +202,8 @@ def test_every_client_request_is_a_contract_route() -> None:
         _ops.set_job("j", {"description": "d"}),
         _ops.list_files("j"),
         _ops.add_files("j", [("http://h/x", "/tmp/x", "00" * 32)]),
+        _ops.set_remote_name("j", 2, "http://h/y"),
+        _ops.replace_remote_prefix("j", "http://h/", "https://h/"),
         *(_ops.action("j", a) for a in ("resume", "suspend", "cancel", "complete")),
         _ops.action("j", "take-ownership"),
         _ops.open_handle("j", "token-options", 60),

@@ -80,7 +80,7 @@ def test_name_of_outside_the_http_range_is_hex(value: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "text"), [(0x8020FFFF, "0x8020FFFF"), (1, "0x00000001"), (0xDEADBEEF, "0xDEADBEEF")]
+    ("value", "text"), [(0x8020FFFF, "0x8020FFFF"), (2, "0x00000002"), (0xDEADBEEF, "0xDEADBEEF")]
 )
 def test_name_of_unknown_is_the_hex_value(value: int, text: str) -> None:
     assert name_of(value) == text

@@ -803,6 +803,7 @@ def full_job() -> Job:
             validator='"etag-a"',
             final_url="https://cdn.example.com/a",
             sha256="ab" * 32,
+            remote_renamed=True,
         ),
         JobFile("file:///mnt/share/b", "/srv/dl/b\udcff", 100, 7, False, "/srv/dl/.b", "W/1"),
         JobFile("https://example.com/c?q=1&r=ü", "/srv/dl/c", sha256="0f" * 32),
@@ -1019,3 +1020,95 @@ def test_job_from_record_shares_tokens_through_the_interner() -> None:
     # Without an interner every job gets its own tokens.
     c, d = (codec.job_from_record(codec.job_record(one), []) for _ in range(2))
     assert c.owner == d.owner and c.owner is not d.owner
+
+
+# ---- changing remote names (SPEC §11) --------------------------------------------------
+
+
+def test_set_remote_name_keeps_the_data_and_forgets_the_redirect() -> None:
+    job = job_in(JobState.ERROR)
+    f = job.files[1]
+    f.bytes_total, f.bytes_transferred, f.validator = 100, 40, '"v1"'
+    f.final_url = "https://cdn.example.com/f1"
+    job.set_remote_name(1, "https://mirror.example.com/f1", NOW + 5)
+    assert f.remote_name == "https://mirror.example.com/f1"
+    assert (f.bytes_total, f.bytes_transferred, f.validator) == (100, 40, '"v1"')
+    assert f.final_url is None and f.remote_renamed
+    assert job.state is JobState.ERROR and job.modified == NOW + 5
+    assert job.files[0].remote_name == "https://example.com/f0"
+    assert not job.files[0].remote_renamed
+
+
+def test_set_remote_name_to_the_same_url_changes_nothing() -> None:
+    job = new_job(1)
+    job.files[0].final_url = "https://cdn.example.com/f0"
+    job.set_remote_name(0, "https://example.com/f0", NOW + 1)
+    assert job.files[0].final_url == "https://cdn.example.com/f0"
+    assert not job.files[0].remote_renamed
+
+
+@pytest.mark.parametrize("state", FINAL)
+def test_set_remote_name_refused_on_final_jobs(state: JobState) -> None:
+    job = job_in(state)
+    before = snapshot(job)
+    with pytest.raises(FerryError) as exc:
+        job.set_remote_name(0, "https://example.com/x", NOW + 9)
+    assert exc.value.code == "BG_E_INVALID_STATE"
+    assert snapshot(job) == before
+
+
+@pytest.mark.parametrize(
+    ("index", "code"),
+    [(-1, "E_INVALIDARG"), (2, "E_INVALIDARG"), (True, "E_INVALIDARG"), (0, "BG_E_INVALID_STATE")],
+)
+def test_set_remote_name_refusals(index: int, code: str) -> None:
+    job = job_in(JobState.TRANSFERRED)
+    before = snapshot(job)
+    with pytest.raises(FerryError) as exc:
+        job.set_remote_name(index, "https://example.com/x", NOW + 9)
+    assert exc.value.code == code
+    assert snapshot(job) == before
+
+
+@pytest.mark.parametrize("type", [JobType.UPLOAD, JobType.UPLOAD_REPLY])
+def test_set_remote_name_not_on_uploads(type: JobType) -> None:
+    job = new_job(1, type)
+    with pytest.raises(FerryError) as exc:
+        job.set_remote_name(0, "https://example.com/x", NOW + 9)
+    assert exc.value.code == "E_NOTIMPL"
+    assert job.files[0].remote_name == "https://example.com/f0"
+
+
+def test_replace_remote_prefix_plans_every_matching_file() -> None:
+    job = job_in(JobState.TRANSFERRED, nfiles=3)
+    job.files[2].remote_name = "HTTPS://example.com/f2"  # case-sensitive: no match
+    plan = job.plan_replace_remote_prefix("https://example.com/", "https://mirror.example.org/")
+    assert plan == {0: "https://mirror.example.org/f0", 1: "https://mirror.example.org/f1"}
+    assert job.plan_replace_remote_prefix("https://nowhere/", "https://x/") == {}
+    before = snapshot(job)
+    job.replace_remote_names(plan, NOW + 5)
+    # Transferred files change their name and keep their data; they are not moved again.
+    assert [f.remote_name for f in job.files][:2] == list(plan.values())
+    assert all(f.completed and not f.remote_renamed for f in job.files)
+    assert snapshot(job)["files"][2] == before["files"][2]
+    assert job.state is JobState.TRANSFERRED
+
+
+@pytest.mark.parametrize(("old", "new"), [("", "https://x/"), ("https://", "")])
+def test_replace_remote_prefix_refuses_empty_prefixes(old: str, new: str) -> None:
+    with pytest.raises(FerryError) as exc:
+        new_job(1).plan_replace_remote_prefix(old, new)
+    assert exc.value.code == "E_INVALIDARG"
+
+
+@pytest.mark.parametrize("state", FINAL)
+def test_replace_remote_prefix_refused_on_final_jobs(state: JobState) -> None:
+    with pytest.raises(FerryError) as exc:
+        job_in(state).plan_replace_remote_prefix("https://", "http://")
+    assert exc.value.code == "BG_E_INVALID_STATE"
+
+
+def test_replace_remote_prefix_not_on_uploads() -> None:
+    with pytest.raises(FerryError) as exc:
+        new_job(1, JobType.UPLOAD).plan_replace_remote_prefix("https://", "http://")
+    assert exc.value.code == "E_NOTIMPL"

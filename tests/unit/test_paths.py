@@ -101,6 +101,12 @@ def test_local_name_non_utf8_bytes_survive() -> None:
         ("file:///srv/share/a.iso", "file:///srv/share/a.iso"),
         ("file://localhost/srv/a", "file://localhost/srv/a"),
         ("FILE:///srv/a%20b", "file:///srv/a%20b"),
+        # A plain absolute path is the file:// URL of that path, percent-encoded.
+        ("/srv/share/a.iso", "file:///srv/share/a.iso"),
+        ("/srv/a b?c#d%e", "file:///srv/a%20b%3Fc%23d%25e"),
+        ("/srv/ünï", "file:///srv/%C3%BCn%C3%AF"),
+        (os.fsdecode(b"/srv/caf\xe9"), "file:///srv/caf%E9"),
+        ("//srv/a", "file:////srv/a"),
     ],
 )
 def test_remote_name_accepted(given: str, normalized: str) -> None:
@@ -113,7 +119,7 @@ def test_remote_name_accepted(given: str, normalized: str) -> None:
         "ftp://example.com/a",
         "gopher://example.com/",
         "example.com/a",
-        "/srv/a",
+        "srv/a",
         "",
         "javascript:alert(1)",
     ],
@@ -159,6 +165,10 @@ def test_remote_http_rejected(bad: str) -> None:
         "file:///srv/a#b",
         "file://",
         "file:///",
+        "/srv/../etc/shadow",  # a plain path is checked as its file URL
+        "/srv/dir/",
+        "/srv/a\x00b",
+        "/",
     ],
 )
 def test_remote_file_rejected(bad: str) -> None:
@@ -178,6 +188,8 @@ def test_file_url_path_decodes() -> None:
     assert file_url_path("file://localhost/srv/x") == "/srv/x"
     assert os.fsencode(file_url_path("file:///srv/caf%E9")) == b"/srv/caf\xe9"
     assert code_of(file_url_path, "http://example.com/a") == "E_INVALIDARG"
+    path = os.fsdecode(b"/srv/a b/caf\xe9?#%")
+    assert file_url_path(validate_remote_name(path, LIMITS)) == path
 
 
 # ---- temporary names ------------------------------------------------------------------

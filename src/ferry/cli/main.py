@@ -133,7 +133,8 @@ def create(name: str, type_: str, priority: str, description: str) -> None:
 def add(job: str, names: tuple[str, ...], digests: tuple[str, ...]) -> None:
     """Add files to a job, all or none.  [bitsadmin /addfile, /addfileset]
 
-    REMOTE is an http://, https:// or file:// URL; LOCAL a path (made absolute against the
+    REMOTE is an http://, https:// or file:// URL, or an absolute path (its file:// URL);
+    LOCAL a path (made absolute against the
     current directory; its directory must exist). Prints the job.
 
     \b
@@ -157,6 +158,53 @@ def add(job: str, names: tuple[str, ...], digests: tuple[str, ...]) -> None:
     j = c.client(transfer=True).get_job(job)
     j.add_files(files)
     c.emit(j.data, lambda: click.echo(f"Added {len(pairs)} file(s) to job {_label(j)}."))
+
+
+@cli.command(name="set-remote")
+@click.argument("job")
+@click.argument("index", type=click.IntRange(min=0), metavar="FILE_INDEX")
+@click.argument("url")
+def set_remote(job: str, index: int, url: str) -> None:
+    """Give file FILE_INDEX (0-based, as `ferry files` lists them) a new remote name.
+    [bitsadmin /setremotename; IBackgroundCopyFile2::SetRemoteName]
+
+    For a download job's files not yet transferred, e.g. to swap an expired signed URL. A
+    transfer in progress stops and goes back to the queue; the file keeps its partial data
+    if the new server has the same size and validator (ETag or Last-Modified), and starts
+    over otherwise. Prints the job."""
+    c = _ctx()
+    j = c.client().get_job(job)
+    j.set_remote_name(index, url)
+    c.emit(j.data, lambda: click.echo(f"File {index} of job {_label(j)} now comes from {url}."))
+
+
+@cli.command(name="replace-remote-prefix")
+@click.argument("job")
+@click.argument("old")
+@click.argument("new")
+def replace_remote_prefix(job: str, old: str, new: str) -> None:
+    """Every remote name of the job that starts with OLD starts with NEW instead.
+    [bitsadmin /replaceremoteprefix; IBackgroundCopyJob3::ReplaceRemotePrefix]
+
+    \b
+    Case-sensitive, on every file of a download job, all or none (each new name must be a
+    valid URL). Transferred files keep their data; the others keep their partial data if
+    the new server has the same size and validator, and start over otherwise. The result is
+    S_FALSE (still exit 0) when no name matched. JSON output: {"result": {"code",
+    "hresult"}, "job": JOB}.
+      ferry replace-remote-prefix nightly http://old-mirror/ https://new-mirror/"""
+    c = _ctx()
+    j = c.client().get_job(job)
+    code = j.replace_remote_prefix(old, new)
+    doc = {"result": {"code": code, "hresult": f"0x{hresult_of(code):08X}"}, "job": j.data}
+
+    def human() -> None:
+        if code == "S_FALSE":
+            click.echo(f"No remote name of job {_label(j)} starts with {old} (S_FALSE).")
+        else:
+            click.echo(f"Remote names of job {_label(j)} starting with {old} now start with {new}.")
+
+    c.emit(doc, human)
 
 
 @cli.command()

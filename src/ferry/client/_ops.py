@@ -245,6 +245,24 @@ def add_files(job: str, files: Iterable[FileSpec]) -> Call[JSONObj]:
     return _call("add_files", _as_obj, encode(body), job=_job(job))
 
 
+def set_remote_name(job: str, index: int, url: str) -> Call[JSONObj]:
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise FerryError("E_INVALIDARG", "the file index must be an integer >= 0")
+    if not isinstance(url, str):
+        raise FerryError("E_INVALIDARG", "the remote name must be a string")
+    return _call(
+        "set_remote_name", _as_obj, encode({"remote_name": url}), job=_job(job), index=str(index)
+    )
+
+
+def replace_remote_prefix(job: str, old: str, new: str) -> Call[tuple[str, JSONObj]]:
+    """The answer carries ``S_OK``, or ``S_FALSE`` when no remote name matched."""
+    if not isinstance(old, str) or not isinstance(new, str):
+        raise FerryError("E_INVALIDARG", "the prefixes must be strings")
+    body = encode({"old": old, "new": new})
+    return _call("replace_remote_prefix", _action_result, body, job=_job(job))
+
+
 def action(job: str, name: str) -> Call[tuple[str, JSONObj]]:
     """resume / suspend / cancel / complete / take-ownership: the answer carries the BITS
     result code (``S_OK`` or ``BG_S_PARTIAL_COMPLETE``) and the job after the change."""

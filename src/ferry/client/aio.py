@@ -258,6 +258,16 @@ class AsyncJob(JobView):
         """See ``ferry.Job.add_files``."""
         self._update(await self.client._call(_ops.add_files(self.id, files)))
 
+    async def set_remote_name(self, index: int, url: str) -> None:
+        """See ``ferry.Job.set_remote_name``."""
+        self._update(await self.client._call(_ops.set_remote_name(self.id, index, url)))
+
+    async def replace_remote_prefix(self, old: str, new: str) -> str:
+        """See ``ferry.Job.replace_remote_prefix``."""
+        code, data = await self.client._call(_ops.replace_remote_prefix(self.id, old, new))
+        self._update(data)
+        return code
+
     async def files(self) -> list[FileInfo]:
         return [FileInfo(d) for d in await self.client._call(_ops.list_files(self.id))]
 

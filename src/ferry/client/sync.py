@@ -315,6 +315,22 @@ class Job(JobView):
         tuples. Local names are made absolute against this process's working directory."""
         self._update(self.client._call(_ops.add_files(self.id, files)))
 
+    def set_remote_name(self, index: int, url: str) -> None:
+        """SetRemoteName: file ``index`` (0-based, not yet transferred) of a download job
+        comes from ``url`` from now on. A transfer in progress stops and goes back to the
+        queue; the file keeps its partial data if the new server has the same size and
+        validator (ETag or Last-Modified), and starts over otherwise."""
+        self._update(self.client._call(_ops.set_remote_name(self.id, index, url)))
+
+    def replace_remote_prefix(self, old: str, new: str) -> str:
+        """ReplaceRemotePrefix: every remote name starting with ``old`` (case-sensitive, all
+        files; transferred ones keep their data) starts with ``new`` instead, all or none.
+        Returns ``S_OK``, or ``S_FALSE`` when no name matched. As ``set_remote_name`` for
+        partial data and a transfer in progress."""
+        code, data = self.client._call(_ops.replace_remote_prefix(self.id, old, new))
+        self._update(data)
+        return code
+
     def files(self) -> list[FileInfo]:
         return [FileInfo(d) for d in self.client._call(_ops.list_files(self.id))]
 

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from .._version import __version__
-from ..errors import FerryError
+from ..errors import FerryError, hresult_of
 from ..model.token import Token
 from ..model.types import JobType, Priority
 from ..protocol import ACTIONS, FILE_FIELD_NAMES, REQUIRED_FILE_FIELDS, ROUTES, Route
@@ -247,6 +247,26 @@ class Api:
             request["token"], request.match_info["job"], pairs, digests
         )
         return web.json_response(job_view(job))
+
+    async def h_set_remote_name(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        raw = request.match_info["index"]
+        if not raw.isdigit() or not raw.isascii():
+            raise FerryError("E_INVALIDARG", f"file index {raw!r} is not a number")
+        job = await self.manager.set_remote_name(
+            request["token"], request.match_info["job"], int(raw), body["remote_name"]
+        )
+        return web.json_response(job_view(job))
+
+    async def h_replace_remote_prefix(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        job, result = await self.manager.replace_remote_prefix(
+            request["token"], request.match_info["job"], body["old"], body["new"]
+        )
+        return web.json_response(
+            {"result": {"code": result, "hresult": f"0x{hresult_of(result):08X}"},
+             "job": job_view(job)}
+        )  # fmt: skip
 
     async def h_action(self, request: web.Request) -> web.Response:
         await self.body(request)

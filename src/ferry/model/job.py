@@ -74,6 +74,10 @@ class JobFile:
     # The SHA-256 (64 lower-case hex digits) the whole file must have, when the client gave
     # one (beyond BITS): checked before the file counts as transferred.
     sha256: str | None = None
+    # The remote name was changed (SetRemoteName, ReplaceRemotePrefix) since the partial data
+    # arrived: the next run keeps the data when the new server has the same size and
+    # validator, and starts over (rather than failing BG_E_REMOTE_FILE_CHANGED) otherwise.
+    remote_renamed: bool = False
 
 @dataclass(slots=True)
 class JobError:
@@ -330,6 +334,61 @@ class Job:
         for key, value in new.items():
             setattr(self, key, value)
         self.modified = now
+
+    def _check_remote_change(self, action: str) -> None:
+        self._require_not_final(action)
+        if self.type is not JobType.DOWNLOAD:
+            # BITS refuses ReplaceRemotePrefix on uploads (E_NOTIMPL); SetRemoteName is
+            # allowed there only while nothing moves. ferry keeps it simple: never on uploads.
+            raise FerryError("E_NOTIMPL", f"cannot {action} of an upload job")
+
+    def check_set_remote_name(self, index: int) -> None:
+        """Refuse what ``set_remote_name`` would refuse, before anything is stopped."""
+        self._check_remote_change("change a remote name")
+        if isinstance(index, bool) or not 0 <= index < len(self.files):
+            raise FerryError("E_INVALIDARG", f"the job has no file {index}")
+        if self.files[index].completed:
+            raise FerryError(
+                "BG_E_INVALID_STATE", f"file {index} is transferred: its remote name is final"
+            )
+
+    def set_remote_name(self, index: int, url: str, now: float) -> None:
+        """IBackgroundCopyFile2::SetRemoteName, ``url`` already validated (paths.py). The
+        engine must not be running the job (the manager stops it first)."""
+        self.check_set_remote_name(index)
+        self._rename_remote(index, url)
+        self.modified = now
+
+    def plan_replace_remote_prefix(self, old: str, new: str) -> dict[int, str]:
+        """IBackgroundCopyJob3::ReplaceRemotePrefix, first half: the new remote name of every
+        file whose remote name starts with ``old`` (case-sensitive; transferred files too,
+        as in BITS: their name changes, their data stays), not yet validated. Empty: no
+        match (S_FALSE). Raises what the call refuses, before anything is stopped."""
+        self._check_remote_change("replace a remote prefix")
+        if not isinstance(old, str) or not isinstance(new, str) or not old or not new:
+            raise FerryError("E_INVALIDARG", "the old and new prefixes must not be empty")
+        return {
+            i: new + f.remote_name[len(old) :]
+            for i, f in enumerate(self.files)
+            if f.remote_name.startswith(old)
+        }
+
+    def replace_remote_names(self, names: dict[int, str], now: float) -> None:
+        """The second half: ``names`` (from ``plan_replace_remote_prefix``, validated) take
+        effect, all of them. The engine must not be running the job."""
+        self._require_not_final("replace a remote prefix")
+        for index, url in names.items():
+            self._rename_remote(index, url)
+        self.modified = now
+
+    def _rename_remote(self, index: int, url: str) -> None:
+        f = self.files[index]
+        if f.remote_name == url:
+            return
+        f.remote_name = url
+        f.final_url = None  # the redirect target belonged to the old URL
+        if not f.completed:
+            f.remote_renamed = True
 
     def take_ownership(self, new_owner: Token, now: float) -> None:
         self._require_not_final("take ownership")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from ..errors import FerryError
 from .job import Limits, check_string
@@ -83,8 +83,14 @@ def validate_remote_name(url: str, limits: Limits) -> str:
     ``file:///abs/path`` (``file://localhost/abs/path``). Returns it with the scheme in
     lower case.
 
+    A plain absolute path means the ``file://`` URL of that path (BITS accepts local paths as
+    remote names): ``/srv/a b`` becomes ``file:///srv/a%20b``, percent-encoded (bytes that
+    are not UTF-8, kept by surrogateescape, as themselves) and then checked as any file URL.
+
     Credentials embedded in a URL are refused: the remote name is shown in every listing and
     event, and BITS keeps credentials in a separate, write-only property."""
+    if isinstance(url, str) and url.startswith("/"):
+        url = "file://" + quote(url, safe="/", errors="surrogateescape")
     check_string("remote_name", url, limits.url_len)
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
         raise _invalid("remote_name must not contain whitespace or control characters")

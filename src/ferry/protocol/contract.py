@@ -312,7 +312,10 @@ class FileField:
 
 
 FILE_FIELDS: tuple[FileField, ...] = (
-    FileField("remote_name", _STR, True, "http://, https:// or file:// URL"),
+    FileField(
+        "remote_name", _STR, True,
+        "http://, https:// or file:// URL; a plain absolute path means its file:// URL",
+    ),
     FileField("local_name", _STR, True, "absolute path; its directory must exist"),
     FileField(
         "sha256",

@@ -21,6 +21,13 @@ _JOB_PARAM = {
     "description": "job id, or a display name unique among the caller's jobs",
 }
 _HANDLE_PARAM = {"name": "handle", "in": "path", "required": True, "schema": _STR}
+_INDEX_PARAM = {
+    "name": "index",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+    "description": "the file's index in the job, from 0",
+}
 _ERROR_RESPONSE = {
     "description": "a BITS error",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -34,6 +41,8 @@ def _operation(r: Route) -> dict[str, Any]:
         params.append(_JOB_PARAM)
     if "{handle}" in r.path:
         params.append(_HANDLE_PARAM)
+    if "{index}" in r.path:
+        params.append(_INDEX_PARAM)
     params += [
         {"name": q, "in": "query", "required": False, "schema": {"type": t}}
         for q, t in r.query.items()

@@ -140,6 +140,17 @@ ROUTES: tuple[Route, ...] = (
               True,
           )},
           response=ref("Job")),
+    Route("PUT", JOB_PATH + "/files/{index}/remote-name", "set_remote_name",
+          "SetRemoteName: a new URL for file {index} (0-based; downloads, not transferred "
+          "files); partial data is kept if the new server has the same size and validator",
+          body={"remote_name": BodyField(FILE_FIELDS[0].schema, True)},
+          response=ref("Job")),
+    Route("POST", JOB_PATH + "/replace-remote-prefix", "replace_remote_prefix",
+          "ReplaceRemotePrefix: every remote name starting with old (case-sensitive, all "
+          "files) starts with new instead; all or nothing; S_FALSE when none matched",
+          body={"old": BodyField(FILE_FIELDS[0].schema, True),
+                "new": BodyField(FILE_FIELDS[0].schema, True)},
+          response=ref("ActionResult")),
     *(Route("POST", f"{JOB_PATH}/{a.name}", a.operation, a.summary, body={},
             response=ref("ActionResult")) for a in ACTIONS),
     Route("POST", JOB_PATH + "/handles", "open_handle",

@@ -218,6 +218,45 @@ class QueueManager:
             self._transfers.kick()
         return job
 
+    async def set_remote_name(self, caller: Token, ref: str, index: int, url: str) -> Job:
+        """IBackgroundCopyFile2::SetRemoteName: a transfer in progress stops first and goes
+        back to the queue; the file keeps its partial data if the new server has the same
+        size and validator, and starts over otherwise (transfer/engine.py)."""
+        job = self.resolve(caller, ref)
+        remote = validate_remote_name(url, self._limits)
+        async with self._table.exclusive(job):
+            job.check_set_remote_name(index)  # refuses before anything stops
+            await self._transfers.stop(job)
+            job.set_remote_name(index, remote, self._clock())
+            self._requeue_stopped(job)
+            await self._table.commit(job, self._store.save_progress(job, index))
+        self._transfers.kick()
+        return job
+
+    async def replace_remote_prefix(
+        self, caller: Token, ref: str, old: str, new: str
+    ) -> tuple[Job, str]:
+        """IBackgroundCopyJob3::ReplaceRemotePrefix: every remote name starting with ``old``
+        (case-sensitive) gets ``new`` instead; each resulting name is validated before any
+        changes (all or nothing). ``S_FALSE`` when no name matched (nothing stops)."""
+        job = self.resolve(caller, ref)
+        async with self._table.exclusive(job):
+            plan = job.plan_replace_remote_prefix(old, new)
+            names = {i: validate_remote_name(u, self._limits) for i, u in plan.items()}
+            if not names:
+                return job, "S_FALSE"
+            await self._transfers.stop(job)
+            job.replace_remote_names(names, self._clock())
+            self._requeue_stopped(job)
+            await self._table.commit(job, self._store.save_files(job, sorted(names)))
+        self._transfers.kick()
+        return job, "S_OK"
+
+    def _requeue_stopped(self, job: Job) -> None:
+        """A transfer stopped for a change goes back to the queue."""
+        if job.state in (JobState.CONNECTING, JobState.TRANSFERRING):
+            job.requeue(self._clock())
+
     async def take_ownership(self, caller: Token, ref: str) -> Job:
         job = self.resolve(caller, ref)
         old_uid = job.owner.uid

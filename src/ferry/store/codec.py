@@ -51,6 +51,7 @@ def file_record(f: JobFile) -> dict[str, Any]:
         "validator": f.validator,
         "final_url": f.final_url,
         "sha256": f.sha256,
+        "remote_renamed": f.remote_renamed,
     }
 
 
@@ -67,6 +68,7 @@ def file_from_record(d: dict[str, Any]) -> JobFile:
         get("validator"),
         get("final_url"),
         get("sha256"),
+        bool(get("remote_renamed", False)),
     )
 
 

@@ -185,6 +185,7 @@ class TransferEngine:
             await callbacks.progress(job, index, size)
 
         async def response() -> None:
+            jf.remote_renamed = False  # the (new) server answered for the data kept
             _record(request, jf)
             await on_response(sink.offset)
 
@@ -200,7 +201,16 @@ class TransferEngine:
         )
         try:
             try:
-                await transport.download(request, sink)
+                try:
+                    await transport.download(request, sink)
+                except TransferError as exc:
+                    if exc.code != "BG_E_REMOTE_FILE_CHANGED" or not jf.remote_renamed:
+                        raise
+                    # A new remote name (SetRemoteName) whose server has another size or
+                    # validator than the partial data: the transport truncated the file and
+                    # cleared the validator; the file starts over instead of failing.
+                    jf.remote_renamed = False
+                    await transport.download(request, sink)
                 await verify_sha256(self.identity, token, jf.sha256, request, sink)
                 return await sink.finish()
             except TransferError as exc:
