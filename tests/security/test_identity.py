@@ -379,6 +379,26 @@ async def test_check_directory(io: IdentityIO, base: Path) -> None:
 
 
 @needs_root
+async def test_check_destinations(io: IdentityIO, base: Path) -> None:
+    """Directories searched as the token (once each), and a local name that is a directory
+    refused, seen as the token: BOB cannot even look into alice's private directory."""
+    alice_dir = owned_dir(base, "alice", 40001, 40001, 0o700)
+    (alice_dir / "sub").mkdir()
+    names = [str(alice_dir / "a"), str(alice_dir / "b"), str(base / "c")]
+    await io.check_destinations(ALICE, names)
+    err = await denied(io.check_destinations(BOB, names))
+    assert err.code == "E_ACCESSDENIED"
+    err = await denied(io.check_destinations(ALICE, [str(alice_dir / "a"), str(alice_dir / "sub")]))
+    assert err.code == "E_INVALIDARG" and str(alice_dir / "sub") in err.message
+    err = await denied(io.check_destinations(ALICE, [str(base / "nope" / "f")]))
+    assert err.code == "ERROR_PATH_NOT_FOUND"
+    # A symbolic link to a directory is not a directory here: complete's rename replaces the
+    # link itself, never writes through it.
+    (alice_dir / "link").symlink_to(alice_dir / "sub")
+    await io.check_destinations(ALICE, [str(alice_dir / "link")])
+
+
+@needs_root
 async def test_invalid_ids_are_refused(io: IdentityIO, base: Path) -> None:
     for token in (Token(uid=0xFFFFFFFF, gid=1), Token(uid=40001, gid=-1)):
         err = await denied(io.create_temp(token, str(base / "f")))

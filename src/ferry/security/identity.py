@@ -343,19 +343,7 @@ class IdentityIO:
         and fails with ENOTDIR for a non-directory. Write permission is not probed here
         (os.access would use the real uid, not the fsuid); creating the temporary file
         checks it for real."""
-        directory = posixpath.dirname(local_name) or "/"
-
-        def op() -> None:
-            try:
-                os.stat(posixpath.join(directory, "."))
-            except (FileNotFoundError, NotADirectoryError):
-                raise FerryError(
-                    "ERROR_PATH_NOT_FOUND", f"the directory {directory} does not exist"
-                ) from None
-            except OSError as exc:
-                raise FerryError.from_oserror(exc, f"cannot use directory {directory}") from None
-
-        await self._call(token, op)
+        await self._call(token, _search_directory, posixpath.dirname(local_name) or "/")
 
     async def check_destinations(self, token: Token, local_names: Sequence[str]) -> None:
         """Every local name's directory exists and the token can search it (as
@@ -368,16 +356,7 @@ class IdentityIO:
             for local_name in local_names:
                 directory = posixpath.dirname(local_name) or "/"
                 if directory not in checked:
-                    try:
-                        os.stat(posixpath.join(directory, "."))
-                    except (FileNotFoundError, NotADirectoryError):
-                        raise FerryError(
-                            "ERROR_PATH_NOT_FOUND", f"the directory {directory} does not exist"
-                        ) from None
-                    except OSError as exc:
-                        raise FerryError.from_oserror(
-                            exc, f"cannot use directory {directory}"
-                        ) from None
+                    _search_directory(directory)
                     checked.add(directory)
                 try:
                     st = os.lstat(local_name)
@@ -473,3 +452,18 @@ def _sync_directory(directory: str, uid: int) -> FerryError | None:
     finally:
         os.close(fd)
     return None
+
+
+def _search_directory(directory: str) -> None:
+    """On a worker, as the token: ``directory`` exists and the token may search it.
+
+    Stat'ing ``dir/.`` needs search permission on the directory itself and fails with
+    ENOTDIR for a non-directory."""
+    try:
+        os.stat(posixpath.join(directory, "."))
+    except (FileNotFoundError, NotADirectoryError):
+        raise FerryError(
+            "ERROR_PATH_NOT_FOUND", f"the directory {directory} does not exist"
+        ) from None
+    except OSError as exc:
+        raise FerryError.from_oserror(exc, f"cannot use directory {directory}") from None
