@@ -217,6 +217,9 @@ def test_every_client_request_is_a_contract_route() -> None:
         ),
         _ops.set_helper_token_flags(1, job="j"),
         _ops.set_helper_token_flags(1, handle="h"),
+        _ops.list_credentials("j"),
+        _ops.set_credentials("j", "SERVER", "BASIC", "u", "p"),
+        _ops.remove_credentials("j", "SERVER", "BASIC"),
     ]
     used = {_route_of(c.method, c.target) for c in calls}
     used.add(_route_of("GET", _ops.events_target("j", all_events=True)))

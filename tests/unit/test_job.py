@@ -789,6 +789,9 @@ def test_resume_after_the_last_file_finished_while_suspended() -> None:
 # ---- records: every field, and the decoding shortcuts of the store's load -----------------------
 
 
+from ferry.model.credentials import AuthScheme, AuthTarget, Credential  # noqa: E402
+
+
 def full_job() -> Job:
     """A job whose every field (and every field of its files) differs from the default, with
     values distinct enough that a field decoded into the wrong place cannot go unnoticed."""
@@ -834,6 +837,12 @@ def full_job() -> Job:
         notification=NotificationStatus(
             "JOB_ERROR", "FAILED", 2, NotificationError("E_FAIL", 0x80004005, "exit 3")
         ),
+        credentials=[
+            Credential(AuthTarget.SERVER, AuthScheme.BASIC, "bob", "v1:c2VhbGVk"),
+            Credential(AuthTarget.PROXY, AuthScheme.NEGOTIATE),
+        ],
+        owner_ccache="/tmp/krb5cc_1000",
+        helper_ccache="/tmp/krb5cc_1001",
     )
 
 

@@ -178,6 +178,13 @@ def print_job(j: dict[str, Any]) -> None:
     if isinstance(helper, dict):
         flags = ", ".join(helper.get("flags") or []) or "none"
         row("Helper token", f"{helper.get('sid') or '(none set)'}; flags: {flags}")
+    for cred in j.get("credentials") or []:
+        who = "implicit (Kerberos ticket of the network identity)" if cred.get("implicit") else (
+            f"user {cred.get('user')}"
+        )
+        row("Credentials", f"{cred.get('target')} {cred.get('scheme')}: {who}")
+    for warning in j.get("credential_warnings") or []:
+        row("Warning", Text(warning, style="bold yellow"))
     # Plain aligned lines rather than a rich grid: no trailing padding when piped to a file.
     out = console()
     width = max(len(k) for k, _ in rows)

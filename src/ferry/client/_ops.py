@@ -157,6 +157,7 @@ def create_job(
     type: JobType | str = JobType.DOWNLOAD,
     priority: Priority | str = Priority.NORMAL,
     description: str = "",
+    krb5ccname: str | None = None,
 ) -> Call[JSONObj]:
     body: JSONObj = {
         "display_name": display_name,
@@ -165,6 +166,8 @@ def create_job(
     }
     if description:
         body["description"] = description
+    if krb5ccname:
+        body["krb5ccname"] = krb5ccname
     return _call("create_job", _as_obj, encode(body))
 
 
@@ -320,8 +323,57 @@ def get_helper_token(job: str | None = None, handle: str | None = None) -> Call[
     return _token_options("get_helper_token", job, handle)
 
 
-def set_helper_token(job: str | None = None, handle: str | None = None) -> Call[JSONObj]:
-    return _token_options("set_helper_token", job, handle, b"{}")
+def set_helper_token(
+    job: str | None = None, handle: str | None = None, krb5ccname: str | None = None
+) -> Call[JSONObj]:
+    body = encode({"krb5ccname": krb5ccname}) if krb5ccname else b"{}"
+    return _token_options("set_helper_token", job, handle, body)
+
+
+# ---- credentials (SPEC §8.2) ----------------------------------------------------------
+
+
+def default_ccache() -> str | None:
+    """The Kerberos credential cache of the identity calls connect as: its KRB5CCNAME, else
+    MIT's default file cache for its uid. Under ``ferry.impersonate`` that is the
+    impersonated uid's default (the caller's own KRB5CCNAME is not that identity's)."""
+    from .impersonation import current
+
+    ident = current()
+    if ident is not None:
+        return f"FILE:/tmp/krb5cc_{ident.uid}"
+    name = os.environ.get("KRB5CCNAME")
+    if name:
+        return name if name.startswith("FILE:") or name.startswith("/") else None
+    return f"FILE:/tmp/krb5cc_{os.getuid()}"
+
+
+def list_credentials(job: str) -> Call[list[JSONObj]]:
+    return _call("list_credentials", lambda d: list(_as_obj(d)["credentials"]), job=_job(job))
+
+
+def set_credentials(
+    job: str,
+    target: str,
+    scheme: str,
+    user: str | None = None,
+    password: str | None = None,
+    krb5ccname: str | None = None,
+) -> Call[JSONObj]:
+    body: JSONObj = {"target": str(target), "scheme": str(scheme)}
+    if user is not None:
+        body["user"] = user
+    if password is not None:
+        body["password"] = password
+    if krb5ccname:
+        body["krb5ccname"] = krb5ccname
+    return _call("set_credentials", _as_obj, encode(body), job=_job(job))
+
+
+def remove_credentials(job: str, target: str, scheme: str) -> Call[JSONObj]:
+    return _call(
+        "remove_credentials", _as_obj, job=_job(job), target=str(target), scheme=str(scheme)
+    )
 
 
 def clear_helper_token(job: str | None = None, handle: str | None = None) -> Call[JSONObj]:

@@ -138,7 +138,9 @@ class AsyncClient:
         priority: Priority | str = Priority.NORMAL,
         description: str = "",
     ) -> AsyncJob:
-        data = await self._call(_ops.create_job(display_name, type, priority, description))
+        data = await self._call(
+            _ops.create_job(display_name, type, priority, description, _ops.default_ccache())
+        )
         return AsyncJob(self, data)
 
     async def get_job(self, job_id_or_name: str) -> AsyncJob:
@@ -295,6 +297,25 @@ class AsyncJob(JobView):
 
     set.__doc__ = _ops.set_doc("as ``ferry.Job.set``")
 
+    async def set_credentials(
+        self, target: str, scheme: str, user: str | None = None, password: str | None = None
+    ) -> None:
+        """See ``ferry.Job.set_credentials``."""
+        call = _ops.set_credentials(
+            self.id, target, scheme, user, password, _ops.default_ccache()
+        )
+        self._update(await self.client._call(call))
+
+    async def remove_credentials(self, target: str, scheme: str) -> bool:
+        """See ``ferry.Job.remove_credentials``."""
+        doc = await self.client._call(_ops.remove_credentials(self.id, target, scheme))
+        self._update(doc["job"])
+        return bool(doc["result"]["code"] == "S_OK")
+
+    async def credentials(self) -> list[dict[str, Any]]:
+        """See ``ferry.Job.credentials``."""
+        return await self.client._call(_ops.list_credentials(self.id))
+
     async def follow(self) -> AsyncGenerator[Event, None]:
         """See ``ferry.Job.follow``; bound it with ``asyncio.timeout`` if needed."""
         import asyncio
@@ -350,7 +371,9 @@ class AsyncTokenOptions:
         self.job = job
 
     async def set_helper_token(self) -> None:
-        await self.client._call(_ops.set_helper_token(self.job, self.handle))
+        await self.client._call(
+            _ops.set_helper_token(self.job, self.handle, _ops.default_ccache())
+        )
 
     async def set_helper_token_flags(self, flags: int) -> None:
         await self.client._call(_ops.set_helper_token_flags(int(flags), self.job, self.handle))

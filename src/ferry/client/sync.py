@@ -158,7 +158,12 @@ class Client:
         priority: Priority | str = Priority.NORMAL,
         description: str = "",
     ) -> Job:
-        return Job(self, self._call(_ops.create_job(display_name, type, priority, description)))
+        return Job(
+            self,
+            self._call(
+                _ops.create_job(display_name, type, priority, description, _ops.default_ccache())
+            ),
+        )
 
     def get_job(self, job_id_or_name: str) -> Job:
         return Job(self, self._call(_ops.get_job(job_id_or_name)))
@@ -361,6 +366,27 @@ class Job(JobView):
 
     set.__doc__ = _ops.set_doc("SetDisplayName, SetPriority, ...; one PATCH, all or none")
 
+    def set_credentials(
+        self, target: str, scheme: str, user: str | None = None, password: str | None = None
+    ) -> None:
+        """SetCredentials (SPEC §8.2): ``target`` SERVER|PROXY, ``scheme`` BASIC|DIGEST|NTLM|
+        NEGOTIATE; no user and no password = implicit (NTLM/NEGOTIATE answered with the
+        acting identity's Kerberos ticket; this process's credential cache is named)."""
+        call = _ops.set_credentials(
+            self.id, target, scheme, user, password, _ops.default_ccache()
+        )
+        self._update(self.client._call(call))
+
+    def remove_credentials(self, target: str, scheme: str) -> bool:
+        """RemoveCredentials; False (S_FALSE) when the job had no such entry."""
+        doc = self.client._call(_ops.remove_credentials(self.id, target, scheme))
+        self._update(doc["job"])
+        return bool(doc["result"]["code"] == "S_OK")
+
+    def credentials(self) -> list[dict[str, Any]]:
+        """The job's credentials: target, scheme, user, implicit (never a password)."""
+        return self.client._call(_ops.list_credentials(self.id))
+
     def token_options(self, ttl: int | None = None) -> TokenOptions:
         """Open a token-options handle (SPEC §4.3): the access check happens now, with this
         client's identity; calls through it are not checked again."""
@@ -429,7 +455,7 @@ class TokenOptions:
         return self.client._call(call)
 
     def set_helper_token(self) -> None:
-        self._call(_ops.set_helper_token(self.job, self.handle))
+        self._call(_ops.set_helper_token(self.job, self.handle, _ops.default_ccache()))
 
     def set_helper_token_flags(self, flags: int) -> None:
         self._call(_ops.set_helper_token_flags(int(flags), self.job, self.handle))

@@ -30,6 +30,7 @@ from ..protocol.views import file_view, job_view
 from ..security.handles import Interface
 from ..security.peer import token_from_socket, user_name
 from ..service import events as ev
+from ..service.credentials import Credentials
 from ..service.events import EventBus
 from ..service.handles import Handles
 from ..service.logon import Logon
@@ -97,7 +98,9 @@ class Api:
         mode: str,
         only_uid: int | None,
         request_stop: Callable[[], None],
+        credentials: Credentials | None = None,
     ) -> None:
+        self.credentials = credentials
         self.manager = manager
         self.handles = handles
         self.logon = logon
@@ -207,8 +210,12 @@ class Api:
             priority = Priority(body.get("priority", Priority.NORMAL.value))
         except ValueError as exc:
             raise FerryError("E_INVALIDARG", str(exc)) from None
+        ccache = None
+        if body.get("krb5ccname") and self.credentials is not None:
+            ccache = await self.credentials.vet_ccache(request["token"], body["krb5ccname"])
         job = await self.manager.create_job(
-            request["token"], body["display_name"], jtype, priority, body.get("description", "")
+            request["token"], body["display_name"], jtype, priority, body.get("description", ""),
+            ccache=ccache,
         )
         return web.json_response(job_view(job), status=201)
 
@@ -388,9 +395,13 @@ class Api:
         return web.json_response(self.handles.get_helper_token(opener, job))
 
     async def h_set_helper_token(self, request: web.Request) -> web.Response:
-        await self.body(request)
+        body = await self.body(request)
         opener, job = self._token_options_target(request)
-        await self.handles.set_helper_token(opener, job, request["token"])
+        ccache = None
+        if body.get("krb5ccname") and self.credentials is not None:
+            # The helper's own cache, checked as the helper (this connection's identity).
+            ccache = await self.credentials.vet_ccache(request["token"], body["krb5ccname"])
+        await self.handles.set_helper_token(opener, job, request["token"], ccache=ccache)
         return web.json_response(self.handles.get_helper_token(opener, job))
 
     async def h_clear_helper_token(self, request: web.Request) -> web.Response:
@@ -403,6 +414,43 @@ class Api:
         opener, job = self._token_options_target(request)
         await self.handles.set_helper_flags(opener, job, body["flags"])
         return web.json_response(self.handles.get_helper_token(opener, job))
+
+    # ---- credentials (SPEC §8.2) ------------------------------------------------------
+
+    def _credentials(self) -> Credentials:
+        if self.credentials is None:
+            raise FerryError("E_NOTIMPL", "this ferryd was started without credential support")
+        return self.credentials
+
+    async def h_list_credentials(self, request: web.Request) -> web.Response:
+        creds = self._credentials().list(request["token"], request.match_info["job"])
+        return web.json_response({"credentials": creds})
+
+    async def h_set_credentials(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        job = await self._credentials().set(
+            request["token"],
+            request.match_info["job"],
+            body["target"],
+            body["scheme"],
+            body.get("user"),
+            body.get("password"),
+            body.get("krb5ccname"),
+        )
+        return web.json_response(job_view(job))
+
+    async def h_remove_credentials(self, request: web.Request) -> web.Response:
+        job, removed = await self._credentials().remove(
+            request["token"],
+            request.match_info["job"],
+            request.match_info["target"],
+            request.match_info["scheme"],
+        )
+        code = "S_OK" if removed else "S_FALSE"
+        return web.json_response(
+            {"result": {"code": code, "hresult": f"0x{hresult_of(code):08X}"},
+             "job": job_view(job)}
+        )
 
     async def h_logoff(self, request: web.Request) -> web.Response:
         body = await self.body(request)

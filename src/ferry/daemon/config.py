@@ -38,6 +38,9 @@ class Config:
     notify_max_attempts: int = 5
     notify_start_delay: float = 0.0  # for tests: hold command-line notifications at start
     limits: Limits = field(default_factory=Limits)
+    # [kerberos] keytabs = {"UID" = "/path"}: keytabs of service identities (no session, no
+    # credential cache) for implicit NEGOTIATE; read as that uid (SPEC §8.2).
+    keytabs: dict[int, str] = field(default_factory=dict)
 
     @property
     def socket_mode(self) -> int:
@@ -116,7 +119,7 @@ def _apply_file(cfg: Config, path: Path) -> Config:
         raise FerryError.from_oserror(exc, f"config file {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise FerryError("E_INVALIDARG", f"config file {path}: {exc}") from None
-    unknown = set(data) - {"daemon", "limits"}
+    unknown = set(data) - {"daemon", "limits", "kerberos"}
     if unknown:
         raise FerryError("E_INVALIDARG", f"config file {path}: unknown sections {sorted(unknown)}")
     changes: dict[str, Any] = {}
@@ -158,4 +161,21 @@ def _apply_file(cfg: Config, path: Path) -> Config:
         limits[key] = value
     if limits:
         changes["limits"] = replace(cfg.limits, **limits)
+    if "kerberos" in data:
+        changes["keytabs"] = _keytabs(data["kerberos"], path)
     return replace(cfg, **changes)
+
+
+def _keytabs(section: Any, path: Path) -> dict[int, str]:
+    """``[kerberos] keytabs = {"UID" = "/absolute/path"}``."""
+    if not isinstance(section, dict) or set(section) - {"keytabs"}:
+        raise FerryError("E_INVALIDARG", f"config file {path}: [kerberos] takes only keytabs")
+    out: dict[int, str] = {}
+    for uid, keytab in dict(section.get("keytabs", {})).items():
+        if not str(uid).isdigit() or not isinstance(keytab, str) or not keytab.startswith("/"):
+            raise FerryError(
+                "E_INVALIDARG",
+                f"config file {path}: kerberos.keytabs needs \"UID\" = \"/absolute/path\"",
+            )
+        out[int(uid)] = keytab.removeprefix("FILE:")
+    return out

@@ -27,7 +27,9 @@ from aiohttp import web
 from ..errors import FerryError
 from ..security.identity import IdentityIO
 from ..security.localfiles import LocalFiles
+from ..security.secretbox import SecretBox
 from ..security.sessions import SessionTracker
+from ..service.credentials import Credentials
 from ..service.events import EventBus
 from ..service.handles import Handles
 from ..service.housekeeping import Housekeeper
@@ -192,11 +194,15 @@ async def serve(cfg: Config) -> None:
     store = SqliteJobStore.open(cfg.db_path)
     identity = IdentityIO()
     http = HttpTransport(ssl_context=tls, read_timeout=cfg.stall_timeout)
+    # Passwords of job credentials are sealed under a key in the state directory (SPEC §8.2).
+    secrets = SecretBox.in_state_dir(str(cfg.state_dir))
     engine = TransferEngine(
         identity,
         # One transport per scheme and direction: a new one is a file in transfer/ and a line.
         downloads={"http": http, "https": http, "file": LocalTransport(identity)},
         uploads={},
+        secrets=secrets,
+        keytabs=cfg.keytabs,
     )
     bus = EventBus(min_interval=cfg.min_notification_interval_ms / 1000)
     runqueue = RunQueue()
@@ -219,6 +225,7 @@ async def serve(cfg: Config) -> None:
     )
     manager = QueueManager(table, store, outbox, LocalFiles(identity), scheduler, cfg.limits, clock)
     handles = Handles(table, store, clock)
+    credentials = Credentials(table, store, identity, secrets, clock)
     logon = Logon(table, store, outbox, sessions, scheduler, reports.requeued, clock)
     housekeeper = Housekeeper(table, store, manager.cancel_job, clock)
     notifier = Notifier(
@@ -243,6 +250,7 @@ async def serve(cfg: Config) -> None:
         "system" if cfg.system else "user",
         None if cfg.system else os.geteuid(),
         stop.set,
+        credentials=credentials,
     )
     sock = activated_socket()
     owns_socket = sock is None

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import FerryError, hresult_of
+from .credentials import AuthScheme, AuthTarget, Credential
 from .notification import NotificationStatus
 from .token import Token
 from .types import (
@@ -141,6 +142,12 @@ class Job:
     no_progress_since: float | None = None
     # How the last command-line notification went.
     notification: NotificationStatus | None = None
+    # SetCredentials (SPEC §8.2): one entry per (target, scheme), passwords encrypted.
+    credentials: list[Credential] = field(default_factory=list)
+    # The Kerberos credential caches (file paths) the owner's and the helper's client
+    # libraries named (their KRB5CCNAME): read as that identity for implicit NEGOTIATE.
+    owner_ccache: str | None = None
+    helper_ccache: str | None = None
 
     # ---- construction -------------------------------------------------------------
 
@@ -398,7 +405,33 @@ class Job:
     def set_helper_token(self, helper: Token | None, now: float) -> None:
         self._require_not_final("set the helper token")
         self.helper_token = helper
+        self.helper_ccache = None  # a new helper names its own cache (set_helper_ccache)
         self.modified = now
+
+    def set_helper_ccache(self, ccache: str | None) -> None:
+        """The helper's credential cache, given with SetHelperToken (normalised by
+        credentials.normalize_ccache)."""
+        self.helper_ccache = ccache if self.helper_token is not None else None
+
+    # ---- credentials (SPEC §8.2) -----------------------------------------------------
+
+    def set_credential(self, cred: Credential, now: float) -> None:
+        """Add or replace the entry for (target, scheme)."""
+        self._require_not_final("set credentials")
+        self.credentials = [
+            c for c in self.credentials if (c.target, c.scheme) != (cred.target, cred.scheme)
+        ] + [cred]
+        self.modified = now
+
+    def remove_credential(self, target: AuthTarget, scheme: AuthScheme, now: float) -> bool:
+        """RemoveCredentials; False (S_FALSE) when there was no such entry."""
+        self._require_not_final("remove credentials")
+        kept = [c for c in self.credentials if (c.target, c.scheme) != (target, scheme)]
+        if len(kept) == len(self.credentials):
+            return False
+        self.credentials = kept
+        self.modified = now
+        return True
 
     def set_helper_flags(self, flags: int, now: float) -> None:
         self._require_not_final("set the helper token flags")

@@ -92,6 +92,34 @@ def _list_of(key: str, item: Mapping[str, Any]) -> dict[str, Any]:
     return closed({key: {"type": "array", "items": item}})
 
 
+# The caller's Kerberos credential cache (its KRB5CCNAME, FILE: caches only), for implicit
+# NEGOTIATE credentials (SPEC §8.2); read by ferryd as the caller, never as root.
+_KRB5CCNAME = BodyField({"type": ["string", "null"], "maxLength": 4096})
+
+
+def _credential_routes() -> tuple[Route, ...]:
+    return (
+        Route("GET", JOB_PATH + "/credentials", "list_credentials",
+              "The job's credentials (never their passwords)",
+              response=_list_of("credentials", ref("Credential"))),
+        Route("PUT", JOB_PATH + "/credentials", "set_credentials",
+              "SetCredentials: add or replace the (target, scheme) entry; no user and no "
+              "password = implicit (NTLM/NEGOTIATE: the acting identity's Kerberos "
+              "credentials). The password is write-only.",
+              body={
+                  "target": BodyField({"type": "string"}, True),
+                  "scheme": BodyField({"type": "string"}, True),
+                  "user": BodyField({"type": ["string", "null"]}),
+                  "password": BodyField({"type": ["string", "null"], "writeOnly": True}),
+                  "krb5ccname": _KRB5CCNAME,
+              },
+              response=ref("Job")),
+        Route("DELETE", JOB_PATH + "/credentials/{target}/{scheme}", "remove_credentials",
+              "RemoveCredentials (S_FALSE when there was no such entry)",
+              response=ref("ActionResult")),
+    )  # fmt: skip
+
+
 def _helper_routes(base: str, prefix: str) -> tuple[Route, ...]:
     helper = ref("HelperToken")
     return (
@@ -99,7 +127,7 @@ def _helper_routes(base: str, prefix: str) -> tuple[Route, ...]:
               "GetHelperTokenFlags and GetHelperTokenSid", response=helper),
         Route("PUT", base + "/helper-token", f"{prefix}_set_helper_token",
               "SetHelperToken: the identity of this connection becomes the helper token",
-              body={}, response=helper),
+              body={"krb5ccname": _KRB5CCNAME}, response=helper),
         Route("DELETE", base + "/helper-token", f"{prefix}_clear_helper_token",
               "ClearHelperToken", response=helper),
         Route("PUT", base + "/helper-token/flags", f"{prefix}_set_helper_token_flags",
@@ -117,6 +145,7 @@ ROUTES: tuple[Route, ...] = (
           query={"all_users": "boolean"}, response=_list_of("jobs", ref("Job"))),
     Route("POST", f"{API_PREFIX}/jobs", "create_job", "Create a job (it starts SUSPENDED)",
           body={
+              "krb5ccname": _KRB5CCNAME,
               "display_name": BodyField(PROPERTY_BY_NAME["display_name"].schema, True),
               "type": BodyField({"type": "string", "enum": [t.value for t in JobType]}),
               "priority": BodyField(PROPERTY_BY_NAME["priority"].schema),
@@ -167,6 +196,7 @@ ROUTES: tuple[Route, ...] = (
             f"{a.name} through a job handle (no new access check)", body={},
             response=ref("ActionResult")) for a in ACTIONS if a.via_handle),
     *_helper_routes(JOB_PATH, "job"),
+    *_credential_routes(),
     *_helper_routes(HANDLE_PATH, "handle"),
     Route("POST", f"{API_PREFIX}/logoff", "logoff",
           "Declare a user or a login session logged off now (administrators)",

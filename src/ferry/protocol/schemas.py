@@ -174,6 +174,31 @@ STATUS_SCHEMA: dict[str, Any] = {
 # The answer of POST /v1/shutdown, sent before ferryd begins to stop.
 SHUTDOWN_SCHEMA: dict[str, Any] = closed({"stopping": {"const": True}})
 
+# ---- credentials (SPEC §8.2): what clients see of them; passwords are write-only ----------
+CREDENTIAL_SCHEMA: dict[str, Any] = closed(
+    {
+        "target": {"enum": ["SERVER", "PROXY"]},
+        "scheme": {"enum": ["BASIC", "DIGEST", "NTLM", "NEGOTIATE"]},
+        "user": {"type": ["string", "null"]},
+        "implicit": {
+            "type": "boolean",
+            "description": "no user and password: the acting network identity's Kerberos "
+            "credentials answer (NTLM/NEGOTIATE)",
+        },
+    }
+)
+JOB_SCHEMA["properties"]["credentials"] = {
+    "type": "array",
+    "items": ref("Credential"),
+    "description": "SetCredentials entries, one per (target, scheme); never the password",
+}
+JOB_SCHEMA["properties"]["credential_warnings"] = {
+    "type": "array",
+    "items": _STR,
+    "description": "e.g. a Basic password that would cross plain http",
+}
+JOB_SCHEMA["required"] += ["credentials", "credential_warnings"]
+
 SCHEMAS: Mapping[str, Mapping[str, Any]] = {
     "Job": JOB_SCHEMA,
     "File": FILE_SCHEMA,
@@ -184,4 +209,5 @@ SCHEMAS: Mapping[str, Mapping[str, Any]] = {
     "HelperToken": HELPER_SCHEMA,
     "Status": STATUS_SCHEMA,
     "Shutdown": SHUTDOWN_SCHEMA,
+    "Credential": CREDENTIAL_SCHEMA,
 }

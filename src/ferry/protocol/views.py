@@ -73,4 +73,20 @@ def job_view(job: Job) -> dict[str, Any]:
         "notification": None if job.notification is None else job.notification.to_json(),
         "retry_at": iso(job.retry_at),
     })
+    view["credentials"] = [c.view() for c in job.credentials]
+    view["credential_warnings"] = credential_warnings(job)
     return view
+
+
+def credential_warnings(job: Job) -> list[str]:
+    """What ``ferry info`` warns about: a Basic password a plain-http server may receive
+    (BITS allows it; the password then crosses the network in clear)."""
+    out: list[str] = []
+    for c in job.credentials:
+        if c.scheme.value == "BASIC" and c.target.value == "SERVER" and any(
+            f.remote_name.lower().startswith("http:") for f in job.files
+        ):
+            out.append("Basic credentials for SERVER are sent in clear to plain http URLs")
+        if c.scheme.value == "BASIC" and c.target.value == "PROXY":
+            out.append("Basic credentials for PROXY are sent in clear to the proxy")
+    return out

@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from ..errors import FerryError
 from ..model.token import Token
+from .ccache import check_cache_file, read_cache_file
 from .creds import PerThreadCreds, check_id
 from .tempnames import check_temp_name, new_temp_name
 
@@ -370,6 +371,17 @@ class IdentityIO:
                     )
 
         await self._call(token, op)
+
+    async def check_credential_file(self, token: Token, path: str) -> bool:
+        """Whether the Kerberos credential cache (or keytab) ``path`` exists and is one
+        ``token`` may hand to ferryd (security/ccache.py); E_ACCESSDENIED when it exists and
+        is not. Checked as the token; nothing is read."""
+        return await self._call(token, check_cache_file, path, token.uid)
+
+    async def read_credential_file(self, token: Token, path: str) -> bytes | None:
+        """The bytes of ``token``'s credential cache (or keytab) ``path``, read as the
+        token after the checks of security/ccache.py; None when it does not exist."""
+        return await self._call(token, read_cache_file, path, token.uid)
 
     async def fsync(self, fd: int) -> None:
         def op() -> None:

@@ -81,10 +81,14 @@ class Handles:
             "sid": job.helper_token.sid if job.helper_token else None,
         }
 
-    async def set_helper_token(self, opener: Token, job: Job, helper: Token) -> Job:
-        """SetHelperToken: the helper becomes the identity of the carrying connection."""
+    async def set_helper_token(
+        self, opener: Token, job: Job, helper: Token, ccache: str | None = None
+    ) -> Job:
+        """SetHelperToken: the helper becomes the identity of the carrying connection.
+        ``ccache``: the helper's Kerberos credential cache, checked as the helper."""
         policy.check_set_helper_token(opener, job, helper)
         job.set_helper_token(helper, self._clock())
+        job.set_helper_ccache(ccache)
         await self._table.commit(job, self._store.save_job_header(job))
         return job
 

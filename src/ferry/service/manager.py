@@ -74,7 +74,10 @@ class QueueManager:
         type: JobType = JobType.DOWNLOAD,
         priority: Priority = Priority.NORMAL,
         description: str = "",
+        ccache: str | None = None,
     ) -> Job:
+        """``ccache``: the caller's Kerberos credential cache, already checked as the caller
+        (service/credentials.py), for implicit NEGOTIATE credentials."""
         limits = self._limits
         if self._table.owned_count(caller.uid) >= limits.jobs_per_user:
             raise FerryError(
@@ -89,6 +92,7 @@ class QueueManager:
         if not display_name:
             raise FerryError("E_INVALIDARG", "display_name must not be empty")
         job = Job.new(caller, display_name, self._clock(), limits, type, priority, description)
+        job.owner_ccache = ccache
         # In the table before the write, so concurrent creations count it against the limits.
         self._table.add(job)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..model.credentials import Credential
 from ..model.job import (
     DEFAULT_MIN_RETRY_DELAY,
     DEFAULT_NO_PROGRESS_TIMEOUT,
@@ -121,6 +122,10 @@ def job_record(job: Job) -> dict[str, Any]:
         "retry_at": job.retry_at,
         "no_progress_since": job.no_progress_since,
         "notification": None if job.notification is None else job.notification.to_json(),
+        # SPEC §8.2: passwords only as the secret box's ciphertext.
+        "credentials": [c.to_json() for c in job.credentials],
+        "owner_ccache": job.owner_ccache,
+        "helper_ccache": job.helper_ccache,
     }
 
 
@@ -163,7 +168,7 @@ def job_from_record(
     if flags is None:
         flags = TokenFlags(int(helper_flags))
     # Positional, in field order (the round-trip tests catch a field out of place).
-    return Job(
+    job = Job(
         d["id"],
         d["display_name"],
         token(d["owner"]),
@@ -188,3 +193,9 @@ def job_from_record(
         get("no_progress_since"),
         NotificationStatus.from_json(notification) if notification else None,
     )
+    credentials = get("credentials")
+    if credentials:
+        job.credentials = [Credential.from_json(c) for c in credentials]
+    job.owner_ccache = get("owner_ccache")
+    job.helper_ccache = get("helper_ccache")
+    return job

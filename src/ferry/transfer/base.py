@@ -7,8 +7,8 @@ arrived, so those rules live in one place whatever the scheme."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..errors import FerryError, code_for_errno
@@ -164,6 +164,51 @@ def _acting(network: Token | FerryError) -> Token:
     return network
 
 
+def acting_token(network: Token | FerryError) -> Token:
+    """The network token, or the TransferError of why there is none (BG_E_TOKEN_REQUIRED)."""
+    return _acting(network)
+
+
+@dataclass(frozen=True, slots=True)
+class PlainCredential:
+    """A job credential as a transport uses it: the password decrypted, for this request
+    only (never stored, logged or repr'd)."""
+
+    target: str  # "SERVER" | "PROXY"
+    scheme: str  # "BASIC" | "DIGEST" | "NTLM" | "NEGOTIATE"
+    user: str | None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def implicit(self) -> bool:
+        return self.user is None
+
+
+@dataclass(frozen=True, slots=True)
+class KerberosSource:
+    """The acting network identity's Kerberos credentials, as bytes read as that identity:
+    a credential cache (``kind`` "ccache") or a keytab from ferryd's config ("keytab")."""
+
+    kind: str
+    data: bytes = field(repr=False)
+    uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobAuth:
+    """What a transport may answer authentication challenges with (SPEC §8.2): the job's
+    credentials, and for implicit NTLM/NEGOTIATE a loader of the acting network identity's
+    Kerberos credentials (None: it has none ferryd may use). ``key`` names the job, for
+    per-job state a transport keeps (which origins asked for which scheme)."""
+
+    key: str
+    credentials: tuple[PlainCredential, ...]
+    kerberos: Callable[[], Awaitable[KerberosSource | None]] | None = None
+
+    def for_target(self, target: str) -> tuple[PlainCredential, ...]:
+        return tuple(c for c in self.credentials if c.target == target)
+
+
 @dataclass(slots=True, eq=False)
 class DownloadRequest:
     """One file's download as the engine hands it to a transport: what to fetch, as whom,
@@ -185,6 +230,10 @@ class DownloadRequest:
     validator: str | None = None  # what identifies the remote version the partial data is of
     bytes_total: int | None = None  # the file's size, once known
     final_url: str | None = None  # where the last request ended after redirects
+    # The job's credentials (SPEC §8.2); None when it has none. ``auth_note`` says why the
+    # transport could not answer a challenge (no ticket, ...), for the error's description.
+    auth: JobAuth | None = None
+    auth_note: str | None = None
 
     def network_token(self) -> Token:
         """The token to act as for remote access (opening a file:// source; implicit HTTP

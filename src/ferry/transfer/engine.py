@@ -18,6 +18,7 @@ slot.py's); the temporary files and their checkpoints are sink.py's.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from ..errors import FerryError
@@ -26,16 +27,23 @@ from ..model.token import Token
 from ..model.types import ErrorContext, JobType
 from ..security import policy
 from ..security.identity import IdentityIO
+from ..security.secretbox import SecretBox
 from .base import (
     DownloadRequest,
     DownloadTransport,
+    JobAuth,
     JobCallbacks,
+    KerberosSource,
+    PlainCredential,
     TransferError,
     UploadTransport,
+    acting_token,
 )
 from .sink import TempSink
 from .verify import verify_sha256
 from .window import JobRun
+
+log = logging.getLogger("ferry.engine")
 
 CHECKPOINT_BYTES = 8 << 20
 CHECKPOINT_SECONDS = 1.0
@@ -69,8 +77,12 @@ class TransferEngine:
         checkpoint_seconds: float = CHECKPOINT_SECONDS,
         parallel_files: int = PARALLEL_FILES,
         overlap_max_bytes: int = OVERLAP_MAX_BYTES,
+        secrets: SecretBox | None = None,
+        keytabs: Mapping[int, str] | None = None,
     ) -> None:
         self.identity = identity
+        self._secrets = secrets
+        self._keytabs = dict(keytabs or {})
         self.checkpoint_bytes = checkpoint_bytes
         self.checkpoint_seconds = checkpoint_seconds
         self.parallel_files = max(1, parallel_files)
@@ -157,7 +169,58 @@ class TransferEngine:
             validator=jf.validator,
             bytes_total=jf.bytes_total,
             final_url=jf.final_url,
+            auth=self.job_auth(job, network),
         )
+
+    def job_auth(self, job: Job, network: Token | FerryError) -> JobAuth | None:
+        """The job's credentials for a transport (SPEC §8.2): passwords opened from the
+        secret box for this request only; for implicit ones, a loader that reads the acting
+        network identity's credential cache (or configured keytab) *as that identity*."""
+        if not job.credentials:
+            return None
+        plain: list[PlainCredential] = []
+        for c in job.credentials:
+            password: str | None = None
+            if c.secret is not None:
+                if self._secrets is None:
+                    continue
+                try:
+                    password = self._secrets.open(c.secret, job.id, c.target.value, c.scheme.value)
+                except FerryError as exc:
+                    log.warning("job %s: %s credential for %s unusable: %s", job.id,
+                                c.scheme.value, c.target.value, exc.message)
+                    continue
+            plain.append(PlainCredential(c.target.value, c.scheme.value, c.user, password))
+        kerberos = None
+        if any(c.implicit for c in plain):
+            helper = isinstance(network, Token) and network == job.helper_token
+            ccache = job.helper_ccache if helper else job.owner_ccache
+
+            async def kerberos_source() -> KerberosSource | None:
+                token = acting_token(network)
+                return await self._kerberos_source(token, ccache)
+
+            kerberos = kerberos_source
+        return JobAuth(key=job.id, credentials=tuple(plain), kerberos=kerberos)
+
+    async def _kerberos_source(self, token: Token, ccache: str | None) -> KerberosSource | None:
+        """Read as ``token``: its credential cache, else the keytab ferryd's config names
+        for its uid. A cache ferryd may not use is E_ACCESSDENIED (REMOTE_FILE, fatal)."""
+        try:
+            if ccache is not None:
+                data = await self.identity.read_credential_file(token, ccache)
+                if data is not None:
+                    return KerberosSource("ccache", data, token.uid)
+            keytab = self._keytabs.get(token.uid)
+            if keytab is not None:
+                data = await self.identity.read_credential_file(token, keytab)
+                if data is not None:
+                    return KerberosSource("keytab", data, token.uid)
+        except FerryError as exc:
+            raise TransferError.from_ferry_error(
+                exc, context=ErrorContext.REMOTE_FILE, transient=False
+            ) from None
+        return None
 
     async def download_file(
         self,

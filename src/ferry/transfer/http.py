@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -23,6 +24,7 @@ from yarl import URL
 
 from ..errors import http_error_code
 from ..model.types import ErrorContext
+from .auth import Authenticator, challenge_header
 from .base import DownloadRequest, Sink, TransferError
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -113,6 +115,18 @@ def _os_text(err: OSError) -> str:
     return err.strerror or type(err).__name__
 
 
+async def _drain(resp: aiohttp.ClientResponse, limit: int = 64 << 10) -> None:
+    """Read a challenge's small body so its connection can carry the answer (NTLM's legs
+    need the same connection); a large one is not worth it and closes the connection."""
+    length = resp.headers.get("Content-Length", "")
+    try:
+        if length.isdigit() and int(length) <= limit:
+            await resp.read()
+    except (aiohttp.ClientError, OSError):
+        pass
+    resp.release()
+
+
 def map_client_error(exc: BaseException, url: str) -> TransferError:
     """The BITS code for an aiohttp/network failure. Order matters: aiohttp's connector
     errors are OSError subclasses, and its TLS errors are connector errors."""
@@ -189,6 +203,7 @@ class HttpTransport:
         self._max_redirects = max_redirects
         self._allow_downgrade = allow_https_to_http
         self._session: aiohttp.ClientSession | None = None
+        self._auth = Authenticator()
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -210,6 +225,7 @@ class HttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self._auth.close()
 
     async def download(self, request: DownloadRequest, sink: Sink) -> None:
         if sink.offset > 0 and (request.dynamic_content or not request.validator):
@@ -235,7 +251,7 @@ class HttpTransport:
             if offset > 0 and request.validator:
                 headers["Range"] = f"bytes={offset}-"
                 headers["If-Range"] = request.validator
-            resp = await session.get(url, headers=headers, allow_redirects=False)
+            resp = await self._get_authenticated(session, request, url, headers)
             if resp.status not in REDIRECT_STATUSES:
                 return resp
             location = resp.headers.get("Location")
@@ -269,6 +285,40 @@ class HttpTransport:
             transient=False,
         )
 
+    async def _get_authenticated(
+        self,
+        session: aiohttp.ClientSession,
+        request: DownloadRequest,
+        url: URL,
+        headers: dict[str, str],
+    ) -> aiohttp.ClientResponse:
+        """GET ``url``, answering 401 challenges with the job's SERVER credentials
+        (transfer/auth.py). The last response is returned: a 401 after the credentials were
+        tried becomes BG_E_HTTP_ERROR_401 like any other."""
+        auth = request.auth
+        if auth is None or not auth.credentials:
+            return await session.get(url, headers=headers, allow_redirects=False)
+        extra: dict[str, Any] = {}
+        middlewares = self._auth.middlewares(auth, url)
+        if middlewares:
+            extra["middlewares"] = middlewares
+        first = headers | await self._auth.preemptive(auth, url, "SERVER")
+        resp = await session.get(url, headers=first, allow_redirects=False, **extra)
+        sent: set[str] = set()
+        for _leg in range(4):
+            if resp.status != 401:
+                break
+            answer, why = await self._auth.answer(
+                auth, url, resp.headers.getall(challenge_header("SERVER"), []), "SERVER", sent
+            )
+            if answer is None:
+                if why:
+                    request.auth_note = why
+                break
+            await _drain(resp)
+            resp = await session.get(url, headers=headers | answer, allow_redirects=False, **extra)
+        return resp
+
     async def _download(self, request: DownloadRequest, sink: Sink) -> None:
         offset = sink.offset
         resp = await self._open(request, offset)
@@ -285,9 +335,12 @@ class HttpTransport:
                     retry_after=retry_after_of(resp.headers),
                 )
             if status >= 300:
+                note = (
+                    f" ({request.auth_note})" if status in (401, 407) and request.auth_note else ""
+                )
                 raise _remote(
                     http_error_code(status),
-                    f"{resp.url} answered {status} {resp.reason or ''}".rstrip(),
+                    f"{resp.url} answered {status} {resp.reason or ''}".rstrip() + note,
                     transient=False,
                 )
             validator = validator_of(resp.headers)

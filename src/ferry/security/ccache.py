@@ -1,0 +1,108 @@
+"""Reading a Kerberos credential cache (or a service's keytab) *as its identity* (SPEC §8.2).
+
+Runs on an IdentityIO worker whose fsuid/fsgid/groups are already the token's, so the kernel
+judges every step as it would for the user. On top of that, the file must be reachable
+without following any symbolic link (each directory is opened with O_NOFOLLOW from the one
+before, as openat2's RESOLVE_NO_SYMLINKS would), must be a regular file owned by the
+identity itself (a cache the identity could read but that someone else made — another
+uid's — is refused too), and is opened O_NONBLOCK so a FIFO planted there cannot hang a
+worker. Nothing is read before every check has passed. Refusals are E_ACCESSDENIED.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from ..errors import FerryError
+
+MAX_CACHE_BYTES = 1 << 20  # a credential cache or keytab is a few KiB
+
+
+def _denied(path: str, why: str) -> FerryError:
+    return FerryError("E_ACCESSDENIED", f"credential cache {path}: {why}")
+
+
+def _open_no_symlinks(path: str) -> int | None:
+    """A descriptor for ``path`` (absolute, normalised) opened without following any
+    symbolic link; None when it does not exist."""
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        raise _denied(path, "not a file")
+    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open("/", dir_flags)
+    try:
+        for part in parts[:-1]:
+            try:
+                nxt = os.open(part, dir_flags, dir_fd=fd)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _denied(path, f"{part!r} is a symbolic link or not a directory") from None
+                raise _denied(path, os.strerror(exc.errno or 0)) from None
+            os.close(fd)
+            fd = nxt
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        try:
+            return os.open(parts[-1], flags, dir_fd=fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _denied(path, "is a symbolic link") from None
+            raise _denied(path, os.strerror(exc.errno or 0)) from None
+    finally:
+        os.close(fd)
+
+
+def _vetted(path: str, uid: int) -> int | None:
+    fd = _open_no_symlinks(path)
+    if fd is None:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _denied(path, "not a regular file")
+        if st.st_uid != uid:
+            raise _denied(path, f"owned by uid {st.st_uid}, not {uid}")
+        if st.st_nlink != 1:
+            raise _denied(path, f"has {st.st_nlink} links")
+        if st.st_size > MAX_CACHE_BYTES:
+            raise _denied(path, "too large to be a credential cache")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_cache_file(path: str, uid: int) -> bool:
+    """On the identity's worker: whether ``path`` exists and would be accepted (raises
+    E_ACCESSDENIED when it exists and would not). Opens and fstats; reads nothing."""
+    fd = _vetted(path, uid)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+def read_cache_file(path: str, uid: int) -> bytes | None:
+    """On the identity's worker: the bytes of the cache, None when it does not exist."""
+    fd = _vetted(path, uid)
+    if fd is None:
+        return None
+    try:
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > MAX_CACHE_BYTES:
+                raise _denied(path, "too large to be a credential cache")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

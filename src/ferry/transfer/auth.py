@@ -1,0 +1,315 @@
+"""HTTP authentication for the http transport (SPEC §8.2): answering 401 (SERVER) and 407
+(PROXY) challenges with a job's credentials.
+
+* BASIC: aiohttp's ``BasicAuth`` encoding. DIGEST: aiohttp's ``DigestAuthMiddleware`` (one
+  per job and origin, so its nonce count and preemptive answers carry over).
+* NEGOTIATE (SPNEGO/Kerberos): ``gssapi``, the binding of the system's MIT GSSAPI, which can
+  load credentials from an explicit credential store — so the acting identity's cache, read
+  as that identity by the engine, is handed to GSSAPI as a private copy in a ``MEMORY:``
+  cache (its bytes pass through a root-only temporary file for at most the time it takes to
+  copy them), and GSSAPI is never pointed at a user's file. With a user and password,
+  ``pyspnego`` does the exchange (it acquires Kerberos credentials with the password through
+  GSSAPI, or falls back to its own NTLM).
+* NTLM: ``pyspnego``'s NTLM implementation (no system NTLM mechanism needed). NTLM's three
+  legs must share a connection; aiohttp hands a released, kept-alive connection back to the
+  next request for the same origin, which is what carries them.
+
+A credential is sent only to its target (401 → SERVER, 407 → PROXY) and only over its scheme,
+only after that origin asked for it. Once an origin has asked a job for Basic or Negotiate,
+later requests of the job to it carry the answer up front (a fresh Kerberos token for each:
+an authenticator cannot be replayed), so Negotiate costs one extra round trip per origin and
+job, not one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from .base import JobAuth, KerberosSource, PlainCredential
+
+log = logging.getLogger("ferry.auth")
+
+SPNEGO_OID = "1.3.6.1.5.5.2"
+# Strongest first: what the job answers when a server offers several of its schemes.
+PREFERENCE = ("NEGOTIATE", "NTLM", "DIGEST", "BASIC")
+_CHALLENGE = re.compile(
+    r"(?:^|,)\s*(Negotiate|NTLM|Digest|Basic)(?=\s|,|$)\s*([A-Za-z0-9+/=]*)", re.I
+)
+_MAX_STATE = 1024
+_MAX_CREDS = 64
+
+
+def challenge_header(target: str) -> str:
+    return "Proxy-Authenticate" if target == "PROXY" else "WWW-Authenticate"
+
+
+def answer_header(target: str) -> str:
+    return "Proxy-Authorization" if target == "PROXY" else "Authorization"
+
+
+def offered(values: list[str]) -> dict[str, str]:
+    """The schemes a challenge offers, upper case, each with its token (NTLM/Negotiate)."""
+    out: dict[str, str] = {}
+    for value in values:
+        for m in _CHALLENGE.finditer(value):
+            scheme = m.group(1).upper()
+            token = m.group(2) if scheme in ("NEGOTIATE", "NTLM") else ""
+            out.setdefault(scheme, token)
+    return out
+
+
+def _origin(url: URL) -> str:
+    return f"{url.scheme}://{url.host}:{url.port}"
+
+
+class _Bounded(OrderedDict[Any, Any]):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+class GssCredentials:
+    """gssapi credentials made from the bytes of an identity's cache or keytab, cached by
+    content (a renewed ticket is new content) so each request does not copy them again."""
+
+    def __init__(self) -> None:
+        self._dir: str | None = None
+        self._cache = _Bounded(_MAX_CREDS)
+
+    def _private_dir(self) -> str:
+        if self._dir is None:
+            # mkdtemp: mode 0700, owned by ferryd's own user (root for the system ferryd).
+            self._dir = tempfile.mkdtemp(prefix="ferry-krb5-")
+        return self._dir
+
+    def close(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        self._cache.clear()
+
+    def get(self, src: KerberosSource) -> Any:
+        """Runs on a worker thread. Raises gssapi's GSSError when the bytes hold no usable
+        credentials."""
+        import gssapi
+
+        key = (src.kind, src.uid, hashlib.sha256(src.data).digest())
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit[0]
+        path = os.path.join(self._private_dir(), uuid.uuid4().hex)
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            os.write(fd, src.data)
+        finally:
+            os.close(fd)
+        memory = f"MEMORY:ferry-{uuid.uuid4().hex}"
+        keep: str | None = None
+        try:
+            if src.kind == "keytab":
+                # Initial credentials are acquired from the keytab when first needed, so the
+                # private copy stays until this entry is dropped.
+                creds = gssapi.Credentials(
+                    usage="initiate", store={"client_keytab": path, "ccache": memory}
+                )
+                keep = path
+            else:
+                loaded = gssapi.Credentials(usage="initiate", store={"ccache": "FILE:" + path})
+                loaded.store(store={"ccache": memory}, usage="initiate", overwrite=True)
+                creds = gssapi.Credentials(usage="initiate", store={"ccache": memory})
+        finally:
+            if keep is None:
+                os.unlink(path)
+        self._cache.put(key, (creds, keep))
+        return creds
+
+
+class Authenticator:
+    """Per-daemon authentication state for the http transport."""
+
+    def __init__(self) -> None:
+        self._wants = _Bounded(_MAX_STATE)  # (job, target, origin) -> scheme it asked for
+        self._digest = _Bounded(_MAX_STATE)  # (job, origin) -> DigestAuthMiddleware
+        self._legs = _Bounded(_MAX_STATE)  # (job, target, origin) -> a multi-leg context
+        self._gss = GssCredentials()
+
+    def close(self) -> None:
+        self._gss.close()
+
+    # ---- what a request carries -------------------------------------------------------
+
+    def middlewares(self, auth: JobAuth | None, url: URL) -> tuple[Any, ...]:
+        """aiohttp's Digest middleware for a job with a SERVER DIGEST credential."""
+        if auth is None:
+            return ()
+        cred = _find(auth.for_target("SERVER"), "DIGEST")
+        if cred is None or cred.user is None:
+            return ()
+        key = (
+            auth.key,
+            _origin(url),
+            cred.user,
+            hashlib.sha256((cred.password or "").encode()).digest(),
+        )
+        mw = self._digest.get(key)
+        if mw is None:
+            mw = aiohttp.DigestAuthMiddleware(cred.user, cred.password or "")
+            self._digest.put(key, mw)
+        return (mw,)
+
+    async def preemptive(self, auth: JobAuth | None, url: URL, target: str) -> dict[str, str]:
+        """The answer sent up front to an origin that asked this job before."""
+        if auth is None:
+            return {}
+        scheme = self._wants.get((auth.key, target, _origin(url)))
+        if scheme not in ("BASIC", "NEGOTIATE"):
+            return {}
+        cred = _find(auth.for_target(target), scheme)
+        if cred is None:
+            return {}
+        try:
+            value = await self._make(auth, cred, url, target, "")
+        except Exception as exc:  # a token we cannot make now: let the server ask
+            log.debug("no preemptive %s answer for %s: %s", scheme, url, exc)
+            return {}
+        return {} if value is None else {answer_header(target): value}
+
+    async def answer(
+        self, auth: JobAuth, url: URL, challenges: list[str], target: str, sent: set[str]
+    ) -> tuple[dict[str, str] | None, str | None]:
+        """The header answering a 401/407 with ``challenges``; (None, why) when the job has
+        nothing (more) to answer with. ``sent`` is the schemes already answered for this
+        request: a scheme is tried once (NTLM's later legs excepted)."""
+        offers = offered(challenges)
+        creds = auth.for_target(target)
+        why: str | None = None
+        for scheme in PREFERENCE:
+            if scheme not in offers or scheme == "DIGEST":
+                continue  # DIGEST is the middleware's (SERVER) — or not answered (PROXY)
+            cred = _find(creds, scheme)
+            if cred is None:
+                continue
+            leg_key = (auth.key, target, _origin(url))
+            continuing = scheme in sent and offers[scheme] and leg_key in self._legs
+            if scheme in sent and not continuing:
+                why = f"the {scheme} credentials were refused"
+                continue
+            try:
+                value = await self._make(
+                    auth, cred, url, target, offers[scheme] if continuing else ""
+                )
+            except _NoCredentials as exc:
+                why = str(exc)
+                continue
+            if value is None:
+                continue
+            sent.add(scheme)
+            if scheme in ("BASIC", "NEGOTIATE"):
+                self._wants.put((auth.key, target, _origin(url)), scheme)
+            return {answer_header(target): value}, None
+        return None, why
+
+    # ---- making answers ------------------------------------------------------------------
+
+    async def _make(
+        self, auth: JobAuth, cred: PlainCredential, url: URL, target: str, token_in: str
+    ) -> str | None:
+        if cred.scheme == "BASIC":
+            assert cred.user is not None
+            return aiohttp.BasicAuth(cred.user, cred.password or "").encode()
+        host = url.host or "localhost"
+        leg_key = (auth.key, target, _origin(url))
+        if cred.scheme == "NEGOTIATE" and cred.implicit:
+            if auth.kerberos is None:
+                raise _NoCredentials(
+                    "the acting identity has no Kerberos credentials ferryd may use"
+                )
+            src = await auth.kerberos()
+            if src is None:
+                raise _NoCredentials("the acting identity has no Kerberos credential cache")
+            token = await asyncio.to_thread(self._kerberos_token, src, host)
+            return "Negotiate " + base64.b64encode(token).decode("ascii")
+        if cred.implicit:
+            raise _NoCredentials("implicit NTLM needs a system NTLM mechanism")
+        # Explicit NTLM or NEGOTIATE: pyspnego, possibly over several legs.
+        import spnego
+
+        ctx: Any = self._legs.get(leg_key) if token_in else None
+        if ctx is None:
+            protocol = "ntlm" if cred.scheme == "NTLM" else "negotiate"
+            ctx = await asyncio.to_thread(
+                spnego.client,
+                cred.user,
+                cred.password,
+                hostname=host,
+                service="HTTP",
+                protocol=protocol,
+            )
+        data = base64.b64decode(token_in) if token_in else None
+        try:
+            out = await asyncio.to_thread(ctx.step, data)
+        except Exception as exc:
+            self._legs.pop(leg_key, None)
+            raise _NoCredentials(f"{cred.scheme} failed: {exc}") from None
+        if ctx.complete:
+            self._legs.pop(leg_key, None)
+        else:
+            self._legs.put(leg_key, ctx)
+        if not out:
+            return None
+        word = "NTLM" if cred.scheme == "NTLM" else "Negotiate"
+        return f"{word} " + base64.b64encode(out).decode("ascii")
+
+    def _kerberos_token(self, src: KerberosSource, host: str) -> bytes:
+        """A fresh SPNEGO/Kerberos token for HTTP@host (worker thread)."""
+        import gssapi
+        from gssapi.raw.misc import GSSError
+
+        try:
+            creds = self._gss.get(src)
+            ctx = gssapi.SecurityContext(
+                name=gssapi.Name(f"HTTP@{host}", gssapi.NameType.hostbased_service),
+                creds=creds,
+                usage="initiate",
+                mech=gssapi.OID.from_int_seq(SPNEGO_OID),
+                flags=gssapi.RequirementFlag.out_of_sequence_detection,
+            )
+            token = ctx.step()
+        except GSSError as exc:
+            raise _NoCredentials(f"Kerberos: {exc.gen_message()}") from None
+        if not token:
+            raise _NoCredentials("Kerberos produced no token")
+        return bytes(token)
+
+
+class _NoCredentials(Exception):
+    """The job's credential cannot answer this challenge (said in the error's text)."""
+
+
+def _find(creds: tuple[PlainCredential, ...], scheme: str) -> PlainCredential | None:
+    for c in creds:
+        if c.scheme == scheme:
+            return c
+    return None
