@@ -1,0 +1,274 @@
+"""The seed's example (SPEC §8.2, issue 11): a job owned by a service identity downloads,
+into a directory only that identity may write, from an Apache location that requires
+Negotiate; its NETWORK helper is a low-privilege user whose own Kerberos ticket (kinit as that
+user, in that user's credential cache) is what authenticates. Real parts: a throwaway MIT KDC
+(k5test), Apache httpd with mod_auth_gssapi, real uids and login sessions. Root only."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import apache as apache_mod
+from harness.apache import Apache
+from harness.env import short_tmpdir
+from harness.ferryd import Daemon
+from harness.wait import wait_state
+
+import ferry
+from tests.helpers.jobs import owned_dir
+from tests.helpers.session_agent import SessionAgent
+
+OWN = 40331  # the service identity that owns the jobs (no login session)
+HLP = 40332  # the low-privilege helper user (a real login session)
+OTHER = 40333
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
+
+
+def _need_tools() -> None:
+    why = apache_mod.missing()
+    if why:
+        pytest.skip(why)
+    for tool in ("krb5kdc", "kdb5_util", "kinit", "setpriv"):
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
+            pytest.skip(f"{tool} is not installed (krb5-kdc, krb5-user)")
+
+
+class Realm:
+    def __init__(self) -> None:
+        import k5test
+
+        self.k = k5test.K5Realm(
+            portbase=random.randrange(20000, 59000, 10),
+            krb5_conf={"libdefaults": {"rdns": "false", "dns_canonicalize_hostname": "false"}},
+        )
+        self.realm = self.k.realm
+        self.owner = f"owner@{self.realm}"
+        self.helper = f"helper@{self.realm}"
+        self.k.addprinc(self.owner, "owner-pw")
+        self.k.addprinc(self.helper, "helper-pw")
+        self.k.addprinc(f"HTTP/localhost@{self.realm}")
+        self.keytab = os.path.join(self.k.tmpdir, "http.keytab")
+        self.k.extract_keytab(f"HTTP/localhost@{self.realm}", self.keytab)
+        # The test users and Apache (nobody) read krb5.conf; the HTTP keytab is Apache's.
+        os.chmod(self.k.tmpdir, 0o755)
+        for name in os.listdir(self.k.tmpdir):
+            p = os.path.join(self.k.tmpdir, name)
+            if os.path.isfile(p):
+                os.chmod(p, 0o644)
+        self.conf = self.k.env["KRB5_CONFIG"]
+
+    def kinit_as(self, uid: int, principal: str, password: str, ccache: str) -> None:
+        r = subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+             "kinit", "-c", f"FILE:{ccache}", principal],
+            input=password + "\n", text=True, capture_output=True,
+            env={"PATH": os.environ["PATH"], "KRB5_CONFIG": self.conf}, timeout=30,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+
+    def stop(self) -> None:
+        self.k.stop()
+
+
+@pytest.fixture(scope="module")
+def realm() -> Iterator[Realm]:
+    _need_tools()
+    r = Realm()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def httpd(realm: Realm) -> Iterator[Apache]:
+    base = short_tmpdir("fy-ap-")
+    server = Apache(base, keytab=realm.keytab, users={"bob": "b0b-secret-pw"},
+                    env={"KRB5_CONFIG": realm.conf})  # fmt: skip
+    server.put("neg/seed.bin", os.urandom(300_000))
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def krb_ferryd(short_tmp: Path, realm: Realm) -> Iterator[Daemon]:
+    daemon = Daemon(
+        short_tmp,
+        system=True,
+        config="[daemon]\nsession_poll_interval = 0.2\n",
+        env={"KRB5_CONFIG": realm.conf},
+    )
+    daemon.start()
+    yield daemon
+    code = daemon.stop()
+    assert code == 0, f"ferryd exited with {code}:\n{daemon.log()}"
+
+
+def _neg_lines(httpd: Apache, name: str) -> list[str]:
+    return [line for line in httpd.log_lines() if f"/neg/{name}" in line]
+
+
+def _helper_ccache(base: Path) -> str:
+    d = owned_dir(base / "helper-krb", HLP, 0o700)
+    return str(d / "krb5cc")
+
+
+def _set_helper(d: Daemon, helper: SessionAgent, handle: str, ccache: str) -> None:
+    status, body = helper.call(
+        d.socket, "PUT", f"/v1/handles/{handle}/helper-token", {"krb5ccname": ccache}
+    )
+    assert status == 200, body
+
+
+def _new_job(c: ferry.Client, name: str, url: str, dest: Path) -> Any:
+    job = c.create_job(name)
+    job.add_file(url, str(dest))
+    job.set_credentials("SERVER", "NEGOTIATE")
+    return job
+
+
+def test_seed_example_service_owner_with_kerberos_helper(
+    krb_ferryd: Daemon, httpd: Apache, realm: Realm, short_tmp: Path
+) -> None:
+    d = krb_ferryd
+    src = httpd.docroot / "neg" / "seed.bin"
+    url = httpd.url("neg/seed.bin")
+    dest = owned_dir(short_tmp / "owner-only", OWN, 0o700)  # only the owner may write here
+    own_cc = f"/tmp/krb5cc_{OWN}"  # the owner's default cache, named by its library
+    helper_cc = _helper_ccache(short_tmp)
+    try:
+        with ferry.Client(d.socket) as c:
+            # 1. Without a helper and without a ticket of its own: 401, fatal.
+            with ferry.impersonate(OWN, OWN):
+                alone = _new_job(c, "krb-alone", url, dest / "alone.bin")
+                assert alone.credentials() == [
+                    {"target": "SERVER", "scheme": "NEGOTIATE", "user": None, "implicit": True}
+                ]
+                alone.resume()
+            err = wait_state(d, alone.id, {"ERROR", "TRANSFERRED"})
+            assert err["state"] == "ERROR", err
+            assert err["error"]["code"] == "BG_E_HTTP_ERROR_401"
+
+            # The owner has a ticket of its own from now on: the helper's must still win.
+            realm.kinit_as(OWN, realm.owner, "owner-pw", own_cc)
+            realm.kinit_as(HLP, realm.helper, "helper-pw", helper_cc)
+            with SessionAgent(HLP) as helper:
+                with ferry.impersonate(OWN, OWN):
+                    job = _new_job(c, "krb-helper", url, dest / "seed.bin")
+                    handle = c.open(job.id, "token-options", ttl=600)
+                _set_helper(d, helper, handle, helper_cc)
+                with ferry.impersonate(OWN, OWN):
+                    c.token_options(handle).set_helper_token_flags(ferry.TokenFlags.NETWORK)
+                    job.resume()
+                done = wait_state(d, job.id, {"TRANSFERRED", "ERROR"})
+                assert done["state"] == "TRANSFERRED", done
+                with ferry.impersonate(OWN, OWN):
+                    assert job.complete() == "S_OK"
+                out = dest / "seed.bin"
+                assert out.read_bytes() == src.read_bytes()
+                assert out.stat().st_uid == OWN
+                lines = _neg_lines(httpd, "seed.bin")
+                assert any(line.startswith(f"{realm.helper} 200 ") for line in lines), lines
+                assert not any(realm.owner in line for line in lines), lines
+
+                # 2. The helper's session ends: BG_E_TOKEN_REQUIRED (SPEC §4.5) ...
+                with ferry.impersonate(OWN, OWN):
+                    later = _new_job(c, "krb-later", url, dest / "later.bin")
+                    handle = c.open(later.id, "token-options", ttl=600)
+                _set_helper(d, helper, handle, helper_cc)
+                with ferry.impersonate(OWN, OWN):
+                    c.token_options(handle).set_helper_token_flags(ferry.TokenFlags.NETWORK)
+            err = wait_state(d, later.id, {"ERROR"})
+            assert err["error"]["code"] == "BG_E_TOKEN_REQUIRED"
+
+            # ... and a new helper session (refresh: the helper token again, resume) works,
+            # also across a restart of ferryd (credentials and the cache name persist).
+            with SessionAgent(HLP) as helper2:
+                with ferry.impersonate(OWN, OWN):
+                    handle = c.open(later.id, "token-options", ttl=600)
+                _set_helper(d, helper2, handle, helper_cc)
+                d.restart()
+                with ferry.Client(d.socket) as c2, ferry.impersonate(OWN, OWN):
+                    again = c2.get_job(later.id)
+                    assert again.credentials()[0]["implicit"] is True
+                    again.resume()
+                done = wait_state(d, later.id, {"TRANSFERRED", "ERROR"})
+                assert done["state"] == "TRANSFERRED", done
+            assert not any(realm.owner in line for line in httpd.log_lines())
+    finally:
+        if os.path.exists(own_cc):
+            os.unlink(own_cc)
+
+
+def test_owner_ticket_when_no_helper(
+    krb_ferryd: Daemon, httpd: Apache, realm: Realm, short_tmp: Path
+) -> None:
+    """Without the NETWORK flag the owner's own ticket answers (read as the owner)."""
+    d = krb_ferryd
+    dest = owned_dir(short_tmp / "own2", OWN, 0o700)
+    own_cc = f"/tmp/krb5cc_{OWN}"
+    realm.kinit_as(OWN, realm.owner, "owner-pw", own_cc)
+    try:
+        httpd.put("neg/own.bin", os.urandom(10_000))
+        with ferry.Client(d.socket) as c, ferry.impersonate(OWN, OWN):
+            job = _new_job(c, "krb-own", httpd.url("neg/own.bin"), dest / "own.bin")
+            job.resume()
+            assert job.wait(timeout=30) is ferry.JobState.TRANSFERRED, job.data
+        assert any(line.startswith(f"{realm.owner} 200 ") for line in _neg_lines(httpd, "own.bin"))
+    finally:
+        os.unlink(own_cc)
+
+
+# ---- denials: ferryd never reads a cache its identity could not hand over ---------------
+
+
+def _create_with_cache(d: Daemon, who: SessionAgent, ccache: str) -> tuple[int, Any]:
+    return who.call(d.socket, "POST", "/v1/jobs", {"display_name": "cc", "krb5ccname": ccache})
+
+
+def test_credential_cache_denials(system_ferryd: Daemon, short_tmp: Path) -> None:
+    d = system_ferryd
+    other_dir = owned_dir(short_tmp / "other", OTHER, 0o755)
+    theirs = other_dir / "krb5cc"
+    theirs.write_bytes(b"\x05\x04secret-ticket")
+    os.chown(theirs, OTHER, OTHER)
+    os.chmod(theirs, 0o644)  # even readable: not the caller's own
+    mine = owned_dir(short_tmp / "mine", HLP, 0o755)
+    link = mine / "link"
+    os.symlink(theirs, link)
+    os.lchown(link, HLP, HLP)
+    fifo = mine / "fifo"
+    os.mkfifo(fifo)
+    os.chown(fifo, HLP, HLP)
+    linked_dir = mine / "dirlink"
+    os.symlink(other_dir, linked_dir)
+    atime = theirs.stat().st_atime_ns
+    with SessionAgent(HLP) as who:
+        for path in (str(theirs), f"FILE:{link}", str(fifo), "/proc/self/environ",
+                     f"/proc/{os.getpid()}/environ", f"{linked_dir}/krb5cc",
+                     f"{mine}/../other/krb5cc"):  # fmt: skip
+            status, body = _create_with_cache(d, who, path)
+            assert status == 403 or body["error"]["code"] == "E_ACCESSDENIED", (path, body)
+            assert body["error"]["code"] == "E_ACCESSDENIED", (path, body)
+        # Not a file cache at all: refused as an invalid argument.
+        status, body = _create_with_cache(d, who, "KEYRING:persistent:1")
+        assert body["error"]["code"] == "E_INVALIDARG"
+        # Its own, or one that does not exist yet (kinit later): accepted.
+        own = mine / "krb5cc"
+        own.write_bytes(b"x")
+        os.chown(own, HLP, HLP)
+        os.chmod(own, 0o600)
+        assert _create_with_cache(d, who, str(own))[0] == 201
+        assert _create_with_cache(d, who, str(mine / "later"))[0] == 201
+        assert d.call("GET", "/v1/jobs?all_users=true")[0] == 200
+    assert stat.S_ISREG(theirs.stat().st_mode)
+    assert theirs.stat().st_atime_ns == atime  # nothing was read
