@@ -272,3 +272,85 @@ def test_credential_cache_denials(system_ferryd: Daemon, short_tmp: Path) -> Non
         assert d.call("GET", "/v1/jobs?all_users=true")[0] == 200
     assert stat.S_ISREG(theirs.stat().st_mode)
     assert theirs.stat().st_atime_ns == atime  # nothing was read
+
+
+# ---- explicit credentials: Basic and Digest, secrets never in clear ---------------------
+
+PASSWORD = "b0b-secret-pw"
+
+
+def test_basic_and_digest_and_secrets_stay_secret(
+    krb_ferryd: Daemon, httpd: Apache, short_tmp: Path
+) -> None:
+    d = krb_ferryd
+    httpd.put("basic/b.bin", os.urandom(50_000))
+    httpd.put("digest/g.bin", os.urandom(50_000))
+    with ferry.Client(d.socket) as c:
+        basic = c.create_job("basic")
+        basic.add_file(httpd.url("basic/b.bin"), str(short_tmp / "b.bin"))
+        basic.set_credentials("SERVER", "BASIC", "bob", PASSWORD)
+        digest = c.create_job("digest")
+        digest.add_file(httpd.url("digest/g.bin"), str(short_tmp / "g.bin"))
+        digest.set_credentials("SERVER", "DIGEST", "bob", PASSWORD)
+        # A Digest credential only: the Basic location's challenge is not answered with it.
+        wrong = c.create_job("wrong-scheme")
+        wrong.add_file(httpd.url("basic/b.bin"), str(short_tmp / "w.bin"))
+        wrong.set_credentials("SERVER", "DIGEST", "bob", PASSWORD)
+        bad = c.create_job("bad-password")
+        bad.add_file(httpd.url("basic/b.bin"), str(short_tmp / "x.bin"))
+        bad.set_credentials("SERVER", "BASIC", "bob", "not-it")
+        info = basic.data
+        assert info["credentials"] == [
+            {"target": "SERVER", "scheme": "BASIC", "user": "bob", "implicit": False}
+        ]
+        assert any("clear" in w for w in info["credential_warnings"])
+
+        # Bad input: the right code, and nothing changes.
+        before = basic.credentials()
+        for args, code in (
+            (("WEB", "BASIC", "u", "p"), "BG_E_INVALID_AUTH_TARGET"),
+            (("SERVER", "PASSPORT", "u", "p"), "BG_E_INVALID_AUTH_SCHEME"),
+            (("SERVER", "KERBEROS", "u", "p"), "BG_E_INVALID_AUTH_SCHEME"),
+            (("SERVER", "BASIC", "u" * 301, "p"), "BG_E_USERNAME_TOO_LARGE"),
+            (("SERVER", "BASIC", "u", "p" * 65537), "BG_E_PASSWORD_TOO_LARGE"),
+            (("SERVER", "BASIC", None, None), "E_INVALIDARG"),
+        ):
+            with pytest.raises(ferry.FerryError) as exc:
+                basic.set_credentials(*args)
+            assert exc.value.code == code, args
+        assert basic.credentials() == before
+
+        for job in (basic, digest, wrong, bad):
+            job.resume()
+        assert basic.wait(timeout=30) is ferry.JobState.TRANSFERRED, basic.data
+        assert digest.wait(timeout=30) is ferry.JobState.TRANSFERRED, digest.data
+        for job in (wrong, bad):
+            assert job.wait(timeout=30) is ferry.JobState.ERROR
+            assert job.data["error"]["code"] == "BG_E_HTTP_ERROR_401"
+        assert basic.complete() == "S_OK" and digest.complete() == "S_OK"
+        assert (short_tmp / "b.bin").read_bytes() == (httpd.docroot / "basic/b.bin").read_bytes()
+        assert (short_tmp / "g.bin").read_bytes() == (httpd.docroot / "digest/g.bin").read_bytes()
+        lines = httpd.log_lines()
+        assert any(line.startswith("bob 200 GET /basic/b.bin") for line in lines), lines
+        assert any(line.startswith("bob 200 GET /digest/g.bin") for line in lines), lines
+
+        assert wrong.remove_credentials("SERVER", "DIGEST") is True
+        assert wrong.remove_credentials("SERVER", "DIGEST") is False
+        assert wrong.credentials() == []
+
+    # Persisted across a restart, and the password nowhere in clear: not in the state
+    # directory (database, WAL, key file), not in the log, not in any answer.
+    d.restart()
+    with ferry.Client(d.socket) as c:
+        again = c.get_job(bad.id)
+        assert again.credentials() == [
+            {"target": "SERVER", "scheme": "BASIC", "user": "bob", "implicit": False}
+        ]
+        assert PASSWORD not in str(c.get_job(basic.id).data)
+    secret = PASSWORD.encode()
+    for path in d.state_dir.rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_bytes(), path
+    assert PASSWORD not in d.log(10_000_000)
+    key = d.state_dir / "credentials.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == 0
