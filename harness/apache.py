@@ -156,9 +156,8 @@ CustomLog {self.access_log} who
         if os.geteuid() == 0:
             cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *cmd]
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KRB5RCACHETYPE": "none", **self.env}
-        self.proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(self.base / "stderr.log", "wb")
-        )  # noqa: SIM115
+        with open(self.base / "stderr.log", "wb") as stderr:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
