@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from ..errors import FerryError
@@ -46,6 +47,7 @@ from .window import JobRun
 log = logging.getLogger("ferry.engine")
 
 CHECKPOINT_BYTES = 8 << 20
+KERBEROS_REREAD = 5.0  # seconds a credential cache read as its identity is reused
 CHECKPOINT_SECONDS = 1.0
 PARALLEL_FILES = 8
 OVERLAP_MAX_BYTES = 2 << 20
@@ -83,6 +85,9 @@ class TransferEngine:
         self.identity = identity
         self._secrets = secrets
         self._keytabs = dict(keytabs or {})
+        # (uid, path) -> (when read, what was read): a job of many small files reads its
+        # identity's cache once per KERBEROS_REREAD seconds, not once per request.
+        self._kerberos_read: dict[tuple[int, str], tuple[float, KerberosSource | None]] = {}
         self.checkpoint_bytes = checkpoint_bytes
         self.checkpoint_seconds = checkpoint_seconds
         self.parallel_files = max(1, parallel_files)
@@ -206,6 +211,20 @@ class TransferEngine:
     async def _kerberos_source(self, token: Token, ccache: str | None) -> KerberosSource | None:
         """Read as ``token``: its credential cache, else the keytab ferryd's config names
         for its uid. A cache ferryd may not use is E_ACCESSDENIED (REMOTE_FILE, fatal)."""
+        if ccache is not None:
+            hit = self._kerberos_read.get((token.uid, ccache))
+            if hit is not None and time.monotonic() - hit[0] < KERBEROS_REREAD:
+                return hit[1]
+        source = await self._read_kerberos_source(token, ccache)
+        if ccache is not None:
+            if len(self._kerberos_read) > 1024:
+                self._kerberos_read.clear()
+            self._kerberos_read[(token.uid, ccache)] = (time.monotonic(), source)
+        return source
+
+    async def _read_kerberos_source(
+        self, token: Token, ccache: str | None
+    ) -> KerberosSource | None:
         try:
             if ccache is not None:
                 data = await self.identity.read_credential_file(token, ccache)
