@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine_description, median, quick  # noqa: E402
 from harness.apache import Apache, missing  # noqa: E402
 from harness.env import short_tmpdir  # noqa: E402
 from harness.ferryd import Daemon  # noqa: E402
 
 import ferry  # noqa: E402
+from benchmarks.common import machine_description, median, quick  # noqa: E402
 
 FILES = 200 if quick() else 1000
 SIZE = 64 << 10
