@@ -19,6 +19,7 @@ from ferry.model.job import (
     Limits,
 )
 from ferry.model.notification import NotificationError, NotificationStatus
+from ferry.model.proxy import ProxySettings, ProxyUsage
 from ferry.model.token import Token, TokenInterner
 from ferry.model.types import (
     ErrorContext,
@@ -833,6 +834,9 @@ def full_job() -> Job:
         no_progress_since=NOW + 4.5,
         notification=NotificationStatus(
             "JOB_ERROR", "FAILED", 2, NotificationError("E_FAIL", 0x80004005, "exit 3")
+        ),
+        proxy=ProxySettings(
+            ProxyUsage.OVERRIDE, ("http://p.example:3128",), ("<local>", "10.0.0.0/8")
         ),
     )
 

@@ -178,6 +178,10 @@ def print_job(j: dict[str, Any]) -> None:
     if isinstance(helper, dict):
         flags = ", ".join(helper.get("flags") or []) or "none"
         row("Helper token", f"{helper.get('sid') or '(none set)'}; flags: {flags}")
+    from .network import info_rows
+
+    for net_key, net_text in info_rows(j):
+        row(net_key, net_text)
     # Plain aligned lines rather than a rich grid: no trailing padding when piped to a file.
     out = console()
     width = max(len(k) for k, _ in rows)

@@ -8,7 +8,7 @@ file views (``views``) are shared with the sync client.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -294,6 +294,18 @@ class AsyncJob(JobView):
         self._update(await self.client._call(_ops.set_job(self.id, props)))
 
     set.__doc__ = _ops.set_doc("as ``ferry.Job.set``")
+
+    async def set_proxy_settings(
+        self,
+        usage: str,
+        proxy_list: str | Sequence[str] | None = None,
+        bypass_list: str | Sequence[str] | None = None,
+    ) -> None:
+        """SetProxySettings (SPEC §8.1): ``usage`` is PRECONFIG, NO_PROXY, OVERRIDE or
+        AUTODETECT; with OVERRIDE, ``proxy_list`` (proxies tried in order, a list or one
+        string separated by blanks) and ``bypass_list`` (host, .suffix, IP, CIDR, <local>).
+        BG_E_INVALID_PROXY_INFO for a bad value; nothing changes then."""
+        await self.set(proxy={"usage": usage, "list": proxy_list, "bypass": bypass_list})
 
     async def follow(self) -> AsyncGenerator[Event, None]:
         """See ``ferry.Job.follow``; bound it with ``asyncio.timeout`` if needed."""

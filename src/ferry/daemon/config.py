@@ -38,6 +38,12 @@ class Config:
     notify_max_attempts: int = 5
     notify_start_delay: float = 0.0  # for tests: hold command-line notifications at start
     limits: Limits = field(default_factory=Limits)
+    # [proxy] (SPEC §8.1): the PRECONFIG proxy (http, https, no_proxy) and the PAC script of
+    # AUTODETECT (pac_url); without http/https, ferryd's http_proxy/https_proxy/no_proxy.
+    proxy_http: str | None = None
+    proxy_https: str | None = None
+    proxy_no_proxy: tuple[str, ...] = ()
+    proxy_pac_url: str | None = None
 
     @property
     def socket_mode(self) -> int:
@@ -116,7 +122,7 @@ def _apply_file(cfg: Config, path: Path) -> Config:
         raise FerryError.from_oserror(exc, f"config file {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise FerryError("E_INVALIDARG", f"config file {path}: {exc}") from None
-    unknown = set(data) - {"daemon", "limits"}
+    unknown = set(data) - {"daemon", "limits", "proxy"}
     if unknown:
         raise FerryError("E_INVALIDARG", f"config file {path}: unknown sections {sorted(unknown)}")
     changes: dict[str, Any] = {}
@@ -158,4 +164,31 @@ def _apply_file(cfg: Config, path: Path) -> Config:
         limits[key] = value
     if limits:
         changes["limits"] = replace(cfg.limits, **limits)
+    changes.update(_proxy_section(path, data.get("proxy", {})))
     return replace(cfg, **changes)
+
+
+def _proxy_section(path: Path, section: Any) -> dict[str, Any]:
+    """``[proxy]``: ``http``, ``https`` (proxy URLs), ``no_proxy`` (a string separated by
+    commas, or a list), ``pac_url`` (http(s):// or file:// URL of a PAC script)."""
+    if not isinstance(section, dict):
+        raise FerryError("E_INVALIDARG", f"config file {path}: [proxy] must be a table")
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        if key in ("http", "https", "pac_url"):
+            if not isinstance(value, str):
+                raise FerryError(
+                    "E_INVALIDARG", f"config file {path}: proxy.{key} must be a string"
+                )
+            out["proxy_" + key] = value or None
+        elif key == "no_proxy":
+            if isinstance(value, str):
+                value = value.replace(",", " ").split()
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise FerryError(
+                    "E_INVALIDARG", f"config file {path}: proxy.no_proxy must be a string or a list"
+                )
+            out["proxy_no_proxy"] = tuple(value)
+        else:
+            raise FerryError("E_INVALIDARG", f"config file {path}: unknown key proxy.{key}")
+    return out

@@ -45,6 +45,7 @@ from ..transfer.http import HttpTransport
 from ..transfer.local import LocalTransport
 from .api import Api
 from .config import Config, load_config
+from .network import proxy_router
 
 log = logging.getLogger("ferry.daemon")
 SD_LISTEN_FDS_START = 3
@@ -191,7 +192,9 @@ async def serve(cfg: Config) -> None:
     clock = time.time
     store = SqliteJobStore.open(cfg.db_path)
     identity = IdentityIO()
-    http = HttpTransport(ssl_context=tls, read_timeout=cfg.stall_timeout)
+    http = HttpTransport(
+        ssl_context=tls, read_timeout=cfg.stall_timeout, proxy_router=proxy_router(cfg)
+    )
     engine = TransferEngine(
         identity,
         # One transport per scheme and direction: a new one is a file in transfer/ and a line.

@@ -17,6 +17,7 @@ from ..model.job import (
     JobFile,
 )
 from ..model.notification import NotificationStatus
+from ..model.proxy import DEFAULT_PROXY, ProxySettings
 from ..model.token import Token, TokenInterner
 from ..model.types import (
     DEFAULT_NOTIFY_FLAGS,
@@ -121,6 +122,7 @@ def job_record(job: Job) -> dict[str, Any]:
         "retry_at": job.retry_at,
         "no_progress_since": job.no_progress_since,
         "notification": None if job.notification is None else job.notification.to_json(),
+        "proxy": None if job.proxy is DEFAULT_PROXY else job.proxy.to_json(),
     }
 
 
@@ -187,4 +189,5 @@ def job_from_record(
         get("retry_at"),
         get("no_progress_since"),
         NotificationStatus.from_json(notification) if notification else None,
+        ProxySettings.from_record(get("proxy")),
     )

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import FerryError, code_for_errno
 from ..model.job import Job
+from ..model.proxy import DEFAULT_PROXY, ProxySettings
 from ..model.token import Token
 from ..model.types import ErrorContext
 
@@ -185,6 +186,8 @@ class DownloadRequest:
     validator: str | None = None  # what identifies the remote version the partial data is of
     bytes_total: int | None = None  # the file's size, once known
     final_url: str | None = None  # where the last request ended after redirects
+    # The job's proxy settings (SPEC §8.1); the http transport routes with them.
+    proxy: ProxySettings = DEFAULT_PROXY
 
     def network_token(self) -> Token:
         """The token to act as for remote access (opening a file:// source; implicit HTTP

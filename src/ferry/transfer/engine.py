@@ -157,6 +157,7 @@ class TransferEngine:
             validator=jf.validator,
             bytes_total=jf.bytes_total,
             final_url=jf.final_url,
+            proxy=job.proxy,
         )
 
     async def download_file(

@@ -24,6 +24,7 @@ from yarl import URL
 from ..errors import http_error_code
 from ..model.types import ErrorContext
 from .base import DownloadRequest, Sink, TransferError
+from .proxy import ProxyRouter
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK = 1 << 20
@@ -157,6 +158,48 @@ def map_client_error(exc: BaseException, url: str) -> TransferError:
     )
 
 
+def _is_proxy_failure(exc: aiohttp.ClientConnectorError) -> bool:
+    """With a proxy, ferryd connects (and resolves names) only for the proxy: a connector
+    failure is the proxy's, but a TLS failure is the origin's, through the tunnel."""
+    return not isinstance(exc, aiohttp.ClientSSLError)
+
+
+def proxy_unreachable(exc: BaseException, proxy: str) -> TransferError:
+    """A proxy that could not be reached: transient, GENERAL_TRANSPORT, the WinHTTP code of
+    the failure (the next proxy of the list is tried first)."""
+    if isinstance(exc, TimeoutError):
+        return _transport(
+            "ERROR_WINHTTP_TIMEOUT", f"the proxy {proxy} did not answer in time", transient=True
+        )
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, socket.gaierror) or (
+        getattr(aiohttp, "ClientConnectorDNSError", None) is not None
+        and isinstance(exc, aiohttp.ClientConnectorDNSError)
+    ):
+        return _transport(
+            "ERROR_WINHTTP_NAME_NOT_RESOLVED",
+            f"cannot resolve the proxy {proxy}",
+            transient=True,
+        )
+    why = _os_text(os_error) if isinstance(os_error, OSError) else str(exc)
+    return _transport(
+        "ERROR_WINHTTP_CANNOT_CONNECT",
+        f"cannot connect to the proxy {proxy}: {why}",
+        transient=True,
+    )
+
+
+def proxy_status_error(status: int, proxy: str, url: URL) -> TransferError:
+    """The proxy answered a CONNECT with an error status. 407 (no usable proxy credentials)
+    is fatal; 5xx and 408/429 are the proxy's passing trouble (transient); the rest fatal."""
+    transient = status in (408, 429) or 500 <= status <= 599
+    return _transport(
+        http_error_code(status),
+        f"the proxy {proxy} answered {status} to CONNECT {url.host}:{url.port}",
+        transient=transient,
+    )
+
+
 class HttpTransport:
     """http and https (a DownloadTransport). One ClientSession for the daemon, so
     connections are kept alive across the files of a job and across jobs to the same
@@ -173,6 +216,7 @@ class HttpTransport:
         read_timeout: float = 120.0,
         max_redirects: int = 10,
         allow_https_to_http: bool = False,
+        proxy_router: ProxyRouter | None = None,
     ) -> None:
         # The system trust store unless the caller (config, tests) says otherwise.
         self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
@@ -189,6 +233,8 @@ class HttpTransport:
         self._max_redirects = max_redirects
         self._allow_downgrade = allow_https_to_http
         self._session: aiohttp.ClientSession | None = None
+        # Which proxies a request tries (SPEC §8.1); ferryd passes its configured router.
+        self.proxy_router = proxy_router if proxy_router is not None else ProxyRouter()
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -199,8 +245,8 @@ class HttpTransport:
                 read_bufsize=READ_BUFSIZE,
                 # The bytes as served: ranges count encoded bytes, so never decode.
                 auto_decompress=False,
-                # Proxies are configured per job (later issue), never taken from the
-                # daemon's environment.
+                # Proxies are chosen per job and request (transfer/proxy.py), never by
+                # aiohttp from the daemon's environment.
                 trust_env=False,
                 headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             )
@@ -235,7 +281,7 @@ class HttpTransport:
             if offset > 0 and request.validator:
                 headers["Range"] = f"bytes={offset}-"
                 headers["If-Range"] = request.validator
-            resp = await session.get(url, headers=headers, allow_redirects=False)
+            resp = await self._send(session, request, url, headers)
             if resp.status not in REDIRECT_STATUSES:
                 return resp
             location = resp.headers.get("Location")
@@ -268,6 +314,44 @@ class HttpTransport:
             f"more than {self._max_redirects} redirects starting at {request.url}",
             transient=False,
         )
+
+    def proxy_options(self, request: DownloadRequest, proxy: str) -> dict[str, object]:
+        """Extra keyword arguments of aiohttp's request when it goes through ``proxy``
+        (``proxy_auth``, ``proxy_headers``): none without proxy credentials."""
+        return {}
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        request: DownloadRequest,
+        url: URL,
+        headers: dict[str, str],
+    ) -> aiohttp.ClientResponse:
+        """One request to ``url``, through the proxies its route names, in order: a proxy
+        that cannot be reached is skipped for the next one; when none can, the last failure
+        is the (transient, GENERAL_TRANSPORT) error. https goes through a CONNECT tunnel."""
+        route = await self.proxy_router.route(request.proxy, url)
+        failure: TransferError | None = None
+        for proxy in route:
+            if proxy is None:
+                return await session.get(url, headers=headers, allow_redirects=False)
+            try:
+                return await session.get(
+                    url,
+                    headers=headers,
+                    allow_redirects=False,
+                    proxy=proxy,
+                    **self.proxy_options(request, proxy),  # type: ignore[arg-type]
+                )
+            except aiohttp.ClientHttpProxyError as exc:
+                # The proxy refused the CONNECT tunnel (https): its status is the answer.
+                raise proxy_status_error(exc.status, proxy, url) from None
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                if isinstance(exc, aiohttp.ClientConnectorError) and not _is_proxy_failure(exc):
+                    raise
+                failure = proxy_unreachable(exc, proxy)
+        assert failure is not None
+        raise failure
 
     async def _download(self, request: DownloadRequest, sink: Sink) -> None:
         offset = sink.offset

@@ -1,0 +1,249 @@
+"""Proxies end to end (SPEC §8.1): a real squid started here on loopback, a real ferryd, and
+the job's proxy settings set through the API, the CLI and both clients. squid's access log
+is the witness of which requests went through it; the origin is the fault server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import squid
+from harness.faultserver import FaultServer
+from harness.ferryd import Daemon
+from harness.wait import wait_state
+
+from ferry import AsyncClient, Client, FerryError
+from tests.helpers.jobs import act, add, assert_error, create, get
+from tests.integration.cli_helpers import Cli
+
+pytestmark = pytest.mark.skipif(
+    not squid.available(), reason=f"squid not found ({squid.SQUID}); .ci/run installs it"
+)
+
+DATA = os.urandom(300_000)
+
+
+@pytest.fixture
+def proxy() -> Iterator[squid.Squid]:
+    with squid.Squid() as server:
+        yield server
+
+
+def dead_proxy() -> str:
+    return f"http://127.0.0.1:{squid.free_port()}"
+
+
+def through(server: squid.Squid, url: str) -> bool:
+    return any(e.url == url for e in server.wait_access(lambda e: e.url == url, timeout=5))
+
+
+def download(ferryd: Daemon, url: str, local: Path, **props: object) -> tuple[str, dict]:
+    job = create(ferryd, local.name, **props)
+    add(ferryd, job, url, local)
+    act(ferryd, job, "resume")
+    state = wait_state(ferryd, job, {"TRANSFERRED", "ERROR", "TRANSIENT_ERROR"}, timeout=60)
+    return job, state
+
+
+def test_override_tries_the_list_in_order(
+    ferryd: Daemon, proxy: squid.Squid, http_server: FaultServer, dest: Path
+) -> None:
+    url = http_server.add("a.bin", DATA)
+    settings = {"usage": "OVERRIDE", "list": [dead_proxy(), proxy.url], "bypass": None}
+    job, state = download(ferryd, url, dest / "a.bin", proxy=settings)
+    assert state["state"] == "TRANSFERRED", state
+    act(ferryd, job, "complete")
+    assert (dest / "a.bin").read_bytes() == DATA
+    hits = [e for e in proxy.wait_access(lambda e: e.url == url) if e.url == url]
+    assert hits and hits[0].method == "GET" and hits[0].status == 200, proxy.access()
+
+
+@pytest.mark.parametrize(
+    ("bypass", "host"),
+    [
+        (["127.0.0.1"], "127.0.0.1"),
+        (["127.0.0.0/8"], "127.0.0.1"),
+        (["<local>"], "localhost"),
+        ([".example.test", "localhost"], "localhost"),
+    ],
+)
+def test_bypass_goes_direct(
+    ferryd: Daemon,
+    proxy: squid.Squid,
+    http_server: FaultServer,
+    dest: Path,
+    bypass: list[str],
+    host: str,
+) -> None:
+    url = http_server.add("b.bin", DATA).replace("127.0.0.1", host)
+    settings = {"usage": "OVERRIDE", "list": [proxy.url], "bypass": bypass}
+    job, state = download(ferryd, url, dest / "b.bin", proxy=settings)
+    assert state["state"] == "TRANSFERRED", state
+    # A second URL, not bypassed (the address itself when the name was bypassed and the
+    # other way round), goes through squid: the bypass matched only what it names.
+    assert not through(proxy, url)
+
+
+def test_bypass_not_matching_goes_through_the_proxy(
+    ferryd: Daemon, proxy: squid.Squid, http_server: FaultServer, dest: Path
+) -> None:
+    url = http_server.add("c.bin", DATA)
+    settings = {"usage": "OVERRIDE", "list": [proxy.url], "bypass": ["<local>", "10.0.0.0/8"]}
+    _, state = download(ferryd, url, dest / "c.bin", proxy=settings)
+    assert state["state"] == "TRANSFERRED", state
+    assert through(proxy, url)
+
+
+def test_every_proxy_dead_is_a_transient_transport_error(
+    ferryd: Daemon, http_server: FaultServer, dest: Path
+) -> None:
+    url = http_server.add("d.bin", DATA)
+    dead = dead_proxy()
+    settings = {"usage": "OVERRIDE", "list": [dead_proxy(), dead], "bypass": None}
+    job, state = download(ferryd, url, dest / "d.bin", proxy=settings)
+    assert_error(state, "TRANSIENT_ERROR ERROR_WINHTTP_CANNOT_CONNECT 0x80072EFD GENERAL_TRANSPORT")
+    assert dead in state["error"]["description"]
+    # Nothing reached the origin.
+    assert http_server.requests_for("d.bin") == []
+    act(ferryd, job, "cancel")
+
+
+def test_preconfig_from_the_config_file(
+    short_tmp: Path, proxy: squid.Squid, http_server: FaultServer, dest: Path
+) -> None:
+    bypassed = http_server.add("direct.bin", DATA).replace("127.0.0.1", "localhost")
+    config = f'[proxy]\nhttp = "{proxy.url}"\nno_proxy = "localhost,.example.test"\n'
+    d = Daemon(short_tmp, config=config, env={"http_proxy": dead_proxy()})
+    d.start()
+    try:
+        url = http_server.add("pre.bin", DATA)
+        _, state = download(d, url, dest / "pre.bin")
+        assert state["state"] == "TRANSFERRED", state
+        assert through(proxy, url)
+        _, state = download(d, bypassed, dest / "direct.bin")
+        assert state["state"] == "TRANSFERRED", state
+        # NO_PROXY: direct even though a proxy is configured.
+        url2 = http_server.add("np.bin", DATA)
+        _, state = download(d, url2, dest / "np.bin", proxy={"usage": "NO_PROXY"})
+        assert state["state"] == "TRANSFERRED", state
+        assert not through(proxy, bypassed) and not through(proxy, url2)
+    finally:
+        assert d.stop() == 0, d.log()
+
+
+def test_preconfig_from_the_environment(
+    short_tmp: Path, proxy: squid.Squid, http_server: FaultServer, dest: Path
+) -> None:
+    d = Daemon(short_tmp, env={"http_proxy": proxy.url, "no_proxy": "localhost"})
+    d.start()
+    try:
+        url = http_server.add("env.bin", DATA)
+        _, state = download(d, url, dest / "env.bin")
+        assert state["state"] == "TRANSFERRED", state
+        assert through(proxy, url)
+        direct = http_server.add("env2.bin", DATA).replace("127.0.0.1", "localhost")
+        _, state = download(d, direct, dest / "env2.bin")
+        assert state["state"] == "TRANSFERRED", state
+        assert not through(proxy, direct)
+    finally:
+        assert d.stop() == 0, d.log()
+
+
+def test_without_configuration_preconfig_is_direct(
+    ferryd: Daemon, proxy: squid.Squid, http_server: FaultServer, dest: Path
+) -> None:
+    url = http_server.add("plain.bin", DATA)
+    _, state = download(ferryd, url, dest / "plain.bin")
+    assert state["state"] == "TRANSFERRED", state
+    assert not through(proxy, url)
+
+
+BAD = "BG_E_INVALID_PROXY_INFO"
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        ({"usage": "OVERRIDE", "list": None, "bypass": None}, BAD),
+        ({"usage": "OVERRIDE", "list": ["ftp://p:21"], "bypass": None}, BAD),
+        ({"usage": "OVERRIDE", "list": ["http://u:pw@p:3128"]}, BAD),
+        ({"usage": "OVERRIDE", "list": ["http://p:3128/path"]}, BAD),
+        ({"usage": "OVERRIDE", "list": ["http://p:99999"]}, BAD),
+        ({"usage": "OVERRIDE", "list": ["http://p:1"], "bypass": ["a b"]}, BAD),
+        ({"usage": "OVERRIDE", "list": ["http://p:1"], "bypass": ["10.0.0.0/99"]}, BAD),
+        ({"usage": "PRECONFIG", "list": ["http://p:1"]}, BAD),
+        ({"usage": "NO_PROXY", "bypass": ["<local>"]}, BAD),
+        ({"usage": "SOMETIMES"}, BAD),
+        ({"usage": "OVERRIDE", "list": ["http://p:1"] * 400}, "BG_E_PROXY_LIST_TOO_LARGE"),
+        (
+            {"usage": "OVERRIDE", "list": ["http://p:1"], "bypass": ["a.b"] * 1500},
+            "BG_E_PROXY_BYPASS_LIST_TOO_LARGE",
+        ),
+    ],
+)
+def test_bad_proxy_settings_change_nothing(ferryd: Daemon, value: dict, code: str) -> None:
+    job = create(ferryd, "bad", priority="normal")
+    ok = {"usage": "OVERRIDE", "list": ["http://good.example:3128"], "bypass": ["<local>"]}
+    status, body = ferryd.call("PATCH", f"/v1/jobs/{job}", {"proxy": ok})
+    assert status == 200, body
+    before = get(ferryd, job)
+    status, body = ferryd.call("PATCH", f"/v1/jobs/{job}", {"proxy": value, "description": "x"})
+    assert status == 400, body
+    assert body["error"]["code"] == code, body
+    after = get(ferryd, job)
+    assert after == before
+
+
+def test_set_through_cli_and_clients_and_survive_restart(ferryd: Daemon) -> None:
+    cli = Cli(ferryd.socket)
+    cli.ok("create", "px")
+    shown = cli.ok(
+        "set",
+        "px",
+        "--proxy-usage",
+        "override",
+        "--proxy-list",
+        "http://p1.example:3128 https://p2.example:8443",
+        "--proxy-bypass",
+        "<local>,.corp.example,10.0.0.0/8,192.0.2.7",
+    )
+    expected = {
+        "usage": "OVERRIDE",
+        "list": ["http://p1.example:3128", "https://p2.example:8443"],
+        "bypass": ["<local>", ".corp.example", "10.0.0.0/8", "192.0.2.7"],
+    }
+    assert shown["proxy"] == expected
+    human = cli("info", "px", json=False).stdout
+    assert "OVERRIDE: http://p1.example:3128 https://p2.example:8443" in human
+    assert ".corp.example" in human
+    r = cli("set", "px", "--proxy-usage", "override", json=True)
+    assert r.returncode == 1 and "BG_E_INVALID_PROXY_INFO" in r.stdout + r.stderr, r
+    ferryd.restart()
+    assert cli.ok("info", "px")["proxy"] == expected
+    with Client(ferryd.socket) as c:
+        job = c.get_job("px")
+        assert job.proxy_settings == expected
+        job.set_proxy_settings("NO_PROXY")
+        assert job.proxy_settings == {"usage": "NO_PROXY", "list": None, "bypass": None}
+        with pytest.raises(FerryError) as err:
+            job.set_proxy_settings("no_proxy", "http://p:1")
+        assert err.value.code == "BG_E_INVALID_PROXY_INFO"
+
+    async def aio() -> None:
+        async with AsyncClient(ferryd.socket) as c:
+            job = await c.get_job("px")
+            await job.set_proxy_settings("override", "http://p3.example:3128", ["*.x.example"])
+            assert job.proxy_settings == {
+                "usage": "OVERRIDE",
+                "list": ["http://p3.example:3128"],
+                "bypass": [".x.example"],
+            }
+
+    asyncio.run(aio())
+    ferryd.restart()
+    assert cli.ok("info", "px")["proxy"]["list"] == ["http://p3.example:3128"]
+    cli.ok("set", "px", "--proxy-usage", "preconfig")
+    assert cli.ok("info", "px")["proxy"] == {"usage": "PRECONFIG", "list": None, "bypass": None}
