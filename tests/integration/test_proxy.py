@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from harness import squid
+from harness.env import short_tmpdir
 from harness.faultserver import FaultServer
 from harness.ferryd import Daemon
 from harness.wait import wait_state
@@ -247,3 +251,155 @@ def test_set_through_cli_and_clients_and_survive_restart(ferryd: Daemon) -> None
     assert cli.ok("info", "px")["proxy"]["list"] == ["http://p3.example:3128"]
     cli.ok("set", "px", "--proxy-usage", "preconfig")
     assert cli.ok("info", "px")["proxy"] == {"usage": "PRECONFIG", "list": None, "bypass": None}
+
+
+# ---- https through CONNECT, and proxies that refuse --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def https_server(ca: trustme.CA) -> Iterator[FaultServer]:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    with FaultServer(ssl=ctx) as server:
+        yield server
+
+
+@pytest.fixture
+def tls_ferryd(short_tmp: Path, ca: trustme.CA) -> Iterator[Daemon]:
+    pem = short_tmp / "ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    d = Daemon(short_tmp, config=f'[daemon]\nca_file = "{pem}"\n')
+    d.start()
+    yield d
+    assert d.stop() == 0, d.log()
+
+
+def test_https_goes_through_a_connect_tunnel(
+    tls_ferryd: Daemon, proxy: squid.Squid, https_server: FaultServer, dest: Path
+) -> None:
+    url = https_server.add("s.bin", DATA)
+    assert url.startswith("https://")
+    settings = {"usage": "OVERRIDE", "list": [dead_proxy(), proxy.url], "bypass": None}
+    job, state = download(tls_ferryd, url, dest / "s.bin", proxy=settings)
+    assert state["state"] == "TRANSFERRED", state
+    act(tls_ferryd, job, "complete")
+    assert (dest / "s.bin").read_bytes() == DATA
+    port = url.split("/")[2].split(":")[1]
+    tunnels = [
+        e
+        for e in proxy.wait_access(lambda e: e.method == "CONNECT")
+        if e.method == "CONNECT" and e.url == f"127.0.0.1:{port}"
+    ]
+    assert tunnels and tunnels[0].status == 200, proxy.access()
+    # squid saw no request line of its own: the GET went inside the tunnel.
+    assert not any(e.method == "GET" for e in proxy.access())
+
+
+def test_a_proxy_that_refuses_is_its_http_status(
+    tls_ferryd: Daemon, http_server: FaultServer, https_server: FaultServer, dest: Path
+) -> None:
+    with squid.Squid(open_access=False) as closed:
+        settings = {"usage": "OVERRIDE", "list": [closed.url], "bypass": None}
+        url = https_server.add("t.bin", DATA)
+        _, state = download(tls_ferryd, url, dest / "t.bin", proxy=settings)
+        assert_error(state, "ERROR BG_E_HTTP_ERROR_403 0x80190193 GENERAL_TRANSPORT")
+        assert closed.url in state["error"]["description"]
+        url = http_server.add("t2.bin", DATA)
+        _, state = download(tls_ferryd, url, dest / "t2.bin", proxy=settings)
+        assert state["state"] == "ERROR" and state["error"]["code"] == "BG_E_HTTP_ERROR_403"
+
+
+def test_407_without_credentials_is_fatal(
+    tls_ferryd: Daemon, http_server: FaultServer, https_server: FaultServer, dest: Path
+) -> None:
+    helper = "/usr/lib/squid/basic_ncsa_auth"
+    if not os.access(helper, os.X_OK):
+        pytest.skip(f"{helper} not found (squid's basic helper)")
+    passwd = short_tmpdir("fy-pw-") / "passwd"
+    passwd.write_text("")
+    passwd.parent.chmod(0o755)
+    extra = (
+        f"auth_param basic program {helper} {passwd}\n"
+        'auth_param basic realm "ferry test"\n'
+        "acl authed proxy_auth REQUIRED\n"
+        "http_access allow authed\n"
+    )
+    try:
+        with squid.Squid(extra=extra, open_access=False) as auth:
+            settings = {"usage": "OVERRIDE", "list": [auth.url], "bypass": None}
+            url = http_server.add("u.bin", DATA)
+            _, state = download(tls_ferryd, url, dest / "u.bin", proxy=settings)
+            assert state["state"] == "ERROR", state
+            assert state["error"]["code"] == "BG_E_HTTP_ERROR_407", state
+            url = https_server.add("u2.bin", DATA)
+            _, state = download(tls_ferryd, url, dest / "u2.bin", proxy=settings)
+            assert_error(state, "ERROR BG_E_HTTP_ERROR_407 0x80190197 GENERAL_TRANSPORT")
+    finally:
+        shutil.rmtree(passwd.parent, ignore_errors=True)
+
+
+# ---- AUTODETECT: a PAC script ----------------------------------------------------------------
+
+PAC = """
+function FindProxyForURL(url, host) {
+    if (isPlainHostName(host)) return "DIRECT";
+    if (shExpMatch(url, "*/f/socks*")) return "SOCKS 127.0.0.1:1080";
+    return "PROXY %s; PROXY %s; DIRECT";
+}
+"""
+
+
+def test_autodetect_uses_the_pac_script(
+    short_tmp: Path, proxy: squid.Squid, http_server: FaultServer, dest: Path
+) -> None:
+    dead = dead_proxy().removeprefix("http://")
+    script = PAC % (dead, proxy.url.removeprefix("http://"))
+    # Served over http by the origin itself (fetched directly, never through a proxy).
+    pac_url = http_server.add("proxy.pac", script.encode())
+    d = Daemon(short_tmp, config=f'[proxy]\npac_url = "{pac_url}"\n')
+    d.start()
+    try:
+        auto = {"usage": "AUTODETECT"}
+        url = http_server.add("auto.bin", DATA)
+        _, state = download(d, url, dest / "auto.bin", proxy=auto)
+        assert state["state"] == "TRANSFERRED", state
+        assert through(proxy, url)
+        assert not through(proxy, pac_url)
+        # isPlainHostName: direct.
+        plain = http_server.add("auto2.bin", DATA).replace("127.0.0.1", "localhost")
+        _, state = download(d, plain, dest / "auto2.bin", proxy=auto)
+        assert state["state"] == "TRANSFERRED", state
+        assert not through(proxy, plain)
+        # SOCKS is not ferry's: nothing usable means direct.
+        socks = http_server.add("socks.bin", DATA)
+        _, state = download(d, socks, dest / "socks.bin", proxy=auto)
+        assert state["state"] == "TRANSFERRED", state
+        assert not through(proxy, socks)
+        # The PAC script only counts for AUTODETECT: PRECONFIG (nothing configured) is direct.
+        url3 = http_server.add("auto3.bin", DATA)
+        _, state = download(d, url3, dest / "auto3.bin")
+        assert state["state"] == "TRANSFERRED", state
+        assert not through(proxy, url3)
+    finally:
+        assert d.stop() == 0, d.log()
+
+
+def test_autodetect_without_a_script_falls_back_to_preconfig(
+    short_tmp: Path, proxy: squid.Squid, http_server: FaultServer, dest: Path
+) -> None:
+    missing = short_tmp / "no-such.pac"
+    config = f'[proxy]\npac_url = "file://{missing}"\nhttp = "{proxy.url}"\n'
+    d = Daemon(short_tmp, config=config)
+    d.start()
+    try:
+        url = http_server.add("fb.bin", DATA)
+        _, state = download(d, url, dest / "fb.bin", proxy={"usage": "AUTODETECT"})
+        assert state["state"] == "TRANSFERRED", state
+        assert through(proxy, url)
+    finally:
+        assert d.stop() == 0, d.log()

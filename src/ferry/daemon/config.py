@@ -44,6 +44,7 @@ class Config:
     proxy_https: str | None = None
     proxy_no_proxy: tuple[str, ...] = ()
     proxy_pac_url: str | None = None
+    proxy_wpad: bool = True
 
     @property
     def socket_mode(self) -> int:
@@ -170,7 +171,8 @@ def _apply_file(cfg: Config, path: Path) -> Config:
 
 def _proxy_section(path: Path, section: Any) -> dict[str, Any]:
     """``[proxy]``: ``http``, ``https`` (proxy URLs), ``no_proxy`` (a string separated by
-    commas, or a list), ``pac_url`` (http(s):// or file:// URL of a PAC script)."""
+    commas, or a list), ``pac_url`` (http(s):// or file:// URL of a PAC script), ``wpad``
+    (look for a PAC script by WPAD when there is no ``pac_url``; default true)."""
     if not isinstance(section, dict):
         raise FerryError("E_INVALIDARG", f"config file {path}: [proxy] must be a table")
     out: dict[str, Any] = {}
@@ -181,6 +183,12 @@ def _proxy_section(path: Path, section: Any) -> dict[str, Any]:
                     "E_INVALIDARG", f"config file {path}: proxy.{key} must be a string"
                 )
             out["proxy_" + key] = value or None
+        elif key == "wpad":
+            if not isinstance(value, bool):
+                raise FerryError(
+                    "E_INVALIDARG", f"config file {path}: proxy.wpad must be a boolean"
+                )
+            out["proxy_wpad"] = value
         elif key == "no_proxy":
             if isinstance(value, str):
                 value = value.replace(",", " ").split()

@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 
 from ..errors import FerryError
+from ..transfer.pac import PacResolver
 from ..transfer.proxy import PreconfiguredProxy, ProxyRouter
 from .config import Config
 
@@ -39,4 +40,5 @@ def proxy_router(cfg: Config, environ: Mapping[str, str] | None = None) -> Proxy
             pre.https or "direct",
             ",".join(pre.no_proxy) or "-",
         )
-    return ProxyRouter(pre)
+    # AUTODETECT: the configured PAC script, else WPAD (unless [proxy] wpad = false).
+    return ProxyRouter(pre, PacResolver(cfg.proxy_pac_url, wpad=cfg.proxy_wpad))

@@ -256,6 +256,7 @@ class HttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self.proxy_router.close()
 
     async def download(self, request: DownloadRequest, sink: Sink) -> None:
         if sink.offset > 0 and (request.dynamic_content or not request.validator):

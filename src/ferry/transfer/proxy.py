@@ -129,6 +129,8 @@ class PacResolver(Protocol):
 
     async def route(self, url: URL) -> Route | None: ...
 
+    def close(self) -> None: ...
+
 
 class ProxyRouter:
     """The proxies a job's request to ``url`` tries, in order (None: direct)."""
@@ -136,6 +138,10 @@ class ProxyRouter:
     def __init__(self, preconfig: PreconfiguredProxy | None = None, pac: PacResolver | None = None):
         self.preconfig = preconfig if preconfig is not None else PreconfiguredProxy()
         self.pac = pac
+
+    def close(self) -> None:
+        if self.pac is not None:
+            self.pac.close()
 
     async def route(self, settings: ProxySettings, url: URL | str) -> Route:
         if not isinstance(url, URL):
