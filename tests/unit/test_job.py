@@ -19,6 +19,7 @@ from ferry.model.job import (
     Limits,
 )
 from ferry.model.notification import NotificationError, NotificationStatus
+from ferry.model.proxy import ProxySettings, ProxyUsage
 from ferry.model.token import Token, TokenInterner
 from ferry.model.types import (
     ErrorContext,
@@ -843,6 +844,9 @@ def full_job() -> Job:
         ],
         owner_ccache="/tmp/krb5cc_1000",
         helper_ccache="/tmp/krb5cc_1001",
+        proxy=ProxySettings(
+            ProxyUsage.OVERRIDE, ("http://p.example:3128",), ("<local>", "10.0.0.0/8")
+        ),
     )
 
 

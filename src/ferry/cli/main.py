@@ -22,7 +22,7 @@ from ..client import DaemonUnavailable, Job
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, JobType, Priority
 from ..protocol import ACTIONS, PROPERTIES, SYSTEM_SOCKET, Property
-from . import credentials, tokens
+from . import credentials, network, tokens
 from .context import EXIT_ERROR, Ctx, no_daemon_error, partial_complete_text, report_error
 from .context import current as _ctx
 
@@ -334,6 +334,7 @@ def _property_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @cli.command(name="set")
 @click.argument("job")
 @_property_options
+@network.options
 def set_(job: str, **options: Any) -> None:
     """Change job properties (one request: all or none); prints the job."""
     props: dict[str, Any] = {}
@@ -347,6 +348,7 @@ def set_(job: str, **options: Any) -> None:
             except ValueError as e:
                 raise click.BadParameter(str(e), param_hint=p.cli.flag) from None
         props[p.name] = value
+    props.update(network.collect(options))
     if not props:
         raise click.UsageError("nothing to set: give at least one option")
     c = _ctx()

@@ -185,6 +185,10 @@ def print_job(j: dict[str, Any]) -> None:
         row("Credentials", f"{cred.get('target')} {cred.get('scheme')}: {who}")
     for warning in j.get("credential_warnings") or []:
         row("Warning", Text(warning, style="bold yellow"))
+    from .network import info_rows
+
+    for net_key, net_text in info_rows(j):
+        row(net_key, net_text)
     # Plain aligned lines rather than a rich grid: no trailing padding when piped to a file.
     out = console()
     width = max(len(k) for k, _ in rows)

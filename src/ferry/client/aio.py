@@ -8,7 +8,7 @@ file views (``views``) are shared with the sync client.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -315,6 +315,17 @@ class AsyncJob(JobView):
     async def credentials(self) -> list[dict[str, Any]]:
         """See ``ferry.Job.credentials``."""
         return await self.client._call(_ops.list_credentials(self.id))
+    async def set_proxy_settings(
+        self,
+        usage: str,
+        proxy_list: str | Sequence[str] | None = None,
+        bypass_list: str | Sequence[str] | None = None,
+    ) -> None:
+        """SetProxySettings (SPEC §8.1): ``usage`` is PRECONFIG, NO_PROXY, OVERRIDE or
+        AUTODETECT; with OVERRIDE, ``proxy_list`` (proxies tried in order, a list or one
+        string separated by blanks) and ``bypass_list`` (host, .suffix, IP, CIDR, <local>).
+        BG_E_INVALID_PROXY_INFO for a bad value; nothing changes then."""
+        await self.set(proxy={"usage": usage, "list": proxy_list, "bypass": bypass_list})
 
     async def follow(self) -> AsyncGenerator[Event, None]:
         """See ``ferry.Job.follow``; bound it with ``asyncio.timeout`` if needed."""

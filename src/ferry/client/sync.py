@@ -13,7 +13,7 @@ import contextlib
 import http.client
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -386,6 +386,17 @@ class Job(JobView):
     def credentials(self) -> list[dict[str, Any]]:
         """The job's credentials: target, scheme, user, implicit (never a password)."""
         return self.client._call(_ops.list_credentials(self.id))
+    def set_proxy_settings(
+        self,
+        usage: str,
+        proxy_list: str | Sequence[str] | None = None,
+        bypass_list: str | Sequence[str] | None = None,
+    ) -> None:
+        """SetProxySettings (SPEC §8.1): ``usage`` is PRECONFIG, NO_PROXY, OVERRIDE or
+        AUTODETECT; with OVERRIDE, ``proxy_list`` (proxies tried in order, a list or one
+        string separated by blanks) and ``bypass_list`` (host, .suffix, IP, CIDR, <local>).
+        BG_E_INVALID_PROXY_INFO for a bad value; nothing changes then."""
+        self.set(proxy={"usage": usage, "list": proxy_list, "bypass": bypass_list})
 
     def token_options(self, ttl: int | None = None) -> TokenOptions:
         """Open a token-options handle (SPEC §4.3): the access check happens now, with this

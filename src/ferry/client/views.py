@@ -66,6 +66,12 @@ class JobView:
     def dynamic_content(self) -> bool:
         return bool(self.data.get("dynamic_content"))
 
+    @property
+    def proxy_settings(self) -> JSONObj:
+        """GetProxySettings: ``{"usage", "list", "bypass"}`` as last seen."""
+        p = self.data.get("proxy")
+        return p if isinstance(p, dict) else {"usage": "PRECONFIG", "list": None, "bypass": None}
+
     def _update(self, data: JSONObj) -> None:
         if data.get("id") == self.id:
             self.data = data

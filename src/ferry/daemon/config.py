@@ -41,6 +41,13 @@ class Config:
     # [kerberos] keytabs = {"UID" = "/path"}: keytabs of service identities (no session, no
     # credential cache) for implicit NEGOTIATE; read as that uid (SPEC §8.2).
     keytabs: dict[int, str] = field(default_factory=dict)
+    # [proxy] (SPEC §8.1): the PRECONFIG proxy (http, https, no_proxy) and the PAC script of
+    # AUTODETECT (pac_url); without http/https, ferryd's http_proxy/https_proxy/no_proxy.
+    proxy_http: str | None = None
+    proxy_https: str | None = None
+    proxy_no_proxy: tuple[str, ...] = ()
+    proxy_pac_url: str | None = None
+    proxy_wpad: bool = True
 
     @property
     def socket_mode(self) -> int:
@@ -119,7 +126,7 @@ def _apply_file(cfg: Config, path: Path) -> Config:
         raise FerryError.from_oserror(exc, f"config file {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise FerryError("E_INVALIDARG", f"config file {path}: {exc}") from None
-    unknown = set(data) - {"daemon", "limits", "kerberos"}
+    unknown = set(data) - {"daemon", "limits", "kerberos", "proxy"}
     if unknown:
         raise FerryError("E_INVALIDARG", f"config file {path}: unknown sections {sorted(unknown)}")
     changes: dict[str, Any] = {}
@@ -163,6 +170,7 @@ def _apply_file(cfg: Config, path: Path) -> Config:
         changes["limits"] = replace(cfg.limits, **limits)
     if "kerberos" in data:
         changes["keytabs"] = _keytabs(data["kerberos"], path)
+    changes.update(_proxy_section(path, data.get("proxy", {})))
     return replace(cfg, **changes)
 
 
@@ -178,4 +186,37 @@ def _keytabs(section: Any, path: Path) -> dict[int, str]:
                 f"config file {path}: kerberos.keytabs needs \"UID\" = \"/absolute/path\"",
             )
         out[int(uid)] = keytab.removeprefix("FILE:")
+    return out
+
+
+def _proxy_section(path: Path, section: Any) -> dict[str, Any]:
+    """``[proxy]``: ``http``, ``https`` (proxy URLs), ``no_proxy`` (a string separated by
+    commas, or a list), ``pac_url`` (http(s):// or file:// URL of a PAC script), ``wpad``
+    (look for a PAC script by WPAD when there is no ``pac_url``; default true)."""
+    if not isinstance(section, dict):
+        raise FerryError("E_INVALIDARG", f"config file {path}: [proxy] must be a table")
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        if key in ("http", "https", "pac_url"):
+            if not isinstance(value, str):
+                raise FerryError(
+                    "E_INVALIDARG", f"config file {path}: proxy.{key} must be a string"
+                )
+            out["proxy_" + key] = value or None
+        elif key == "wpad":
+            if not isinstance(value, bool):
+                raise FerryError(
+                    "E_INVALIDARG", f"config file {path}: proxy.wpad must be a boolean"
+                )
+            out["proxy_wpad"] = value
+        elif key == "no_proxy":
+            if isinstance(value, str):
+                value = value.replace(",", " ").split()
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise FerryError(
+                    "E_INVALIDARG", f"config file {path}: proxy.no_proxy must be a string or a list"
+                )
+            out["proxy_no_proxy"] = tuple(value)
+        else:
+            raise FerryError("E_INVALIDARG", f"config file {path}: unknown key proxy.{key}")
     return out

@@ -47,6 +47,7 @@ from ..transfer.http import HttpTransport
 from ..transfer.local import LocalTransport
 from .api import Api
 from .config import Config, load_config
+from .network import proxy_router
 
 log = logging.getLogger("ferry.daemon")
 SD_LISTEN_FDS_START = 3
@@ -193,7 +194,9 @@ async def serve(cfg: Config) -> None:
     clock = time.time
     store = SqliteJobStore.open(cfg.db_path)
     identity = IdentityIO()
-    http = HttpTransport(ssl_context=tls, read_timeout=cfg.stall_timeout)
+    http = HttpTransport(
+        ssl_context=tls, read_timeout=cfg.stall_timeout, proxy_router=proxy_router(cfg)
+    )
     # Passwords of job credentials are sealed under a key in the state directory (SPEC §8.2).
     secrets = SecretBox.in_state_dir(str(cfg.state_dir))
     engine = TransferEngine(

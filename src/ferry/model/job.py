@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import FerryError, hresult_of
 from .credentials import AuthScheme, AuthTarget, Credential
 from .notification import NotificationStatus
+from .proxy import DEFAULT_PROXY, ProxySettings
 from .token import Token
 from .types import (
     DEFAULT_NOTIFY_FLAGS,
@@ -142,6 +143,8 @@ class Job:
     no_progress_since: float | None = None
     # How the last command-line notification went.
     notification: NotificationStatus | None = None
+    # SetProxySettings (SPEC §8.1): how this job's HTTP requests reach the network.
+    proxy: ProxySettings = DEFAULT_PROXY
     # SetCredentials (SPEC §8.2): one entry per (target, scheme), passwords encrypted.
     credentials: list[Credential] = field(default_factory=list)
     # The Kerberos credential caches (file paths) the owner's and the helper's client
@@ -335,6 +338,8 @@ class Job:
                 value = _check_cmdline(value, limits)
             elif key == "dynamic_content":
                 _require_type(key, value, bool)
+            elif key == "proxy":
+                value = ProxySettings.parse(value)
             else:
                 raise FerryError("E_INVALIDARG", f"unknown property {key!r}")
             new[key] = value

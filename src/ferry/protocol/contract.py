@@ -16,6 +16,7 @@ daemon. The same holds for the whole package.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from collections.abc import Callable, Mapping
@@ -65,6 +66,9 @@ def wire_value(value: Any) -> Any:
     """Enums travel as their wire spelling, IntFlags as plain ints."""
     if isinstance(value, Enum):
         return value.value
+    to_json = getattr(value, "to_json", None)
+    if callable(to_json) and not isinstance(value, type):
+        return to_json()
     return value
 
 
@@ -258,6 +262,80 @@ PROPERTIES: tuple[Property, ...] = (
         ),
     ),
 )
+
+# ---- network properties (SPEC §8) ------------------------------------------------------------
+
+PROXY_USAGES: tuple[str, ...] = ("PRECONFIG", "NO_PROXY", "OVERRIDE", "AUTODETECT")
+_STR_LIST_OR_NULL: Mapping[str, Any] = {"type": ["array", "null"], "items": _STR}
+PROXY_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "required": ["usage", "list", "bypass"],
+    "properties": {
+        "usage": {"type": "string", "enum": list(PROXY_USAGES)},
+        "list": _STR_LIST_OR_NULL,
+        "bypass": _STR_LIST_OR_NULL,
+    },
+    "additionalProperties": False,
+}
+
+
+def proxy_wire(value: Any) -> Any:
+    """A proxy setting as the wire wants it: ProxySettings-like objects by their JSON, a
+    usage given alone as a string, lists given as one string split at blanks and commas."""
+    value = wire_value(value)
+    if isinstance(value, str):
+        return {"usage": value.upper(), "list": None, "bypass": None}
+    if isinstance(value, Mapping):
+        out = dict(value)
+        usage = out.get("usage")
+        if isinstance(usage, Enum):
+            usage = usage.value
+        if isinstance(usage, str):
+            out["usage"] = usage.upper()
+        for key in ("list", "bypass"):
+            item = out.get(key)
+            if isinstance(item, str):
+                out[key] = [p for p in item.replace(",", " ").split() if p] or None
+            elif isinstance(item, list | tuple):
+                out[key] = list(item) or None
+        out.setdefault("list", None)
+        out.setdefault("bypass", None)
+        return out
+    return value
+
+
+def parse_json_object(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+
+
+NETWORK_PROPERTIES: tuple[Property, ...] = (
+    Property(
+        "proxy",
+        PROXY_SCHEMA,
+        "How the job reaches HTTP servers (SetProxySettings): usage PRECONFIG (ferryd's "
+        "configured proxy, else its http_proxy/https_proxy/no_proxy), NO_PROXY, OVERRIDE "
+        "(list: proxies tried in order; bypass: host, .suffix, IP, CIDR, <local>) or "
+        "AUTODETECT (PAC, else PRECONFIG). list and bypass only with OVERRIDE.",
+        {
+            "usage": "OVERRIDE",
+            "list": ["http://proxy.example:3128"],
+            "bypass": ["<local>", ".internal.example", "10.0.0.0/8"],
+        },
+        CliOption(
+            _opt("proxy"),
+            "JSON",
+            "All proxy settings as one JSON object {usage, list, bypass} (or use "
+            "--proxy-usage, --proxy-list, --proxy-bypass).",
+            parse_json_object,
+            lambda v: json.dumps(v),
+        ),
+        to_wire=proxy_wire,
+    ),
+)
+PROPERTIES = PROPERTIES + NETWORK_PROPERTIES
 
 PROPERTY_BY_NAME: Mapping[str, Property] = {p.name: p for p in PROPERTIES}
 SETTABLE_PROPERTIES = frozenset(PROPERTY_BY_NAME)

@@ -18,6 +18,7 @@ from ..model.job import (
     JobFile,
 )
 from ..model.notification import NotificationStatus
+from ..model.proxy import DEFAULT_PROXY, ProxySettings
 from ..model.token import Token, TokenInterner
 from ..model.types import (
     DEFAULT_NOTIFY_FLAGS,
@@ -126,6 +127,7 @@ def job_record(job: Job) -> dict[str, Any]:
         "credentials": [c.to_json() for c in job.credentials],
         "owner_ccache": job.owner_ccache,
         "helper_ccache": job.helper_ccache,
+        "proxy": None if job.proxy is DEFAULT_PROXY else job.proxy.to_json(),
     }
 
 
@@ -192,6 +194,7 @@ def job_from_record(
         get("retry_at"),
         get("no_progress_since"),
         NotificationStatus.from_json(notification) if notification else None,
+        ProxySettings.from_record(get("proxy")),
     )
     credentials = get("credentials")
     if credentials:

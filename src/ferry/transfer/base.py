@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import FerryError, code_for_errno
 from ..model.job import Job
+from ..model.proxy import DEFAULT_PROXY, ProxySettings
 from ..model.token import Token
 from ..model.types import ErrorContext
 
@@ -234,6 +235,8 @@ class DownloadRequest:
     # transport could not answer a challenge (no ticket, ...), for the error's description.
     auth: JobAuth | None = None
     auth_note: str | None = None
+    # The job's proxy settings (SPEC §8.1); the http transport routes with them.
+    proxy: ProxySettings = DEFAULT_PROXY
 
     def network_token(self) -> Token:
         """The token to act as for remote access (opening a file:// source; implicit HTTP

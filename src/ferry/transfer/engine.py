@@ -175,6 +175,7 @@ class TransferEngine:
             bytes_total=jf.bytes_total,
             final_url=jf.final_url,
             auth=self.job_auth(job, network),
+            proxy=job.proxy,
         )
 
     def job_auth(self, job: Job, network: Token | FerryError) -> JobAuth | None:

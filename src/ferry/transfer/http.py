@@ -26,6 +26,7 @@ from ..errors import http_error_code
 from ..model.types import ErrorContext
 from .auth import Authenticator, challenge_header
 from .base import DownloadRequest, Sink, TransferError
+from .proxy import ProxyRouter
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK = 1 << 20
@@ -171,6 +172,48 @@ def map_client_error(exc: BaseException, url: str) -> TransferError:
     )
 
 
+def _is_proxy_failure(exc: aiohttp.ClientConnectorError) -> bool:
+    """With a proxy, ferryd connects (and resolves names) only for the proxy: a connector
+    failure is the proxy's, but a TLS failure is the origin's, through the tunnel."""
+    return not isinstance(exc, aiohttp.ClientSSLError)
+
+
+def proxy_unreachable(exc: BaseException, proxy: str) -> TransferError:
+    """A proxy that could not be reached: transient, GENERAL_TRANSPORT, the WinHTTP code of
+    the failure (the next proxy of the list is tried first)."""
+    if isinstance(exc, TimeoutError):
+        return _transport(
+            "ERROR_WINHTTP_TIMEOUT", f"the proxy {proxy} did not answer in time", transient=True
+        )
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, socket.gaierror) or (
+        getattr(aiohttp, "ClientConnectorDNSError", None) is not None
+        and isinstance(exc, aiohttp.ClientConnectorDNSError)
+    ):
+        return _transport(
+            "ERROR_WINHTTP_NAME_NOT_RESOLVED",
+            f"cannot resolve the proxy {proxy}",
+            transient=True,
+        )
+    why = _os_text(os_error) if isinstance(os_error, OSError) else str(exc)
+    return _transport(
+        "ERROR_WINHTTP_CANNOT_CONNECT",
+        f"cannot connect to the proxy {proxy}: {why}",
+        transient=True,
+    )
+
+
+def proxy_status_error(status: int, proxy: str, url: URL) -> TransferError:
+    """The proxy answered a CONNECT with an error status. 407 (no usable proxy credentials)
+    is fatal; 5xx and 408/429 are the proxy's passing trouble (transient); the rest fatal."""
+    transient = status in (408, 429) or 500 <= status <= 599
+    return _transport(
+        http_error_code(status),
+        f"the proxy {proxy} answered {status} to CONNECT {url.host}:{url.port}",
+        transient=transient,
+    )
+
+
 class HttpTransport:
     """http and https (a DownloadTransport). One ClientSession for the daemon, so
     connections are kept alive across the files of a job and across jobs to the same
@@ -187,6 +230,7 @@ class HttpTransport:
         read_timeout: float = 120.0,
         max_redirects: int = 10,
         allow_https_to_http: bool = False,
+        proxy_router: ProxyRouter | None = None,
     ) -> None:
         # The system trust store unless the caller (config, tests) says otherwise.
         self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
@@ -204,6 +248,8 @@ class HttpTransport:
         self._allow_downgrade = allow_https_to_http
         self._session: aiohttp.ClientSession | None = None
         self._auth = Authenticator()
+        # Which proxies a request tries (SPEC §8.1); ferryd passes its configured router.
+        self.proxy_router = proxy_router if proxy_router is not None else ProxyRouter()
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -214,8 +260,8 @@ class HttpTransport:
                 read_bufsize=READ_BUFSIZE,
                 # The bytes as served: ranges count encoded bytes, so never decode.
                 auto_decompress=False,
-                # Proxies are configured per job (later issue), never taken from the
-                # daemon's environment.
+                # Proxies are chosen per job and request (transfer/proxy.py), never by
+                # aiohttp from the daemon's environment.
                 trust_env=False,
                 headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             )
@@ -226,6 +272,7 @@ class HttpTransport:
             await self._session.close()
             self._session = None
         self._auth.close()
+        self.proxy_router.close()
 
     async def download(self, request: DownloadRequest, sink: Sink) -> None:
         if sink.offset > 0 and (request.dynamic_content or not request.validator):
@@ -285,6 +332,98 @@ class HttpTransport:
             transient=False,
         )
 
+    def proxy_options(self, request: DownloadRequest, proxy: str) -> dict[str, object]:
+        """Extra keyword arguments of aiohttp's request when it goes through ``proxy``
+        (``proxy_auth``, ``proxy_headers``): none without proxy credentials."""
+        return {}
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        request: DownloadRequest,
+        url: URL,
+        headers: dict[str, str],
+        extra: dict[str, Any] | None = None,
+    ) -> aiohttp.ClientResponse:
+        """One request to ``url``, through the proxies its route names, in order: a proxy
+        that cannot be reached is skipped for the next one; when none can, the last failure
+        is the (transient, GENERAL_TRANSPORT) error. https goes through a CONNECT tunnel.
+        A proxy's 407 is answered with the job's PROXY credentials (``_via_proxy``)."""
+        extra = extra or {}
+        route = await self.proxy_router.route(request.proxy, url)
+        failure: TransferError | None = None
+        for proxy in route:
+            if proxy is None:
+                return await session.get(url, headers=headers, allow_redirects=False, **extra)
+            try:
+                return await self._via_proxy(session, request, url, headers, proxy, extra)
+            except aiohttp.ClientHttpProxyError as exc:
+                # The proxy refused the CONNECT tunnel (https): its status is the answer.
+                error = proxy_status_error(exc.status, proxy, url)
+                if exc.status == 407 and request.auth_note:
+                    error.message += f" ({request.auth_note})"
+                raise error from None
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                if isinstance(exc, aiohttp.ClientConnectorError) and not _is_proxy_failure(exc):
+                    raise
+                failure = proxy_unreachable(exc, proxy)
+        assert failure is not None
+        raise failure
+
+    async def _via_proxy(
+        self,
+        session: aiohttp.ClientSession,
+        request: DownloadRequest,
+        url: URL,
+        headers: dict[str, str],
+        proxy: str,
+        extra: dict[str, Any],
+    ) -> aiohttp.ClientResponse:
+        """A request through ``proxy``, answering its 407 challenges with the job's PROXY
+        credentials (transfer/auth.py): in the request's headers for an http URL (the proxy
+        reads them), in the CONNECT request's for https. A 407 that cannot be answered is
+        returned (http) or raised (CONNECT), and becomes BG_E_HTTP_ERROR_407."""
+        auth = request.auth
+        proxy_url = URL(proxy)
+        tunnel = url.scheme == "https"
+        options: dict[str, Any] = dict(self.proxy_options(request, proxy))
+        answer: dict[str, str] = {}
+        if auth is not None and auth.for_target("PROXY"):
+            answer = await self._auth.preemptive(auth, proxy_url, "PROXY")
+        sent: set[str] = set()
+        for _leg in range(5):
+            send_headers = headers if tunnel else headers | answer
+            if tunnel and answer:
+                options["proxy_headers"] = answer
+            try:
+                resp = await session.get(
+                    url, headers=send_headers, allow_redirects=False, proxy=proxy,
+                    **options, **extra,
+                )  # fmt: skip
+            except aiohttp.ClientHttpProxyError as exc:
+                if exc.status != 407 or auth is None or not auth.for_target("PROXY"):
+                    raise
+                challenges = exc.headers.getall("Proxy-Authenticate", []) if exc.headers else []
+                answer_or_none, why = await self._auth.answer(
+                    auth, proxy_url, list(challenges), "PROXY", sent
+                )
+                if answer_or_none is None:
+                    request.auth_note = why or request.auth_note
+                    raise
+                answer = answer_or_none
+                continue
+            if resp.status != 407 or auth is None or not auth.for_target("PROXY"):
+                return resp
+            answer_or_none, why = await self._auth.answer(
+                auth, proxy_url, resp.headers.getall(challenge_header("PROXY"), []), "PROXY", sent
+            )
+            if answer_or_none is None:
+                request.auth_note = why or request.auth_note
+                return resp
+            answer = answer_or_none
+            await _drain(resp)
+        return resp
+
     async def _get_authenticated(
         self,
         session: aiohttp.ClientSession,
@@ -296,14 +435,14 @@ class HttpTransport:
         (transfer/auth.py). The last response is returned: a 401 after the credentials were
         tried becomes BG_E_HTTP_ERROR_401 like any other."""
         auth = request.auth
-        if auth is None or not auth.credentials:
-            return await session.get(url, headers=headers, allow_redirects=False)
+        if auth is None or not auth.for_target("SERVER"):
+            return await self._send(session, request, url, headers)
         extra: dict[str, Any] = {}
         middlewares = self._auth.middlewares(auth, url)
         if middlewares:
             extra["middlewares"] = middlewares
         first = headers | await self._auth.preemptive(auth, url, "SERVER")
-        resp = await session.get(url, headers=first, allow_redirects=False, **extra)
+        resp = await self._send(session, request, url, first, extra)
         sent: set[str] = set()
         for _leg in range(4):
             if resp.status != 401:
@@ -316,7 +455,7 @@ class HttpTransport:
                     request.auth_note = why
                 break
             await _drain(resp)
-            resp = await session.get(url, headers=headers | answer, allow_redirects=False, **extra)
+            resp = await self._send(session, request, url, headers | answer, extra)
         return resp
 
     async def _download(self, request: DownloadRequest, sink: Sink) -> None:
