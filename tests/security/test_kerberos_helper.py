@@ -58,6 +58,10 @@ class Realm:
         self.k.addprinc(f"HTTP/localhost@{self.realm}")
         self.keytab = os.path.join(self.k.tmpdir, "http.keytab")
         self.k.extract_keytab(f"HTTP/localhost@{self.realm}", self.keytab)
+        # squid's service principal: the client names the proxy by its URL's host.
+        self.k.addprinc(f"HTTP/127.0.0.1@{self.realm}")
+        self.proxy_keytab = os.path.join(self.k.tmpdir, "proxy.keytab")
+        self.k.extract_keytab(f"HTTP/127.0.0.1@{self.realm}", self.proxy_keytab)
         # The test users and Apache (nobody) read krb5.conf; the HTTP keytab is Apache's.
         os.chmod(self.k.tmpdir, 0o755)
         for name in os.listdir(self.k.tmpdir):
@@ -354,3 +358,122 @@ def test_basic_and_digest_and_secrets_stay_secret(
     assert PASSWORD not in d.log(10_000_000)
     key = d.state_dir / "credentials.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == 0
+
+
+# ---- the proxy target: squid with Negotiate and Basic -----------------------------------
+
+
+@pytest.fixture
+def auth_squid(realm: Realm, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from harness import squid
+
+    if not squid.available():
+        pytest.skip("squid is not installed")
+    helpers = Path("/usr/lib/squid")
+    for h in ("negotiate_kerberos_auth", "basic_ncsa_auth"):
+        if not (helpers / h).exists():
+            pytest.skip(f"squid's {h} is not installed")
+    work = short_tmpdir("fy-sq-")
+    passwd = work / "passwd"
+    hashed = subprocess.run(["openssl", "passwd", "-apr1", "pr0xy-pw"], capture_output=True,
+                            text=True, check=True).stdout.strip()  # fmt: skip
+    passwd.write_text(f"carol:{hashed}\n")
+    os.chmod(passwd, 0o644)
+    # The negotiate helper reads the realm's krb5.conf through squid's environment.
+    monkeypatch.setenv("KRB5_CONFIG", realm.conf)
+    extra = f"""
+auth_param negotiate program {helpers}/negotiate_kerberos_auth -k {realm.proxy_keytab} -s GSS_C_NO_NAME
+auth_param negotiate children 3
+auth_param negotiate keep_alive on
+auth_param basic program {helpers}/basic_ncsa_auth {passwd}
+auth_param basic children 3
+auth_param basic realm ferry-test
+acl authed proxy_auth REQUIRED
+http_access allow authed
+"""
+    server = squid.Squid(work, extra=extra, open_access=False)
+    server.start()
+    yield server
+    server.cleanup()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def test_seed_example_through_squid_and_apache(
+    krb_ferryd: Daemon, httpd: Apache, realm: Realm, auth_squid: Any, short_tmp: Path
+) -> None:
+    """The helper's own ticket authenticates to squid (407, Negotiate) and to Apache (401,
+    Negotiate); both logs show the helper's principal, never the owner's."""
+    d = krb_ferryd
+    httpd.put("neg/via.bin", os.urandom(200_000))
+    url = httpd.url("neg/via.bin")
+    dest = owned_dir(short_tmp / "via-dest", OWN, 0o700)
+    helper_cc = _helper_ccache(short_tmp)
+    realm.kinit_as(HLP, realm.helper, "helper-pw", helper_cc)
+    proxy = {"usage": "OVERRIDE", "list": [auth_squid.url], "bypass": None}
+    with ferry.Client(d.socket) as c:
+        # Without the helper (and no ticket of the owner's): squid's 407 is fatal.
+        with ferry.impersonate(OWN, OWN):
+            alone = _new_job(c, "via-alone", url, dest / "alone.bin")
+            alone.set(proxy=proxy)
+            alone.set_credentials("PROXY", "NEGOTIATE")
+            alone.resume()
+        err = wait_state(d, alone.id, {"ERROR", "TRANSFERRED"})
+        assert err["state"] == "ERROR" and err["error"]["code"] == "BG_E_HTTP_ERROR_407", err
+
+        with SessionAgent(HLP) as helper:
+            with ferry.impersonate(OWN, OWN):
+                job = _new_job(c, "via-helper", url, dest / "via.bin")
+                job.set(proxy=proxy)
+                job.set_credentials("PROXY", "NEGOTIATE")
+                handle = c.open(job.id, "token-options", ttl=600)
+            _set_helper(d, helper, handle, helper_cc)
+            with ferry.impersonate(OWN, OWN):
+                c.token_options(handle).set_helper_token_flags(ferry.TokenFlags.NETWORK)
+                job.resume()
+            done = wait_state(d, job.id, {"TRANSFERRED", "ERROR"})
+            assert done["state"] == "TRANSFERRED", done
+            with ferry.impersonate(OWN, OWN):
+                assert job.complete() == "S_OK"
+    out = dest / "via.bin"
+    assert out.read_bytes() == (httpd.docroot / "neg/via.bin").read_bytes()
+    assert out.stat().st_uid == OWN
+    entries = auth_squid.wait_access(lambda e: e.url.endswith("/neg/via.bin") and e.status == 200)
+    mine = [e for e in entries if e.url.endswith("/neg/via.bin")]
+    assert any(e.status == 200 and e.user == realm.helper for e in mine), mine
+    assert not any(e.user and "owner" in e.user for e in entries), entries
+    lines = _neg_lines(httpd, "via.bin")
+    assert any(line.startswith(f"{realm.helper} 200 ") for line in lines), lines
+    assert not any(realm.owner in line for line in lines), lines
+
+
+def test_basic_to_squid(
+    krb_ferryd: Daemon, httpd: Apache, auth_squid: Any, short_tmp: Path
+) -> None:
+    """Explicit Basic credentials for the PROXY target, sent only to squid (the origin's
+    open location never sees them); a wrong password is a fatal 407."""
+    d = krb_ferryd
+    httpd.put("open/p.bin", os.urandom(30_000))
+    proxy = {"usage": "OVERRIDE", "list": [auth_squid.url], "bypass": None}
+    with ferry.Client(d.socket) as c:
+        good = c.create_job("squid-basic")
+        good.add_file(httpd.url("open/p.bin"), str(short_tmp / "p.bin"))
+        good.set(proxy=proxy)
+        good.set_credentials("PROXY", "BASIC", "carol", "pr0xy-pw")
+        bad = c.create_job("squid-basic-bad")
+        bad.add_file(httpd.url("open/p.bin"), str(short_tmp / "q.bin"))
+        bad.set(proxy=proxy)
+        bad.set_credentials("PROXY", "BASIC", "carol", "wrong")
+        # A SERVER credential is never sent to the proxy.
+        server_only = c.create_job("squid-server-cred")
+        server_only.add_file(httpd.url("open/p.bin"), str(short_tmp / "r.bin"))
+        server_only.set(proxy=proxy)
+        server_only.set_credentials("SERVER", "BASIC", "carol", "pr0xy-pw")
+        for job in (good, bad, server_only):
+            job.resume()
+        assert good.wait(timeout=30) is ferry.JobState.TRANSFERRED, good.data
+        for job in (bad, server_only):
+            assert job.wait(timeout=30) is ferry.JobState.ERROR
+            assert job.data["error"]["code"] == "BG_E_HTTP_ERROR_407", job.data
+    entries = auth_squid.wait_access(lambda e: e.status == 200 and e.user == "carol")
+    assert any(e.user == "carol" and e.url.endswith("/open/p.bin") for e in entries), entries
+    assert all(not line.startswith("carol") for line in httpd.log_lines())
