@@ -381,8 +381,9 @@ def auth_squid(realm: Realm, short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -
     os.chmod(passwd, 0o644)
     # The negotiate helper reads the realm's krb5.conf through squid's environment.
     monkeypatch.setenv("KRB5_CONFIG", realm.conf)
+    negotiate = f"{helpers}/negotiate_kerberos_auth -k {realm.proxy_keytab} -s GSS_C_NO_NAME"
     extra = f"""
-auth_param negotiate program {helpers}/negotiate_kerberos_auth -k {realm.proxy_keytab} -s GSS_C_NO_NAME
+auth_param negotiate program {negotiate}
 auth_param negotiate children 3
 auth_param negotiate keep_alive on
 auth_param basic program {helpers}/basic_ncsa_auth {passwd}
