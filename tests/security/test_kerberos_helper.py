@@ -478,3 +478,61 @@ def test_basic_to_squid(
     entries = auth_squid.wait_access(lambda e: e.status == 200 and e.user == "carol")
     assert any(e.user == "carol" and e.url.endswith("/open/p.bin") for e in entries), entries
     assert all(not line.startswith("carol") for line in httpd.log_lines())
+
+
+# ---- service identities: a keytab from ferryd's config, read as that uid -----------------
+
+
+def test_service_identity_keytab_and_denial_at_use(
+    realm: Realm, httpd: Apache, short_tmp: Path
+) -> None:
+    keydir = owned_dir(short_tmp / "svc-keys", OWN, 0o700)
+    keytab = keydir / "svc.keytab"
+    realm.k.extract_keytab(realm.owner, str(keytab))
+    os.chown(keytab, OWN, OWN)
+    os.chmod(keytab, 0o600)
+    d = Daemon(
+        short_tmp / "kd",
+        system=True,
+        config=f'[daemon]\nsession_poll_interval = 0.2\n[kerberos]\nkeytabs = {{ "{OWN}" = '
+        f'"{keytab}" }}\n',
+        env={"KRB5_CONFIG": realm.conf},
+    )
+    os.chmod(short_tmp / "kd", 0o755)
+    d.start()
+    try:
+        httpd.put("neg/svc.bin", os.urandom(20_000))
+        dest = owned_dir(short_tmp / "svc-dest", OWN, 0o700)
+        with ferry.Client(d.socket) as c, ferry.impersonate(OWN, OWN):
+            job = _new_job(c, "svc-keytab", httpd.url("neg/svc.bin"), dest / "svc.bin")
+            job.resume()
+            assert job.wait(timeout=30) is ferry.JobState.TRANSFERRED, job.data
+        lines = _neg_lines(httpd, "svc.bin")
+        assert any(line.startswith(f"{realm.owner} 200 ") for line in lines), lines
+
+        # A cache accepted when named, then swapped for a symlink to another uid's cache:
+        # refused when it is read for the transfer (E_ACCESSDENIED), nothing read.
+        mine = owned_dir(short_tmp / "swap", HLP, 0o755)
+        other = owned_dir(short_tmp / "swap-other", OTHER, 0o700)
+        theirs = other / "krb5cc"
+        theirs.write_bytes(b"not yours")
+        os.chown(theirs, OTHER, OTHER)
+        cache = mine / "krb5cc"
+        with SessionAgent(HLP) as who:
+            status, created = who.call(
+                d.socket, "POST", "/v1/jobs", {"display_name": "swap", "krb5ccname": str(cache)}
+            )
+            assert status == 201, created
+            jid = created["id"]
+            body = {"files": [{"remote_name": httpd.url("neg/svc.bin"),
+                               "local_name": str(mine / "out.bin")}]}  # fmt: skip
+            assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/files", body)[0] == 200
+            cred = {"target": "SERVER", "scheme": "NEGOTIATE"}
+            assert who.call(d.socket, "PUT", f"/v1/jobs/{jid}/credentials", cred)[0] == 200
+            os.symlink(theirs, cache)
+            os.lchown(cache, HLP, HLP)
+            assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/resume", {})[0] == 200
+            err = wait_state(d, jid, {"ERROR", "TRANSFERRED"})
+            assert err["state"] == "ERROR" and err["error"]["code"] == "E_ACCESSDENIED", err
+    finally:
+        assert d.stop() == 0, d.log()
