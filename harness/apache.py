@@ -1,6 +1,7 @@
 """Apache httpd with its own configuration in a temporary directory, started as a plain
 foreground process (never the system service) on a free loopback port, for the credential
-tests and benchmarks: ``/neg/`` requires Negotiate (mod_auth_gssapi, Kerberos), ``/basic/``
+tests and benchmarks: ``/neg/`` requires Negotiate (mod_auth_gssapi, Kerberos) on every
+request, ``/negb/`` once per connection (GssapiConnectionBound, as IIS does), ``/basic/``
 Basic, ``/digest/`` Digest, ``/open/`` nothing. The access log records the authenticated user
 (``%u``). Runs as ``nobody`` (setpriv) when started by root."""
 
@@ -58,7 +59,7 @@ class Apache:
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o755)
         self.docroot = base / "htdocs"
-        for d in ("neg", "basic", "digest", "open"):
+        for d in ("neg", "negb", "basic", "digest", "open"):
             (self.docroot / d).mkdir(parents=True, exist_ok=True)
         self.keytab = keytab
         self.users = dict(users or {})
@@ -103,6 +104,16 @@ class Apache:
   GssapiAllowedMech krb5
   GssapiBasicAuth Off
   GssapiLocalName Off
+  Require valid-user
+</Location>
+<Location /negb/>
+  AuthType GSSAPI
+  AuthName "negb"
+  GssapiCredStore keytab:{self.keytab}
+  GssapiAllowedMech krb5
+  GssapiBasicAuth Off
+  GssapiLocalName Off
+  GssapiConnectionBound On
   Require valid-user
 </Location>"""
         return f"""

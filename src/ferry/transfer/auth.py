@@ -151,6 +151,12 @@ class Authenticator:
 
     def __init__(self) -> None:
         self._wants = _Bounded(_MAX_STATE)  # (job, target, origin) -> scheme it asked for
+        # (job, target, origin) -> how a Negotiate origin treats a kept-alive connection
+        # that authenticated once: "probe" (not known yet: the next request goes without a
+        # token), "bound" (it stays authenticated, as IIS does by default and Apache's
+        # mod_auth_gssapi with GssapiConnectionBound: only a new connection is challenged),
+        # "each" (every request must carry a token: a fresh one goes up front).
+        self._mode = _Bounded(_MAX_STATE)
         self._digest = _Bounded(_MAX_STATE)  # (job, origin) -> DigestAuthMiddleware
         self._legs = _Bounded(_MAX_STATE)  # (job, target, origin) -> a multi-leg context
         self._gss = GssCredentials()
@@ -183,8 +189,11 @@ class Authenticator:
         """The answer sent up front to an origin that asked this job before."""
         if auth is None:
             return {}
-        scheme = self._wants.get((auth.key, target, _origin(url)))
+        key = (auth.key, target, _origin(url))
+        scheme = self._wants.get(key)
         if scheme not in ("BASIC", "NEGOTIATE"):
+            return {}
+        if scheme == "NEGOTIATE" and self._mode.get(key) != "each":
             return {}
         cred = _find(auth.for_target(target), scheme)
         if cred is None:
@@ -196,8 +205,21 @@ class Authenticator:
             return {}
         return {} if value is None else {answer_header(target): value}
 
+    def accepted(self, auth: JobAuth, url: URL, target: str) -> None:
+        """A request sent without a token was answered without a challenge: the origin
+        keeps a connection authenticated ("bound")."""
+        key = (auth.key, target, _origin(url))
+        if self._mode.get(key) == "probe":
+            self._mode.put(key, "bound")
+
     async def answer(
-        self, auth: JobAuth, url: URL, challenges: list[str], target: str, sent: set[str]
+        self,
+        auth: JobAuth,
+        url: URL,
+        challenges: list[str],
+        target: str,
+        sent: set[str],
+        preempted: bool = False,
     ) -> tuple[dict[str, str] | None, str | None]:
         """The header answering a 401/407 with ``challenges``; (None, why) when the job has
         nothing (more) to answer with. ``sent`` is the schemes already answered for this
@@ -225,6 +247,12 @@ class Authenticator:
                 continue
             if value is None:
                 continue
+            if scheme == "NEGOTIATE" and not sent and not preempted:
+                # Challenged without a token: first time, learn; after a probe, every
+                # request needs one; a bound origin challenges only new connections.
+                mode = self._mode.get(leg_key)
+                self._mode.put(leg_key, "probe" if mode is None else
+                               "each" if mode == "probe" else mode)  # fmt: skip
             sent.add(scheme)
             if scheme in ("BASIC", "NEGOTIATE"):
                 self._wants.put((auth.key, target, _origin(url)), scheme)

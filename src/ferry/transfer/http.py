@@ -441,14 +441,21 @@ class HttpTransport:
         middlewares = self._auth.middlewares(auth, url)
         if middlewares:
             extra["middlewares"] = middlewares
-        first = headers | await self._auth.preemptive(auth, url, "SERVER")
-        resp = await self._send(session, request, url, first, extra)
+        pre = await self._auth.preemptive(auth, url, "SERVER")
+        resp = await self._send(session, request, url, headers | pre, extra)
         sent: set[str] = set()
         for _leg in range(4):
             if resp.status != 401:
+                if not pre and not sent:
+                    self._auth.accepted(auth, url, "SERVER")
                 break
             answer, why = await self._auth.answer(
-                auth, url, resp.headers.getall(challenge_header("SERVER"), []), "SERVER", sent
+                auth,
+                url,
+                resp.headers.getall(challenge_header("SERVER"), []),
+                "SERVER",
+                sent,
+                preempted=bool(pre),
             )
             if answer is None:
                 if why:
