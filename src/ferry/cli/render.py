@@ -178,6 +178,12 @@ def print_job(j: dict[str, Any]) -> None:
     if isinstance(helper, dict):
         flags = ", ".join(helper.get("flags") or []) or "none"
         row("Helper token", f"{helper.get('sid') or '(none set)'}; flags: {flags}")
+    reply = j.get("reply")
+    if isinstance(reply, dict):
+        total = reply.get("bytes_total")
+        got = reply.get("bytes_transferred", 0)
+        row("Reply file", reply.get("file") or "-")
+        row("Reply", f"{size(got)} of {size(total) if total is not None else '?'}")
     # Plain aligned lines rather than a rich grid: no trailing padding when piped to a file.
     out = console()
     width = max(len(k) for k, _ in rows)

@@ -66,6 +66,12 @@ class JobView:
     def dynamic_content(self) -> bool:
         return bool(self.data.get("dynamic_content"))
 
+    @property
+    def reply(self) -> JSONObj | None:
+        """Upload-reply jobs: ``{"file", "bytes_total", "bytes_transferred"}``."""
+        value = self.data.get("reply")
+        return value if isinstance(value, dict) else None
+
     def _update(self, data: JSONObj) -> None:
         if data.get("id") == self.id:
             self.data = data

@@ -27,6 +27,7 @@ from ..model.types import (
     Priority,
     TokenFlags,
 )
+from ..model.upload import UploadState
 
 # Stored value -> member, for decoding records: a dict lookup is several times cheaper than
 # calling the enumeration, which counts when ferryd loads 100,000 jobs at startup. A value
@@ -121,6 +122,7 @@ def job_record(job: Job) -> dict[str, Any]:
         "retry_at": job.retry_at,
         "no_progress_since": job.no_progress_since,
         "notification": None if job.notification is None else job.notification.to_json(),
+        "upload": None if job.upload is None else job.upload.to_json(),
     }
 
 
@@ -157,6 +159,7 @@ def job_from_record(
     no_progress_timeout = int(get("no_progress_timeout", DEFAULT_NO_PROGRESS_TIMEOUT))
     if no_progress_timeout == DEFAULT_NO_PROGRESS_TIMEOUT:
         no_progress_timeout = DEFAULT_NO_PROGRESS_TIMEOUT
+    upload = get("upload")
     helper = get("helper_token")
     helper_flags = get("helper_flags", 0)
     flags = _TOKEN_FLAGS.get(helper_flags)
@@ -187,4 +190,5 @@ def job_from_record(
         get("retry_at"),
         get("no_progress_since"),
         NotificationStatus.from_json(notification) if notification else None,
+        UploadState.from_json(upload) if upload else None,
     )
