@@ -52,7 +52,6 @@ _RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)\s*-\s*(-1|\d+)|\*)\s*/\s*(\d+)\s*$
 _TEMP_PREFIX = ".ferry-upload-"
 
 
-
 class BitsError(Exception):
     """An error Ack: HTTP ``status`` with ``code`` (a name from ferry.errors, or an HRESULT)
     and context."""
@@ -372,7 +371,10 @@ async def _write(
     try:
         try:
             while pos < end:
-                chunk = await request.content.readany()
+                try:
+                    chunk = await request.content.readany()
+                except ConnectionError:
+                    break  # the client went away: what arrived is kept
                 if not chunk:
                     break
                 if skip:
@@ -523,7 +525,9 @@ def _place(state: State, src: str, pfd: int, name: str, src_dir_fd: int | None =
 def _copy_beside(src: str, pfd: int) -> str:
     name = f"{_TEMP_PREFIX}{secrets.token_hex(12)}.tmp"
     out = os.open(
-        name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+        name,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o644,
         dir_fd=pfd,
     )
     try:
@@ -559,9 +563,9 @@ async def _get(state: State, request: web.Request) -> web.StreamResponse:
     try:
         fd = open_file(state.root, parse_url_path(raw))
     except PathRefused as exc:
-        raise {400: web.HTTPBadRequest, 403: web.HTTPForbidden}.get(
-            exc.status, web.HTTPNotFound
-        )(text=exc.reason) from None
+        raise {400: web.HTTPBadRequest, 403: web.HTTPForbidden}.get(exc.status, web.HTTPNotFound)(
+            text=exc.reason
+        ) from None
     return await _serve_fd(request, fd)
 
 
@@ -643,7 +647,7 @@ def build(config: ServerConfig) -> web.Application:
     app[CONFIG_KEY] = config
     app[STATE_KEY] = State(config=config, root=str(root), store=store, backend=backend)
     app.router.add_route("GET", "/.ferry-reply/{session}", reply, name="ferry-reply")
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
     app.cleanup_ctx.append(_sweeper)
     app.cleanup_ctx.append(_backend_ctx)
     return app

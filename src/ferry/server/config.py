@@ -55,9 +55,7 @@ class ServerConfig:
             raise ValueError("host_id must be a non-empty printable name without spaces")
         if self.notify_type not in ("by-reference", "by-value"):
             raise ValueError("notify_type is by-reference or by-value")
-        if self.notify_url is not None and not self.notify_url.startswith(
-            ("http://", "https://")
-        ):
+        if self.notify_url is not None and not self.notify_url.startswith(("http://", "https://")):
             raise ValueError("notify_url must be an http(s) URL")
         if self.max_fragment_size is not None and self.max_fragment_size < 1:
             raise ValueError("max_fragment_size must be >= 1")

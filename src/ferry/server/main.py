@@ -52,35 +52,82 @@ def _bind(value: str) -> tuple[str, int]:
 
 
 @click.command(name="ferry-server", help=HELP, context_settings={"max_content_width": 100})
-@click.option("--bind", "bind", required=True, metavar="HOST:PORT",
-              help="Address and port to listen on (port 0: a free one, printed).")
-@click.option("--root", required=True, metavar="DIR",
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Directory the URL paths map under.")
-@click.option("--state-dir", metavar="DIR", type=click.Path(file_okay=False, path_type=Path),
-              help="Sessions and partial uploads [default: DIR/.ferry-server]. Share it "
-              "between the servers of a farm; best on the file system of --root.")
-@click.option("--max-upload-size", type=click.IntRange(min=0), metavar="BYTES",
-              help="Refuse larger uploads (BG_E_TOO_LARGE) [default: no limit].")
-@click.option("--allow-overwrite", is_flag=True,
-              help="Let an upload replace an existing file (refused otherwise: 403).")
-@click.option("--session-timeout", type=click.FloatRange(min=0, min_open=True),
-              default=IIS_SESSION_TIMEOUT, show_default=True, metavar="SEC",
-              help="A session idle this long expires (then BG_E_SESSION_NOT_FOUND).")
-@click.option("--host-id", metavar="NAME",
-              help="This server's name or address in a farm, sent as BITS-Host-Id.")
-@click.option("--host-id-fallback-timeout", type=click.IntRange(min=0), metavar="SEC",
-              help="BITS-Host-Id-Fallback-Timeout: how long a client keeps trying the host "
-              "before it falls back to the original URL.")
-@click.option("--notify-url", metavar="URL",
-              help="Back-end application that receives finished uploads (upload-reply).")
-@click.option("--notify-type", type=click.Choice(["by-reference", "by-value"]),
-              default="by-reference", show_default=True,
-              help="How the back end receives an upload.")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
-              help="Serve HTTPS with this certificate chain (with --tls-key).")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
-              help="The private key of --tls-cert.")
+@click.option(
+    "--bind",
+    "bind",
+    required=True,
+    metavar="HOST:PORT",
+    help="Address and port to listen on (port 0: a free one, printed).",
+)
+@click.option(
+    "--root",
+    required=True,
+    metavar="DIR",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Directory the URL paths map under.",
+)
+@click.option(
+    "--state-dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Sessions and partial uploads [default: DIR/.ferry-server]. Share it "
+    "between the servers of a farm; best on the file system of --root.",
+)
+@click.option(
+    "--max-upload-size",
+    type=click.IntRange(min=0),
+    metavar="BYTES",
+    help="Refuse larger uploads (BG_E_TOO_LARGE) [default: no limit].",
+)
+@click.option(
+    "--allow-overwrite",
+    is_flag=True,
+    help="Let an upload replace an existing file (refused otherwise: 403).",
+)
+@click.option(
+    "--session-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=IIS_SESSION_TIMEOUT,
+    show_default=True,
+    metavar="SEC",
+    help="A session idle this long expires (then BG_E_SESSION_NOT_FOUND).",
+)
+@click.option(
+    "--host-id",
+    metavar="NAME",
+    help="This server's name or address in a farm, sent as BITS-Host-Id.",
+)
+@click.option(
+    "--host-id-fallback-timeout",
+    type=click.IntRange(min=0),
+    metavar="SEC",
+    help="BITS-Host-Id-Fallback-Timeout: how long a client keeps trying the host "
+    "before it falls back to the original URL.",
+)
+@click.option(
+    "--notify-url",
+    metavar="URL",
+    help="Back-end application that receives finished uploads (upload-reply).",
+)
+@click.option(
+    "--notify-type",
+    type=click.Choice(["by-reference", "by-value"]),
+    default="by-reference",
+    show_default=True,
+    help="How the back end receives an upload.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="PEM",
+    help="Serve HTTPS with this certificate chain (with --tls-key).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="PEM",
+    help="The private key of --tls-cert.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every session event to stderr.")
 def main(
     bind: str,

@@ -97,9 +97,7 @@ class SessionStore:
         tmp.mkdir(mode=0o700)
         try:
             _write_json(tmp / "meta.json", asdict(session))
-            fd = os.open(
-                tmp / "data", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644
-            )
+            fd = os.open(tmp / "data", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             os.fsync(fd)
             os.close(fd)
             (tmp / "lock").touch(mode=0o600)
