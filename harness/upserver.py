@@ -251,3 +251,107 @@ def upload(port: int, path: str, data: bytes, chunk: int = 1 << 20) -> str:
     a = bits(port, path, "Close-Session", sid)
     assert a.status == 200, (a.status, a.headers)
     return sid
+
+
+# -- nginx in front (the configuration docs/uploads.md documents) ----------------------------
+
+NGINX_FRONT = """\
+{user}
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    upstream ferry_server {{
+        server 127.0.0.1:{upstream};
+        keepalive 16;
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        client_max_body_size 0;
+        location / {{
+            proxy_pass http://ferry_server;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_request_buffering off;
+            proxy_buffering off;
+            proxy_read_timeout 300s;
+            proxy_send_timeout 300s;
+        }}
+    }}
+}}
+"""
+
+
+class NginxFront:
+    """nginx terminating TLS on a free loopback port and proxying everything (BITS_POST
+    included) to a ferry-server on ``upstream``."""
+
+    def __init__(self, workdir: Path, upstream: int, cert: Path, key: Path) -> None:
+        self.dir = workdir
+        self.upstream = upstream
+        self.cert = cert
+        self.key = key
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, attempts: int = 5) -> Self:
+        from harness.nginx import NGINX, _free_port
+
+        (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
+        for _ in range(attempts):
+            self.port = _free_port()
+            conf = self.dir / "nginx.conf"
+            conf.write_text(
+                NGINX_FRONT.format(
+                    user="user root;" if os.geteuid() == 0 else "",
+                    dir=self.dir,
+                    port=self.port,
+                    upstream=self.upstream,
+                    cert=self.cert,
+                    key=self.key,
+                )
+            )
+            args = [NGINX, "-c", str(conf), "-p", str(self.dir), "-g", "daemon off;"]
+            args += ["-e", str(self.dir / "error.log")]
+            with open(self.dir / "nginx.stderr", "ab") as err:
+                self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                    return self
+                except OSError:
+                    time.sleep(0.02)
+            self.stop()
+        raise RuntimeError(f"nginx did not start:\n{self.error_log()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def error_log(self) -> str:
+        text = ""
+        for name in ("nginx.stderr", "error.log"):
+            with contextlib.suppress(OSError):
+                text += (self.dir / name).read_text(errors="replace")[-4000:]
+        return text

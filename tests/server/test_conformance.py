@@ -79,17 +79,27 @@ def test_unknown_headers_are_ignored(shared_server: FerryServer, name: str) -> N
 
 def test_post_with_method_override(shared_server: FerryServer, name: str) -> None:
     p = shared_server.port
-    h = {"X-Http-Method-Override": "BITS_POST", "BITS-Packet-Type": "Create-Session",
-         "BITS-Supported-Protocols": PROTOCOL}
+    h = {
+        "X-Http-Method-Override": "BITS_POST",
+        "BITS-Packet-Type": "Create-Session",
+        "BITS-Supported-Protocols": PROTOCOL,
+    }
     a = raw_request(p, "POST", name, h)
     assert_ack(a, 200)
     sid = a.h("BITS-Session-Id")
     assert sid is not None
-    h = {"X-Http-Method-Override": "bits_post", "BITS-Packet-Type": "Fragment",
-         "BITS-Session-Id": sid, "Content-Range": "bytes 0-2/3"}
+    h = {
+        "X-Http-Method-Override": "bits_post",
+        "BITS-Packet-Type": "Fragment",
+        "BITS-Session-Id": sid,
+        "Content-Range": "bytes 0-2/3",
+    }
     assert_ack(raw_request(p, "POST", name, h, b"abc"), 200)
-    h = {"X-Http-Method-Override": "BITS_POST", "BITS-Packet-Type": "Close-Session",
-         "BITS-Session-Id": sid}
+    h = {
+        "X-Http-Method-Override": "BITS_POST",
+        "BITS-Packet-Type": "Close-Session",
+        "BITS-Session-Id": sid,
+    }
     assert_ack(raw_request(p, "POST", name, h), 200)
     assert (shared_server.root / name[1:]).read_bytes() == b"abc"
 
@@ -122,16 +132,13 @@ def test_create_session_with_a_body(shared_server: FerryServer, name: str) -> No
 
 
 def test_create_session_without_protocols(shared_server: FerryServer, name: str) -> None:
-    a = raw_request(
-        shared_server.port, "BITS_POST", name, {"BITS-Packet-Type": "Create-Session"}
-    )
+    a = raw_request(shared_server.port, "BITS_POST", name, {"BITS-Packet-Type": "Create-Session"})
     assert_ack(a, 400, E_INVALIDARG)
 
 
 def test_create_session_unknown_protocol(shared_server: FerryServer, name: str) -> None:
     other = "{00000000-1111-2222-3333-444444444444}"
-    a = bits(shared_server.port, name, "Create-Session",
-             extra={"BITS-Supported-Protocols": other})
+    a = bits(shared_server.port, name, "Create-Session", extra={"BITS-Supported-Protocols": other})
     assert_ack(a, 400, E_INVALIDARG)
 
 
@@ -139,8 +146,12 @@ def test_create_session_protocol_lists(shared_server: FerryServer, name: str) ->
     other = "{00000000-1111-2222-3333-444444444444}"
     for sep in (" ", ",", ", ", " ,  "):
         for ours in (PROTOCOL, PROTOCOL.upper(), PROTOCOL.strip("{}")):
-            a = bits(shared_server.port, name, "Create-Session",
-                     extra={"BITS-Supported-Protocols": f"{other}{sep}{ours}"})
+            a = bits(
+                shared_server.port,
+                name,
+                "Create-Session",
+                extra={"BITS-Supported-Protocols": f"{other}{sep}{ours}"},
+            )
             assert_ack(a, 200)
             assert a.h("BITS-Protocol") == PROTOCOL
 
@@ -156,23 +167,32 @@ def test_fragment_without_content_range(shared_server: FerryServer, name: str) -
 
 def test_fragment_malformed_content_range(shared_server: FerryServer, name: str) -> None:
     sid = create(shared_server.port, name)
-    for rng in ("bytes 0-2", "0-2/3", "bytes 2-0/3", "bytes 0-3/3", "bytes a-b/3",
-                "bytes 0-2/x", "items 0-2/3", "bytes -2/3"):
-        a = bits(shared_server.port, name, "Fragment", sid, b"abc",
-                 extra={"Content-Range": rng})
+    for rng in (
+        "bytes 0-2",
+        "0-2/3",
+        "bytes 2-0/3",
+        "bytes 0-3/3",
+        "bytes a-b/3",
+        "bytes 0-2/x",
+        "items 0-2/3",
+        "bytes -2/3",
+    ):
+        a = bits(shared_server.port, name, "Fragment", sid, b"abc", extra={"Content-Range": rng})
         assert_ack(a, 400, E_INVALIDARG)
 
 
 def test_fragment_length_mismatch(shared_server: FerryServer, name: str) -> None:
     sid = create(shared_server.port, name)
-    a = bits(shared_server.port, name, "Fragment", sid, b"abc",
-             extra={"Content-Range": "bytes 0-3/10"})
+    a = bits(
+        shared_server.port, name, "Fragment", sid, b"abc", extra={"Content-Range": "bytes 0-3/10"}
+    )
     assert_ack(a, 400, E_INVALIDARG)
 
 
 def test_fragment_without_session_id(shared_server: FerryServer, name: str) -> None:
-    a = bits(shared_server.port, name, "Fragment", None, b"abc",
-             extra={"Content-Range": "bytes 0-2/3"})
+    a = bits(
+        shared_server.port, name, "Fragment", None, b"abc", extra={"Content-Range": "bytes 0-2/3"}
+    )
     assert_ack(a, 400, E_INVALIDARG)
 
 
@@ -253,8 +273,14 @@ def test_session_is_bound_to_its_url(shared_server: FerryServer, name: str) -> N
 def test_identity_encoding_only(shared_server: FerryServer, name: str) -> None:
     p = shared_server.port
     sid = create(p, name)
-    a = bits(p, name, "Fragment", sid, b"ab",
-             extra={"Content-Range": "bytes 0-1/2", "Content-Encoding": "gzip"})
+    a = bits(
+        p,
+        name,
+        "Fragment",
+        sid,
+        b"ab",
+        extra={"Content-Range": "bytes 0-1/2", "Content-Encoding": "gzip"},
+    )
     assert_ack(a, 400, E_INVALIDARG)
 
 
@@ -329,9 +355,7 @@ def test_empty_upload_by_close(shared_server: FerryServer, name: str) -> None:
     assert (shared_server.root / name[1:]).read_bytes() == b""
 
 
-def test_one_session_many_requests_on_one_connection(
-    shared_server: FerryServer, name: str
-) -> None:
+def test_one_session_many_requests_on_one_connection(shared_server: FerryServer, name: str) -> None:
     """Keep-alive: the packets of a session on one connection."""
     import socket
 

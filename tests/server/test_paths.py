@@ -33,8 +33,12 @@ def jail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerryServer]:
 
 def _outside(s: FerryServer) -> set[str]:
     base = s.root.parent
-    return {str(p.relative_to(base)) for p in base.rglob("*") if not str(p).startswith(
-        (str(s.root), str(base / "state"))) and not p.name.startswith("ferry-server-")}
+    return {
+        str(p.relative_to(base))
+        for p in base.rglob("*")
+        if not str(p).startswith((str(s.root), str(base / "state")))
+        and not p.name.startswith("ferry-server-")
+    }
 
 
 def _refused(s: FerryServer, raw_path: str, status: int) -> None:

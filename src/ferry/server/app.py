@@ -573,6 +573,17 @@ async def _serve_fd(request: web.Request, fd: int) -> web.StreamResponse:
     """Serve an open file with aiohttp's FileResponse (ranges, If-Range, ETag, Last-Modified)
     through /proc/self/fd: the file opened without following links is the one served."""
     try:
+        st = os.fstat(fd)
+        if_range = request.headers.get("If-Range", "").strip()
+        if "Range" in request.headers and if_range.startswith(('"', "W/")):
+            # aiohttp reads If-Range as a date only; an entity tag must match exactly (strong
+            # comparison), else the whole file is sent (RFC 9110 §13.1.5)
+            etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+            if if_range != etag:
+                headers = request.headers.copy()
+                del headers["Range"]
+                del headers["If-Range"]
+                request = request.clone(headers=headers)
         resp = web.FileResponse(f"/proc/self/fd/{fd}")
         await resp.prepare(request)
         return resp
