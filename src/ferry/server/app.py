@@ -395,7 +395,7 @@ async def _write(
                 raise BitsError(500, "ERROR_DISK_FULL", reason="disk full") from exc
             raise
         finally:
-            await asyncio.to_thread(os.fsync, fd)
+            await asyncio.to_thread(os.fdatasync, fd)  # the size too: it is what counts
     finally:
         os.close(fd)
     if pos < end:
