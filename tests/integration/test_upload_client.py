@@ -319,3 +319,64 @@ def test_host_id_is_used_then_falls_back(
     assert wait_state(ferryd, job.id, "TRANSFERRED", "ERROR", timeout=60)["state"] == "TRANSFERRED"
     job.complete()
     assert odd.published["up2"] == data
+
+
+def test_close_session_not_found_starts_the_upload_over(
+    ferryd: Daemon, client: Client, odd: OddBitsServer, tmp_path: Path
+) -> None:
+    data = _file(tmp_path / "src", 100_000)
+    job = _upload(client, odd, tmp_path / "src")
+    wait_state(ferryd, job.id, "TRANSFERRED")
+    odd.sessions.clear()  # the server forgot it (expired)
+    with pytest.raises(FerryError) as exc:
+        job.complete()
+    assert exc.value.code == "BG_E_SESSION_NOT_FOUND"
+    body = wait_state(ferryd, job.id, "TRANSFERRED", "ERROR")
+    assert body["state"] == "TRANSFERRED" and odd.count("create-session") == 2
+    assert job.complete() == "S_OK"
+    assert odd.published["up"] == data
+
+
+async def test_async_client_reply(ferryd: Daemon, odd: OddBitsServer, tmp_path: Path) -> None:
+    from ferry import AsyncClient
+
+    odd.reply_for["ar"] = b"async reply"
+    _file(tmp_path / "src", 3000)
+    async with AsyncClient(ferryd.socket) as c:
+        job = await c.create_job("ar", type="upload-reply")
+        await job.add_file(odd.url("ar"), str(tmp_path / "src"))
+        await job.set_reply_file(str(tmp_path / "ar.out"))
+        assert job.reply == {
+            "file": str(tmp_path / "ar.out"),
+            "bytes_total": None,
+            "bytes_transferred": 0,
+        }
+        await job.resume()
+        assert await job.wait(timeout=30) is JobState.TRANSFERRED
+        assert await job.reply_data() == b"async reply"
+        assert await job.complete() == "S_OK"
+    assert (tmp_path / "ar.out").read_bytes() == b"async reply"
+
+
+def test_events_and_notification_for_uploads(
+    ferryd: Daemon, client: Client, odd: OddBitsServer, tmp_path: Path
+) -> None:
+    """Uploads announce progress and TRANSFERRED like downloads, run notify_cmdline, and
+    honour priorities (a foreground job starts at once)."""
+    _file(tmp_path / "src", 200_000)
+    marker = tmp_path / "notified"
+    job = client.create_job("ev", type="upload")
+    job.add_file(odd.url("ev"), str(tmp_path / "src"))
+    job.set(
+        priority="foreground", notify_cmdline=["/bin/sh", "-c", f"echo $FERRY_EVENT > {marker}"]
+    )
+    seen: list[str] = []
+    job.resume()
+    for event in job.follow(timeout=30):
+        seen.append(event.job["state"] if event.job else event.type)
+        if event.job and event.job["state"] in ("TRANSFERRED", "ERROR"):
+            break
+    assert seen[-1] == "TRANSFERRED" and "TRANSFERRING" in seen, seen
+    wait_until(lambda: marker.exists() and marker.read_text().strip(), "the notification")
+    assert marker.read_text().strip() == "JOB_TRANSFERRED"
+    job.complete()

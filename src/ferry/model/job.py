@@ -429,6 +429,21 @@ class Job:
         state.reply_file = path
         self.modified = now
 
+    def restart_upload(self, now: float) -> None:
+        """The server lost a TRANSFERRED upload's session before Close-Session (it expired,
+        say): the upload starts over from byte 0 in a new session, back in the queue. The
+        caller has deleted the reply's temporary file."""
+        if self.type is JobType.DOWNLOAD or self.state is not JobState.TRANSFERRED:
+            raise FerryError("BG_E_INVALID_STATE", "only a transferred upload can start over")
+        f = self.files[0]
+        f.completed = False
+        f.bytes_transferred = 0
+        reply_file = self.upload.reply_file if self.upload is not None else None
+        self.upload = UploadState(reply_file=reply_file)
+        self.transfer_completed = None
+        self._set_state(JobState.QUEUED, now)
+        self.no_progress_since = None
+
     def take_ownership(self, new_owner: Token, now: float) -> None:
         self._require_not_final("take ownership")
         self.owner = new_owner

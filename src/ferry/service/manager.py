@@ -233,7 +233,18 @@ class QueueManager:
             raise FerryError("E_NOTIMPL", "this ferryd cannot run uploads")
         state = job.upload_state()
         if state.session_id is not None:
-            await self._uploads.close_upload(job)
+            try:
+                await self._uploads.close_upload(job)
+            except FerryError as exc:
+                if exc.code == "BG_E_SESSION_NOT_FOUND":
+                    await self._restart_upload(job)
+                    raise FerryError(
+                        exc.code,
+                        f"{exc.message}; the server no longer has the upload, which starts "
+                        "over (complete the job once it is TRANSFERRED again)",
+                        hresult=exc.hresult,
+                    ) from None
+                raise
         # Forgotten in the store at once: a Close-Session that went through is never sent
         # again (a crash before the rename finds the reply still in its temporary file).
         await self._table.commit(job, self._store.save_job_header(job))
@@ -242,6 +253,12 @@ class QueueManager:
         job.mark_acknowledged(job.plan_complete(), self._clock())
         await self._table.commit(job, self._store.save_job(job))
         return "S_OK"
+
+    async def _restart_upload(self, job: Job) -> None:
+        await self._files.discard_reply(job)
+        job.restart_upload(self._clock())
+        await self._table.commit(job, self._store.save_job(job))
+        self._transfers.kick()
 
     async def _cancel_upload(self, job: Job) -> None:
         """``cancel`` of an upload job: Cancel-Session (best effort) and the reply's
