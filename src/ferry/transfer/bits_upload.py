@@ -23,7 +23,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -137,6 +137,47 @@ def content_range(start: int, end: int, total: int) -> str:
     return f"bytes {start}-{end}/{total}"
 
 
+PIECE = 1 << 20  # what one read of a fragment's body takes from the source
+
+
+class _Body:
+    """A fragment's bytes, read from the source piece by piece as the request sends them."""
+
+    def __init__(self, source: Source, start: int, length: int) -> None:
+        self.source = source
+        self.start = start
+        self.length = length
+        self.error: TransferError | None = None
+        self._first: bytes | None = None
+
+    async def prefetch(self) -> None:
+        if self.length:
+            self._first = await self.source.read(self.start, min(PIECE, self.length))
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        sent = 0
+        try:
+            while sent < self.length:
+                if self._first is not None:
+                    piece, self._first = self._first, None
+                else:
+                    n = min(PIECE, self.length - sent)
+                    piece = await self.source.read(self.start + sent, n)
+                if not piece:
+                    raise TransferError(
+                        "BG_E_LOCAL_FILE_CHANGED",
+                        "the local file became shorter",
+                        context=ErrorContext.LOCAL_FILE,
+                        transient=False,
+                        file_index=0,
+                    )
+                sent += len(piece)
+                yield piece
+        except TransferError as exc:
+            self.error = exc
+            raise
+
+
 class _Target:
     """Where requests go: the farm host of ``BITS-Host-Id`` while it answers (or until its
     fallback timeout has run out without a byte getting through), else the URL's own host."""
@@ -239,24 +280,30 @@ class BitsUploadTransport:
         target: _Target,
         packet: str,
         session_id: str | None,
-        body: bytes = b"",
+        body: _Body | None = None,
         extra: Mapping[str, str] | None = None,
     ) -> tuple[int, CIMultiDictProxy[str]]:
         """Send one packet and read its answer (status, headers). A failure of the
-        connection is a _Drop; an answer of any status is returned."""
-        headers = {"BITS-Packet-Type": packet, "Content-Length": str(len(body))}
+        connection is a _Drop; an answer of any status is returned. A fragment's body is
+        streamed from the source in pieces (no fragment-sized buffer), its length declared
+        up front: a local read failure stops the request and is raised as itself."""
+        length = 0 if body is None else body.length
+        headers = {"BITS-Packet-Type": packet, "Content-Length": str(length)}
         if session_id is not None:
             headers["BITS-Session-Id"] = session_id
         if extra:
             headers.update(extra)
         url = target.url
+        data = b"" if body is None or not length else body.stream()
         try:
             async with self._get_session().request(
-                "BITS_POST", url, headers=headers, data=body, allow_redirects=False
+                "BITS_POST", url, headers=headers, data=data, allow_redirects=False
             ) as resp:
                 await resp.read()
                 return resp.status, resp.headers
         except (aiohttp.ClientError, OSError) as exc:
+            if body is not None and body.error is not None:
+                raise body.error from None
             raise _Drop(map_client_error(exc, str(url))) from None
 
     # ---- upload ------------------------------------------------------------------------------
@@ -284,7 +331,8 @@ class BitsUploadTransport:
             start = min(offset, size - 1) if size else 0
             end = min(size, start + fragment) - 1 if size else -1
             try:
-                body = await source.read(start, end - start + 1) if size else b""
+                body = _Body(source, start, end - start + 1)
+                await body.prefetch()  # a changed file fails before anything is sent
                 status, headers = await self._post(
                     target,
                     "Fragment",
