@@ -154,6 +154,7 @@ def test_set_remote_name_refusals_change_nothing(
     assert exc.value.code == "BG_E_INVALID_STATE"
 
     up = client.create_job("up", type="upload")
+    (dest / "a").write_bytes(b"a")  # an upload's local file must exist
     up.add_file(http_server.url("up"), str(dest / "a"))
     with pytest.raises(FerryError) as exc:
         up.set_remote_name(0, http_server.url("other"))

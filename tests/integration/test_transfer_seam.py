@@ -177,9 +177,10 @@ async def test_transports_mounted_twice_are_closed_once(identity: IdentityIO) ->
 
 
 @pytest.mark.parametrize("kind", [JobType.UPLOAD, JobType.UPLOAD_REPLY])
-async def test_uploads_go_by_direction_and_are_not_implemented(
+async def test_uploads_go_by_direction(
     engine: TransferEngine, tmp_path: Path, kind: JobType
 ) -> None:
+    """An upload goes to the upload mounts: a scheme mounted only for downloads has none."""
     now = time.time()
     job = Job.new(me(), "up", now, Limits(), type=kind)
     job.add_files([JobFile("mem://up", str(tmp_path / "src"))], Limits(), now)
@@ -187,8 +188,8 @@ async def test_uploads_go_by_direction_and_are_not_implemented(
     with pytest.raises(TransferError) as info:
         await engine.run_job(job, rec)
     err = info.value
-    assert err.code == "E_NOTIMPL" and err.hresult == 0x80004001 and not err.transient
-    assert "no upload transport serves the 'mem' scheme" in err.message
+    assert err.code == "BG_E_PROTOCOL_NOT_AVAILABLE" and not err.transient
+    assert "no upload transport for the 'mem' scheme" in err.message
     assert rec.events == []
 
 

@@ -22,7 +22,7 @@ from ..client import DaemonUnavailable, Job
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, JobType, Priority
 from ..protocol import ACTIONS, PROPERTIES, SYSTEM_SOCKET, Property
-from . import credentials, network, tokens
+from . import credentials, network, tokens, uploads
 from .context import EXIT_ERROR, Ctx, no_daemon_error, partial_complete_text, report_error
 from .context import current as _ctx
 
@@ -101,6 +101,8 @@ def cli(ctx: click.Context, socket: str | None, json_mode: bool, no_autostart: b
     ctx.call_on_close(obj.close)
 
 
+for _command in (uploads.reply,):
+    cli.add_command(_command)
 for _command in (tokens.open_, tokens.helper_token, tokens.logoff):
     cli.add_command(_command)
 cli.add_command(credentials.credentials)
@@ -335,8 +337,12 @@ def _property_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("job")
 @_property_options
 @network.options
-def set_(job: str, **options: Any) -> None:
+@uploads.reply_file_option
+def set_(job: str, reply_file: str | None = None, **options: Any) -> None:
     """Change job properties (one request: all or none); prints the job."""
+    if reply_file is not None:
+        uploads.set_reply_file(job, reply_file, bool(options and any(
+            options.get(p.name) is not None for p in PROPERTIES)))
     props: dict[str, Any] = {}
     for p in PROPERTIES:
         value = options.get(p.name)
@@ -349,6 +355,8 @@ def set_(job: str, **options: Any) -> None:
                 raise click.BadParameter(str(e), param_hint=p.cli.flag) from None
         props[p.name] = value
     props.update(network.collect(options))
+    if not props and reply_file is not None:
+        return
     if not props:
         raise click.UsageError("nothing to set: give at least one option")
     c = _ctx()

@@ -189,6 +189,12 @@ def print_job(j: dict[str, Any]) -> None:
 
     for net_key, net_text in info_rows(j):
         row(net_key, net_text)
+    reply = j.get("reply")
+    if isinstance(reply, dict):
+        total = reply.get("bytes_total")
+        got = reply.get("bytes_transferred", 0)
+        row("Reply file", reply.get("file") or "-")
+        row("Reply", f"{size(got)} of {size(total) if total is not None else '?'}")
     # Plain aligned lines rather than a rich grid: no trailing padding when piped to a file.
     out = console()
     width = max(len(k) for k, _ in rows)

@@ -10,6 +10,7 @@ the job and file views the clients hand out are ``views``.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -256,6 +257,30 @@ def set_remote_name(job: str, index: int, url: str) -> Call[JSONObj]:
     return _call(
         "set_remote_name", _as_obj, encode({"remote_name": url}), job=_job(job), index=str(index)
     )
+
+
+def set_reply_file(job: str, path: str | os.PathLike[str]) -> Call[JSONObj]:
+    """SetReplyFileName; a relative path is made absolute against this process's cwd."""
+    local = os.fspath(path)
+    if not isinstance(local, str) or not local:
+        raise FerryError("E_INVALIDARG", "the reply file must be a path")
+    if "\x00" in local:
+        raise FerryError("E_INVALIDARG", "the reply file contains a NUL byte")
+    body = encode({"reply_file": os.path.abspath(local)})
+    return _call("set_reply_file", _as_obj, body, job=_job(job))
+
+
+def _reply_bytes(doc: Any) -> bytes:
+    obj = _as_obj(doc)
+    try:
+        return base64.b64decode(str(obj["data"]), validate=True)
+    except (KeyError, ValueError) as exc:
+        raise FerryError("E_FAIL", f"ferryd sent a malformed reply: {exc}") from None
+
+
+def reply_data(job: str) -> Call[bytes]:
+    """GetReplyData: the reply of a TRANSFERRED upload-reply job (at most 1 MiB)."""
+    return _call("get_reply", _reply_bytes, job=_job(job))
 
 
 def replace_remote_prefix(job: str, old: str, new: str) -> Call[tuple[str, JSONObj]]:

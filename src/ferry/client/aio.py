@@ -8,6 +8,7 @@ file views (``views``) are shared with the sync client.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -263,6 +264,14 @@ class AsyncJob(JobView):
     async def set_remote_name(self, index: int, url: str) -> None:
         """See ``ferry.Job.set_remote_name``."""
         self._update(await self.client._call(_ops.set_remote_name(self.id, index, url)))
+
+    async def set_reply_file(self, path: str | os.PathLike[str]) -> None:
+        """See ``ferry.Job.set_reply_file``."""
+        self._update(await self.client._call(_ops.set_reply_file(self.id, path)))
+
+    async def reply_data(self) -> bytes:
+        """See ``ferry.Job.reply_data``."""
+        return await self.client._call(_ops.reply_data(self.id))
 
     async def replace_remote_prefix(self, old: str, new: str) -> str:
         """See ``ferry.Job.replace_remote_prefix``."""

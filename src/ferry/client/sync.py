@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -326,6 +327,18 @@ class Job(JobView):
         queue; the file keeps its partial data if the new server has the same size and
         validator (ETag or Last-Modified), and starts over otherwise."""
         self._update(self.client._call(_ops.set_remote_name(self.id, index, url)))
+
+    def set_reply_file(self, path: str | os.PathLike[str]) -> None:
+        """SetReplyFileName (upload-reply jobs): where ``complete`` puts the reply; by
+        default the uploaded file's local name plus ``.reply``. Not once the reply is being
+        fetched."""
+        self._update(self.client._call(_ops.set_reply_file(self.id, path)))
+
+    def reply_data(self) -> bytes:
+        """GetReplyData: the server application's reply to an upload-reply job, once it is
+        TRANSFERRED (BG_E_INVALID_STATE before; after ``complete`` the reply is in
+        ``reply_file``). At most 1 MiB: a longer reply raises BG_E_TOO_LARGE."""
+        return self.client._call(_ops.reply_data(self.id))
 
     def replace_remote_prefix(self, old: str, new: str) -> str:
         """ReplaceRemotePrefix: every remote name starting with ``old`` (case-sensitive, all

@@ -72,6 +72,12 @@ class JobView:
         p = self.data.get("proxy")
         return p if isinstance(p, dict) else {"usage": "PRECONFIG", "list": None, "bypass": None}
 
+    @property
+    def reply(self) -> JSONObj | None:
+        """Upload-reply jobs: ``{"file", "bytes_total", "bytes_transferred"}``."""
+        value = self.data.get("reply")
+        return value if isinstance(value, dict) else None
+
     def _update(self, data: JSONObj) -> None:
         if data.get("id") == self.id:
             self.data = data

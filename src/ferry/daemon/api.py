@@ -10,6 +10,7 @@ body of SPEC §5.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -264,6 +265,19 @@ class Api:
             request["token"], request.match_info["job"], int(raw), body["remote_name"]
         )
         return web.json_response(job_view(job))
+
+    async def h_set_reply_file(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        job = await self.manager.set_reply_file(
+            request["token"], request.match_info["job"], body["reply_file"]
+        )
+        return web.json_response(job_view(job))
+
+    async def h_get_reply(self, request: web.Request) -> web.Response:
+        data = await self.manager.reply_data(request["token"], request.match_info["job"])
+        return web.json_response(
+            {"size": len(data), "data": base64.b64encode(data).decode("ascii")}
+        )
 
     async def h_replace_remote_prefix(self, request: web.Request) -> web.Response:
         body = await self.body(request)

@@ -48,6 +48,10 @@ class Config:
     proxy_no_proxy: tuple[str, ...] = ()
     proxy_pac_url: str | None = None
     proxy_wpad: bool = True
+    # Uploads (transfer/bits_upload.py): the first fragment's size in bytes (a 413 halves
+    # it, never below 5 KiB), and how many drops in a row one run retries itself.
+    upload_fragment_size: int = 32 << 20
+    upload_retries: int = 4
 
     @property
     def socket_mode(self) -> int:
@@ -76,6 +80,8 @@ _DAEMON_KEYS: dict[str, type | tuple[type, ...]] = {
     "notify_retry_delay": (int, float),
     "notify_max_attempts": int,
     "notify_start_delay": (int, float),
+    "upload_fragment_size": int,
+    "upload_retries": int,
 }
 
 
@@ -149,6 +155,10 @@ def _apply_file(cfg: Config, path: Path) -> Config:
         elif key == "stall_timeout" and value <= 0:
             raise FerryError(
                 "E_INVALIDARG", f"config file {path}: daemon.stall_timeout must be > 0"
+            )
+        elif key == "upload_fragment_size" and value < 5 * 1024:
+            raise FerryError(
+                "E_INVALIDARG", f"config file {path}: daemon.upload_fragment_size must be >= 5120"
             )
         elif key == "admin_groups":
             value = frozenset(_gid(v) for v in value)

@@ -42,6 +42,7 @@ from ..service.runqueue import RunQueue
 from ..service.scheduler import Scheduler
 from ..service.table import JobTable
 from ..store.sqlite import SqliteJobStore
+from ..transfer.bits_upload import BitsUploadTransport
 from ..transfer.engine import TransferEngine
 from ..transfer.http import HttpTransport
 from ..transfer.local import LocalTransport
@@ -199,11 +200,19 @@ async def serve(cfg: Config) -> None:
     )
     # Passwords of job credentials are sealed under a key in the state directory (SPEC §8.2).
     secrets = SecretBox.in_state_dir(str(cfg.state_dir))
+    # The BITS Upload Protocol client; an Ack may take a while (the server fsyncs a fragment
+    # first), so its silence bound is the longer of the stall timeout and Windows's 5 min.
+    uploads = BitsUploadTransport(
+        ssl_context=tls,
+        read_timeout=max(cfg.stall_timeout, 300.0),
+        fragment_size=cfg.upload_fragment_size,
+        retries=cfg.upload_retries,
+    )
     engine = TransferEngine(
         identity,
         # One transport per scheme and direction: a new one is a file in transfer/ and a line.
         downloads={"http": http, "https": http, "file": LocalTransport(identity)},
-        uploads={},
+        uploads={"http": uploads, "https": uploads},
         secrets=secrets,
         keytabs=cfg.keytabs,
     )
@@ -226,7 +235,9 @@ async def serve(cfg: Config) -> None:
         time_slice=cfg.time_slice,
         clock=clock,
     )
-    manager = QueueManager(table, store, outbox, LocalFiles(identity), scheduler, cfg.limits, clock)
+    manager = QueueManager(
+        table, store, outbox, LocalFiles(identity), scheduler, cfg.limits, clock, uploads=engine
+    )
     handles = Handles(table, store, clock)
     credentials = Credentials(table, store, identity, secrets, clock)
     logon = Logon(table, store, outbox, sessions, scheduler, reports.requeued, clock)

@@ -27,6 +27,7 @@ from .types import (
     Priority,
     TokenFlags,
 )
+from .upload import UploadState, default_reply_file
 
 DEFAULT_MIN_RETRY_DELAY = 600
 MIN_RETRY_DELAY_FLOOR = 5
@@ -151,6 +152,9 @@ class Job:
     # libraries named (their KRB5CCNAME): read as that identity for implicit NEGOTIATE.
     owner_ccache: str | None = None
     helper_ccache: str | None = None
+    # Upload and upload-reply jobs: the server's session, the source's size and time, the
+    # reply (model/upload.py). None for downloads, and for uploads until they first run.
+    upload: UploadState | None = None
 
     # ---- construction -------------------------------------------------------------
 
@@ -401,6 +405,56 @@ class Job:
         f.final_url = None  # the redirect target belonged to the old URL
         if not f.completed:
             f.remote_renamed = True
+
+    # ---- upload-reply (SPEC §9) -------------------------------------------------
+
+    def upload_state(self) -> UploadState:
+        """The job's upload bookkeeping, made on first use (upload jobs only)."""
+        if self.upload is None:
+            self.upload = UploadState()
+        return self.upload
+
+    @property
+    def reply_file(self) -> str | None:
+        """Where ``complete`` puts an upload-reply job's reply: the name set with
+        ``set_reply_file``, else the upload's local name plus ``.reply``; None for other
+        jobs, and before the file is added."""
+        if self.type is not JobType.UPLOAD_REPLY:
+            return None
+        if self.upload is not None and self.upload.reply_file:
+            return self.upload.reply_file
+        return default_reply_file(self.files[0].local_name) if self.files else None
+
+    def set_reply_file(self, path: str, now: float) -> None:
+        """IBackgroundCopyJob2::SetReplyFileName, ``path`` already validated (paths.py).
+        Only upload-reply jobs have one; it cannot change once the reply is being fetched."""
+        self._require_not_final("set the reply file")
+        if self.type is not JobType.UPLOAD_REPLY:
+            raise FerryError("E_NOTIMPL", "only upload-reply jobs have a reply file")
+        state = self.upload_state()
+        if state.reply_temp is not None or state.reply_done:
+            raise FerryError(
+                "BG_E_INVALID_STATE", "the reply is already being downloaded to its file"
+            )
+        if self.files and path == self.files[0].local_name:
+            raise FerryError("E_INVALIDARG", "the reply file cannot be the uploaded file")
+        state.reply_file = path
+        self.modified = now
+
+    def restart_upload(self, now: float) -> None:
+        """The server lost a TRANSFERRED upload's session before Close-Session (it expired,
+        say): the upload starts over from byte 0 in a new session, back in the queue. The
+        caller has deleted the reply's temporary file."""
+        if self.type is JobType.DOWNLOAD or self.state is not JobState.TRANSFERRED:
+            raise FerryError("BG_E_INVALID_STATE", "only a transferred upload can start over")
+        f = self.files[0]
+        f.completed = False
+        f.bytes_transferred = 0
+        reply_file = self.upload.reply_file if self.upload is not None else None
+        self.upload = UploadState(reply_file=reply_file)
+        self.transfer_completed = None
+        self._set_state(JobState.QUEUED, now)
+        self.no_progress_since = None
 
     def take_ownership(self, new_owner: Token, now: float) -> None:
         self._require_not_final("take ownership")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from ..errors import FerryError
@@ -179,3 +181,17 @@ def _shorten(raw: bytes, size: int) -> str:
         except UnicodeDecodeError:
             continue
     return os.fsdecode(raw[:size])
+
+
+def check_upload_files(files: Sequence[Any]) -> None:
+    """An upload's file (SPEC §9): its remote name is an http or https URL (the BITS Upload
+    Protocol runs over HTTP); a file:// or plain path is refused. ``files`` are validated
+    JobFiles."""
+    for f in files:
+        scheme = f.remote_name.partition(":")[0].lower()
+        if scheme not in ("http", "https"):
+            raise _invalid(
+                f"an upload's remote name must be an http or https URL, not {f.remote_name!r}"
+            )
+        if f.sha256 is not None:
+            raise _invalid("sha256 applies to downloads only")

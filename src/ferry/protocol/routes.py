@@ -182,6 +182,15 @@ ROUTES: tuple[Route, ...] = (
           response=ref("ActionResult")),
     *(Route("POST", f"{JOB_PATH}/{a.name}", a.operation, a.summary, body={},
             response=ref("ActionResult")) for a in ACTIONS),
+    Route("PUT", JOB_PATH + "/reply-file", "set_reply_file",
+          "SetReplyFileName: where complete puts an upload-reply job's reply (absolute "
+          "path; default: the local name plus .reply)",
+          body={"reply_file": BodyField(FILE_FIELDS[1].schema, True)},
+          response=ref("Job")),
+    Route("GET", JOB_PATH + "/reply", "get_reply",
+          "GetReplyData: the reply of a TRANSFERRED upload-reply job (at most 1 MiB, "
+          "else BG_E_TOO_LARGE), base64-encoded",
+          response=ref("Reply")),
     Route("POST", JOB_PATH + "/handles", "open_handle",
           "Open the job for an interface: the access check happens now",
           body={

@@ -113,6 +113,27 @@ JOB_SCHEMA: dict[str, Any] = closed(
             ],
         },
         "retry_at": dict(_NULLABLE_TIME, description="next retry (TRANSIENT_ERROR)"),
+        "reply": {
+            "description": "upload-reply jobs: the reply file and how much of the reply "
+            "has arrived (null for other jobs)",
+            "oneOf": [
+                {"type": "null"},
+                closed(
+                    {
+                        "file": {"type": ["string", "null"]},
+                        "bytes_total": _NULLABLE_INT,
+                        "bytes_transferred": _COUNT,
+                    }
+                ),
+            ],
+        },
+    }
+)
+
+REPLY_SCHEMA: dict[str, Any] = closed(
+    {
+        "size": _COUNT,
+        "data": {"type": "string", "contentEncoding": "base64"},
     }
 )
 
@@ -210,4 +231,5 @@ SCHEMAS: Mapping[str, Mapping[str, Any]] = {
     "Status": STATUS_SCHEMA,
     "Shutdown": SHUTDOWN_SCHEMA,
     "Credential": CREDENTIAL_SCHEMA,
+    "Reply": REPLY_SCHEMA,
 }

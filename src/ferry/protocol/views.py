@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import format_hresult
 from ..model.job import Job, JobFile, iso
+from ..model.types import JobType
 from .contract import PROPERTIES, wire_value
 
 _PROPERTY_NAMES = tuple(p.name for p in PROPERTIES)
@@ -72,6 +73,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "helper_token": helper,
         "notification": None if job.notification is None else job.notification.to_json(),
         "retry_at": iso(job.retry_at),
+        "reply": reply_view(job),
     })
     view["credentials"] = [c.view() for c in job.credentials]
     view["credential_warnings"] = credential_warnings(job)
@@ -90,3 +92,15 @@ def credential_warnings(job: Job) -> list[str]:
         if c.scheme.value == "BASIC" and c.target.value == "PROXY":
             out.append("Basic credentials for PROXY are sent in clear to the proxy")
     return out
+
+
+def reply_view(job: Job) -> dict[str, Any] | None:
+    """An upload-reply job's ``reply``: its file and progress; None for other jobs."""
+    if job.type is not JobType.UPLOAD_REPLY:
+        return None
+    state = job.upload
+    return {
+        "file": job.reply_file,
+        "bytes_total": None if state is None else state.reply_total,
+        "bytes_transferred": 0 if state is None else state.reply_transferred,
+    }

@@ -13,12 +13,14 @@ job afterwards.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
 
 from ..errors import FerryError
 from ..model.job import Job, JobFile
 from ..model.token import Token
 from ..model.types import JobType
+from ..model.upload import REPLY_DATA_MAX, default_reply_file
 from . import policy
 from .identity import IdentityIO
 from .tempnames import check_temp_name
@@ -35,6 +37,7 @@ class LocalFiles:
         there may search them, and no local name is a directory: checked as that identity,
         in one trip to a worker (1,000 files, one trip)."""
         if job.type is not JobType.DOWNLOAD:
+            await self.check_upload_source(job, files)
             return
         token = policy.local_file_token(job)
         await self._io.check_destinations(token, [f.local_name for f in files])
@@ -100,3 +103,90 @@ class LocalFiles:
                 log.warning("job %s: could not delete %s: %s", job.id, f.temp_name, exc)
                 result = "BG_S_UNABLE_TO_DELETE_FILES"
         return result
+
+    # ---- uploads (SPEC §9) ---------------------------------------------------------------
+
+    async def check_upload_source(self, job: Job, files: Sequence[JobFile]) -> None:
+        """An upload's local name is an existing regular file the local-file token may
+        read (opened as that token, then closed); an upload-reply job's reply file goes into
+        a directory that token may search."""
+        token = policy.local_file_token(job)
+        for f in files:
+            fd = await self._io.open_read(token, f.local_name)
+            await self._io.close(fd)
+            if job.type is JobType.UPLOAD_REPLY:
+                reply = job.upload.reply_file if job.upload and job.upload.reply_file else None
+                await self._io.check_directory(token, reply or default_reply_file(f.local_name))
+
+    async def check_reply_file(self, job: Job, path: str) -> None:
+        """A new reply file's directory exists and the local-file token may search it."""
+        await self._io.check_directory(policy.local_file_token(job), path)
+
+    def _reply_temp(self, job: Job) -> str | None:
+        """The reply's temporary name, if it has the shape ferry gives them."""
+        state = job.upload
+        reply_file = job.reply_file
+        if state is None or state.reply_temp is None or reply_file is None:
+            return None
+        try:
+            check_temp_name(reply_file, state.reply_temp)
+        except FerryError as exc:
+            log.warning("job %s: not touching %s: %s", job.id, state.reply_temp, exc)
+            return None
+        return state.reply_temp
+
+    async def publish_reply(self, job: Job) -> None:
+        """``complete``: the reply's temporary file becomes the reply file, renamed as the
+        local-file token (which created it). A crash after the rename but before the job
+        was recorded is repaired as for downloads: the temporary file gone and the reply
+        file of the recorded size there counts as published."""
+        state = job.upload
+        temp = self._reply_temp(job)
+        reply_file = job.reply_file
+        if state is None or temp is None or reply_file is None:
+            return
+        token = policy.local_file_token(job)
+        done, error = await self._io.publish_many(token, [(temp, reply_file)])
+        if error is not None and done == 0:
+            size = await self._io.regular_file_size(token, reply_file)
+            if error.code != "ERROR_FILE_NOT_FOUND" or size != state.reply_transferred:
+                raise error
+        elif error is not None:
+            raise error
+        state.reply_temp = None
+
+    async def discard_reply(self, job: Job) -> None:
+        """``cancel``: delete the reply's temporary file (never fails; logged)."""
+        temp = self._reply_temp(job)
+        if temp is None:
+            return
+        try:
+            token = policy.local_file_token(job)
+        except FerryError:
+            token = job.owner
+        try:
+            await self._io.unlink(token, temp)
+        except FerryError as exc:
+            log.warning("job %s: could not delete %s: %s", job.id, temp, exc)
+        assert job.upload is not None
+        job.upload.reply_temp = None
+
+    async def read_reply(self, job: Job, limit: int = REPLY_DATA_MAX) -> bytes:
+        """The reply's bytes, read as the local-file token: BG_E_TOO_LARGE past ``limit``."""
+        temp = self._reply_temp(job)
+        state = job.upload
+        if temp is None or state is None or not state.reply_done:
+            raise FerryError("BG_E_INVALID_STATE", "the job has no reply")
+        token = policy.local_file_token(job)
+        fd = await self._io.open_read(token, temp)
+        try:
+            size = (await self._io.run_io(os.fstat, fd)).st_size
+            if size > limit:
+                raise FerryError(
+                    "BG_E_TOO_LARGE",
+                    f"the reply is {size} bytes; at most {limit} can be read this way "
+                    f"(complete the job to get the whole reply in {job.reply_file})",
+                )
+            return await self._io.run_io(os.pread, fd, limit + 1, 0)
+        finally:
+            await self._io.close(fd)

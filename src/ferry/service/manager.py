@@ -9,11 +9,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import FerryError
 from ..model.job import Job, JobFile, Limits
-from ..model.paths import validate_local_name, validate_remote_name, validate_sha256
+from ..model.paths import (
+    check_upload_files,
+    validate_local_name,
+    validate_remote_name,
+    validate_sha256,
+)
 from ..model.token import Token
 from ..model.types import JobState, JobType, Priority
 from ..security import policy
@@ -28,6 +33,15 @@ from .table import JobTable
 log = logging.getLogger("ferry.manager")
 
 
+class UploadSessions(Protocol):
+    """The ends of an upload's server session (transfer/engine.py): Close-Session at
+    ``complete``, Cancel-Session at ``cancel``."""
+
+    async def close_upload(self, job: Job) -> None: ...
+
+    async def cancel_upload(self, job: Job) -> None: ...
+
+
 class QueueManager:
     def __init__(
         self,
@@ -38,7 +52,9 @@ class QueueManager:
         transfers: Transfers,
         limits: Limits,
         clock: Callable[[], float] = time.time,
+        uploads: UploadSessions | None = None,
     ) -> None:
+        self._uploads = uploads
         self._table = table
         self._store = store
         self._outbox = outbox
@@ -115,6 +131,9 @@ class QueueManager:
             raise FerryError(
                 "BG_E_INVALID_STATE", f"cannot add files: the job is {job.state.value}"
             )
+        if job.type is not JobType.DOWNLOAD and len(job.files) + len(pairs) > 1:
+            # Before any name is looked at: a second file is refused as such (SPEC §9).
+            raise FerryError("BG_E_TOO_MANY_FILES", "an upload job has exactly one file")
         digests = sha256 if sha256 is not None else [None] * len(pairs)
         if len(digests) != len(pairs):
             raise FerryError("E_INVALIDARG", "one sha256 (or None) per file")
@@ -126,6 +145,8 @@ class QueueManager:
             )
             for (remote, local), digest in zip(pairs, digests, strict=True)
         ]
+        if job.type is not JobType.DOWNLOAD:
+            check_upload_files(files)
         # The destination directories must exist, seen by the identity that will write there.
         await self._files.check_destinations(job, files)
         first = len(job.files)
@@ -175,6 +196,8 @@ class QueueManager:
                 return None
             job.plan_cancel()  # raises if it became final meanwhile
             await self._transfers.stop(job)
+            if job.type is not JobType.DOWNLOAD:
+                await self._cancel_upload(job)
             result = await self._files.discard(job, job.plan_cancel())
             job.mark_cancelled(self._clock())
             await self._table.commit(job, self._store.save_job(job))
@@ -187,6 +210,8 @@ class QueueManager:
             token = policy.local_file_token(job) if job.type is JobType.DOWNLOAD else job.owner
             await self._transfers.stop(job)
             plan = job.plan_complete()
+            if job.type is not JobType.DOWNLOAD:
+                return job, await self._complete_upload(job)
             try:
                 renames = [i for i in plan.rename if job.files[i].temp_name]
                 await self._files.publish(job, token, renames)
@@ -199,6 +224,77 @@ class QueueManager:
             job.mark_acknowledged(plan, self._clock())
             await self._table.commit(job, self._store.save_job(job))
         return job, result
+
+    # ---- uploads (SPEC §9) ---------------------------------------------------------------
+
+    async def _complete_upload(self, job: Job) -> str:
+        """``complete`` of a transferred upload job (its lock held, its transfer stopped):
+        Close-Session, so the server publishes the upload; then an upload-reply job's reply
+        is renamed from its hidden temporary file to its reply file, as the local-file
+        token. A failure leaves the job TRANSFERRED (its session open, if the server still
+        has it) and is the caller's answer."""
+        if self._uploads is None:
+            raise FerryError("E_NOTIMPL", "this ferryd cannot run uploads")
+        state = job.upload_state()
+        if state.session_id is not None:
+            try:
+                await self._uploads.close_upload(job)
+            except FerryError as exc:
+                if exc.code == "BG_E_SESSION_NOT_FOUND":
+                    await self._restart_upload(job)
+                    raise FerryError(
+                        exc.code,
+                        f"{exc.message}; the server no longer has the upload, which starts "
+                        "over (complete the job once it is TRANSFERRED again)",
+                        hresult=exc.hresult,
+                    ) from None
+                raise
+        # Forgotten in the store at once: a Close-Session that went through is never sent
+        # again (a crash before the rename finds the reply still in its temporary file).
+        await self._table.commit(job, self._store.save_job_header(job))
+        if job.type is JobType.UPLOAD_REPLY and state.reply_temp is not None:
+            await self._files.publish_reply(job)
+        job.mark_acknowledged(job.plan_complete(), self._clock())
+        await self._table.commit(job, self._store.save_job(job))
+        return "S_OK"
+
+    async def _restart_upload(self, job: Job) -> None:
+        await self._files.discard_reply(job)
+        job.restart_upload(self._clock())
+        await self._table.commit(job, self._store.save_job(job))
+        self._transfers.kick()
+
+    async def _cancel_upload(self, job: Job) -> None:
+        """``cancel`` of an upload job: Cancel-Session (best effort) and the reply's
+        temporary file deleted."""
+        if self._uploads is not None:
+            try:
+                await self._uploads.cancel_upload(job)
+            except Exception:  # cancel never fails for the server's sake
+                log.exception("job %s: Cancel-Session failed", job.id)
+        await self._files.discard_reply(job)
+
+    async def set_reply_file(self, caller: Token, ref: str, path: str) -> Job:
+        """IBackgroundCopyJob2::SetReplyFileName: where ``complete`` puts the reply."""
+        job = self.resolve(caller, ref)
+        local = validate_local_name(path, self._limits)
+        job.set_reply_file(local, self._clock())  # refuses before anything is looked at
+        await self._files.check_reply_file(job, local)
+        await self._table.commit(job, self._store.save_job_header(job))
+        return job
+
+    async def reply_data(self, caller: Token, ref: str) -> bytes:
+        """IBackgroundCopyJob2::GetReplyData: the reply of a TRANSFERRED upload-reply job,
+        read as the local-file token; at most 1 MiB (BG_E_TOO_LARGE)."""
+        job = self.resolve(caller, ref)
+        if job.type is not JobType.UPLOAD_REPLY:
+            raise FerryError("E_NOTIMPL", "only upload-reply jobs have a reply")
+        if job.state is not JobState.TRANSFERRED:
+            raise FerryError(
+                "BG_E_INVALID_STATE",
+                f"the reply can be read once the job is TRANSFERRED; it is {job.state.value}",
+            )
+        return await self._files.read_reply(job)
 
     async def _complete_failed(self, job: Job) -> None:
         """``complete`` failed part-way (a rename failed): the job stays as it is, with the

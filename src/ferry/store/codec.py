@@ -29,6 +29,7 @@ from ..model.types import (
     Priority,
     TokenFlags,
 )
+from ..model.upload import UploadState
 
 # Stored value -> member, for decoding records: a dict lookup is several times cheaper than
 # calling the enumeration, which counts when ferryd loads 100,000 jobs at startup. A value
@@ -128,6 +129,7 @@ def job_record(job: Job) -> dict[str, Any]:
         "owner_ccache": job.owner_ccache,
         "helper_ccache": job.helper_ccache,
         "proxy": None if job.proxy is DEFAULT_PROXY else job.proxy.to_json(),
+        "upload": None if job.upload is None else job.upload.to_json(),
     }
 
 
@@ -164,6 +166,7 @@ def job_from_record(
     no_progress_timeout = int(get("no_progress_timeout", DEFAULT_NO_PROGRESS_TIMEOUT))
     if no_progress_timeout == DEFAULT_NO_PROGRESS_TIMEOUT:
         no_progress_timeout = DEFAULT_NO_PROGRESS_TIMEOUT
+    upload = get("upload")
     helper = get("helper_token")
     helper_flags = get("helper_flags", 0)
     flags = _TOKEN_FLAGS.get(helper_flags)
@@ -196,6 +199,8 @@ def job_from_record(
         NotificationStatus.from_json(notification) if notification else None,
         ProxySettings.from_record(get("proxy")),
     )
+    if upload:
+        job.upload = UploadState.from_json(upload)
     credentials = get("credentials")
     if credentials:
         job.credentials = [Credential.from_json(c) for c in credentials]

@@ -258,7 +258,7 @@ class DownloadTransport(Protocol):
     async def close(self) -> None: ...
 
 
-# ---- uploads (declared for the BITS upload protocol client; nothing implements it yet) -----
+# ---- uploads (the BITS upload protocol client: bits_upload.py; the run: upload.py) ------
 
 
 class Source(Protocol):
@@ -289,6 +289,12 @@ class Source(Protocol):
         """The server holds bytes ``[0, offset)`` of the file (the ``BITS-Received-Content-
         Range`` of its answer to a fragment): report them as progress."""
 
+    async def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes of the file from ``offset`` (fewer only at its end), read through
+        the descriptor the engine opened. Raises TransferError (BG_E_LOCAL_FILE_CHANGED,
+        LOCAL_FILE) when the file's size or modification time changed since the upload
+        began."""
+
 
 @dataclass(slots=True, eq=False)
 class UploadRequest:
@@ -303,6 +309,14 @@ class UploadRequest:
     # Set by the transport for a reply job: where the reply is fetched (BITS-Reply-URL), by
     # the engine through a download transport into the job's reply file.
     reply_url: str | None = None
+    # How many bytes the server acknowledged in an earlier run (a hint: the server's answer
+    # to the next fragment corrects it), and whether an answer of this run confirmed it.
+    offset: int = 0
+    offset_confirmed: bool = False
+    # BITS-Host-Id of the session (a farm host that replaces the URL's host) and its
+    # fallback timeout in seconds (None: never fall back); the transport keeps them.
+    host_id: str | None = None
+    host_fallback: float | None = None
 
     def network_token(self) -> Token:
         """As ``DownloadRequest.network_token``."""
@@ -313,10 +327,16 @@ class UploadTransport(Protocol):
     """One family of URL schemes, for uploads (BITS upload and upload-reply jobs).
     ``upload`` creates a session (or resumes ``request.session_id``; a session the server
     no longer knows, BG_E_SESSION_NOT_FOUND, starts over), sends the source from the offset
-    the server acknowledges to its end in fragments, reporting through the source, closes
-    the session, and raises TransferError on failure. The first implementation will be the
-    BITS Upload Protocol client (transfer/bits_upload.py), mounted in daemon/main.py."""
+    the server acknowledges to its end in fragments, reporting through the source, learns
+    the reply URL of a reply job, and raises TransferError on failure. It leaves the session
+    open: ``close_session`` (the job's ``complete``) makes the upload visible on the server,
+    ``cancel_session`` (its ``cancel``) discards it. Implemented by the BITS Upload Protocol
+    client (transfer/bits_upload.py), mounted in daemon/main.py."""
 
     async def upload(self, request: UploadRequest, source: Source) -> None: ...
+
+    async def close_session(self, request: UploadRequest) -> None: ...
+
+    async def cancel_session(self, request: UploadRequest, timeout: float = 10.0) -> bool: ...
 
     async def close(self) -> None: ...

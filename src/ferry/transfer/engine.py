@@ -41,6 +41,7 @@ from .base import (
     acting_token,
 )
 from .sink import TempSink
+from .upload import UploadRun, upload_request
 from .verify import verify_sha256
 from .window import JobRun
 
@@ -114,26 +115,52 @@ class TransferEngine:
         if job.type is JobType.DOWNLOAD:
             await JobRun(self, job, callbacks).run()
         else:
-            await self._run_upload(job)
+            await self._run_upload(job, callbacks)
 
-    async def _run_upload(self, job: Job) -> None:
+    async def _run_upload(self, job: Job, callbacks: JobCallbacks) -> None:
         """Upload and upload-reply jobs go through the ``uploads`` transports
-        (base.UploadTransport). Neither the BITS upload protocol client nor the run that
-        opens each local file as the local-file token and hands it over exists yet, so they
-        fail plainly, as not implemented, rather than as a misconfigured job."""
-        pending = [jf for jf in job.files if not jf.completed]
-        scheme = _scheme(pending[0].remote_name) if pending else ""
-        why = (
-            f"no upload transport serves the {scheme!r} scheme"
-            if scheme not in self._uploads
-            else "the engine cannot run uploads yet"
-        )
-        raise TransferError(
-            "E_NOTIMPL",
-            f"{job.type.value} jobs are not implemented yet: {why}",
-            context=ErrorContext.GENERAL_QUEUE_MANAGER,
-            transient=False,
-        )
+        (base.UploadTransport); the run is upload.py's."""
+        await UploadRun(self, job, callbacks, self.upload_transport(job.files[0].remote_name)).run()
+
+    def upload_transport(self, url: str) -> UploadTransport:
+        scheme = _scheme(url)
+        transport = self._uploads.get(scheme)
+        if transport is None:
+            raise TransferError(
+                "BG_E_PROTOCOL_NOT_AVAILABLE",
+                f"no upload transport for the {scheme!r} scheme",
+                context=ErrorContext.REMOTE_FILE,
+                transient=False,
+            )
+        return transport
+
+    async def close_upload(self, job: Job) -> None:
+        """``complete`` of an upload job: Close-Session, so the server publishes the upload.
+        Raises TransferError; the session is forgotten (in memory) once closed."""
+        state = job.upload
+        if state is None or state.session_id is None:
+            raise TransferError(
+                "BG_E_SESSION_NOT_FOUND",
+                "the upload has no session on the server to close",
+                context=ErrorContext.REMOTE_FILE,
+                transient=False,
+            )
+        request = upload_request(job)
+        await self.upload_transport(request.url).close_session(request)
+        state.forget_session()
+
+    async def cancel_upload(self, job: Job) -> None:
+        """``cancel`` of an upload job: Cancel-Session, best effort."""
+        state = job.upload
+        if state is None or state.session_id is None or not job.files:
+            return
+        request = upload_request(job)
+        try:
+            transport = self.upload_transport(request.url)
+        except TransferError:
+            return
+        await transport.cancel_session(request)
+        state.forget_session()
 
     # ---- what the window asks of the engine ----------------------------------------------
 
