@@ -235,7 +235,7 @@ async def serve(cfg: Config) -> None:
     )
     transfers: Transfers = scheduler
     if fleet is not None:
-        fleet.attach_stop(scheduler.stop)
+        fleet.attach_stop(scheduler.stop, scheduler.kick)
         transfers = FleetTransfers(scheduler, fleet)
     manager = QueueManager(table, store, outbox, LocalFiles(identity), transfers, cfg.limits, clock)
     handles = Handles(table, store, clock)

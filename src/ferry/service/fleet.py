@@ -103,6 +103,7 @@ class Fleet:
         self.lease = db.lease
         self._abandon: Callable[[str], None] = lambda job_id: None
         self._stop_job: Callable[[Job], Any] | None = None
+        self._kick: Callable[[], None] = lambda: None
         self._held: dict[str, int] = {}
         self._dirty: set[str] = set()
         self._dirty_event = asyncio.Event()
@@ -116,9 +117,11 @@ class Fleet:
     def attach(self, abandon: Callable[[str], None]) -> None:
         self._abandon = abandon
 
-    def attach_stop(self, stop: Callable[[Job], Any]) -> None:
-        """How a release request is served: the scheduler's stop (service/scheduler.py)."""
+    def attach_stop(self, stop: Callable[[Job], Any], kick: Callable[[], None]) -> None:
+        """How a release request is served (the scheduler's stop), and how the scheduler
+        learns that jobs changed by other workers may be runnable now (its kick)."""
         self._stop_job = stop
+        self._kick = kick
 
     # ---- Leases ---------------------------------------------------------------------------
 
@@ -269,6 +272,7 @@ class Fleet:
 
     def _apply(self, job_id: str, fresh: Job | None) -> Job | None:
         """Make this worker's copy of a job what the store holds; returns the job in memory."""
+        self._kick()  # whatever changed may be runnable now (or no longer)
         if job_id in self._held:
             return self.table.get(job_id)  # ours while we transfer it
         job = self.table.get(job_id)
