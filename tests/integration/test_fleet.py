@@ -25,6 +25,7 @@ from harness.fleet import Fleet
 from harness.postgres import PgCluster, available
 
 from ferry.client import Client
+from tests.integration.api_schema import assert_response
 
 LEASE = 3.0
 MANY = int(os.environ.get("FERRY_FLEET_JOBS", "30"))
@@ -281,6 +282,9 @@ def test_ferry_fleet_lists_workers_and_heartbeats(pg: PgCluster, base: Path) -> 
         assert out.returncode == 0, out.stderr
         assert "w0" in out.stdout and "w1" in out.stdout and "this worker: w0" in out.stdout
         doc = Client(a.socket).fleet()
+        status, raw = a.call("GET", "/v1/fleet")
+        assert status == 200
+        assert_response("GET", "/v1/fleet", status, raw)  # the OpenAPI document's schema
         assert [w["id"] for w in doc["workers"]] == ["w0", "w1"]
         assert all(w["alive"] and w["heartbeat_age"] < LEASE for w in doc["workers"])
         # A worker that stops cleanly leaves the roster.

@@ -47,6 +47,24 @@ from .table import JobTable
 log = logging.getLogger("ferry.fleet")
 
 _JOB_FIELDS = [f.name for f in dataclasses.fields(Job)]
+# What a transfer writes: the holder of a job's lease owns these. Everything else (the
+# properties, owner, helper token) may be changed on any worker meanwhile and is merged
+# into the holder's copy, so its next write carries the change on.
+_TRANSFER_FIELDS = {
+    "id",
+    "type",
+    "created",
+    "state",
+    "files",
+    "modified",
+    "transfer_completed",
+    "error",
+    "error_count",
+    "retry_at",
+    "no_progress_since",
+    "notification",
+}
+_MERGED_FIELDS = [name for name in _JOB_FIELDS if name not in _TRANSFER_FIELDS]
 
 
 class FleetStore(Protocol):
@@ -106,6 +124,7 @@ class Fleet:
         self._kick: Callable[[], None] = lambda: None
         self._held: dict[str, int] = {}
         self._dirty: set[str] = set()
+        self._merged: set[str] = set()  # held jobs that took another worker's change
         self._dirty_event = asyncio.Event()
         self._resync = False
         self._deadline_timer: asyncio.TimerHandle | None = None
@@ -153,6 +172,12 @@ class Fleet:
             raise
 
     async def release(self, job: Job) -> None:
+        if job.id in self._held and job.id in self._merged:
+            # A change merged during the run may have been overwritten by a write of ours
+            # already in flight: store the job once more while the lease is still ours.
+            self._merged.discard(job.id)
+            with contextlib.suppress(FerryError):
+                await self.store.save_job_header(job)
         epoch = self._held.pop(job.id, None)
         if epoch is None:
             return
@@ -273,9 +298,12 @@ class Fleet:
     def _apply(self, job_id: str, fresh: Job | None) -> Job | None:
         """Make this worker's copy of a job what the store holds; returns the job in memory."""
         self._kick()  # whatever changed may be runnable now (or no longer)
-        if job_id in self._held:
-            return self.table.get(job_id)  # ours while we transfer it
         job = self.table.get(job_id)
+        if job_id in self._held:
+            # Ours while we transfer it; take the other workers' property changes.
+            if job is not None and fresh is not None:
+                self._merge(job, fresh)
+            return job
         if fresh is None:
             if job is not None:
                 events = self.table.stage(job, (ev.JOB_REMOVED,))
@@ -291,6 +319,21 @@ class Fleet:
             return fresh
         self._update_in_place(job, fresh, events=True)
         return job
+
+    def _merge(self, job: Job, fresh: Job) -> None:
+        changed = False
+        old_uid = job.owner.uid
+        for name in _MERGED_FIELDS:
+            value = getattr(fresh, name)
+            if getattr(job, name) != value:
+                setattr(job, name, value)
+                changed = True
+        if not changed:
+            return
+        if job.owner.uid != old_uid:
+            self.table.owner_changed(job, old_uid)
+        self._merged.add(job.id)
+        self.table.publish(self.table.stage(job, (ev.JOB_MODIFICATION,)))
 
     def _update_in_place(self, job: Job, fresh: Job, events: bool) -> None:
         if job == fresh:

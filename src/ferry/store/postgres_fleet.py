@@ -197,12 +197,18 @@ class FleetDb:
         return set(ids) - kept
 
     async def reap(self) -> list[str]:
-        """Free the leases that expired (a dead or stalled worker's); their job ids."""
+        """Free the leases that expired (a dead or stalled worker's); their job ids. Also
+        the jobs left running without a lease for a lease period: a worker that shut down
+        mid-transfer (SIGTERM) releases its leases without queueing its jobs again."""
         rows = await self._run(
             "UPDATE jobs SET lease_worker = NULL, lease_expires = NULL,"
             " lease_epoch = lease_epoch + 1"
-            " WHERE id IN (SELECT id FROM jobs WHERE lease_worker IS NOT NULL"
-            "  AND lease_expires < now() FOR UPDATE SKIP LOCKED) RETURNING id"
+            " WHERE id IN (SELECT id FROM jobs WHERE (lease_worker IS NOT NULL"
+            "  AND lease_expires < now()) OR (lease_worker IS NULL"
+            "  AND state IN ('CONNECTING', 'TRANSFERRING')"
+            "  AND modified < extract(epoch FROM now()) - %s)"
+            " FOR UPDATE SKIP LOCKED) RETURNING id",
+            (self.lease,),
         )
         return [r[0] for r in rows]
 
