@@ -286,14 +286,17 @@ class Fleet:
                     await asyncio.sleep(0.5)
 
     async def resync(self) -> None:
+        # Only jobs known before the load began can have been deleted elsewhere: one created
+        # here meanwhile is simply newer than the load (its insert was called after it).
+        known = {job.id for job in self.table.all()}
         jobs = await self.store.load_all()
         seen = set()
         for fresh in jobs:
             seen.add(fresh.id)
             self._apply(fresh.id, fresh)
-        for job in self.table.all():
-            if job.id not in seen:
-                self._apply(job.id, None)
+        for job_id in known - seen:
+            if self.table.get(job_id) is not None:
+                self._apply(job_id, None)
 
     def _apply(self, job_id: str, fresh: Job | None) -> Job | None:
         """Make this worker's copy of a job what the store holds; returns the job in memory."""
@@ -317,6 +320,10 @@ class Fleet:
             self.table.add(fresh)
             self.table.publish(self.table.stage(fresh, (ev.JOB_MODIFICATION,)))
             return fresh
+        if fresh.modified < job.modified:
+            # This worker changed the job after the load was queued: its own write, in
+            # flight, is the newer one (and the store applies it after what was loaded).
+            return job
         self._update_in_place(job, fresh, events=True)
         return job
 

@@ -194,6 +194,7 @@ class PostgresStore:
                 return fn(conn)
             except psycopg.OperationalError as exc:
                 if not conn.broken and not conn.closed:
+                    _idle(conn)  # never leave an aborted transaction behind
                     raise runtime_error(self.where, exc) from exc
                 log.warning("the job store connection broke: %s", exc)
             return fn(self._reconnect())
@@ -209,6 +210,21 @@ class PostgresStore:
             return [(None, FerryError(err.code, err.message, hresult=err.hresult)) for _ in writes]
 
     def _apply(self, conn: psycopg.Connection[Any], writes: Sequence[PgWrite]) -> list[Outcome]:
+        """The group in one transaction; a deadlock with another worker's transaction (or a
+        serialization failure) rolls it back whole and runs it again: a write is a pure
+        function of its snapshot, so running it again stores the same rows."""
+        for attempt in range(_RETRIES):
+            try:
+                return self._apply_once(conn, writes)
+            except psycopg.errors.TransactionRollback as exc:
+                _idle(conn)
+                log.info("job store: %s; applying the group again", exc)
+                time.sleep(0.005 * (attempt + 1))
+        return self._apply_once(conn, writes)
+
+    def _apply_once(
+        self, conn: psycopg.Connection[Any], writes: Sequence[PgWrite]
+    ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         touched: list[str] = []
         savepoints = len(writes) > 1
@@ -591,6 +607,18 @@ class PostgresJobStore:
 
     async def close(self) -> None:
         await self._thread.close()
+
+
+_RETRIES = 5
+
+
+def _idle(conn: psycopg.Connection[Any]) -> None:
+    """Roll back whatever transaction is open on a healthy connection."""
+    if conn.broken or conn.closed:
+        return
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
 
 
 def _id_setter(n: PendingNotification | None) -> Callable[[Any], None] | None:
