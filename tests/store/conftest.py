@@ -9,7 +9,9 @@ schema, say). Every test in this package then runs once per factory.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import itertools
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -36,8 +38,58 @@ class SqliteFactory:
         pass  # the temporary directory goes with the test
 
 
+class PostgresFactory:
+    """A fresh database per test on the session's throwaway cluster (harness/postgres.py)."""
+
+    _names = itertools.count()
+
+    def __init__(self, tmp: Path) -> None:
+        from harness.postgres import PgCluster
+
+        cluster = _PG.get("cluster")
+        if cluster is None:
+            why = _PG.get("skip")
+            if why is None:
+                from harness.postgres import available
+
+                why = available()
+            if why is None:
+                try:
+                    cluster = _PG["cluster"] = PgCluster.start()
+                except Exception as exc:  # no usable PostgreSQL here: say why
+                    why = f"cannot start a PostgreSQL cluster: {exc}"
+            if why is not None:
+                _PG["skip"] = why
+                pytest.skip(why)
+        assert isinstance(cluster, PgCluster)
+        self.cluster = cluster
+        self.name = f"store_{os.getpid()}_{next(self._names)}"
+        self.url = cluster.create_database(self.name)
+
+    async def open(self) -> JobStore:
+        from ferry.store.postgres import PostgresJobStore
+
+        return PostgresJobStore.open(self.url)
+
+    async def destroy(self) -> None:
+        self.cluster.drop_database(self.name)
+
+
+_PG: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_cluster() -> Iterator[None]:
+    """The session's cluster, started by the first PostgreSQL test and destroyed at the end."""
+    yield
+    cluster = _PG.pop("cluster", None)
+    if cluster is not None:
+        cluster.destroy()  # type: ignore[attr-defined]
+
+
 FACTORIES: dict[str, Callable[[Path], StoreFactory]] = {
     "sqlite": SqliteFactory,
+    "postgres": PostgresFactory,
 }
 
 

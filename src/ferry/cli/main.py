@@ -22,7 +22,7 @@ from ..client import DaemonUnavailable, Job
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, JobType, Priority
 from ..protocol import ACTIONS, PROPERTIES, SYSTEM_SOCKET, Property
-from . import credentials, network, tokens, uploads
+from . import credentials, fleet, network, tokens, uploads
 from .context import EXIT_ERROR, Ctx, no_daemon_error, partial_complete_text, report_error
 from .context import current as _ctx
 
@@ -106,6 +106,7 @@ for _command in (uploads.reply,):
 for _command in (tokens.open_, tokens.helper_token, tokens.logoff):
     cli.add_command(_command)
 cli.add_command(credentials.credentials)
+cli.add_command(fleet.fleet)  # fleet mode (cli/fleet.py)
 
 
 # ---- jobs -----------------------------------------------------------------------------

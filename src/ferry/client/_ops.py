@@ -418,6 +418,10 @@ def shutdown() -> Call[JSONObj]:
     return _call("shutdown", _as_obj, b"{}")
 
 
+def fleet() -> Call[JSONObj]:
+    return _call("fleet", _as_obj)
+
+
 def logoff(user: str | int | None = None, session: int | None = None) -> Call[JSONObj]:
     if (user is None) == (session is None):
         raise FerryError("E_INVALIDARG", "give exactly one of user and session")

@@ -132,6 +132,10 @@ class AsyncClient:
         """Stop the daemon, as SIGTERM would (see ``Client.shutdown``)."""
         return await self._call(_ops.shutdown())
 
+    async def fleet(self) -> JSONObj:
+        """Fleet mode: the workers, their heartbeats and leases (see ``Client.fleet``)."""
+        return await self._call(_ops.fleet())
+
     async def create_job(
         self,
         display_name: str,

@@ -195,6 +195,12 @@ class Client:
         its own user may in user mode, administrators may; anyone else E_ACCESSDENIED."""
         return self._call(_ops.shutdown())
 
+    def fleet(self) -> JSONObj:
+        """Fleet mode (docs/fleet.md): ``{"worker", "lease_seconds", "workers": [...],
+        "leases": [...]}`` — every worker sharing the queue with its last heartbeat, and every
+        job lease. Administrators only; E_NOTIMPL from a single-machine ferryd."""
+        return self._call(_ops.fleet())
+
     def events(
         self, job_id: str | None = None, all_users: bool = False, all_events: bool = False
     ) -> EventStream:

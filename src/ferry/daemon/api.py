@@ -17,7 +17,7 @@ import logging
 import os
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -100,8 +100,10 @@ class Api:
         only_uid: int | None,
         request_stop: Callable[[], None],
         credentials: Credentials | None = None,
+        fleet: FleetStatus | None = None,
     ) -> None:
         self.credentials = credentials
+        self.fleet = fleet  # fleet mode (service/fleet.py), else None
         self.manager = manager
         self.handles = handles
         self.logon = logon
@@ -496,6 +498,21 @@ class Api:
         await response.write_eof()
         self.request_stop()
         return response
+
+    async def h_fleet(self, request: web.Request) -> web.Response:
+        """The fleet's workers and leases (docs/fleet.md): administrators only."""
+        token: Token = request["token"]
+        if not token.admin:
+            raise FerryError("E_ACCESSDENIED", "only administrators may look at the fleet")
+        if self.fleet is None:
+            raise FerryError(
+                "E_NOTIMPL", "this ferryd is not in fleet mode (no [store] url in its config)"
+            )
+        return web.json_response(await self.fleet.status())
+
+
+class FleetStatus(Protocol):
+    async def status(self) -> dict[str, Any]: ...
 
 
 def resolve_uid(user: str | int) -> int:

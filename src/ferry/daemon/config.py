@@ -52,6 +52,13 @@ class Config:
     # it, never below 5 KiB), and how many drops in a row one run retries itself.
     upload_fragment_size: int = 32 << 20
     upload_retries: int = 4
+    # Fleet mode (docs/fleet.md): [store] url = "postgresql://…" shares one job store among
+    # several ferryd; None keeps the embedded SQLite file. lease_seconds: how long a worker's
+    # claim on a transfer lasts without a heartbeat (a dead worker's jobs are taken over
+    # within it); worker_id: this worker's name in the fleet (default HOST:PID).
+    store_url: str | None = None
+    lease_seconds: float = 15.0
+    worker_id: str | None = None
 
     @property
     def socket_mode(self) -> int:
@@ -132,7 +139,7 @@ def _apply_file(cfg: Config, path: Path) -> Config:
         raise FerryError.from_oserror(exc, f"config file {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise FerryError("E_INVALIDARG", f"config file {path}: {exc}") from None
-    unknown = set(data) - {"daemon", "limits", "kerberos", "proxy"}
+    unknown = set(data) - {"daemon", "limits", "kerberos", "proxy", "store"}
     if unknown:
         raise FerryError("E_INVALIDARG", f"config file {path}: unknown sections {sorted(unknown)}")
     changes: dict[str, Any] = {}
@@ -181,6 +188,7 @@ def _apply_file(cfg: Config, path: Path) -> Config:
     if "kerberos" in data:
         changes["keytabs"] = _keytabs(data["kerberos"], path)
     changes.update(_proxy_section(path, data.get("proxy", {})))
+    changes.update(_store_section(path, data.get("store", {})))
     return replace(cfg, **changes)
 
 
@@ -229,4 +237,37 @@ def _proxy_section(path: Path, section: Any) -> dict[str, Any]:
             out["proxy_no_proxy"] = tuple(value)
         else:
             raise FerryError("E_INVALIDARG", f"config file {path}: unknown key proxy.{key}")
+    return out
+
+
+def _store_section(path: Path, store: Any) -> dict[str, Any]:
+    """``[store]``: url (postgresql://… for fleet mode), lease_seconds, worker_id."""
+    if not isinstance(store, dict):
+        raise FerryError("E_INVALIDARG", f"config file {path}: [store] must be a table")
+    out: dict[str, Any] = {}
+    for key, value in store.items():
+        if key == "url":
+            if not isinstance(value, str) or not value.startswith(
+                ("postgresql://", "postgres://")
+            ):
+                raise FerryError(
+                    "E_INVALIDARG",
+                    f"config file {path}: store.url must be a postgresql:// URL "
+                    "(leave it out for the embedded SQLite store)",
+                )
+            out["store_url"] = value
+        elif key == "lease_seconds":
+            if not _is(value, (int, float)) or not 1 <= value <= 3600:
+                raise FerryError(
+                    "E_INVALIDARG", f"config file {path}: store.lease_seconds must be 1..3600"
+                )
+            out["lease_seconds"] = float(value)
+        elif key == "worker_id":
+            if not isinstance(value, str) or not 0 < len(value) <= 200 or "\t" in value:
+                raise FerryError(
+                    "E_INVALIDARG", f"config file {path}: store.worker_id must be a short name"
+                )
+            out["worker_id"] = value
+        else:
+            raise FerryError("E_INVALIDARG", f"config file {path}: unknown key store.{key}")
     return out

@@ -31,6 +31,7 @@ from ..security.secretbox import SecretBox
 from ..security.sessions import SessionTracker
 from ..service.credentials import Credentials
 from ..service.events import EventBus
+from ..service.fleet import Fleet, FleetTransfers
 from ..service.handles import Handles
 from ..service.housekeeping import Housekeeper
 from ..service.logon import Logon
@@ -38,9 +39,10 @@ from ..service.manager import QueueManager
 from ..service.notify import Notifier
 from ..service.outbox import Outbox
 from ..service.reports import EngineReports
-from ..service.runqueue import RunQueue
+from ..service.runqueue import RunQueue, Transfers
 from ..service.scheduler import Scheduler
 from ..service.table import JobTable
+from ..store.base import JobStore
 from ..store.sqlite import SqliteJobStore
 from ..transfer.bits_upload import BitsUploadTransport
 from ..transfer.engine import TransferEngine
@@ -193,7 +195,17 @@ async def serve(cfg: Config) -> None:
     tls = tls_context(cfg)
     lock_fd = lock_state_dir(cfg.state_dir)
     clock = time.time
-    store = SqliteJobStore.open(cfg.db_path)
+    fleet_db = None
+    if cfg.store_url:  # fleet mode (docs/fleet.md): many ferryd on one PostgreSQL
+        from ..store.postgres import PostgresJobStore, default_worker_id
+        from ..store.postgres_fleet import FleetDb
+
+        worker = cfg.worker_id or default_worker_id()
+        pg_store = PostgresJobStore.open(cfg.store_url, worker=worker)
+        store: JobStore = pg_store
+        fleet_db = FleetDb(cfg.store_url, worker, cfg.lease_seconds, str(cfg.socket))
+    else:
+        store = SqliteJobStore.open(cfg.db_path)
     identity = IdentityIO()
     http = HttpTransport(
         ssl_context=tls, read_timeout=cfg.stall_timeout, proxy_router=proxy_router(cfg)
@@ -219,7 +231,10 @@ async def serve(cfg: Config) -> None:
     bus = EventBus(min_interval=cfg.min_notification_interval_ms / 1000)
     runqueue = RunQueue()
     table = JobTable(store, bus, runqueue, clock)
-    count = await table.load()
+    fleet = None
+    if fleet_db is not None:
+        fleet = Fleet(fleet_db, pg_store, table, clock)
+    count = await table.load(requeue_interrupted=fleet is None)
     # The loaded jobs live as long as the daemon: move them out of the collector's sight so
     # neither this start-up nor every later full collection walks 100,000 jobs again.
     gc.freeze()
@@ -234,13 +249,18 @@ async def serve(cfg: Config) -> None:
         sessions.token_logged_on,
         time_slice=cfg.time_slice,
         clock=clock,
+        leases=fleet,
     )
+    transfers: Transfers = scheduler
+    if fleet is not None:
+        fleet.attach_stop(scheduler.stop, scheduler.kick)
+        transfers = FleetTransfers(scheduler, fleet)
     manager = QueueManager(
-        table, store, outbox, LocalFiles(identity), scheduler, cfg.limits, clock, uploads=engine
+        table, store, outbox, LocalFiles(identity), transfers, cfg.limits, clock, uploads=engine
     )
     handles = Handles(table, store, clock)
     credentials = Credentials(table, store, identity, secrets, clock)
-    logon = Logon(table, store, outbox, sessions, scheduler, reports.requeued, clock)
+    logon = Logon(table, store, outbox, sessions, transfers, reports.requeued, clock)
     housekeeper = Housekeeper(table, store, manager.cancel_job, clock)
     notifier = Notifier(
         outbox,
@@ -265,6 +285,7 @@ async def serve(cfg: Config) -> None:
         None if cfg.system else os.geteuid(),
         stop.set,
         credentials=credentials,
+        fleet=fleet,
     )
     sock = activated_socket()
     owns_socket = sock is None
@@ -301,6 +322,8 @@ async def serve(cfg: Config) -> None:
                 tg.create_task(logon.run(cfg.session_poll_interval), name="sessions"),
                 tg.create_task(notifier.run(), name="notifier"),
             ]
+            if fleet is not None:
+                services.append(tg.create_task(fleet.run(), name="fleet"))
             await stop.wait()
             log.info("stopping")
             sd_notify("STOPPING=1")
@@ -313,6 +336,8 @@ async def serve(cfg: Config) -> None:
         await engine.close()
         await identity.shutdown()
         await store.close()
+        if fleet_db is not None:
+            await fleet_db.close()
         if owns_socket:
             with contextlib.suppress(OSError):
                 cfg.socket.unlink()

@@ -218,6 +218,10 @@ ROUTES: tuple[Route, ...] = (
           "Stop ferryd as on SIGTERM (transfers stop at a checkpoint); its own user in user "
           "mode, administrators",
           body={}, response=ref("Shutdown")),
+    Route("GET", f"{API_PREFIX}/fleet", "fleet",
+          "Fleet mode: the workers sharing this queue, their last heartbeat and the leases "
+          "they hold (administrators; E_NOTIMPL on a single-machine ferryd)",
+          response=ref("Fleet")),
     Route("GET", f"{API_PREFIX}/events", "events",
           "Server-Sent Events of job changes (notify_flags apply unless all_events=true); "
           "each event's data is an Event object",

@@ -220,6 +220,42 @@ JOB_SCHEMA["properties"]["credential_warnings"] = {
 }
 JOB_SCHEMA["required"] += ["credentials", "credential_warnings"]
 
+# The answer of GET /v1/fleet (fleet mode, docs/fleet.md). Times are epoch seconds.
+FLEET_WORKER_SCHEMA: dict[str, Any] = closed(
+    {
+        "id": _STR,
+        "host": _STR,
+        "pid": _INT,
+        "socket": _STR,
+        "lease_seconds": {"type": "number"},
+        "started": {"type": "number"},
+        "heartbeat": {"type": "number"},
+        "heartbeat_age": {"type": "number"},
+        "alive": {"type": "boolean"},
+        "leases": _COUNT,
+        "self": {"type": "boolean"},
+    }
+)
+FLEET_LEASE_SCHEMA: dict[str, Any] = closed(
+    {
+        "job_id": _STR,
+        "worker": _STR,
+        "epoch": _INT,
+        "expires": {"type": ["number", "null"]},
+        "expires_in": {"type": ["number", "null"]},
+        "state": _STR,
+        "owner_uid": _INT,
+    }
+)
+FLEET_SCHEMA: dict[str, Any] = closed(
+    {
+        "worker": _STR,
+        "lease_seconds": {"type": "number"},
+        "workers": {"type": "array", "items": FLEET_WORKER_SCHEMA},
+        "leases": {"type": "array", "items": FLEET_LEASE_SCHEMA},
+    }
+)
+
 SCHEMAS: Mapping[str, Mapping[str, Any]] = {
     "Job": JOB_SCHEMA,
     "File": FILE_SCHEMA,
@@ -232,4 +268,5 @@ SCHEMAS: Mapping[str, Mapping[str, Any]] = {
     "Shutdown": SHUTDOWN_SCHEMA,
     "Credential": CREDENTIAL_SCHEMA,
     "Reply": REPLY_SCHEMA,
+    "Fleet": FLEET_SCHEMA,
 }

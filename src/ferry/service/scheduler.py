@@ -47,6 +47,7 @@ from ..model.job import Job
 from ..model.token import Token
 from ..model.types import JobState, Priority
 from ..transfer.base import JobCallbacks, TransferError
+from .leases import Leases, LocalLeases
 from .runqueue import RunQueue
 
 log = logging.getLogger("ferry.scheduler")
@@ -93,8 +94,12 @@ class Scheduler:
         is_logged_on: Callable[[Token], bool] = lambda token: True,
         time_slice: float = 30.0,
         clock: Callable[[], float] = time.time,
+        leases: Leases | None = None,
     ) -> None:
         self.queue = queue
+        # Fleet mode: a run claims its job first (service/leases.py; trivially granted alone).
+        self.leases: Leases = leases or LocalLeases()
+        self.leases.attach(self.abandon)
         self.records = records
         self.engine = engine
         self.max_background_jobs = max(1, max_background_jobs)
@@ -128,6 +133,19 @@ class Scheduler:
     @property
     def running(self) -> set[str]:
         return set(self._running)
+
+    def is_running(self, job_id: str) -> bool:
+        return job_id in self._running
+
+    def abandon(self, job_id: str) -> None:
+        """Stop a run at once because its lease is lost (fleet mode): cancelled without
+        being requeued; whatever it writes from now on is refused by the store's fence."""
+        run = self._running.get(job_id)
+        if run is not None and run.task is not None:
+            log.warning("job %s: lease lost, its transfer stops", job_id)
+            run.requeue = False
+            run.stopping = True
+            run.task.cancel()
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -263,8 +281,21 @@ class Scheduler:
         """The task of one job's transfer. Never raises but for cancellation: one job must
         not take the daemon down."""
         job = run.job
+        if job.state is not JobState.QUEUED:  # changed before the task's first step
+            return
+        if not await self.leases.claim(job):
+            # Another worker transfers it (fleet mode): look again a little later.
+            self.queue.hold_until(job.id, asyncio.get_running_loop().time() + 1.0)
+            return
         try:
-            if job.state is not JobState.QUEUED:  # changed before the task's first step
+            await self._run_claimed(run)
+        finally:
+            await self.leases.release(job)
+
+    async def _run_claimed(self, run: _Run) -> None:
+        job = run.job
+        try:
+            if job.state is not JobState.QUEUED:  # changed while it was being claimed
                 return
             await self.records.started(job)
             await self.engine.run_job(job, self.records)

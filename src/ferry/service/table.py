@@ -72,13 +72,16 @@ class JobTable:
         self._by_owner: dict[int, dict[str, Job]] = {}
         self._locks: dict[str, _Lock] = {}
 
-    async def load(self) -> int:
-        """Load every job; transfers that were running when ferryd stopped queue again."""
+    async def load(self, requeue_interrupted: bool = True) -> int:
+        """Load every job; transfers that were running when ferryd stopped queue again.
+
+        In fleet mode (``requeue_interrupted=False``) a running job may be another worker's
+        live transfer: the fleet's lease reaper queues the ones whose worker died instead."""
         now = self._clock()
         interrupted: list[Job] = []
         for job in await self._store.load_all():
             self.add(job)
-            if job.state in (JobState.CONNECTING, JobState.TRANSFERRING):
+            if requeue_interrupted and job.state in (JobState.CONNECTING, JobState.TRANSFERRING):
                 job.requeue(now)
                 interrupted.append(job)
             self._index.job_changed(job)

@@ -1,0 +1,111 @@
+"""A fleet of real ferryd processes on one throwaway PostgreSQL database (harness/postgres.py),
+each with its own socket and state directory, all writing into one shared directory — for the
+fleet tests and benchmarks.
+
+    with PgCluster.start() as pg, Fleet(pg, base, workers=3, lease=3) as fleet:
+        a, b, c = fleet.daemons
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self
+
+from harness.ferryd import Daemon
+from harness.postgres import PgCluster
+
+_names = itertools.count()
+
+
+class Fleet:
+    def __init__(
+        self,
+        pg: PgCluster,
+        base: Path,
+        workers: int = 3,
+        lease: float = 3.0,
+        max_background_jobs: int = 50,
+        extra: str = "",
+    ) -> None:
+        self.pg = pg
+        self.base = base
+        self.lease = lease
+        self.dbname = f"fleet_{os.getpid()}_{next(_names)}"
+        self.url = pg.create_database(self.dbname)
+        self.shared = base / "shared"
+        self.shared.mkdir(exist_ok=True)
+        self.daemons: list[Daemon] = []
+        for i in range(workers):
+            d = base / f"w{i}"
+            d.mkdir(exist_ok=True)
+            config = (
+                f"[daemon]\nmax_background_jobs = {max_background_jobs}\n{extra}"
+                f'[store]\nurl = "{self.url}"\nlease_seconds = {lease}\nworker_id = "w{i}"\n'
+            )
+            self.daemons.append(Daemon(d, config=config, log_level="info"))
+
+    def start(self) -> Self:
+        for d in self.daemons:
+            d.start()
+        return self
+
+    def stop(self) -> list[int]:
+        codes = []
+        for d in self.daemons:
+            if d.alive():
+                codes.append(d.stop())
+        return codes
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        for d in self.daemons:
+            if d.proc is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(d.pid, signal.SIGCONT)  # a stopped worker must be able to stop
+        self.stop()
+        with contextlib.suppress(Exception):
+            self.pg.drop_database(self.dbname)
+
+    # ---- jobs ------------------------------------------------------------------------------
+
+    def create(self, d: Daemon, name: str, pairs: list[tuple[str, Path]], **props: Any) -> str:
+        status, job = d.call("POST", "/v1/jobs", {"display_name": name, **props})
+        assert status == 201, job
+        files = [{"remote_name": r, "local_name": str(p)} for r, p in pairs]
+        status, body = d.call("POST", f"/v1/jobs/{job['id']}/files", {"files": files})
+        assert status == 200, body
+        status, body = d.call("POST", f"/v1/jobs/{job['id']}/resume", {})
+        assert status == 200, body
+        return str(job["id"])
+
+    def jobs(self, d: Daemon) -> dict[str, dict[str, Any]]:
+        status, body = d.call("GET", "/v1/jobs?all_users=true")
+        assert status == 200, body
+        return {j["id"]: j for j in body["jobs"]}
+
+    def wait(
+        self,
+        d: Daemon,
+        check: Callable[[dict[str, dict[str, Any]]], bool],
+        what: str,
+        timeout: float = 120.0,
+    ) -> dict[str, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = self.jobs(d)
+            if check(jobs):
+                return jobs
+            if time.monotonic() > deadline:
+                states: dict[str, int] = {}
+                for j in jobs.values():
+                    states[j["state"]] = states.get(j["state"], 0) + 1
+                raise AssertionError(f"timed out waiting for {what}: {states}")
+            time.sleep(0.2)
