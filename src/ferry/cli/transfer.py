@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 
-from ..client import Client, Job
+from ..client.sync import Client, Job
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, Priority
 from .context import partial_complete_text, retry_text
