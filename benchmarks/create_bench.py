@@ -16,8 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import median
 from harness.ferryd import Daemon
+
+from benchmarks.common import median
 
 
 def _sequential(sock: str, n: int, tag: str) -> float:
