@@ -86,14 +86,25 @@ class Bench:
         self.nginx = Nginx(www, work / "nginx", binary=self.tools["nginx"]).start()
         self.daemon = Daemon(work / "d", log_level="warning")
         self.daemon.start()
+        # FERRYD_AB="VAR=VALUE": a second ferryd with that variable in its environment,
+        # its "ferry CLI, B" alternating with the others (an A/B of a change behind a switch).
+        self.ab: Daemon | None = None
+        if os.environ.get("FERRYD_AB"):
+            var, _, value = os.environ["FERRYD_AB"].partition("=")
+            self.ab = Daemon(work / "d-ab", log_level="warning", env={var: value})
+            self.ab.start()
         self.env = child_env({"FERRY_SOCKET": self.daemon.socket})
 
     def close(self) -> None:
         self.daemon.stop()
+        if self.ab is not None:
+            self.ab.stop()
         self.nginx.stop()
 
-    def ferry_cli(self, pairs: list[tuple[str, str]], bar: bool = False) -> float:
-        cmd = [*ferry_cli(), "--socket", self.daemon.socket]
+    def ferry_cli(
+        self, pairs: list[tuple[str, str]], bar: bool = False, daemon: Daemon | None = None
+    ) -> float:
+        cmd = [*ferry_cli(), "--socket", (daemon or self.daemon).socket]
         if not bar:
             cmd.append("--json")
         cmd += ["transfer", *[x for p in pairs for x in p]]
@@ -160,6 +171,8 @@ class Bench:
                         w = self.ferry_cli(pairs)
                     elif tool == "ferry CLI, bar":
                         w = self.ferry_cli(pairs, bar=True)
+                    elif tool == "ferry CLI, B":
+                        w = self.ferry_cli(pairs, daemon=self.ab)
                     elif tool == "ferry library":
                         w = self.ferry_lib(pairs)
                     else:
@@ -214,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             mib = int(args[1]) if len(args) > 1 else 512
             files = {"big.bin": make_file(bench.www / "big.bin", mib * MIB)}
             tools = ["ferry CLI", "ferry CLI, bar", "curl", "curl+fsync"]
+            if bench.ab is not None:
+                tools.insert(1, "ferry CLI, B")
             bench.compare(f"{mib} MiB", files, tools, 1)  # untimed warm-up
             rows = bench.compare(f"{mib} MiB", files, tools, rounds)
         print(render(rows))

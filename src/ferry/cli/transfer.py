@@ -152,6 +152,9 @@ def _follow(job: Job) -> JobState:
         TextColumn("{task.fields[files]} {task.fields[note]}"),
         console=console(stderr=True),
         transient=False,
+        # Redrawn 4 times a second, not rich's 10: a transfer's pace is what a user wants
+        # to see, and on a busy machine each redraw is CPU taken from the transfer.
+        refresh_per_second=4,
     )
     with progress:
         task = progress.add_task(job.display_name, total=None, files="", note="")
