@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             files = {f"small/f{i:04d}.bin": make_file(src / f"f{i:04d}.bin", 64 * KIB)
                      for i in range(count)}  # fmt: skip
             tools = ["ferry CLI", "ferry library", "aria2c", "curl"]
+            if bench.ab is not None:
+                tools.insert(1, "ferry CLI, B")
             rows = bench.compare(f"{count} x 64 KiB", files, tools, rounds)
         else:
             mib = int(args[1]) if len(args) > 1 else 512
