@@ -28,6 +28,8 @@ from benchmarks.common import machine_description, quick  # noqa: E402
 
 def main() -> int:
     q = quick()
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # the parts print as they go
     for key, value in machine_description().items():
         print(f"{key}: {value}")
     print("== 1. CLI start", flush=True)
