@@ -61,7 +61,7 @@ def ferry_cli() -> list[str]:
     script = Path(sys.executable).with_name("ferry")
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-m", "ferry.cli.main"]
+    return [sys.executable, "-m", "ferry.cli"]
 
 
 # ---- tools -------------------------------------------------------------------------------

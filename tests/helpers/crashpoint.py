@@ -3,9 +3,11 @@ exact moment rather than at a random one.
 
 ``enable(monkeypatch, work, point)`` makes every ferryd started afterwards (``Daemon.start``
 passes the test's environment on) load this module at interpreter start-up, through a
-``sitecustomize`` on PYTHONPATH, and wrap ``IdentityIO.create_temp``, the one place where
-the engine creates a download's temporary file. At the first call it writes the temporary
-name to the report file (atomically: the test polls for it), then, depending on ``point``:
+``sitecustomize`` on PYTHONPATH, and wrap ``IdentityIO.create_temp`` and
+``IdentityIO.create_temp_many`` (a group of small files in one trip), the places where the
+engine creates a download's temporary file. At the first call it writes the (first)
+temporary name to the report file (atomically: the test polls for it), then, depending on
+``point``:
 
 * ``kill-before-create`` — SIGKILLs ferryd before the file is created;
 * ``kill-after-create`` — creates the file, then SIGKILLs ferryd before anything else runs;
@@ -85,3 +87,23 @@ def install() -> None:
         raise FerryError("E_ACCESSDENIED", f"crash point {point}: {name} not created")
 
     IdentityIO.create_temp = create_temp  # type: ignore[method-assign]
+
+    real_many = IdentityIO.create_temp_many
+
+    async def create_temp_many(self: IdentityIO, token: Any, names: Any) -> Any:
+        nonlocal fired
+        if fired or not names:
+            return await real_many(self, token, names)
+        fired = True
+        name = names[0][1]
+        if point == "kill-after-create":
+            await real_many(self, token, names[:1])
+            _write(report, str(name))
+            os.kill(os.getpid(), signal.SIGKILL)
+        _write(report, str(name))
+        if point == "kill-before-create":
+            os.kill(os.getpid(), signal.SIGKILL)
+        rest = await real_many(self, token, names[1:]) if len(names) > 1 else []
+        return [FerryError("E_ACCESSDENIED", f"crash point {point}: {name} not created"), *rest]
+
+    IdentityIO.create_temp_many = create_temp_many  # type: ignore[method-assign]

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..client import Client, DaemonUnavailable, locate_socket, user_socket
-from ..client.sockets import ENV_SOCKET, SocketChoice
+from ..client._ops import DaemonUnavailable
+from ..client.sockets import ENV_SOCKET, SocketChoice, locate_socket, user_socket
 from ..errors import FerryError
+
+if TYPE_CHECKING:
+    from ..client.sync import Client
 
 EXIT_ERROR = 1
 
@@ -31,6 +34,8 @@ class Ctx:
         answers — but only if the user did not name a socket (then they meant that daemon)
         and did not say ``--no-autostart``."""
         if self._client is None:
+            from ..client.sync import Client
+
             c = Client(self.choice.path)
             if transfer and self.autostart and not self.choice.explicit:
                 try:

@@ -13,18 +13,21 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .. import __version__
-from ..client import DaemonUnavailable, Job
+from .._version import __version__
+from ..client._ops import DaemonUnavailable
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, JobType, Priority
 from ..protocol import ACTIONS, PROPERTIES, SYSTEM_SOCKET, Property
 from . import credentials, fleet, network, tokens, uploads
 from .context import EXIT_ERROR, Ctx, no_daemon_error, partial_complete_text, report_error
 from .context import current as _ctx
+
+if TYPE_CHECKING:
+    from ..client.sync import Job
 
 PRIORITIES = click.Choice([p.value for p in Priority], case_sensitive=False)
 TYPES = click.Choice([t.value for t in JobType], case_sensitive=False)
@@ -251,7 +254,7 @@ def list_(all_users: bool) -> None:
     docs = [j.data for j in c.client().jobs(all_users=all_users)]
 
     def human() -> None:
-        from .render import print_jobs
+        from .table import print_jobs  # not rich: `ferry list` is called in loops
 
         print_jobs(docs, show_owner=all_users)
 

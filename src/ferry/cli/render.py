@@ -72,40 +72,6 @@ def notify_flags_text(value: Any) -> str:
     return f"0x{value:X}" + (f" ({' | '.join(names)})" if names else "")
 
 
-def print_jobs(jobs: Sequence[dict[str, Any]], show_owner: bool) -> None:
-    out = console()
-    if not jobs:
-        out.print("No jobs.")
-        return
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("ID", no_wrap=True)
-    table.add_column("NAME", overflow="fold")
-    table.add_column("TYPE")
-    table.add_column("STATE", no_wrap=True)
-    table.add_column("PRIORITY")
-    table.add_column("FILES", justify="right")
-    table.add_column("BYTES", justify="right")
-    if show_owner:
-        table.add_column("OWNER")
-    for j in jobs:
-        p = j.get("progress") or {}
-        total = p.get("bytes_total")
-        row: list[Any] = [
-            j.get("id", ""),
-            escape(str(j.get("display_name", ""))),
-            j.get("type", ""),
-            state_text(str(j.get("state", ""))),
-            j.get("priority", ""),
-            f"{p.get('files_transferred', 0)}/{p.get('files_total', 0)}",
-            f"{size(p.get('bytes_transferred', 0))}/{size(total) if total is not None else '?'}",
-        ]
-        if show_owner:
-            owner = j.get("owner") or {}
-            row.append(str(owner.get("name") or owner.get("uid", "")))
-        table.add_row(*row)
-    out.print(table)
-
-
 def print_files(files: Sequence[dict[str, Any]]) -> None:
     out = console()
     if not files:

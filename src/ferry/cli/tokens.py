@@ -9,14 +9,16 @@ the printed handle to the helper, who runs ``ferry helper-token set --handle H``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..client import TokenOptions
 from ..model.types import TokenFlags
 from ..protocol import INTERFACES, MAX_HANDLE_TTL
 from .context import current as _ctx
+
+if TYPE_CHECKING:
+    from ..client.sync import TokenOptions
 
 FLAG_NAMES = {"local-file": TokenFlags.LOCAL_FILE, "network": TokenFlags.NETWORK, "none": 0}
 CLI_DEFAULT_TTL = 600
@@ -60,6 +62,8 @@ def helper_token() -> None:
 def _options(job: str | None, handle: str | None) -> TokenOptions:
     if (job is None) == (handle is None):
         raise click.UsageError("give JOB or --handle H (one of them)")
+    from ..client.sync import TokenOptions
+
     return TokenOptions(_ctx().client(), handle=handle, job=job)
 
 

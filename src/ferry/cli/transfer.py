@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 
-from ..client import Client, Job
+from ..client.sync import Client, Job
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, Priority
 from .context import partial_complete_text, retry_text
@@ -152,6 +152,9 @@ def _follow(job: Job) -> JobState:
         TextColumn("{task.fields[files]} {task.fields[note]}"),
         console=console(stderr=True),
         transient=False,
+        # Redrawn 4 times a second, not rich's 10: a transfer's pace is what a user wants
+        # to see, and on a busy machine each redraw is CPU taken from the transfer.
+        refresh_per_second=4,
     )
     with progress:
         task = progress.add_task(job.display_name, total=None, files="", note="")

@@ -1,14 +1,60 @@
 """The client side of ferry: the sync ``Client``, the asyncio ``AsyncClient``, their job
-handles, and socket discovery. Importing this package does not import aiohttp."""
+handles, and socket discovery. Importing this package does not import aiohttp.
 
-from ..protocol import SYSTEM_SOCKET
-from ._ops import DaemonUnavailable
-from .aio import AsyncClient, AsyncEventStream, AsyncJob, AsyncTokenOptions
-from .impersonation import impersonate
-from .sockets import locate_socket, resolve_socket, user_socket
-from .sse import Event
-from .sync import Client, EventStream, Job, TokenOptions
-from .views import FileInfo
+Its names are loaded when first used (PEP 562): ``from ferry.client import Client`` does
+not import the asyncio client, and ``from ferry.client import AsyncClient`` not the sync
+one, so the ``ferry`` command and scripts pay only for what they use. A new public name is
+one line in ``_WHERE`` and one in the ``TYPE_CHECKING`` block.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..protocol import SYSTEM_SOCKET
+    from ._ops import DaemonUnavailable
+    from .aio import AsyncClient, AsyncEventStream, AsyncJob, AsyncTokenOptions
+    from .impersonation import impersonate
+    from .sockets import locate_socket, resolve_socket, user_socket
+    from .sse import Event
+    from .sync import Client, EventStream, Job, TokenOptions
+    from .views import FileInfo
+
+# public name -> the module (relative to this package) that defines it
+_WHERE = {
+    "SYSTEM_SOCKET": "..protocol",
+    "DaemonUnavailable": "._ops",
+    "AsyncClient": ".aio",
+    "AsyncEventStream": ".aio",
+    "AsyncJob": ".aio",
+    "AsyncTokenOptions": ".aio",
+    "impersonate": ".impersonation",
+    "locate_socket": ".sockets",
+    "resolve_socket": ".sockets",
+    "user_socket": ".sockets",
+    "Event": ".sse",
+    "Client": ".sync",
+    "EventStream": ".sync",
+    "Job": ".sync",
+    "TokenOptions": ".sync",
+    "FileInfo": ".views",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
 
 __all__ = [
     "SYSTEM_SOCKET",

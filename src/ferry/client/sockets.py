@@ -7,39 +7,19 @@ then the user daemon if one is running, then the system daemon).
 
 from __future__ import annotations
 
-import http.client
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..protocol import SYSTEM_SOCKET, default_socket
 
 ENV_SOCKET = "FERRY_SOCKET"
 
+if TYPE_CHECKING:
+    from .unixhttp import UnixHTTPConnection as UnixHTTPConnection
+
 SocketSource = Literal["argument", "environment", "user", "system"]
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """An ``http.client`` connection whose transport is a Unix socket; everything above
-    ``connect`` (request framing, keep-alive, chunked decoding) is the standard library's.
-    The client's event streams use it, and so do the tests, benchmarks and demo for raw
-    API calls."""
-
-    def __init__(self, path: str, timeout: float | None = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.unix_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def user_socket(environ: Mapping[str, str] | None = None) -> str:
@@ -83,3 +63,13 @@ def locate_socket(
 def resolve_socket(explicit: str | None = None) -> str:
     """The socket path a client should connect to (see :func:`locate_socket`)."""
     return locate_socket(explicit).path
+
+
+def __getattr__(name: str) -> Any:
+    # ``UnixHTTPConnection`` lives in ``unixhttp`` so that finding a socket does not import
+    # ``http.client`` (and with it ``ssl`` and ``email``): the ``ferry`` command's start-up.
+    if name == "UnixHTTPConnection":
+        from .unixhttp import UnixHTTPConnection
+
+        return UnixHTTPConnection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

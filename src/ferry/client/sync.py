@@ -10,13 +10,13 @@ request, which is what makes thousands of calls per second possible. Event strea
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
+import socket as _socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import FerryError
 from ..model.types import JobState, JobType, Priority, TokenFlags
@@ -24,9 +24,12 @@ from . import _ops, sse, views, wire
 from ._ops import DaemonUnavailable, JSONObj
 from .impersonation import Identity, connect_as
 from .impersonation import current as current_impersonation
-from .sockets import UnixHTTPConnection, resolve_socket
+from .sockets import resolve_socket
 from .sse import Event
 from .views import FileInfo, JobView
+
+if TYPE_CHECKING:
+    import http.client
 
 T = TypeVar("T")
 
@@ -35,25 +38,32 @@ DEFAULT_TIMEOUT = 60.0
 RECONNECT_GRACE = 15.0
 
 
-def _connect(conn: UnixHTTPConnection) -> None:
-    """Open the connection, translating "nobody there" into the errors a user can act on."""
-    path = conn.unix_path
+def _connect(path: str, timeout: float | None) -> _socket.socket:
+    """A socket connected to ``path``, translating "nobody there" into the errors a user
+    can act on. (A plain socket: the kept-alive calls need no ``http.client``, whose import
+    — with ``ssl`` and ``email`` — would cost every ``ferry`` command tens of ms.)"""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        conn.connect()
+        sock.settimeout(timeout)
+        sock.connect(path)
     except (FileNotFoundError, ConnectionRefusedError) as e:
+        sock.close()
         raise DaemonUnavailable(path, e.strerror or "") from None
     except PermissionError:
+        sock.close()
         raise FerryError("E_ACCESSDENIED", f"not allowed to connect to ferryd at {path}") from None
     except OSError as e:
+        sock.close()
         raise DaemonUnavailable(path, e.strerror or str(e)) from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _open(path: str, timeout: float | None) -> wire.Connection:
     """A kept-alive connection for request/response calls."""
-    conn = UnixHTTPConnection(path, timeout)
-    _connect(conn)
-    assert conn.sock is not None
-    return wire.Connection(conn.sock)
+    return wire.Connection(_connect(path, timeout))
 
 
 def one_shot_request(
@@ -220,10 +230,14 @@ class EventStream:
     def __init__(self, path: str, target: str, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         # The timeout bounds connecting and the response head; reads of the stream itself
         # wait as long as ``next`` is told to (events may be hours apart).
+        import http.client
+
+        from .unixhttp import UnixHTTPConnection
+
         self._conn = UnixHTTPConnection(path, timeout)
         self._parser = sse.SSEParser()
         self._pending: list[Event] = []
-        _connect(self._conn)
+        self._conn.sock = _connect(path, timeout)
         try:
             self._conn.request("GET", target, headers=dict(_ops.SSE_HEADERS))
             resp = self._conn.getresponse()
@@ -260,6 +274,8 @@ class EventStream:
             sock = self._conn.sock
             if sock is not None:
                 sock.settimeout(remaining)
+            import http.client
+
             try:
                 line = resp.readline()
             except TimeoutError:

@@ -207,6 +207,46 @@ class IdentityIO:
 
         return await self._call(token, op, discard=discard)
 
+    async def create_temp_many(
+        self, token: Token, names: Sequence[tuple[str, str]]
+    ) -> list[int | FerryError]:
+        """``create_temp`` for several files in one trip to a worker (a group of a job's
+        small files): each (local name, temporary name chosen and persisted beforehand) is
+        created exactly as ``create_temp`` creates it, O_EXCL|O_NOFOLLOW, mode 0600. One
+        result per name, in order: the descriptor, or the error of that file alone (e.g.
+        ERROR_FILE_EXISTS). Cancelled, the trip still ends, and every file it created is
+        closed and unlinked."""
+        checked: list[FerryError | None] = []
+        for local_name, temp_name in names:
+            try:
+                check_temp_name(local_name, temp_name)
+                checked.append(None)
+            except FerryError as exc:  # that file fails; never created
+                checked.append(exc)
+
+        def op() -> list[int | FerryError]:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            results: list[int | FerryError] = []
+            for (_, path), refused in zip(names, checked, strict=True):
+                if refused is not None:
+                    results.append(refused)
+                    continue
+                try:
+                    results.append(os.open(path, flags, 0o600))
+                except OSError as exc:
+                    results.append(FerryError.from_oserror(exc, f"cannot create {path}"))
+            return results
+
+        async def discard(results: list[int | FerryError]) -> None:
+            for (_, path), r in zip(names, results, strict=True):
+                if isinstance(r, int):
+                    os.close(r)
+                    await self.unlink(token, path)
+
+        if all(c is not None for c in checked):
+            return [c for c in checked if c is not None]
+        return await self._call(token, op, discard=discard)
+
     async def open_temp(self, token: Token, temp_path: str) -> int:
         """Reopen a temporary file after a restart. It must still be the token's own,
         singly-linked regular file: anything else was put there by someone else."""

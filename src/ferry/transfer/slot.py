@@ -97,16 +97,27 @@ class FileSlot:
         jf = job.files[self.index]
         assert self.announced
         try:
-            self.fd = await temp.create_temp(engine.identity, token, jf)
+            fd = await temp.create_temp(engine.identity, token, jf)
         except FerryError as exc:
-            if exc.code == "ERROR_FILE_EXISTS" and not last:
+            self.created(job, exc, last)
+            return
+        self.created(job, fd, last)
+
+    def created(self, job: Job, result: int | FerryError, last: bool) -> None:
+        """What creating the temporary file gave (``create_temp``, or one file of a group
+        created in one trip): its descriptor, or the error. A name that is taken gives way
+        to a fresh one, as ``create_temp`` says."""
+        jf = job.files[self.index]
+        if isinstance(result, FerryError):
+            if result.code == "ERROR_FILE_EXISTS" and not last:
                 log.warning("job %s: %s is taken; trying another name", job.id, jf.temp_name)
                 jf.temp_name = None
                 temp.name_temp(jf)
                 self.announced = False
             else:
-                self.fail(exc)
+                self.fail(result)
             return
+        self.fd = result
         self.create = False
 
     async def transfer(

@@ -1,0 +1,5 @@
+"""``python -m ferry.cli``: the ``ferry`` command."""
+
+from . import main
+
+main()
