@@ -834,6 +834,11 @@ def full_job() -> Job:
         notification=NotificationStatus(
             "JOB_ERROR", "FAILED", 2, NotificationError("E_FAIL", 0x80004005, "exit 3")
         ),
+        max_rate=123_456,
+        max_download_time=3600,
+        download_time=12.5,
+        cost_flags="TRANSFER_ALWAYS",
+        waiting={"code": "BG_E_BLOCKED_BY_COST_TRANSFER_POLICY", "description": "metered"},
     )
 
 

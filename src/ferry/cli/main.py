@@ -22,7 +22,7 @@ from ..client import DaemonUnavailable, Job
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, JobType, Priority
 from ..protocol import ACTIONS, PROPERTIES, SYSTEM_SOCKET, Property
-from . import tokens
+from . import network, tokens
 from .context import EXIT_ERROR, Ctx, no_daemon_error, partial_complete_text, report_error
 from .context import current as _ctx
 
@@ -102,6 +102,9 @@ def cli(ctx: click.Context, socket: str | None, json_mode: bool, no_autostart: b
 
 
 for _command in (tokens.open_, tokens.helper_token, tokens.logoff):
+    cli.add_command(_command)
+# SPEC §10: ferry network, ferry reload.
+for _command in (network.network, network.reload):
     cli.add_command(_command)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import FerryError
 from ..model.job import Limits
+from ..model.network import COST_CHOICES, BandwidthPolicy, parse_bandwidth
 from ..protocol import default_socket, default_state_dir
 
 
@@ -38,6 +39,15 @@ class Config:
     notify_max_attempts: int = 5
     notify_start_delay: float = 0.0  # for tests: hold command-line notifications at start
     limits: Limits = field(default_factory=Limits)
+    # SPEC §10: [bandwidth] (the policy) and [network]: the network cost to assume (``auto``:
+    # ask NetworkManager, else unrestricted), the D-Bus address to find NetworkManager on
+    # (None: the system bus), and whether to watch routes over netlink.
+    bandwidth: BandwidthPolicy = field(default_factory=BandwidthPolicy)
+    network_cost: str = "auto"
+    dbus_address: str | None = None
+    netlink: bool = True
+    # The file the config came from, read again on SIGHUP and ``ferry reload``.
+    config_file: Path | None = None
 
     @property
     def socket_mode(self) -> int:
@@ -99,6 +109,7 @@ def load_config(
     )
     if config_file is not None:
         cfg = _apply_file(cfg, config_file)
+        cfg = replace(cfg, config_file=config_file)
     if socket:
         cfg = replace(cfg, socket=Path(socket))
     if state_dir:
@@ -116,7 +127,7 @@ def _apply_file(cfg: Config, path: Path) -> Config:
         raise FerryError.from_oserror(exc, f"config file {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise FerryError("E_INVALIDARG", f"config file {path}: {exc}") from None
-    unknown = set(data) - {"daemon", "limits"}
+    unknown = set(data) - {"daemon", "limits", "bandwidth", "network"}
     if unknown:
         raise FerryError("E_INVALIDARG", f"config file {path}: unknown sections {sorted(unknown)}")
     changes: dict[str, Any] = {}
@@ -158,4 +169,42 @@ def _apply_file(cfg: Config, path: Path) -> Config:
         limits[key] = value
     if limits:
         changes["limits"] = replace(cfg.limits, **limits)
+    changes.update(_network_sections(data, path))
     return replace(cfg, **changes)
+
+
+def _network_sections(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``[bandwidth]`` and ``[network]`` (SPEC §10); an invalid value names the key and why."""
+    changes: dict[str, Any] = {}
+    if "bandwidth" in data:
+        try:
+            changes["bandwidth"] = parse_bandwidth(data["bandwidth"])
+        except ValueError as exc:
+            raise FerryError("E_INVALIDARG", f"config file {path}: {exc}") from None
+    network: Any = data.get("network", {})
+    if not isinstance(network, dict):
+        raise FerryError("E_INVALIDARG", f"config file {path}: network must be a table")
+    for key, value in network.items():
+        if key == "cost":
+            if value not in COST_CHOICES:
+                raise FerryError(
+                    "E_INVALIDARG",
+                    f"config file {path}: network.cost must be one of {', '.join(COST_CHOICES)}, "
+                    f"not {value!r}",
+                )
+            changes["network_cost"] = value
+        elif key == "dbus_address":
+            if not isinstance(value, str) or not value:
+                raise FerryError(
+                    "E_INVALIDARG", f"config file {path}: network.dbus_address must be a string"
+                )
+            changes["dbus_address"] = value
+        elif key == "netlink":
+            if not isinstance(value, bool):
+                raise FerryError(
+                    "E_INVALIDARG", f"config file {path}: network.netlink must be true or false"
+                )
+            changes["netlink"] = value
+        else:
+            raise FerryError("E_INVALIDARG", f"config file {path}: unknown key network.{key}")
+    return changes

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import format_hresult
+from ..errors import format_hresult, hresult_of
 from ..model.job import Job, JobFile, iso
 from .contract import PROPERTIES, wire_value
 
@@ -72,5 +72,21 @@ def job_view(job: Job) -> dict[str, Any]:
         "helper_token": helper,
         "notification": None if job.notification is None else job.notification.to_json(),
         "retry_at": iso(job.retry_at),
+        "download_time": round(job.download_time, 3),
+        "waiting": _waiting_view(job),
     })
     return view
+
+
+def _waiting_view(job: Job) -> dict[str, Any] | None:
+    """Why a queued job waits (SPEC §10), as the scheduler last found it."""
+    w = job.waiting
+    if w is None or job.state.value != "QUEUED":
+        return None
+    code = str(w.get("code", "S_OK"))
+    return {
+        "code": code,
+        "hresult": format_hresult(hresult_of(code)),
+        "description": str(w.get("description", "")),
+        "until": iso(w.get("until")),
+    }

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..model.job import (
+    DEFAULT_COST_FLAGS_NAME,
+    DEFAULT_MAX_DOWNLOAD_TIME,
     DEFAULT_MIN_RETRY_DELAY,
     DEFAULT_NO_PROGRESS_TIMEOUT,
     Job,
@@ -121,6 +123,12 @@ def job_record(job: Job) -> dict[str, Any]:
         "retry_at": job.retry_at,
         "no_progress_since": job.no_progress_since,
         "notification": None if job.notification is None else job.notification.to_json(),
+        # SPEC §10 (bandwidth and network conditions)
+        "max_rate": job.max_rate,
+        "max_download_time": job.max_download_time,
+        "download_time": job.download_time,
+        "cost_flags": job.cost_flags,
+        "waiting": job.waiting,
     }
 
 
@@ -163,7 +171,7 @@ def job_from_record(
     if flags is None:
         flags = TokenFlags(int(helper_flags))
     # Positional, in field order (the round-trip tests catch a field out of place).
-    return Job(
+    job = Job(
         d["id"],
         d["display_name"],
         token(d["owner"]),
@@ -188,3 +196,25 @@ def job_from_record(
         get("no_progress_since"),
         NotificationStatus.from_json(notification) if notification else None,
     )
+    _bandwidth_from_record(job, get)
+    return job
+
+
+def _bandwidth_from_record(job: Job, get: Any) -> None:
+    """SPEC §10's fields; a record written before them keeps the defaults (no object is
+    made per job for a default value)."""
+    max_rate = get("max_rate")
+    if max_rate is not None:
+        job.max_rate = int(max_rate)
+    max_download_time = get("max_download_time")
+    if max_download_time is not None and max_download_time != DEFAULT_MAX_DOWNLOAD_TIME:
+        job.max_download_time = int(max_download_time)
+    download_time = get("download_time")
+    if download_time:
+        job.download_time = float(download_time)
+    cost_flags = get("cost_flags")
+    if cost_flags is not None and cost_flags != DEFAULT_COST_FLAGS_NAME:
+        job.cost_flags = str(cost_flags)
+    waiting = get("waiting")
+    if waiting:
+        job.waiting = dict(waiting)

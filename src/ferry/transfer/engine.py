@@ -18,6 +18,7 @@ slot.py's); the temporary files and their checkpoints are sink.py's.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 
 from ..errors import FerryError
@@ -26,6 +27,7 @@ from ..model.token import Token
 from ..model.types import ErrorContext, JobType
 from ..security import policy
 from ..security.identity import IdentityIO
+from .bandwidth import Limiter
 from .base import (
     DownloadRequest,
     DownloadTransport,
@@ -69,8 +71,11 @@ class TransferEngine:
         checkpoint_seconds: float = CHECKPOINT_SECONDS,
         parallel_files: int = PARALLEL_FILES,
         overlap_max_bytes: int = OVERLAP_MAX_BYTES,
+        limiter: Limiter | None = None,
     ) -> None:
         self.identity = identity
+        # Bandwidth limits (SPEC §10): every chunk is paid for in the sink's checkpoint.
+        self.limiter = limiter
         self.checkpoint_bytes = checkpoint_bytes
         self.checkpoint_seconds = checkpoint_seconds
         self.parallel_files = max(1, parallel_files)
@@ -198,6 +203,7 @@ class TransferEngine:
             checkpoint_bytes=self.checkpoint_bytes,
             checkpoint_seconds=self.checkpoint_seconds,
             where=f"job {job.id} file {index} ({jf.temp_name})",
+            pace=None if self.limiter is None else functools.partial(self.limiter.pace, job),
         )
         try:
             try:

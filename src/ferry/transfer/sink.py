@@ -50,8 +50,12 @@ class TempSink(Sink):
         checkpoint_bytes: int,
         checkpoint_seconds: float,
         where: str,
+        pace: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._identity = identity
+        # Bandwidth limits (bandwidth.py): told of the bytes written since the last call.
+        self._pace = pace
+        self._paced = offset
         self._fd = fd
         self._offset = offset
         self._reported = offset
@@ -99,6 +103,11 @@ class TempSink(Sink):
         self._offset += count
 
     async def checkpoint(self) -> None:
+        if self._pace is not None:
+            moved = self._offset - self._paced
+            self._paced = self._offset
+            if moved > 0:
+                await self._pace(moved)
         if self._sync is not None and self._sync.done():
             await self._collect()
         if self._sync is None and self._offset > self._reported:
@@ -152,6 +161,7 @@ class TempSink(Sink):
         except OSError as exc:
             raise local_error(exc, "cannot truncate the temporary file") from None
         self._offset = size
+        self._paced = min(self._paced, size)
         self._reported = min(self._reported, size)
         self._settled = True
         await self.flush(force=True, size=size)
