@@ -355,3 +355,75 @@ def test_cost_change_stops_a_running_job(
     )
     assert run_ferry("network", "--cost", "unrestricted", socket=d.socket).returncode == 0
     wait_state(d, jid, "TRANSFERRING", timeout=10)
+
+
+# ---- NetworkManager over D-Bus -----------------------------------------------------------
+
+
+@pytest.fixture
+def network_manager(tmp_path: Path) -> Iterator[Any]:
+    from harness import dbusnm
+
+    why = dbusnm.missing()
+    if why:
+        pytest.skip(why)
+    nm = dbusnm.MockNetworkManager(tmp_path / "dbus").start()
+    yield nm
+    nm.stop()
+
+
+def test_networkmanager_metered_stops_and_starts_jobs(
+    short_tmp: Path,
+    daemons: list[Daemon],
+    web: nginx_mod.Nginx,
+    tmp_path: Path,
+    network_manager: Any,
+) -> None:
+    network_manager.set_metered(2)  # not metered
+    d = start(daemons, short_tmp, f"[network]\ndbus_address = \"{network_manager.address}\"\n")
+    wait_until(
+        lambda: run_ferry("network", socket=d.socket).json["networkmanager"]["status"]
+        == "connected",
+        "ferryd reads NetworkManager",
+        timeout=20,
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    jid = new_job(
+        d, web.url("big.bin", slow=True), out / "big.bin", cost_flags="TRANSFER_UNRESTRICTED"
+    )
+    resume(d, jid)
+    wait_state(d, jid, "TRANSFERRING", timeout=30)
+    network_manager.set_metered(1)  # metered: the job stops and waits
+    job = wait_until(
+        lambda: (j := d.call("GET", f"/v1/jobs/{jid}")[1])["state"] == "QUEUED"
+        and j["waiting"]
+        and j,
+        "the job stops on a metered network",
+        timeout=10,
+    )
+    assert job["waiting"]["code"] == "BG_E_BLOCKED_BY_COST_TRANSFER_POLICY"
+    doc = run_ferry("network", socket=d.socket).json
+    assert (doc["cost"], doc["cost_source"]) == ("metered", "NetworkManager")
+    network_manager.set_metered(4)  # guess-no: it transfers again
+    wait_state(d, jid, "TRANSFERRING", timeout=10)
+
+
+def test_no_dbus_logged_once_and_configured_cost_used(
+    short_tmp: Path, daemons: list[Daemon]
+) -> None:
+    d = start(
+        daemons,
+        short_tmp,
+        f"[network]\ndbus_address = \"unix:path={short_tmp}/no-such-bus\"\n",
+    )
+    doc = wait_until(
+        lambda: (n := run_ferry("network", socket=d.socket).json)["networkmanager"]["status"]
+        != "not tried"
+        and n,
+        "the first attempt",
+        timeout=20,
+    )
+    assert doc["networkmanager"]["status"].startswith("unavailable")
+    assert doc["cost"] == "unrestricted" and doc["cost_source"] == "default"
+    assert d.log().count("cannot read the network cost from NetworkManager") == 1
