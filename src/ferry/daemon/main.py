@@ -215,7 +215,9 @@ async def serve(cfg: Config) -> None:
     outbox = Outbox(store, table, clock)
     reports = EngineReports(table, store, outbox, clock)
     sessions = SessionTracker()
-    network = NetworkState(limiter, runqueue.kick, cfg.network_cost, cfg.dbus_address)
+    network = NetworkState(
+        limiter, runqueue.kick, cfg.network_cost, cfg.dbus_address, netlink=cfg.netlink
+    )
     scheduler = Scheduler(
         runqueue,
         reports,
@@ -291,6 +293,7 @@ async def serve(cfg: Config) -> None:
                 tg.create_task(logon.run(cfg.session_poll_interval), name="sessions"),
                 tg.create_task(notifier.run(), name="notifier"),
                 tg.create_task(network.run(), name="network"),
+                tg.create_task(network.run_routes(), name="routes"),
             ]
             await stop.wait()
             log.info("stopping")

@@ -81,7 +81,7 @@ def job_view(job: Job) -> dict[str, Any]:
 def _waiting_view(job: Job) -> dict[str, Any] | None:
     """Why a queued job waits (SPEC §10), as the scheduler last found it."""
     w = job.waiting
-    if w is None or job.state.value != "QUEUED":
+    if w is None or job.state.value not in ("QUEUED", "TRANSIENT_ERROR"):
         return None
     code = str(w.get("code", "S_OK"))
     return {

@@ -1,11 +1,21 @@
 """What ferryd knows of the network (SPEC §10): the current network cost, which gates jobs by
-their cost flags, and the bandwidth limits in force.
+their cost flags; whether there is a route to a job's host (netlink), which holds jobs while
+the network is down; and the bandwidth limits in force.
 
 The cost comes, first to last, from: an administrator's ``ferry network --cost`` (until
 ``--cost auto``), the config's ``[network] cost`` unless it is ``auto``, NetworkManager's
 ``Metered`` property of its primary connection (read over D-Bus with dbus-fast, watched with
 PropertiesChanged and re-read every ``NM_POLL`` seconds), else ``unrestricted``. Without a
 D-Bus bus or NetworkManager on it, ferryd logs that once and goes on with the rest.
+
+Routes: the addresses of the hosts of jobs that want to run are checked with RTM_GETROUTE
+(pyroute2, over netlink) and the answers kept; every netlink event about links, addresses and
+routes has them checked again, and an address without a route is re-checked every
+``ROUTE_RECHECK`` seconds besides. A job whose host has no route waits QUEUED with
+BG_E_NETWORK_DISCONNECTED as its reason (a running one is stopped: TCP would only stall),
+and a TRANSIENT_ERROR job that was held so is retried as soon as the route is back, not after
+its min_retry_delay. A host name is resolved in the background; until it is, and whenever
+netlink cannot be used (logged once), jobs are not held and retries go as usual.
 
 A change of the cost wakes the scheduler (``kick``): a job its flags now allow starts in the
 next pass, and a running job they now forbid is stopped and waits QUEUED, showing
@@ -16,9 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..model.job import Job
 from ..model.network import COST_CHOICES, NETWORK_COSTS, cost_allows, parse_cost_flags
@@ -34,6 +48,10 @@ NM_POLL = 5.0  # seconds between reads of Metered, besides the change signals
 NM_RETRY = 30.0  # seconds between attempts to reach the bus or NetworkManager
 # NMMetered: 0 unknown, 1 yes, 2 no, 3 guess-yes, 4 guess-no.
 _METERED = {1: "metered", 3: "metered", 2: "unrestricted", 4: "unrestricted"}
+ROUTE_RECHECK = 0.5  # seconds between checks of an address that has no route
+NAME_TTL = 60.0  # seconds a resolved host name is kept
+MAX_ADDRESSES = 1024  # addresses (and names) remembered; past that the caches start over
+RTNH_F_LINKDOWN = 0x10  # a route whose device has no carrier
 
 
 class NetworkState:
@@ -43,6 +61,7 @@ class NetworkState:
         kick: Callable[[], None],
         configured_cost: str = "auto",
         dbus_address: str | None = None,
+        netlink: bool = True,
     ) -> None:
         self.limiter = limiter
         self.kick = kick
@@ -53,6 +72,15 @@ class NetworkState:
         self.nm_status = "not tried"
         self._flags_cache: dict[str, int] = {}
         self._reported_failure = False
+        # Routes (netlink): per address, whether it has a route (absent: not checked yet);
+        # per host name, its addresses and when they were resolved.
+        self.netlink = netlink
+        self.routes_status = "not started" if netlink else "disabled in the config"
+        self._route_ok: dict[str, bool] = {}
+        self._names: dict[str, tuple[list[str], float]] = {}
+        self._pending: set[str] = set()  # names or addresses to resolve/check
+        self._routes_wake = asyncio.Event()
+        self._routes_dirty = False
 
     # ---- the cost ------------------------------------------------------------------------
 
@@ -110,7 +138,130 @@ class NetworkState:
                 "description": f"the network is {cost} and the job's cost flags "
                 f"({job.cost_flags}) do not allow transfers on it",
             }
+        host = _next_host(job)
+        if host is not None and self.routes_status == "watching" and not self._reachable(host):
+            return {
+                "code": "BG_E_NETWORK_DISCONNECTED",
+                "description": f"offline: no route to {host}; the job goes on as soon as "
+                "the network is back",
+            }
         return None
+
+    def _addresses(self, host: str) -> list[str] | None:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return [host]
+        known = self._names.get(host)
+        if known is None or time.monotonic() - known[1] > NAME_TTL:
+            self._pending.add(host)
+            self._routes_wake.set()
+            return None if known is None else known[0]
+        return known[0]
+
+    def _reachable(self, host: str) -> bool:
+        """False only when every address of ``host`` is known to have no route."""
+        addrs = self._addresses(host)
+        if not addrs:
+            return True
+        verdicts = [self._route_ok.get(a) for a in addrs]
+        for a, ok in zip(addrs, verdicts, strict=True):
+            if ok is None:
+                self._pending.add(a)
+                self._routes_wake.set()
+        return any(ok is not False for ok in verdicts)
+
+    # ---- routes over netlink ---------------------------------------------------------
+
+    async def run_routes(self) -> None:
+        """Follow the kernel's links, addresses and routes (RTNLGRP_* over netlink)."""
+        if not self.netlink:
+            return
+        try:
+            from pyroute2 import AsyncIPRoute
+            from pyroute2.netlink.rtnl import (
+                RTMGRP_IPV4_IFADDR,
+                RTMGRP_IPV4_ROUTE,
+                RTMGRP_IPV6_IFADDR,
+                RTMGRP_IPV6_ROUTE,
+                RTMGRP_LINK,
+            )
+
+            monitor = AsyncIPRoute()
+            await monitor.bind(
+                groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+                | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+            )  # fmt: skip
+            query = AsyncIPRoute()
+        except Exception as exc:  # no netlink (a sandbox), no pyroute2
+            self.routes_status = f"unavailable: {exc}"
+            log.warning("cannot watch routes over netlink (%s); jobs retry as usual", exc)
+            return
+        self.routes_status = "watching"
+
+        async def events() -> None:
+            async for _msg in monitor.get():
+                self._routes_dirty = True
+                self._routes_wake.set()
+
+        reader = asyncio.ensure_future(events())
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._routes_wake.wait(), ROUTE_RECHECK)
+                self._routes_wake.clear()
+                if reader.done():
+                    reader.result()  # the monitor failed: raise it
+                await self._check_routes(query)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.routes_status = f"failed: {exc}"
+            log.warning("stopped watching routes (%s); jobs retry as usual", exc)
+            self.kick()
+        finally:
+            reader.cancel()
+            monitor.close()
+            query.close()
+
+    async def _check_routes(self, query: Any) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        loop = asyncio.get_running_loop()
+        if len(self._route_ok) > MAX_ADDRESSES or len(self._names) > MAX_ADDRESSES:
+            self._route_ok.clear()
+            self._names.clear()
+        pending, self._pending = self._pending, set()
+        for name in [p for p in pending if not _is_address(p)]:
+            try:
+                infos = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+                addrs = sorted({str(i[4][0]) for i in infos})
+            except OSError:
+                addrs = []  # the transfer reports a name that does not resolve
+            self._names[name] = (addrs, time.monotonic())
+            pending.update(addrs)
+        if self._routes_dirty:
+            self._routes_dirty = False
+            targets = set(self._route_ok) | {p for p in pending if _is_address(p)}
+        else:
+            targets = {a for a, ok in self._route_ok.items() if not ok}
+            targets |= {p for p in pending if _is_address(p)}
+        changed = False
+        for addr in targets:
+            try:
+                routes = list(await query.route("get", dst=addr))
+                ok = bool(routes) and not routes[0]["flags"] & RTNH_F_LINKDOWN
+            except NetlinkError:
+                ok = False  # ENETUNREACH, EHOSTUNREACH
+            if self._route_ok.get(addr) != ok:
+                changed = True
+                if addr in self._route_ok:
+                    log.info("route to %s %s", addr, "is back" if ok else "is gone")
+            self._route_ok[addr] = ok
+        if changed:
+            self.kick()
 
     # ---- what ``ferry network`` shows ----------------------------------------------------
 
@@ -123,6 +274,11 @@ class NetworkState:
             "configured_cost": self.configured_cost,
             "override": self.override,
             "networkmanager": {"status": self.nm_status, "cost": self.nm_cost},
+            "routes": {
+                "status": self.routes_status,
+                "unreachable": sorted(a for a, ok in self._route_ok.items() if not ok),
+                "reachable": sorted(a for a, ok in self._route_ok.items() if ok),
+            },
             "bandwidth": self.limiter.snapshot(),
         }
 
@@ -209,3 +365,23 @@ class NetworkState:
                     await asyncio.wait_for(changed.wait(), NM_POLL)
         finally:
             bus.disconnect()
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _next_host(job: Job) -> str | None:
+    """The host of the first file still to transfer, for http(s) URLs."""
+    for f in job.files:
+        if not f.completed:
+            url = f.final_url or f.remote_name
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https"):
+                return None
+            return parts.hostname
+    return None

@@ -106,6 +106,7 @@ class Scheduler:
         self.clock = clock
         self._running: dict[str, _Run] = {}
         self._retrying: set[str] = set()
+        self._gated: set[str] = set()  # TRANSIENT_ERROR jobs the gate held back
         self._tg: asyncio.TaskGroup | None = None
 
     # ---- Transfers: what the services that change jobs use ------------------------------
@@ -158,9 +159,25 @@ class Scheduler:
         due = self.queue.expire_holds(loop_now)
         if self.gate is not None:
             self._stop_gated()
-        for job in self.queue.waiting():
+        waiting = self.queue.waiting()
+        if self._gated:
+            self._gated &= {job.id for job in waiting}
+        for job in waiting:
             if job.retry_at is None or job.id in self._retrying or self.queue.is_held(job.id):
                 continue
+            if self.gate is not None:
+                # Offline (or a forbidding cost): no retry can work, so none is made; once
+                # the condition is gone the job retries at once, not at its retry time.
+                reason = self.gate(job)
+                if reason is not None:
+                    job.waiting = reason
+                    self._gated.add(job.id)
+                    continue
+                if job.id in self._gated:
+                    self._gated.discard(job.id)
+                    job.waiting = None
+                    self._retry(job)
+                    continue
             if job.retry_at <= now:
                 self._retry(job)
             else:
