@@ -198,6 +198,7 @@ async def serve(cfg: Config) -> None:
     http = HttpTransport(ssl_context=tls, read_timeout=cfg.stall_timeout)
     # SPEC §10: the bandwidth limits in the data path, and what ferryd sees of the network.
     limiter = Limiter(cfg.bandwidth, clock)
+    controller = limiter.enable_yielding()
     engine = TransferEngine(
         identity,
         limiter=limiter,
@@ -294,6 +295,7 @@ async def serve(cfg: Config) -> None:
                 tg.create_task(notifier.run(), name="notifier"),
                 tg.create_task(network.run(), name="network"),
                 tg.create_task(network.run_routes(), name="routes"),
+                tg.create_task(controller.run(limiter.set_yield_rate), name="yielding"),
             ]
             await stop.wait()
             log.info("stopping")

@@ -240,6 +240,8 @@ class BandwidthPolicy:
     """What ``[bandwidth]`` says. Limits are bytes per second; None is no limit."""
 
     background_limit: int | None = None
+    # Background transfers yield to other traffic (the LEDBAT-style controller).
+    yield_to_others: bool = True
     work: Window | None = None
     work_limits: Mapping[Priority, int | None] = field(default_factory=dict)
     non_work_limits: Mapping[Priority, int | None] = field(default_factory=dict)
@@ -265,7 +267,7 @@ class BandwidthPolicy:
         return table.get(priority)
 
 
-_BANDWIDTH_KEYS = ("background_limit", "work_schedule", "maintenance_schedule")
+_BANDWIDTH_KEYS = ("background_limit", "yield_to_others", "work_schedule", "maintenance_schedule")
 
 
 def parse_bandwidth(data: Any) -> BandwidthPolicy:
@@ -278,6 +280,10 @@ def parse_bandwidth(data: Any) -> BandwidthPolicy:
     out: dict[str, Any] = {}
     if "background_limit" in data:
         out["background_limit"] = parse_rate(data["background_limit"], "bandwidth.background_limit")
+    if "yield_to_others" in data:
+        if not isinstance(data["yield_to_others"], bool):
+            raise ValueError("bandwidth.yield_to_others must be true or false")
+        out["yield_to_others"] = data["yield_to_others"]
     work = data.get("work_schedule")
     if work is not None:
         where = "bandwidth.work_schedule"

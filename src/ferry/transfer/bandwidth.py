@@ -26,6 +26,7 @@ from typing import Any
 from ..model.job import Job
 from ..model.network import BACKGROUND, BandwidthPolicy
 from ..model.types import Priority
+from .ledbat import YieldController
 
 SLICE = 0.2  # longest sleep before the limits are read again (s)
 BURST_SECONDS = 0.25  # an idle bucket saves up at most this much of its rate
@@ -94,8 +95,12 @@ class Limiter:
         self._jobs: dict[str, TokenBucket] = {}
         self._refreshed = -1.0
         self._meter = _Meter()
-        # Extra limits from the idle-bandwidth controller (per priority), if any.
-        self.yield_limits: dict[Priority, int | None] = {}
+        # Yielding to other traffic (ledbat.py): the controller, and the shared background
+        # rate it sets (None: not in force).
+        self.controller: YieldController | None = None
+        self.yield_rate: int | None = None
+        self._yield: TokenBucket | None = None
+        self.background_bytes = 0  # received by non-foreground jobs, for the controller
 
     def set_policy(self, policy: BandwidthPolicy) -> None:
         self.policy = policy
@@ -117,9 +122,7 @@ class Limiter:
         else:
             self._background.set_rate(bg, mono)
         for p in BACKGROUND:
-            rates = [r for r in (self.policy.priority_limit(p, now), self.yield_limits.get(p))
-                     if r is not None]
-            rate = min(rates) if rates else None
+            rate = self.policy.priority_limit(p, now)
             if rate is None:
                 self._priority.pop(p, None)
             elif p in self._priority:
@@ -146,7 +149,40 @@ class Limiter:
                 out.append(bucket)
             if self._background is not None:
                 out.append(self._background)
+            if self._yield is not None:
+                out.append(self._yield)
         return out
+
+    # ---- yielding to other traffic ------------------------------------------------------
+
+    def enable_yielding(self) -> YieldController:
+        self.controller = YieldController(lambda: self.background_bytes)
+        return self.controller
+
+    def set_yield_rate(self, rate: int | None) -> bool:
+        """The controller's shared background rate (None: lifted). Returns whether yielding
+        is in force (the policy may turn it off)."""
+        if not self.policy.yield_to_others:
+            rate = None
+        self.yield_rate = rate
+        mono = time.monotonic()
+        if rate is None:
+            self._yield = None
+        elif self._yield is None:
+            self._yield = TokenBucket(rate, mono)
+        else:
+            self._yield.set_rate(rate, mono)
+        return rate is not None
+
+    def watch(self, job: Job, sock: Any) -> Callable[[], None]:
+        """A background download of ``job`` receives on ``sock``: the controller measures
+        the path to its server until the returned callable is called (the file's transfer
+        ended; the connection may live on, idle, in the pool)."""
+        controller = self.controller
+        if controller is None or job.priority is Priority.FOREGROUND:
+            return lambda: None
+        controller.attach(sock)
+        return lambda: controller.detach(sock)
 
     def limit_for(self, job: Job) -> int | None:
         """The tightest limit governing ``job`` now (bytes/s), None when none does."""
@@ -159,6 +195,8 @@ class Limiter:
         """``count`` bytes of ``job`` arrived: pay for them, sleeping while in debt."""
         mono = time.monotonic()
         self._meter.add(mono, job.priority, count)
+        if job.priority is not Priority.FOREGROUND:
+            self.background_bytes += count
         buckets = self._buckets(job, mono)
         if not buckets:
             return
@@ -192,6 +230,9 @@ class Limiter:
             "priority_limits": {
                 p.value: self.policy.priority_limit(p, now) for p in BACKGROUND
             },
-            "yield_limits": {p.value: r for p, r in self.yield_limits.items()},
+            "yield_limits": {"background": self.yield_rate},
+            "queueing_delay_ms": None
+            if self.controller is None or self.controller.queueing_delay is None
+            else round(self.controller.queueing_delay * 1000, 1),
             "measured": self._meter.rates(mono),
         }

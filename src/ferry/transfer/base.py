@@ -185,6 +185,9 @@ class DownloadRequest:
     validator: str | None = None  # what identifies the remote version the partial data is of
     bytes_total: int | None = None  # the file's size, once known
     final_url: str | None = None  # where the last request ended after redirects
+    # SPEC §10: a background job's download (not foreground): it may be throttled, so the
+    # transport keeps its read buffers small for TCP's window to follow the limits promptly.
+    background: bool = False
 
     def network_token(self) -> Token:
         """The token to act as for remote access (opening a file:// source; implicit HTTP

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from ..errors import FerryError
 from ..model.job import Job, JobFile
 from ..model.token import Token
-from ..model.types import ErrorContext, JobType
+from ..model.types import ErrorContext, JobType, Priority
 from ..security import policy
 from ..security.identity import IdentityIO
 from .bandwidth import Limiter
@@ -156,6 +156,7 @@ class TransferEngine:
         except FerryError as exc:
             network = exc
         return DownloadRequest(
+            background=job.priority is not Priority.FOREGROUND,
             url=jf.remote_name,
             network=network,
             dynamic_content=job.dynamic_content,
@@ -204,6 +205,7 @@ class TransferEngine:
             checkpoint_seconds=self.checkpoint_seconds,
             where=f"job {job.id} file {index} ({jf.temp_name})",
             pace=None if self.limiter is None else functools.partial(self.limiter.pace, job),
+            watch=None if self.limiter is None else functools.partial(self.limiter.watch, job),
         )
         try:
             try:
