@@ -427,3 +427,39 @@ def test_no_dbus_logged_once_and_configured_cost_used(
     assert doc["networkmanager"]["status"].startswith("unavailable")
     assert doc["cost"] == "unrestricted" and doc["cost_source"] == "default"
     assert d.log().count("cannot read the network cost from NetworkManager") == 1
+
+
+# ---- the library, sync and asyncio ---------------------------------------------------------
+
+
+def test_library_sync_and_asyncio(short_tmp: Path, daemons: list[Daemon]) -> None:
+    import asyncio
+
+    from ferry import AsyncClient, Client, FerryError
+
+    d = start(daemons, short_tmp, "[bandwidth]\nbackground_limit = 5000\n")
+    with Client(d.socket) as c:
+        job = c.create_job("lib-sync")
+        job.set(max_rate=250_000, cost_flags="TRANSFER_NOT_ROAMING", max_download_time=600)
+        data = job.info().data
+        assert (data["max_rate"], data["cost_flags"], data["max_download_time"]) == (
+            250_000, "TRANSFER_NOT_ROAMING", 600,
+        )
+        with pytest.raises(FerryError) as e:
+            job.set(cost_flags="NOWHERE")
+        assert e.value.code == "E_INVALIDARG"
+        assert c.network()["bandwidth"]["background_limit"] == 5000
+        assert c.set_network_cost("metered")["cost"] == "metered"
+        assert c.reload()["applied"] == ["bandwidth", "network.cost"]
+
+    async def run() -> None:
+        async with AsyncClient(d.socket) as c:
+            job = await c.create_job("lib-aio")
+            await job.set(max_rate=None, cost_flags="TRANSFER_ALWAYS")
+            assert job.data["cost_flags"] == "TRANSFER_ALWAYS"
+            doc = await c.set_network_cost("auto")
+            assert doc["cost"] == "unrestricted"
+            assert (await c.network())["override"] is None
+            assert (await c.reload())["config_file"] == str(d.config_path)
+
+    asyncio.run(run())

@@ -26,10 +26,10 @@ The rate moves toward keeping that queueing delay at ``TARGET``:
 
 The rate is paid for in the limiter's data path like any limit (transfer/bandwidth.py): while
 a transfer waits, its socket is not read, and TCP's receive window slows the sender. Background
-downloads use connections with small, fixed buffers (http.py: a 512 KiB receive buffer set
+downloads use connections with small, fixed buffers (http.py: a 256 KiB receive buffer set
 before connecting, a 64 KiB read buffer) so that the window closes promptly and the sender
 never has megabytes of window to pour into the queue; the price is a ceiling of about
-512 KiB per round trip for a background download (5 MB/s at 100 ms). A receive buffer is
+256-512 KiB per round trip for a background download (2.5-5 MB/s at 100 ms). A receive buffer is
 never shrunk on a live connection: the window already offered cannot shrink, so the kernel
 would drop what the sender may still send, and retransmissions would take the link.
 Foreground jobs are never governed.
