@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -164,7 +165,6 @@ def one_round(work: Path) -> dict[str, float]:
         dest = work / "dest"
         dest.mkdir(exist_ok=True)
         base = Path(tempfile.mkdtemp(prefix="fybw-", dir="/tmp"))
-        config = base / "cfg"
         d = NetnsDaemon(pair.client, base / "d", config="")
         try:
             d.start()
@@ -227,7 +227,7 @@ def one_round(work: Path) -> dict[str, float]:
             server.stop()
             for f in dest.iterdir():
                 f.unlink()
-    del config
+            shutil.rmtree(base, ignore_errors=True)
     return out
 
 
