@@ -62,6 +62,7 @@ demo: venv
 bench: venv
 	$(QUICK_ENV) $(BIN)/python benchmarks/run.py
 	$(QUICK_ENV) $(BIN)/python benchmarks/speed.py
+	$(QUICK_ENV) $(BIN)/python benchmarks/bandwidth.py
 
 torture: venv
 	$(QUICK_ENV) $(BIN)/python benchmarks/torture.py

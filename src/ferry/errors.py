@@ -78,6 +78,7 @@ CODES: dict[str, int] = {
     "ERROR_FILE_EXISTS": 0x80070050,
     "ERROR_DISK_FULL": 0x80070070,
     "ERROR_SHARING_VIOLATION": 0x80070020,
+    "ERROR_NOT_LOGGED_ON": 0x800704DD,  # a job waits: its owner is logged off (SPEC §10)
     # WinHTTP codes BITS reports for transport failures.
     "ERROR_WINHTTP_TIMEOUT": 0x80072EE2,
     "ERROR_WINHTTP_NAME_NOT_RESOLVED": 0x80072EE7,

@@ -351,6 +351,8 @@ def test_openapi_matches_routes(ferryd: Daemon, dest: Path) -> None:
             body = {"remote_name": "http://127.0.0.1:9/z"}
         elif path == "/v1/logoff":
             body = {"session": 999999}
+        elif path == "/v1/network/cost":
+            body = {"cost": "auto"}
         elif path.endswith("/files") and method == "POST":
             body = {
                 "files": [{"remote_name": "http://127.0.0.1:9/y", "local_name": str(dest / "y")}]

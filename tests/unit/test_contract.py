@@ -211,6 +211,9 @@ def test_every_client_request_is_a_contract_route() -> None:
         _ops.logoff(session=3),
         _ops.shutdown(),
         _ops.fleet(),
+        _ops.get_network(),
+        _ops.set_network_cost("metered"),
+        _ops.reload(),
         *(
             op(**where)
             for op in (_ops.get_helper_token, _ops.set_helper_token, _ops.clear_helper_token)

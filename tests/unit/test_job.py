@@ -847,6 +847,11 @@ def full_job() -> Job:
         proxy=ProxySettings(
             ProxyUsage.OVERRIDE, ("http://p.example:3128",), ("<local>", "10.0.0.0/8")
         ),
+        max_rate=123_456,
+        max_download_time=3600,
+        download_time=12.5,
+        cost_flags="TRANSFER_ALWAYS",
+        waiting={"code": "BG_E_BLOCKED_BY_COST_TRANSFER_POLICY", "description": "metered"},
     )
 
 

@@ -22,7 +22,7 @@ from ..client._ops import DaemonUnavailable
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, JobType, Priority
 from ..protocol import ACTIONS, PROPERTIES, SYSTEM_SOCKET, Property
-from . import credentials, fleet, network, tokens, uploads
+from . import credentials, fleet, netstatus, network, tokens, uploads
 from .context import EXIT_ERROR, Ctx, no_daemon_error, partial_complete_text, report_error
 from .context import current as _ctx
 
@@ -110,6 +110,9 @@ for _command in (tokens.open_, tokens.helper_token, tokens.logoff):
     cli.add_command(_command)
 cli.add_command(credentials.credentials)
 cli.add_command(fleet.fleet)  # fleet mode (cli/fleet.py)
+# SPEC §10: ferry network, ferry reload (cli/netstatus.py).
+for _command in (netstatus.network, netstatus.reload):
+    cli.add_command(_command)
 
 
 # ---- jobs -----------------------------------------------------------------------------

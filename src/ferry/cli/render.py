@@ -161,6 +161,21 @@ def print_job(j: dict[str, Any]) -> None:
         got = reply.get("bytes_transferred", 0)
         row("Reply file", reply.get("file") or "-")
         row("Reply", f"{size(got)} of {size(total) if total is not None else '?'}")
+    # SPEC §10: bandwidth and network conditions, and why a queued job waits.
+    waiting = j.get("waiting")
+    if isinstance(waiting, dict):
+        why = f"{waiting.get('description')} [{waiting.get('code')}]"
+        if waiting.get("until"):
+            why += f"; next try {waiting.get('until')}"
+        row("Waiting", Text(why, style="yellow"))
+    if "cost_flags" in j:
+        row("Cost flags", str(j.get("cost_flags")))
+    if j.get("max_rate"):
+        row("Max rate", f"{j.get('max_rate')} B/s")
+    if "max_download_time" in j:
+        limit = j.get("max_download_time") or 0
+        used = j.get("download_time") or 0
+        row("Max download time", f"{limit} s ({used:.0f} s used)" if limit else "none")
     # Plain aligned lines rather than a rich grid: no trailing padding when piped to a file.
     out = console()
     width = max(len(k) for k, _ in rows)

@@ -422,6 +422,23 @@ def fleet() -> Call[JSONObj]:
     return _call("fleet", _as_obj)
 
 
+# ---- SPEC §10: the network and the bandwidth policy ----------------------------------------
+
+
+def get_network() -> Call[JSONObj]:
+    return _call("get_network", _as_obj)
+
+
+def set_network_cost(cost: str) -> Call[JSONObj]:
+    if not isinstance(cost, str) or not cost:
+        raise FerryError("E_INVALIDARG", "the network cost must be a name")
+    return _call("set_network_cost", _as_obj, encode({"cost": cost.strip().lower()}))
+
+
+def reload() -> Call[JSONObj]:
+    return _call("reload", _as_obj, b"{}")
+
+
 def logoff(user: str | int | None = None, session: int | None = None) -> Call[JSONObj]:
     if (user is None) == (session is None):
         raise FerryError("E_INVALIDARG", "give exactly one of user and session")

@@ -128,6 +128,18 @@ class AsyncClient:
     async def logoff(self, user: str | int | None = None, session: int | None = None) -> JSONObj:
         return await self._call(_ops.logoff(user, session))
 
+    async def network(self) -> JSONObj:
+        """See ``Client.network``."""
+        return await self._call(_ops.get_network())
+
+    async def set_network_cost(self, cost: str) -> JSONObj:
+        """See ``Client.set_network_cost``."""
+        return await self._call(_ops.set_network_cost(cost))
+
+    async def reload(self) -> JSONObj:
+        """See ``Client.reload``."""
+        return await self._call(_ops.reload())
+
     async def shutdown(self) -> JSONObj:
         """Stop the daemon, as SIGTERM would (see ``Client.shutdown``)."""
         return await self._call(_ops.shutdown())

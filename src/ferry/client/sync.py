@@ -200,6 +200,19 @@ class Client:
         close-session hook calls)."""
         return self._call(_ops.logoff(user, session))
 
+    def network(self) -> JSONObj:
+        """What ferryd sees of the network: cost, routes, limits in force, measured use."""
+        return self._call(_ops.get_network())
+
+    def set_network_cost(self, cost: str) -> JSONObj:
+        """``unrestricted``, ``metered``, ``roaming`` or ``auto`` (administrators)."""
+        return self._call(_ops.set_network_cost(cost))
+
+    def reload(self) -> JSONObj:
+        """Re-read ferryd's config file and apply its bandwidth and network sections, as
+        SIGHUP does (administrators; the daemon's own user in user mode)."""
+        return self._call(_ops.reload())
+
     def shutdown(self) -> JSONObj:
         """Stop the daemon this client talks to, as SIGTERM would (``{"stopping": true}``):
         its own user may in user mode, administrators may; anyone else E_ACCESSDENIED."""

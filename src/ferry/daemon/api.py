@@ -36,6 +36,7 @@ from ..service.events import EventBus
 from ..service.handles import Handles
 from ..service.logon import Logon
 from ..service.manager import QueueManager
+from ..service.network import NetworkState
 
 log = logging.getLogger("ferry.api")
 
@@ -101,9 +102,14 @@ class Api:
         request_stop: Callable[[], None],
         credentials: Credentials | None = None,
         fleet: FleetStatus | None = None,
+        *,
+        network: NetworkState | None = None,
+        reload: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.credentials = credentials
         self.fleet = fleet  # fleet mode (service/fleet.py), else None
+        self.network = network
+        self.reload = reload
         self.manager = manager
         self.handles = handles
         self.logon = logon
@@ -509,6 +515,38 @@ class Api:
                 "E_NOTIMPL", "this ferryd is not in fleet mode (no [store] url in its config)"
             )
         return web.json_response(await self.fleet.status())
+
+    # ---- SPEC §10: the network and the bandwidth policy ------------------------------------
+
+    def _network(self) -> NetworkState:
+        if self.network is None:
+            raise FerryError("E_NOTIMPL", "this ferryd does not watch the network")
+        return self.network
+
+    async def h_get_network(self, request: web.Request) -> web.Response:
+        return web.json_response(self._network().snapshot())
+
+    async def h_set_network_cost(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        token: Token = request["token"]
+        if not (token.admin or (self.only_uid is not None and token.uid == self.only_uid)):
+            raise FerryError("E_ACCESSDENIED", "only administrators may set the network cost")
+        network = self._network()
+        try:
+            network.set_override(body["cost"])
+        except ValueError:
+            raise FerryError("E_INVALIDARG", f"unknown network cost {body['cost']!r}") from None
+        log.info("network cost set to %s by uid %d", body["cost"], token.uid)
+        return web.json_response(network.snapshot())
+
+    async def h_reload(self, request: web.Request) -> web.Response:
+        await self.body(request)
+        token: Token = request["token"]
+        if not (token.admin or (self.only_uid is not None and token.uid == self.only_uid)):
+            raise FerryError("E_ACCESSDENIED", "only administrators may reload ferryd's config")
+        if self.reload is None:
+            raise FerryError("E_NOTIMPL", "this ferryd cannot reload its config")
+        return web.json_response(self.reload())
 
 
 class FleetStatus(Protocol):

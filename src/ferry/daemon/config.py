@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import FerryError
 from ..model.job import Limits
+from ..model.network import COST_CHOICES, BandwidthPolicy, parse_bandwidth
 from ..protocol import default_socket, default_state_dir
 
 
@@ -59,6 +60,15 @@ class Config:
     store_url: str | None = None
     lease_seconds: float = 15.0
     worker_id: str | None = None
+    # SPEC §10: [bandwidth] (the policy) and [network]: the network cost to assume (``auto``:
+    # ask NetworkManager, else unrestricted), the D-Bus address to find NetworkManager on
+    # (None: the system bus), and whether to watch routes over netlink.
+    bandwidth: BandwidthPolicy = field(default_factory=BandwidthPolicy)
+    network_cost: str = "auto"
+    dbus_address: str | None = None
+    netlink: bool = True
+    # The file the config came from, read again on SIGHUP and ``ferry reload``.
+    config_file: Path | None = None
 
     @property
     def socket_mode(self) -> int:
@@ -122,6 +132,7 @@ def load_config(
     )
     if config_file is not None:
         cfg = _apply_file(cfg, config_file)
+        cfg = replace(cfg, config_file=config_file)
     if socket:
         cfg = replace(cfg, socket=Path(socket))
     if state_dir:
@@ -139,7 +150,8 @@ def _apply_file(cfg: Config, path: Path) -> Config:
         raise FerryError.from_oserror(exc, f"config file {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise FerryError("E_INVALIDARG", f"config file {path}: {exc}") from None
-    unknown = set(data) - {"daemon", "limits", "kerberos", "proxy", "store"}
+    sections = {"daemon", "limits", "kerberos", "proxy", "store", "bandwidth", "network"}
+    unknown = set(data) - sections
     if unknown:
         raise FerryError("E_INVALIDARG", f"config file {path}: unknown sections {sorted(unknown)}")
     changes: dict[str, Any] = {}
@@ -189,6 +201,7 @@ def _apply_file(cfg: Config, path: Path) -> Config:
         changes["keytabs"] = _keytabs(data["kerberos"], path)
     changes.update(_proxy_section(path, data.get("proxy", {})))
     changes.update(_store_section(path, data.get("store", {})))
+    changes.update(_network_sections(data, path))
     return replace(cfg, **changes)
 
 
@@ -271,3 +284,40 @@ def _store_section(path: Path, store: Any) -> dict[str, Any]:
         else:
             raise FerryError("E_INVALIDARG", f"config file {path}: unknown key store.{key}")
     return out
+
+
+def _network_sections(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``[bandwidth]`` and ``[network]`` (SPEC §10); an invalid value names the key and why."""
+    changes: dict[str, Any] = {}
+    if "bandwidth" in data:
+        try:
+            changes["bandwidth"] = parse_bandwidth(data["bandwidth"])
+        except ValueError as exc:
+            raise FerryError("E_INVALIDARG", f"config file {path}: {exc}") from None
+    network: Any = data.get("network", {})
+    if not isinstance(network, dict):
+        raise FerryError("E_INVALIDARG", f"config file {path}: network must be a table")
+    for key, value in network.items():
+        if key == "cost":
+            if value not in COST_CHOICES:
+                raise FerryError(
+                    "E_INVALIDARG",
+                    f"config file {path}: network.cost must be one of {', '.join(COST_CHOICES)}, "
+                    f"not {value!r}",
+                )
+            changes["network_cost"] = value
+        elif key == "dbus_address":
+            if not isinstance(value, str) or not value:
+                raise FerryError(
+                    "E_INVALIDARG", f"config file {path}: network.dbus_address must be a string"
+                )
+            changes["dbus_address"] = value
+        elif key == "netlink":
+            if not isinstance(value, bool):
+                raise FerryError(
+                    "E_INVALIDARG", f"config file {path}: network.netlink must be true or false"
+                )
+            changes["netlink"] = value
+        else:
+            raise FerryError("E_INVALIDARG", f"config file {path}: unknown key network.{key}")
+    return changes

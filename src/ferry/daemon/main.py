@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import functools
 import gc
 import logging
 import os
@@ -21,6 +22,7 @@ import stat
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -36,6 +38,7 @@ from ..service.handles import Handles
 from ..service.housekeeping import Housekeeper
 from ..service.logon import Logon
 from ..service.manager import QueueManager
+from ..service.network import NetworkState
 from ..service.notify import Notifier
 from ..service.outbox import Outbox
 from ..service.reports import EngineReports
@@ -44,6 +47,7 @@ from ..service.scheduler import Scheduler
 from ..service.table import JobTable
 from ..store.base import JobStore
 from ..store.sqlite import SqliteJobStore
+from ..transfer.bandwidth import Limiter
 from ..transfer.bits_upload import BitsUploadTransport
 from ..transfer.engine import TransferEngine
 from ..transfer.http import HttpTransport
@@ -220,8 +224,12 @@ async def serve(cfg: Config) -> None:
         fragment_size=cfg.upload_fragment_size,
         retries=cfg.upload_retries,
     )
+    # SPEC §10: the bandwidth limits in the data path, and what ferryd sees of the network.
+    limiter = Limiter(cfg.bandwidth, clock)
+    controller = limiter.enable_yielding()
     engine = TransferEngine(
         identity,
+        limiter=limiter,
         # One transport per scheme and direction: a new one is a file in transfer/ and a line.
         downloads={"http": http, "https": http, "file": LocalTransport(identity)},
         uploads={"http": uploads, "https": uploads},
@@ -241,6 +249,9 @@ async def serve(cfg: Config) -> None:
     outbox = Outbox(store, table, clock)
     reports = EngineReports(table, store, outbox, clock)
     sessions = SessionTracker()
+    network = NetworkState(
+        limiter, runqueue.kick, cfg.network_cost, cfg.dbus_address, netlink=cfg.netlink
+    )
     scheduler = Scheduler(
         runqueue,
         reports,
@@ -250,6 +261,7 @@ async def serve(cfg: Config) -> None:
         time_slice=cfg.time_slice,
         clock=clock,
         leases=fleet,
+        gate=network.gate,
     )
     transfers: Transfers = scheduler
     if fleet is not None:
@@ -286,6 +298,8 @@ async def serve(cfg: Config) -> None:
         stop.set,
         credentials=credentials,
         fleet=fleet,
+        network=network,
+        reload=functools.partial(reload_config, cfg, limiter, network),
     )
     sock = activated_socket()
     owns_socket = sock is None
@@ -299,6 +313,7 @@ async def serve(cfg: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_on_signal, cfg, limiter, network)
     log.info(
         "serving %s (%s mode), %d jobs, ready in %.3f s",
         cfg.socket if owns_socket else "an activated socket",
@@ -321,6 +336,9 @@ async def serve(cfg: Config) -> None:
                 ),
                 tg.create_task(logon.run(cfg.session_poll_interval), name="sessions"),
                 tg.create_task(notifier.run(), name="notifier"),
+                tg.create_task(network.run(), name="network"),
+                tg.create_task(network.run_routes(), name="routes"),
+                tg.create_task(controller.run(limiter.set_yield_rate), name="yielding"),
             ]
             if fleet is not None:
                 services.append(tg.create_task(fleet.run(), name="fleet"))
@@ -343,6 +361,26 @@ async def serve(cfg: Config) -> None:
                 cfg.socket.unlink()
         os.close(lock_fd)
         log.info("stopped")
+
+
+def reload_config(cfg: Config, limiter: Limiter, network: NetworkState) -> dict[str, Any]:
+    """SIGHUP and ``ferry reload``: read the config file again and apply what can change
+    while ferryd runs (``[bandwidth]``, ``[network] cost``); running transfers see new
+    limits within a second. An invalid file raises FerryError and changes nothing."""
+    if cfg.config_file is None:
+        return {"config_file": None, "applied": []}
+    new = load_config(cfg.system, cfg.config_file)
+    limiter.set_policy(new.bandwidth)
+    network.reconfigure(new.network_cost)
+    log.info("reloaded %s", cfg.config_file)
+    return {"config_file": str(cfg.config_file), "applied": ["bandwidth", "network.cost"]}
+
+
+def reload_on_signal(cfg: Config, limiter: Limiter, network: NetworkState) -> None:
+    try:
+        reload_config(cfg, limiter, network)
+    except FerryError as exc:
+        log.error("SIGHUP: the configuration was not reloaded: %s", exc)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import FerryError, hresult_of
 from .credentials import AuthScheme, AuthTarget, Credential
+from .network import DEFAULT_COST_FLAGS, cost_flags_name, parse_cost_flags, parse_rate
 from .notification import NotificationStatus
 from .proxy import DEFAULT_PROXY, ProxySettings
 from .token import Token
@@ -32,6 +33,9 @@ from .upload import UploadState, default_reply_file
 DEFAULT_MIN_RETRY_DELAY = 600
 MIN_RETRY_DELAY_FLOOR = 5
 DEFAULT_NO_PROGRESS_TIMEOUT = 1_209_600
+# SPEC §10: BITS_JOB_PROPERTY_MAX_DOWNLOAD_TIME's default, 90 days.
+DEFAULT_MAX_DOWNLOAD_TIME = 7_776_000
+DEFAULT_COST_FLAGS_NAME = cost_flags_name(DEFAULT_COST_FLAGS)
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -155,6 +159,20 @@ class Job:
     # Upload and upload-reply jobs: the server's session, the source's size and time, the
     # reply (model/upload.py). None for downloads, and for uploads until they first run.
     upload: UploadState | None = None
+    # ---- bandwidth and network conditions (SPEC §10) ----
+    # The job's own cap in bytes/s (None: none); applies at every priority.
+    max_rate: int | None = None
+    # Seconds the job may spend CONNECTING/TRANSFERRING before ERROR with
+    # BG_E_MAXDOWNLOAD_TIMEOUT (0: no limit); ``download_time`` is what it has used since it
+    # was created or last resumed.
+    max_download_time: int = DEFAULT_MAX_DOWNLOAD_TIME
+    download_time: float = 0.0
+    # BITS_JOB_PROPERTY_ID_COST_FLAGS, by its wire name (a preset, or names joined by |).
+    cost_flags: str = DEFAULT_COST_FLAGS_NAME
+    # Why a QUEUED job is not running (set by the scheduler; stored as it was
+    # last written): a dict with
+    # ``code`` and ``description`` (and ``until``), or None.
+    waiting: dict[str, Any] | None = None
 
     # ---- construction -------------------------------------------------------------
 
@@ -218,6 +236,8 @@ class Job:
 
     def _set_state(self, state: JobState, now: float) -> None:
         self.state = state
+        if state is not JobState.QUEUED:
+            self.waiting = None
         if state not in (JobState.ERROR, JobState.TRANSIENT_ERROR):
             self.error = None
             self.retry_at = None
@@ -269,6 +289,7 @@ class Job:
         # An explicit resume is a fresh start: a job that waited (suspended, in ERROR, or
         # in line behind others) must not time out at its first transient error.
         self.no_progress_since = None
+        self.download_time = 0.0  # resume resets the maximum download time (SPEC §10)
         return True
 
     def suspend(self, now: float) -> bool:
@@ -347,6 +368,19 @@ class Job:
                 _require_type(key, value, bool)
             elif key == "proxy":
                 value = ProxySettings.parse(value)
+            elif key == "max_rate":
+                if value is not None:
+                    _require_type(key, value, int)
+                    try:
+                        value = parse_rate(value, key)
+                    except ValueError as exc:
+                        raise FerryError("E_INVALIDARG", str(exc)) from None
+            elif key == "max_download_time":
+                _require_type(key, value, int)
+                if value < 0:
+                    raise FerryError("E_INVALIDARG", "max_download_time must not be negative")
+            elif key == "cost_flags":
+                value = cost_flags_name(parse_cost_flags(value))
             else:
                 raise FerryError("E_INVALIDARG", f"unknown property {key!r}")
             new[key] = value

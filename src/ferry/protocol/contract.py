@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from ..model.network import COST_PRESETS, parse_rate
 from ..model.types import NotifyFlags, Priority
 
 API_VERSION = 1
@@ -113,6 +114,18 @@ def parse_notify_flags(text: str) -> int:
             known = ", ".join(f.name or "" for f in NotifyFlags)
             raise ValueError(f"{part!r} is not a number or one of {known}") from None
     return flags
+
+
+def parse_max_rate(text: str) -> int | None:
+    """``ferry set --max-rate``: bytes/s (``500000``, ``500k``, ``2M``); ``none`` or ``0``
+    removes the cap."""
+    if text.strip().lower() in ("none", "0", "off", "unlimited"):
+        return None
+    return parse_rate(text, "--max-rate")
+
+
+def format_rate(value: Any) -> str:
+    return "none" if value is None else f"{value} B/s"
 
 
 def format_argv(value: Any) -> str:
@@ -336,6 +349,54 @@ NETWORK_PROPERTIES: tuple[Property, ...] = (
     ),
 )
 PROPERTIES = PROPERTIES + NETWORK_PROPERTIES
+# SPEC §10: bandwidth and network conditions.
+PROPERTIES += (
+    Property(
+        "max_rate",
+        {"type": ["integer", "null"], "minimum": 1},
+        "The job's own bandwidth cap in bytes per second, at every priority; null: none "
+        "(the daemon's [bandwidth] policy still applies to background jobs).",
+        1_000_000,
+        CliOption(
+            _opt("max_rate"),
+            "BYTES",
+            "Cap this job at BYTES per second (500000, 500k, 2M; 'none' removes the cap).",
+            parse_max_rate,
+            format_rate,
+        ),
+    ),
+    Property(
+        "max_download_time",
+        {"type": "integer", "minimum": 0},
+        "Seconds the job may spend connecting and transferring before it fails with "
+        "BG_E_MAXDOWNLOAD_TIMEOUT; resume starts the count again; 0: no limit "
+        "(BITS_JOB_PROPERTY_MAX_DOWNLOAD_TIME, default 7776000 = 90 days).",
+        86_400,
+        CliOption(
+            _opt("max_download_time"),
+            "SEC",
+            "Fail with BG_E_MAXDOWNLOAD_TIMEOUT after SEC seconds of transferring (0: never). "
+            "[BITS_JOB_PROPERTY_MAX_DOWNLOAD_TIME]",
+            parse_int,
+        ),
+    ),
+    Property(
+        "cost_flags",
+        {"type": ["string", "integer"]},
+        "The network costs the job may transfer on (BITS_JOB_PROPERTY_ID_COST_FLAGS): a preset "
+        f"({', '.join(COST_PRESETS)}) or BITS_COST_STATE names joined by |; read back as the "
+        "preset's name when it is one. Default TRANSFER_STANDARD (not roaming, not over cap).",
+        "TRANSFER_UNRESTRICTED",
+        CliOption(
+            _opt("cost_flags"),
+            "FLAGS",
+            "TRANSFER_STANDARD, TRANSFER_NO_SURCHARGE, TRANSFER_NOT_ROAMING, "
+            "TRANSFER_UNRESTRICTED, TRANSFER_ALWAYS, or names such as UNRESTRICTED|USAGE_BASED. "
+            "[BITS_JOB_PROPERTY_ID_COST_FLAGS]",
+            lambda text: text.strip().upper(),
+        ),
+    ),
+)
 
 PROPERTY_BY_NAME: Mapping[str, Property] = {p.name: p for p in PROPERTIES}
 SETTABLE_PROPERTIES = frozenset(PROPERTY_BY_NAME)

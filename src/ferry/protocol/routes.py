@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import FerryError
+from ..model.network import COST_CHOICES
 from ..model.types import JobType
 from .contract import (
     ACTIONS,
@@ -222,6 +223,21 @@ ROUTES: tuple[Route, ...] = (
           "Fleet mode: the workers sharing this queue, their last heartbeat and the leases "
           "they hold (administrators; E_NOTIMPL on a single-machine ferryd)",
           response=ref("Fleet")),
+    # SPEC §10: bandwidth and network conditions.
+    Route("GET", f"{API_PREFIX}/network", "get_network",
+          "What ferryd sees of the network: cost and its source, NetworkManager, routes, the "
+          "bandwidth limits in force and the measured use per priority",
+          response=ref("Network")),
+    Route("PUT", f"{API_PREFIX}/network/cost", "set_network_cost",
+          "Set the network cost ferryd assumes (administrators); auto: NetworkManager or the "
+          "config",
+          body={"cost": BodyField({"type": "string", "enum": list(COST_CHOICES)}, True)},
+          response=ref("Network")),
+    Route("POST", f"{API_PREFIX}/reload", "reload",
+          "Read the config file again and apply [bandwidth] and [network] cost (as SIGHUP); "
+          "its own user in user mode, administrators",
+          body={}, response=closed({"config_file": {"type": ["string", "null"]},
+                                    "applied": {"type": "array", "items": {"type": "string"}}})),
     Route("GET", f"{API_PREFIX}/events", "events",
           "Server-Sent Events of job changes (notify_flags apply unless all_events=true); "
           "each event's data is an Event object",

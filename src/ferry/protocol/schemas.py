@@ -127,6 +127,28 @@ JOB_SCHEMA: dict[str, Any] = closed(
                 ),
             ],
         },
+        # SPEC §10
+        "download_time": {
+            "type": "number",
+            "minimum": 0,
+            "description": "seconds spent connecting/transferring since creation or the last "
+            "resume (counted against max_download_time)",
+        },
+        "waiting": {
+            "description": "why a QUEUED job does not run now (cost policy, offline, owner "
+            "logged off, bandwidth policy), and until when if known",
+            "oneOf": [
+                {"type": "null"},
+                closed(
+                    {
+                        "code": _STR,
+                        "hresult": _HRESULT,
+                        "description": _STR,
+                        "until": _NULLABLE_TIME,
+                    }
+                ),
+            ],
+        },
     }
 )
 
@@ -256,6 +278,37 @@ FLEET_SCHEMA: dict[str, Any] = closed(
     }
 )
 
+# GET /v1/network (SPEC §10).
+_RATE = {"type": ["integer", "null"], "minimum": 1}
+_PRIORITY_RATES = {"type": "object", "additionalProperties": {"type": ["integer", "null"]}}
+NETWORK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["cost", "cost_source", "cost_state", "networkmanager", "bandwidth"],
+    "properties": {
+        "cost": {"enum": ["unrestricted", "metered", "roaming"]},
+        "cost_source": _STR,
+        "cost_state": {"type": "integer", "description": "the BITS_COST_STATE_* value"},
+        "configured_cost": _STR,
+        "override": {"type": ["string", "null"]},
+        "networkmanager": {"type": "object"},
+        "routes": {"type": "object"},
+        "bandwidth": {
+            "type": "object",
+            "properties": {
+                "period": {"enum": ["none", "work", "non-work", "maintenance"]},
+                "background_limit": _RATE,
+                "priority_limits": _PRIORITY_RATES,
+                "yield_limits": _PRIORITY_RATES,
+                "measured": {
+                    "type": "object",
+                    "description": "bytes/s per priority over the last 2 s",
+                    "additionalProperties": {"type": "number"},
+                },
+            },
+        },
+    },
+}
+
 SCHEMAS: Mapping[str, Mapping[str, Any]] = {
     "Job": JOB_SCHEMA,
     "File": FILE_SCHEMA,
@@ -269,4 +322,5 @@ SCHEMAS: Mapping[str, Mapping[str, Any]] = {
     "Credential": CREDENTIAL_SCHEMA,
     "Reply": REPLY_SCHEMA,
     "Fleet": FLEET_SCHEMA,
+    "Network": NETWORK_SCHEMA,
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import format_hresult
+from ..errors import format_hresult, hresult_of
 from ..model.job import Job, JobFile, iso
 from ..model.types import JobType
 from .contract import PROPERTIES, wire_value
@@ -74,6 +74,8 @@ def job_view(job: Job) -> dict[str, Any]:
         "notification": None if job.notification is None else job.notification.to_json(),
         "retry_at": iso(job.retry_at),
         "reply": reply_view(job),
+        "download_time": round(job.download_time, 3),
+        "waiting": _waiting_view(job),
     })
     view["credentials"] = [c.view() for c in job.credentials]
     view["credential_warnings"] = credential_warnings(job)
@@ -103,4 +105,18 @@ def reply_view(job: Job) -> dict[str, Any] | None:
         "file": job.reply_file,
         "bytes_total": None if state is None else state.reply_total,
         "bytes_transferred": 0 if state is None else state.reply_transferred,
+    }
+
+
+def _waiting_view(job: Job) -> dict[str, Any] | None:
+    """Why a queued job waits (SPEC §10), as the scheduler last found it."""
+    w = job.waiting
+    if w is None or job.state.value not in ("QUEUED", "TRANSIENT_ERROR"):
+        return None
+    code = str(w.get("code", "S_OK"))
+    return {
+        "code": code,
+        "hresult": format_hresult(hresult_of(code)),
+        "description": str(w.get("description", "")),
+        "until": iso(w.get("until")),
     }

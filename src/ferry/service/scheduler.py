@@ -45,7 +45,7 @@ from typing import Any, Protocol
 
 from ..model.job import Job
 from ..model.token import Token
-from ..model.types import JobState, Priority
+from ..model.types import ErrorContext, JobState, Priority
 from ..transfer.base import JobCallbacks, TransferError
 from .leases import Leases, LocalLeases
 from .runqueue import RunQueue
@@ -95,7 +95,10 @@ class Scheduler:
         time_slice: float = 30.0,
         clock: Callable[[], float] = time.time,
         leases: Leases | None = None,
+        gate: Callable[[Job], dict[str, Any] | None] | None = None,
     ) -> None:
+        # SPEC §10: why a job may not transfer now (network cost, offline), None if it may.
+        self.gate = gate
         self.queue = queue
         # Fleet mode: a run claims its job first (service/leases.py; trivially granted alone).
         self.leases: Leases = leases or LocalLeases()
@@ -108,6 +111,7 @@ class Scheduler:
         self.clock = clock
         self._running: dict[str, _Run] = {}
         self._retrying: set[str] = set()
+        self._gated: set[str] = set()  # TRANSIENT_ERROR jobs the gate held back
         self._tg: asyncio.TaskGroup | None = None
 
     # ---- Transfers: what the services that change jobs use ------------------------------
@@ -171,9 +175,27 @@ class Scheduler:
         loop_now = asyncio.get_running_loop().time()
         now = self.clock()
         due = self.queue.expire_holds(loop_now)
-        for job in self.queue.waiting():
+        if self.gate is not None:
+            self._stop_gated()
+        waiting = self.queue.waiting()
+        if self._gated:
+            self._gated &= {job.id for job in waiting}
+        for job in waiting:
             if job.retry_at is None or job.id in self._retrying or self.queue.is_held(job.id):
                 continue
+            if self.gate is not None:
+                # Offline (or a forbidding cost): no retry can work, so none is made; once
+                # the condition is gone the job retries at once, not at its retry time.
+                reason = self.gate(job)
+                if reason is not None:
+                    job.waiting = reason
+                    self._gated.add(job.id)
+                    continue
+                if job.id in self._gated:
+                    self._gated.discard(job.id)
+                    job.waiting = None
+                    self._retry(job)
+                    continue
             if job.retry_at <= now:
                 self._retry(job)
             else:
@@ -234,12 +256,30 @@ class Scheduler:
         return self.time_slice > 0 and loop_now - run.started >= self.time_slice
 
     def _eligible(self, job: Job) -> bool:
-        return (
-            job.id not in self._running
-            and job.id not in self._retrying
-            and not self.queue.is_held(job.id)
-            and self.is_logged_on(job.owner)
-        )
+        if job.id in self._running or job.id in self._retrying or self.queue.is_held(job.id):
+            return False
+        if not self.is_logged_on(job.owner):
+            job.waiting = {
+                "code": "ERROR_NOT_LOGGED_ON",
+                "description": "the job's owner is logged off; it transfers once they log on",
+            }
+            return False
+        if self.gate is not None:
+            reason = self.gate(job)
+            if reason is not None:
+                job.waiting = reason
+                return False
+        job.waiting = None
+        return True
+
+    def _stop_gated(self) -> None:
+        """Running jobs the network conditions now forbid (the cost changed, the route went)
+        stop and wait QUEUED; the next passes show why."""
+        assert self.gate is not None
+        for run in list(self._running.values()):
+            if not run.stopping and self.gate(run.job) is not None:
+                log.info("job %s stopped: %s", run.job.id, self.gate(run.job))
+                self._stop_and_requeue(run)
 
     # ---- starting, retrying and stopping --------------------------------------------------
 
@@ -294,21 +334,47 @@ class Scheduler:
 
     async def _run_claimed(self, run: _Run) -> None:
         job = run.job
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+
+        def spent() -> None:
+            """Count the time connecting/transferring against max_download_time."""
+            nonlocal began
+            now = loop.time()
+            job.download_time += now - began
+            began = now
+
         try:
             if job.state is not JobState.QUEUED:  # changed while it was being claimed
                 return
-            await self.records.started(job)
-            await self.engine.run_job(job, self.records)
+            budget = None
+            if job.max_download_time:
+                budget = job.max_download_time - job.download_time
+                if budget <= 0:
+                    raise _max_download_timeout(job)
+            deadline = asyncio.timeout(budget)
+            try:
+                async with deadline:
+                    await self.records.started(job)
+                    await self.engine.run_job(job, self.records)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                raise _max_download_timeout(job) from None
+            spent()
             if not job.all_transferred and job.state.is_active:
                 # Files were added while the engine ran: queue the job again for them.
                 await self._record(job, self.records.requeued, job)
         except TransferError as exc:
+            spent()
             await self._record(job, self.records.failed, job, exc)
         except asyncio.CancelledError:
+            spent()
             if run.requeue and job.state in (JobState.CONNECTING, JobState.TRANSFERRING):
                 await self._record(job, self.records.requeued, job)
             raise
         except Exception as exc:
+            spent()
             log.exception("transfer of job %s failed unexpectedly", job.id)
             await self._record(job, self.records.internal_failure, job, exc)
 
@@ -318,3 +384,13 @@ class Scheduler:
             await record(*args)
         except Exception:
             log.exception("cannot record the outcome of job %s's transfer", job.id)
+
+
+def _max_download_timeout(job: Job) -> TransferError:
+    return TransferError(
+        "BG_E_MAXDOWNLOAD_TIMEOUT",
+        f"the job spent its maximum download time ({job.max_download_time} s) connecting and "
+        "transferring; resume it to start the count again",
+        context=ErrorContext.GENERAL_QUEUE_MANAGER,
+        transient=False,
+    )

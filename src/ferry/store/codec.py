@@ -11,6 +11,8 @@ from typing import Any
 
 from ..model.credentials import Credential
 from ..model.job import (
+    DEFAULT_COST_FLAGS_NAME,
+    DEFAULT_MAX_DOWNLOAD_TIME,
     DEFAULT_MIN_RETRY_DELAY,
     DEFAULT_NO_PROGRESS_TIMEOUT,
     Job,
@@ -130,6 +132,12 @@ def job_record(job: Job) -> dict[str, Any]:
         "helper_ccache": job.helper_ccache,
         "proxy": None if job.proxy is DEFAULT_PROXY else job.proxy.to_json(),
         "upload": None if job.upload is None else job.upload.to_json(),
+        # SPEC §10 (bandwidth and network conditions)
+        "max_rate": job.max_rate,
+        "max_download_time": job.max_download_time,
+        "download_time": job.download_time,
+        "cost_flags": job.cost_flags,
+        "waiting": job.waiting,
     }
 
 
@@ -206,4 +214,25 @@ def job_from_record(
         job.credentials = [Credential.from_json(c) for c in credentials]
     job.owner_ccache = get("owner_ccache")
     job.helper_ccache = get("helper_ccache")
+    _bandwidth_from_record(job, get)
     return job
+
+
+def _bandwidth_from_record(job: Job, get: Any) -> None:
+    """SPEC §10's fields; a record written before them keeps the defaults (no object is
+    made per job for a default value)."""
+    max_rate = get("max_rate")
+    if max_rate is not None:
+        job.max_rate = int(max_rate)
+    max_download_time = get("max_download_time")
+    if max_download_time is not None and max_download_time != DEFAULT_MAX_DOWNLOAD_TIME:
+        job.max_download_time = int(max_download_time)
+    download_time = get("download_time")
+    if download_time:
+        job.download_time = float(download_time)
+    cost_flags = get("cost_flags")
+    if cost_flags is not None and cost_flags != DEFAULT_COST_FLAGS_NAME:
+        job.cost_flags = str(cost_flags)
+    waiting = get("waiting")
+    if waiting:
+        job.waiting = dict(waiting)

@@ -237,6 +237,9 @@ class DownloadRequest:
     auth_note: str | None = None
     # The job's proxy settings (SPEC §8.1); the http transport routes with them.
     proxy: ProxySettings = DEFAULT_PROXY
+    # SPEC §10: a background job's download (not foreground): it may be throttled, so the
+    # transport keeps its read buffers small for TCP's window to follow the limits promptly.
+    background: bool = False
 
     def network_token(self) -> Token:
         """The token to act as for remote access (opening a file:// source; implicit HTTP

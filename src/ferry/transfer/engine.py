@@ -18,6 +18,7 @@ slot.py's); the temporary files and their checkpoints are sink.py's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,10 +26,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from ..errors import FerryError
 from ..model.job import Job, JobFile
 from ..model.token import Token
-from ..model.types import ErrorContext, JobType
+from ..model.types import ErrorContext, JobType, Priority
 from ..security import policy
 from ..security.identity import IdentityIO
 from ..security.secretbox import SecretBox
+from .bandwidth import Limiter
 from .base import (
     DownloadRequest,
     DownloadTransport,
@@ -82,8 +84,11 @@ class TransferEngine:
         overlap_max_bytes: int = OVERLAP_MAX_BYTES,
         secrets: SecretBox | None = None,
         keytabs: Mapping[int, str] | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.identity = identity
+        # Bandwidth limits (SPEC §10): every chunk is paid for in the sink's checkpoint.
+        self.limiter = limiter
         self._secrets = secrets
         self._keytabs = dict(keytabs or {})
         # (uid, path) -> (when read, what was read): a job of many small files reads its
@@ -195,6 +200,7 @@ class TransferEngine:
         except FerryError as exc:
             network = exc
         return DownloadRequest(
+            background=job.priority is not Priority.FOREGROUND,
             url=jf.remote_name,
             network=network,
             dynamic_content=job.dynamic_content,
@@ -308,6 +314,8 @@ class TransferEngine:
             checkpoint_bytes=self.checkpoint_bytes,
             checkpoint_seconds=self.checkpoint_seconds,
             where=f"job {job.id} file {index} ({jf.temp_name})",
+            pace=None if self.limiter is None else functools.partial(self.limiter.pace, job),
+            watch=None if self.limiter is None else functools.partial(self.limiter.watch, job),
         )
         try:
             try:

@@ -10,6 +10,7 @@ hop per chunk, and the fsyncs that can block run on workers (see the engine's si
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -33,6 +34,15 @@ CHUNK = 1 << 20
 # aiohttp's default read buffer (64 KiB) makes the loop pause and resume the socket for
 # every few segments; 4 MiB lets a loopback or LAN download run at disk speed.
 READ_BUFSIZE = 4 << 20
+# Background downloads (SPEC §10) may be throttled or yield to other traffic: a small read
+# buffer lets TCP's receive window close soon after ferry stops reading, so the sender slows
+# at once rather than after megabytes.
+BACKGROUND_READ_BUFSIZE = 64 << 10
+BACKGROUND_CHUNK = 64 << 10  # and bytes handed to the sink at a time: limits pace finely
+# ... and a fixed receive buffer, set before connecting (so the window scale suits it; the
+# kernel doubles it for its bookkeeping): a sender of a throttled download never has more
+# than about this much window to pour into the bottleneck's queue (transfer/ledbat.py).
+BACKGROUND_RCVBUF = 256 << 10
 USER_AGENT = "ferry/0.1 (background intelligent transfer service)"
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
@@ -250,22 +260,34 @@ class HttpTransport:
         self._auth = Authenticator()
         # Which proxies a request tries (SPEC §8.1); ferryd passes its configured router.
         self.proxy_router = proxy_router if proxy_router is not None else ProxyRouter()
+        self._background_session: aiohttp.ClientSession | None = None
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def _get_session(self, background: bool = False) -> aiohttp.ClientSession:
+        if background:
+            if self._background_session is None or self._background_session.closed:
+                self._background_session = self._new_session(
+                    BACKGROUND_READ_BUFSIZE, _background_socket
+                )
+            return self._background_session
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                # Concurrency is bounded by the scheduler (running jobs), not here.
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
-                timeout=self._timeout,
-                read_bufsize=READ_BUFSIZE,
-                # The bytes as served: ranges count encoded bytes, so never decode.
-                auto_decompress=False,
-                # Proxies are chosen per job and request (transfer/proxy.py), never by
-                # aiohttp from the daemon's environment.
-                trust_env=False,
-                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-            )
+            self._session = self._new_session(READ_BUFSIZE)
         return self._session
+
+    def _new_session(
+        self, read_bufsize: int, socket_factory: Any = None
+    ) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            # Concurrency is bounded by the scheduler (running jobs), not here.
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0, socket_factory=socket_factory),
+            timeout=self._timeout,
+            read_bufsize=read_bufsize,
+            # The bytes as served: ranges count encoded bytes, so never decode.
+            auto_decompress=False,
+            # Proxies are chosen per job and request (transfer/proxy.py), never by
+            # aiohttp from the daemon's environment.
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -273,6 +295,9 @@ class HttpTransport:
             self._session = None
         self._auth.close()
         self.proxy_router.close()
+        if self._background_session is not None:
+            await self._background_session.close()
+            self._background_session = None
 
     async def download(self, request: DownloadRequest, sink: Sink) -> None:
         if sink.offset > 0 and (request.dynamic_content or not request.validator):
@@ -291,7 +316,7 @@ class HttpTransport:
     async def _open(self, request: DownloadRequest, offset: int) -> aiohttp.ClientResponse:
         """Send the request, following redirects by hand so the policy (count, no https to
         http) is ours and the final URL is known."""
-        session = self._get_session()
+        session = self._get_session(request.background)
         url = URL(request.url)
         for _hop in range(self._max_redirects + 1):
             headers = {}
@@ -499,7 +524,8 @@ class HttpTransport:
                 raise _invalid(f"{resp.url} answered {status}, which is not a file")
             request.final_url = str(resp.url)
             await sink.response()
-            await self._receive(resp, sink, end)
+            _tell_socket(resp, sink)
+            await self._receive(resp, sink, end, BACKGROUND_CHUNK if request.background else CHUNK)
         finally:
             resp.release()
 
@@ -587,10 +613,12 @@ class HttpTransport:
         request.bytes_total = None
         raise _changed(request.url)
 
-    async def _receive(self, resp: aiohttp.ClientResponse, sink: Sink, end: int | None) -> None:
+    async def _receive(
+        self, resp: aiohttp.ClientResponse, sink: Sink, end: int | None, chunk_size: int = CHUNK
+    ) -> None:
         """Write the body; ``end`` is the file's size, None to read to EOF (dynamic content;
         a chunked body cut short still fails in aiohttp as an incomplete payload)."""
-        async for chunk in resp.content.iter_chunked(CHUNK):
+        async for chunk in resp.content.iter_chunked(chunk_size):
             if end is not None and sink.offset + len(chunk) > end:
                 raise _invalid(f"{resp.url} sent more bytes than it announced ({end})")
             sink.write(chunk)
@@ -601,3 +629,23 @@ class HttpTransport:
                 f"{resp.url} closed the connection after {sink.offset} of {end} bytes",
                 transient=True,
             )
+
+
+def _background_socket(addr_info: Any) -> socket.socket:
+    """aiohttp's socket factory for background downloads: a fixed receive buffer."""
+    family, type_, proto = addr_info[0], addr_info[1], addr_info[2]
+    sock = socket.socket(family, type_, proto)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BACKGROUND_RCVBUF)
+    return sock
+
+
+def _tell_socket(resp: aiohttp.ClientResponse, sink: Sink) -> None:
+    """Hand the connection's socket to a sink that watches it (SPEC §10: the idle-bandwidth
+    controller measures the path to its server). Optional for a sink, so looked up by name."""
+    on_socket = getattr(sink, "on_socket", None)
+    if on_socket is None or resp.connection is None or resp.connection.transport is None:
+        return
+    sock = resp.connection.transport.get_extra_info("socket")
+    if sock is not None:
+        on_socket(sock)

@@ -14,6 +14,7 @@ import logging
 import os
 import posixpath
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..errors import FerryError
 from ..model.job import Job, JobFile
@@ -50,8 +51,17 @@ class TempSink(Sink):
         checkpoint_bytes: int,
         checkpoint_seconds: float,
         where: str,
+        pace: Callable[[int], Awaitable[None]] | None = None,
+        watch: Callable[[Any], Callable[[], None]] | None = None,
     ) -> None:
+        # The idle-bandwidth controller watches the socket a transport receives on, until
+        # this file's transfer ends (``on_socket``, called by the transport).
+        self._watch = watch
+        self._unwatch: list[Callable[[], None]] = []
         self._identity = identity
+        # Bandwidth limits (bandwidth.py): told of the bytes written since the last call.
+        self._pace = pace
+        self._paced = offset
         self._fd = fd
         self._offset = offset
         self._reported = offset
@@ -99,6 +109,11 @@ class TempSink(Sink):
         self._offset += count
 
     async def checkpoint(self) -> None:
+        if self._pace is not None:
+            moved = self._offset - self._paced
+            self._paced = self._offset
+            if moved > 0:
+                await self._pace(moved)
         if self._sync is not None and self._sync.done():
             await self._collect()
         if self._sync is None and self._offset > self._reported:
@@ -152,6 +167,7 @@ class TempSink(Sink):
         except OSError as exc:
             raise local_error(exc, "cannot truncate the temporary file") from None
         self._offset = size
+        self._paced = min(self._paced, size)
         self._reported = min(self._reported, size)
         self._settled = True
         await self.flush(force=True, size=size)
@@ -195,8 +211,16 @@ class TempSink(Sink):
         except FerryError as exc:
             log.warning("%s: could not checkpoint: %s", self._where, exc)
 
+    def on_socket(self, sock: Any) -> None:
+        """The transport receives this file's bytes on ``sock``."""
+        if self._watch is not None:
+            self._unwatch.append(self._watch(sock))
+
     async def aclose(self) -> None:
         """Wait for an in-flight fsync, then close the descriptor (unless ``finish`` did)."""
+        for unwatch in self._unwatch:
+            unwatch()
+        self._unwatch.clear()
         cancelled = await self._drain("the file was being closed")
         if not self._closed:
             self._closed = True
