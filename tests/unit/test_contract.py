@@ -217,6 +217,7 @@ def test_every_client_request_is_a_contract_route() -> None:
         ),
         _ops.set_helper_token_flags(1, job="j"),
         _ops.set_helper_token_flags(1, handle="h"),
+        _ops.set_http_options("j", {"http_method": "GET"}),
     ]
     used = {_route_of(c.method, c.target) for c in calls}
     used.add(_route_of("GET", _ops.events_target("j", all_events=True)))

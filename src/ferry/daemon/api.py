@@ -32,6 +32,7 @@ from ..security.peer import token_from_socket, user_name
 from ..service import events as ev
 from ..service.events import EventBus
 from ..service.handles import Handles
+from ..service.httpoptions import HttpOptions
 from ..service.logon import Logon
 from ..service.manager import QueueManager
 
@@ -97,7 +98,9 @@ class Api:
         mode: str,
         only_uid: int | None,
         request_stop: Callable[[], None],
+        http_options: HttpOptions | None = None,
     ) -> None:
+        self.http_options = http_options
         self.manager = manager
         self.handles = handles
         self.logon = logon
@@ -219,6 +222,13 @@ class Api:
     async def h_set_job(self, request: web.Request) -> web.Response:
         body = await self.body(request)
         job = await self.manager.set_properties(request["token"], request.match_info["job"], body)
+        return web.json_response(job_view(job))
+
+    async def h_set_http_options(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        if self.http_options is None:
+            raise FerryError("E_NOTIMPL", "HTTP options are not available")
+        job = await self.http_options.set(request["token"], request.match_info["job"], body)
         return web.json_response(job_view(job))
 
     async def h_list_files(self, request: web.Request) -> web.Response:

@@ -27,10 +27,12 @@ from aiohttp import web
 from ..errors import FerryError
 from ..security.identity import IdentityIO
 from ..security.localfiles import LocalFiles
+from ..security.secretbox import SecretBox
 from ..security.sessions import SessionTracker
 from ..service.events import EventBus
 from ..service.handles import Handles
 from ..service.housekeeping import Housekeeper
+from ..service.httpoptions import HttpOptions
 from ..service.logon import Logon
 from ..service.manager import QueueManager
 from ..service.notify import Notifier
@@ -192,8 +194,14 @@ async def serve(cfg: Config) -> None:
     clock = time.time
     store = SqliteJobStore.open(cfg.db_path)
     identity = IdentityIO()
+    # Secrets of jobs (write-only custom headers, SPEC §8.3) are sealed under a key in the
+    # state directory; the transport opens them for each request.
+    secrets = SecretBox.in_state_dir(str(cfg.state_dir))
     http = HttpTransport(
-        ssl_context=tls, read_timeout=cfg.stall_timeout, proxy_router=proxy_router(cfg)
+        ssl_context=tls,
+        read_timeout=cfg.stall_timeout,
+        proxy_router=proxy_router(cfg),
+        secrets=secrets,
     )
     engine = TransferEngine(
         identity,
@@ -246,6 +254,7 @@ async def serve(cfg: Config) -> None:
         "system" if cfg.system else "user",
         None if cfg.system else os.geteuid(),
         stop.set,
+        http_options=HttpOptions(table, store, secrets, clock, scheduler.kick),
     )
     sock = activated_socket()
     owns_socket = sock is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..model.httpopts import ClientCertificate
 from ..model.job import (
     DEFAULT_MIN_RETRY_DELAY,
     DEFAULT_NO_PROGRESS_TIMEOUT,
@@ -53,6 +54,7 @@ def file_record(f: JobFile) -> dict[str, Any]:
         "final_url": f.final_url,
         "sha256": f.sha256,
         "remote_renamed": f.remote_renamed,
+        "response_headers": f.response_headers,
     }
 
 
@@ -70,6 +72,7 @@ def file_from_record(d: dict[str, Any]) -> JobFile:
         get("final_url"),
         get("sha256"),
         bool(get("remote_renamed", False)),
+        get("response_headers"),
     )
 
 
@@ -123,7 +126,44 @@ def job_record(job: Job) -> dict[str, Any]:
         "no_progress_since": job.no_progress_since,
         "notification": None if job.notification is None else job.notification.to_json(),
         "proxy": None if job.proxy is DEFAULT_PROXY else job.proxy.to_json(),
+        # SPEC §8.3: write-only headers only as the secret box's ciphertext.
+        "http_options": http_options_record(job),
     }
+
+
+def http_options_record(job: Job) -> dict[str, Any] | None:
+    if (
+        job.custom_headers is None
+        and job.custom_headers_sealed is None
+        and not job.custom_headers_write_only
+        and job.client_certificate is None
+        and not job.security_flags
+        and job.http_method == "GET"
+    ):
+        return None
+    return {
+        "custom_headers": None if job.custom_headers is None else list(job.custom_headers),
+        "custom_headers_sealed": job.custom_headers_sealed,
+        "custom_headers_write_only": job.custom_headers_write_only,
+        "client_certificate": (
+            None if job.client_certificate is None else job.client_certificate.to_json()
+        ),
+        "security_flags": list(job.security_flags),
+        "http_method": job.http_method,
+    }
+
+
+def _apply_http_options(job: Job, d: dict[str, Any] | None) -> None:
+    if not d:
+        return
+    headers = d.get("custom_headers")
+    job.custom_headers = None if headers is None else tuple(headers)
+    job.custom_headers_sealed = d.get("custom_headers_sealed")
+    job.custom_headers_write_only = bool(d.get("custom_headers_write_only", False))
+    cert = d.get("client_certificate")
+    job.client_certificate = None if not cert else ClientCertificate(cert["cert"], cert.get("key"))
+    job.security_flags = tuple(d.get("security_flags") or ())
+    job.http_method = d.get("http_method") or "GET"
 
 
 def job_from_record(
@@ -165,7 +205,7 @@ def job_from_record(
     if flags is None:
         flags = TokenFlags(int(helper_flags))
     # Positional, in field order (the round-trip tests catch a field out of place).
-    return Job(
+    job = Job(
         d["id"],
         d["display_name"],
         token(d["owner"]),
@@ -191,3 +231,5 @@ def job_from_record(
         NotificationStatus.from_json(notification) if notification else None,
         ProxySettings.from_record(get("proxy")),
     )
+    _apply_http_options(job, get("http_options"))
+    return job

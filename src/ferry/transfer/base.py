@@ -7,9 +7,9 @@ arrived, so those rules live in one place whatever the scheme."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..errors import FerryError, code_for_errno
 from ..model.job import Job
@@ -188,6 +188,17 @@ class DownloadRequest:
     final_url: str | None = None  # where the last request ended after redirects
     # The job's proxy settings (SPEC §8.1); the http transport routes with them.
     proxy: ProxySettings = DEFAULT_PROXY
+    # The job's HTTP options (SPEC §8.3, transfer/httpopts.py): its id (what sealed headers
+    # are bound to), custom headers (plain, or sealed when write-only), security flags, the
+    # method, and the loader of the client certificate (reads it as the owner).
+    job_id: str = ""
+    custom_headers: tuple[str, ...] = ()
+    sealed_headers: str | None = None
+    security_flags: tuple[str, ...] = ()
+    http_method: str = "GET"
+    client_cert: Callable[[], Awaitable[Any]] | None = None
+    # Set by the transport: the last response's status line and headers (CRLF-separated).
+    response_headers: str | None = None
 
     def network_token(self) -> Token:
         """The token to act as for remote access (opening a file:// source; implicit HTTP

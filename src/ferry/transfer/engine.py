@@ -33,6 +33,7 @@ from .base import (
     TransferError,
     UploadTransport,
 )
+from .httpopts import record_http_options, request_options
 from .sink import TempSink
 from .verify import verify_sha256
 from .window import JobRun
@@ -52,6 +53,7 @@ def _record(request: DownloadRequest, jf: JobFile) -> None:
     jf.validator = request.validator
     jf.bytes_total = request.bytes_total
     jf.final_url = request.final_url
+    record_http_options(request, jf)
 
 
 class TransferEngine:
@@ -158,6 +160,7 @@ class TransferEngine:
             bytes_total=jf.bytes_total,
             final_url=jf.final_url,
             proxy=job.proxy,
+            **request_options(job, self.identity),
         )
 
     async def download_file(
