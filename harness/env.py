@@ -51,6 +51,11 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     )
     env.pop("FERRY_SOCKET", None)
     env.pop("QUICK", None)
+    # A proxy of the machine running the tests must not become ferryd's PRECONFIG proxy
+    # (tests that want one pass it in ``extra``).
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        env.pop(name, None)
+        env.pop(name.upper(), None)
     env.update(extra or {})
     return env
 

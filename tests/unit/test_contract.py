@@ -224,6 +224,7 @@ def test_every_client_request_is_a_contract_route() -> None:
         _ops.list_credentials("j"),
         _ops.set_credentials("j", "SERVER", "BASIC", "u", "p"),
         _ops.remove_credentials("j", "SERVER", "BASIC"),
+        _ops.set_http_options("j", {"http_method": "GET"}),
     ]
     used = {_route_of(c.method, c.target) for c in calls}
     used.add(_route_of("GET", _ops.events_target("j", all_events=True)))

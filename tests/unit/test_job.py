@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from ferry.errors import FerryError
+from ferry.model.httpopts import ClientCertificate
 from ferry.model.job import (
     DEFAULT_MIN_RETRY_DELAY,
     DEFAULT_NO_PROGRESS_TIMEOUT,
@@ -808,6 +809,7 @@ def full_job() -> Job:
             final_url="https://cdn.example.com/a",
             sha256="ab" * 32,
             remote_renamed=True,
+            response_headers="HTTP/1.1 200 OK\r\nETag: \"etag-a\"\r\n",
         ),
         JobFile("file:///mnt/share/b", "/srv/dl/b\udcff", 100, 7, False, "/srv/dl/.b", "W/1"),
         JobFile("https://example.com/c?q=1&r=ü", "/srv/dl/c", sha256="0f" * 32),
@@ -852,6 +854,12 @@ def full_job() -> Job:
         download_time=12.5,
         cost_flags="TRANSFER_ALWAYS",
         waiting={"code": "BG_E_BLOCKED_BY_COST_TRANSFER_POLICY", "description": "metered"},
+        custom_headers=("X-One: 1", "X-Two: two words"),
+        custom_headers_sealed="v1:sealed",
+        custom_headers_write_only=True,
+        client_certificate=ClientCertificate("/etc/c.pem", "/etc/k.pem"),
+        security_flags=("IGNORE_CERT_CN_INVALID", "REDIRECT_POLICY_DISALLOW"),
+        http_method="POST",
     )
 
 

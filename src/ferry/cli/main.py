@@ -362,13 +362,19 @@ def set_(job: str, reply_file: str | None = None, **options: Any) -> None:
                 raise click.BadParameter(str(e), param_hint=p.cli.flag) from None
         props[p.name] = value
     props.update(network.collect(options))
-    if not props and reply_file is not None:
+    http_options = network.collect_http(options)
+    if not props and not http_options and reply_file is not None:
         return
-    if not props:
+    if not props and not http_options:
         raise click.UsageError("nothing to set: give at least one option")
     c = _ctx()
     j = c.client().get_job(job)
-    j.set(**props)
+    if http_options:
+        # A request of its own (PATCH /v1/jobs/JOB/http-options), sent first: refused HTTP
+        # options leave the job's properties unchanged too.
+        j.set_http_options(**http_options)
+    if props:
+        j.set(**props)
     c.emit(j.data, lambda: click.echo(f"Job {_label(j)} updated."))
 
 

@@ -195,6 +195,28 @@ def set_job(job: str, props: Mapping[str, Any]) -> Call[JSONObj]:
     return _call("set_job", _as_obj, encode(body), job=_job(job))
 
 
+HTTP_OPTION_NAMES = frozenset(
+    {"custom_headers", "custom_headers_write_only", "client_certificate", "security_flags",
+     "http_method"}
+)
+
+
+def set_http_options(job: str, opts: Mapping[str, Any]) -> Call[JSONObj]:
+    """PATCH /v1/jobs/JOB/http-options (SPEC §8.3): any of ``HTTP_OPTION_NAMES``, all or
+    none."""
+    unknown = sorted(set(opts) - HTTP_OPTION_NAMES)
+    if unknown:
+        raise FerryError("E_INVALIDARG", f"unknown HTTP option: {', '.join(unknown)}")
+    if not opts:
+        raise FerryError("E_INVALIDARG", "no HTTP option to set")
+    body = dict(opts)
+    if isinstance(body.get("custom_headers"), tuple):
+        body["custom_headers"] = list(body["custom_headers"])
+    if isinstance(body.get("security_flags"), tuple):
+        body["security_flags"] = list(body["security_flags"])
+    return _call("set_http_options", _as_obj, encode(body), job=_job(job))
+
+
 def set_doc(what: str) -> str:
     """The docstring of ``Job.set``/``AsyncJob.set``, listing the contract's properties."""
     lines = [f"Change properties ({what}); keywords, each optional:", ""]

@@ -434,6 +434,22 @@ class Job(JobView):
     def credentials(self) -> list[dict[str, Any]]:
         """The job's credentials: target, scheme, user, implicit (never a password)."""
         return self.client._call(_ops.list_credentials(self.id))
+    def set_http_options(self, **opts: Any) -> None:
+        """IBackgroundCopyJobHttpOptions (SPEC §8.3), one request, all or none:
+        ``custom_headers`` ("Name: value" lines; None clears), ``custom_headers_write_only``
+        (True: never readable again), ``client_certificate`` ({"cert", "key"} paths; None
+        clears), ``security_flags`` (names; [] clears), ``http_method`` (not GET: FOREGROUND,
+        no resume)."""
+        self._update(self.client._call(_ops.set_http_options(self.id, opts)))
+
+    def set_custom_headers(self, headers: Sequence[str] | None) -> None:
+        """SetCustomHeaders ("Name: value" lines; None clears)."""
+        self.set_http_options(custom_headers=None if headers is None else list(headers))
+
+    def make_custom_headers_write_only(self) -> None:
+        """MakeCustomHeadersWriteOnly: the headers are sent but never returned again."""
+        self.set_http_options(custom_headers_write_only=True)
+
     def set_proxy_settings(
         self,
         usage: str,

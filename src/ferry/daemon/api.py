@@ -34,6 +34,7 @@ from ..service import events as ev
 from ..service.credentials import Credentials
 from ..service.events import EventBus
 from ..service.handles import Handles
+from ..service.httpoptions import HttpOptions
 from ..service.logon import Logon
 from ..service.manager import QueueManager
 from ..service.network import NetworkState
@@ -105,11 +106,13 @@ class Api:
         *,
         network: NetworkState | None = None,
         reload: Callable[[], dict[str, Any]] | None = None,
+        http_options: HttpOptions | None = None,
     ) -> None:
         self.credentials = credentials
         self.fleet = fleet  # fleet mode (service/fleet.py), else None
         self.network = network
         self.reload = reload
+        self.http_options = http_options
         self.manager = manager
         self.handles = handles
         self.logon = logon
@@ -235,6 +238,13 @@ class Api:
     async def h_set_job(self, request: web.Request) -> web.Response:
         body = await self.body(request)
         job = await self.manager.set_properties(request["token"], request.match_info["job"], body)
+        return web.json_response(job_view(job))
+
+    async def h_set_http_options(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        if self.http_options is None:
+            raise FerryError("E_NOTIMPL", "HTTP options are not available")
+        job = await self.http_options.set(request["token"], request.match_info["job"], body)
         return web.json_response(job_view(job))
 
     async def h_list_files(self, request: web.Request) -> web.Response:

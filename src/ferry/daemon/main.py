@@ -36,6 +36,7 @@ from ..service.events import EventBus
 from ..service.fleet import Fleet, FleetTransfers
 from ..service.handles import Handles
 from ..service.housekeeping import Housekeeper
+from ..service.httpoptions import HttpOptions
 from ..service.logon import Logon
 from ..service.manager import QueueManager
 from ..service.network import NetworkState
@@ -211,11 +212,15 @@ async def serve(cfg: Config) -> None:
     else:
         store = SqliteJobStore.open(cfg.db_path)
     identity = IdentityIO()
-    http = HttpTransport(
-        ssl_context=tls, read_timeout=cfg.stall_timeout, proxy_router=proxy_router(cfg)
-    )
-    # Passwords of job credentials are sealed under a key in the state directory (SPEC §8.2).
+    # Secrets of jobs (credentials' passwords, SPEC §8.2; write-only custom headers, §8.3)
+    # are sealed under a key in the state directory; the transport opens them per request.
     secrets = SecretBox.in_state_dir(str(cfg.state_dir))
+    http = HttpTransport(
+        ssl_context=tls,
+        read_timeout=cfg.stall_timeout,
+        proxy_router=proxy_router(cfg),
+        secrets=secrets,
+    )
     # The BITS Upload Protocol client; an Ack may take a while (the server fsyncs a fragment
     # first), so its silence bound is the longer of the stall timeout and Windows's 5 min.
     uploads = BitsUploadTransport(
@@ -300,6 +305,7 @@ async def serve(cfg: Config) -> None:
         fleet=fleet,
         network=network,
         reload=functools.partial(reload_config, cfg, limiter, network),
+        http_options=HttpOptions(table, store, secrets, clock, scheduler.kick),
     )
     sock = activated_socket()
     owns_socket = sock is None

@@ -9,12 +9,19 @@ must be done; the queue manager does it and then calls the method that records i
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import FerryError, hresult_of
 from .credentials import AuthScheme, AuthTarget, Credential
+from .httpopts import (
+    ClientCertificate,
+    check_custom_headers,
+    check_http_method,
+    parse_security_flags,
+)
 from .network import DEFAULT_COST_FLAGS, cost_flags_name, parse_cost_flags, parse_rate
 from .notification import NotificationStatus
 from .proxy import DEFAULT_PROXY, ProxySettings
@@ -85,6 +92,9 @@ class JobFile:
     # arrived: the next run keeps the data when the new server has the same size and
     # validator, and starts over (rather than failing BG_E_REMOTE_FILE_CHANGED) otherwise.
     remote_renamed: bool = False
+    # The last HTTP response's status line and headers (BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_
+    # HEADERS), CRLF-separated, as the transport received them.
+    response_headers: str | None = None
 
 @dataclass(slots=True)
 class JobError:
@@ -173,6 +183,14 @@ class Job:
     # last written): a dict with
     # ``code`` and ``description`` (and ``until``), or None.
     waiting: dict[str, Any] | None = None
+    # IBackgroundCopyJobHttpOptions (SPEC §8.3). Write-only custom headers live only sealed
+    # (the service's secret box): ``custom_headers`` is None then.
+    custom_headers: tuple[str, ...] | None = None
+    custom_headers_sealed: str | None = None
+    custom_headers_write_only: bool = False
+    client_certificate: ClientCertificate | None = None
+    security_flags: tuple[str, ...] = ()
+    http_method: str = "GET"
 
     # ---- construction -------------------------------------------------------------
 
@@ -347,6 +365,11 @@ class Job:
                     value = Priority(value)
                 except ValueError:
                     raise FerryError("E_INVALIDARG", f"unknown priority {value!r}") from None
+                if value is not Priority.FOREGROUND and self.http_method != "GET":
+                    raise FerryError(
+                        "E_INVALIDARG",
+                        f"a job using HTTP method {self.http_method} stays FOREGROUND",
+                    )
             elif key == "min_retry_delay":
                 _require_type(key, value, int)
                 if value < MIN_RETRY_DELAY_FLOOR:
@@ -366,6 +389,11 @@ class Job:
                 value = _check_cmdline(value, limits)
             elif key == "dynamic_content":
                 _require_type(key, value, bool)
+                if value and self.http_method != "GET":
+                    raise FerryError(
+                        "BG_E_UNSUPPORTED_JOB_CONFIGURATION",
+                        f"a job using HTTP method {self.http_method} cannot have dynamic content",
+                    )
             elif key == "proxy":
                 value = ProxySettings.parse(value)
             elif key == "max_rate":
@@ -386,6 +414,68 @@ class Job:
             new[key] = value
         for key, value in new.items():
             setattr(self, key, value)
+        self.modified = now
+
+    def set_http_options(
+        self,
+        opts: dict[str, Any],
+        now: float,
+        seal: Callable[[tuple[str, ...] | None], str | None],
+    ) -> None:
+        """IBackgroundCopyJobHttpOptions(2/3): every value checked before any changes.
+        ``seal`` turns header lines into what a write-only job keeps (the service's secret
+        box); it is called only when the headers are (or become) write-only."""
+        self._require_not_final("change HTTP options")
+        known = {
+            "custom_headers",
+            "custom_headers_write_only",
+            "client_certificate",
+            "security_flags",
+            "http_method",
+        }
+        unknown = set(opts) - known
+        if unknown:
+            raise FerryError("E_INVALIDARG", f"unknown HTTP options {sorted(unknown)}")
+        headers = self.custom_headers
+        headers_given = "custom_headers" in opts
+        if headers_given:
+            headers = check_custom_headers(opts["custom_headers"])
+        write_only = self.custom_headers_write_only
+        if "custom_headers_write_only" in opts:
+            wo = opts["custom_headers_write_only"]
+            _require_type("custom_headers_write_only", wo, bool)
+            if write_only and not wo:
+                raise FerryError(
+                    "E_INVALIDARG", "custom headers made write-only cannot be made readable again"
+                )
+            write_only = wo
+        cert = self.client_certificate
+        if "client_certificate" in opts:
+            cert = ClientCertificate.parse(opts["client_certificate"])
+        flags = self.security_flags
+        if "security_flags" in opts:
+            flags = parse_security_flags(opts["security_flags"])
+        method = self.http_method
+        if "http_method" in opts:
+            method = check_http_method(opts["http_method"])
+            if method != "GET" and self.dynamic_content:
+                raise FerryError(
+                    "BG_E_UNSUPPORTED_JOB_CONFIGURATION",
+                    "a job with dynamic content cannot use another HTTP method than GET",
+                )
+        sealed = self.custom_headers_sealed
+        if write_only and (headers_given or not self.custom_headers_write_only):
+            sealed = seal(headers)
+            headers = None
+        self.custom_headers = headers
+        self.custom_headers_sealed = sealed
+        self.custom_headers_write_only = write_only
+        self.client_certificate = cert
+        self.security_flags = flags
+        if method != self.http_method and method != "GET":
+            # BITS: another method forces FOREGROUND and keeps it there.
+            self.priority = Priority.FOREGROUND
+        self.http_method = method
         self.modified = now
 
     def _check_remote_change(self, action: str) -> None:

@@ -35,6 +35,26 @@ class BodyField:
     required: bool = False
 
 
+HTTP_OPTIONS_BODY: Mapping[str, BodyField] = {
+    "custom_headers": BodyField(
+        {"type": ["array", "null", "string"], "items": {"type": "string"},
+         "description": "'Name: value' lines (or one string of CRLF-separated lines); null "
+                        "clears; at most 16,384 characters; no Host, Range, If-Range, "
+                        "Content-Length, Authorization, Proxy-Authorization"}),
+    "custom_headers_write_only": BodyField(
+        {"type": "boolean", "description": "true: the headers are never returned again"}),
+    "client_certificate": BodyField(
+        {"type": ["object", "null"],
+         "properties": {"cert": {"type": "string"}, "key": {"type": ["string", "null"]}},
+         "required": ["cert"], "additionalProperties": False,
+         "description": "absolute PEM paths read as the owner at each transfer; null clears"}),
+    "security_flags": BodyField(
+        {"type": ["array", "string", "null"], "items": {"type": "string"},
+         "description": "names (see the Job schema); [] or null clears"}),
+    "http_method": BodyField({"type": "string", "description": "default GET"}),
+}  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """One operation. ``name`` is its operationId: ferryd binds a handler to it by that
@@ -192,6 +212,11 @@ ROUTES: tuple[Route, ...] = (
           "GetReplyData: the reply of a TRANSFERRED upload-reply job (at most 1 MiB, "
           "else BG_E_TOO_LARGE), base64-encoded",
           response=ref("Reply")),
+    Route("PATCH", JOB_PATH + "/http-options", "set_http_options",
+          "IBackgroundCopyJobHttpOptions: custom headers (custom_headers_write_only: true "
+          "makes them unreadable for good), client certificate, security flags, HTTP method "
+          "(not GET: FOREGROUND, no resume); all or none",
+          body=HTTP_OPTIONS_BODY, response=ref("Job")),
     Route("POST", JOB_PATH + "/handles", "open_handle",
           "Open the job for an interface: the access check happens now",
           body={

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..model.httpopts import SECURITY_FLAGS
 from ..model.types import ErrorContext, JobState, JobType, TokenFlags
 from .contract import EVENT_TYPES, INTERFACES, PROPERTIES
 
@@ -38,6 +39,30 @@ _HRESULT = {"type": "string", "pattern": "^0x[0-9A-F]{8}$"}
 _CONTEXT = {"type": "string", "enum": [c.value for c in ErrorContext]}
 _SID = {"type": "string", "pattern": r"^S-1-22-1-\d+$"}
 _NAMES_PAIR = closed({"remote_name": _STR, "local_name": _STR})
+
+# IBackgroundCopyJobHttpOptions (SPEC §8.3): read in the job object, set through
+# PATCH /v1/jobs/JOB/http-options (routes.py).
+HTTP_OPTIONS_FIELDS: dict[str, Any] = {
+    "custom_headers": {
+        "description": "'Name: value' lines; null when none; \"(write-only)\" once made "
+        "write-only (never returned again)",
+        "oneOf": [
+            {"type": "array", "items": _STR},
+            {"type": "null"},
+            {"type": "string", "const": "(write-only)"},
+        ],
+    },
+    "custom_headers_write_only": {"type": "boolean"},
+    "client_certificate": {
+        "oneOf": [
+            {"type": "null"},
+            closed({"cert": _STR, "key": {"type": ["string", "null"]}}),
+        ],
+        "description": "PEM paths, read as the owner when a transfer starts",
+    },
+    "security_flags": {"type": "array", "items": {"type": "string", "enum": list(SECURITY_FLAGS)}},
+    "http_method": {"type": "string", "minLength": 1},
+}
 
 JOB_SCHEMA: dict[str, Any] = closed(
     {
@@ -149,6 +174,7 @@ JOB_SCHEMA: dict[str, Any] = closed(
                 ),
             ],
         },
+        **HTTP_OPTIONS_FIELDS,
     }
 )
 
@@ -168,6 +194,10 @@ FILE_SCHEMA: dict[str, Any] = closed(
         "completed": {"type": "boolean"},
         "final_url": {"type": ["string", "null"], "description": "after redirects"},
         "sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+        "response_headers": {
+            "type": ["string", "null"],
+            "description": "status line and headers of the last HTTP response, CRLF-separated",
+        },
     }
 )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import format_hresult, hresult_of
+from ..model.httpopts import WRITE_ONLY_SHOWN
 from ..model.job import Job, JobFile, iso
 from ..model.types import JobType
 from .contract import PROPERTIES, wire_value
@@ -25,6 +26,7 @@ def file_view(f: JobFile) -> dict[str, Any]:
         "completed": f.completed,
         "final_url": f.final_url,
         "sha256": f.sha256,
+        "response_headers": f.response_headers,
     }
 
 
@@ -79,6 +81,7 @@ def job_view(job: Job) -> dict[str, Any]:
     })
     view["credentials"] = [c.view() for c in job.credentials]
     view["credential_warnings"] = credential_warnings(job)
+    view.update(http_options_view(job))
     return view
 
 
@@ -119,4 +122,20 @@ def _waiting_view(job: Job) -> dict[str, Any] | None:
         "hresult": format_hresult(hresult_of(code)),
         "description": str(w.get("description", "")),
         "until": iso(w.get("until")),
+    }
+
+
+def http_options_view(job: Job) -> dict[str, Any]:
+    """SPEC §8.3, as clients see it: write-only headers are never shown, only that they
+    exist."""
+    headers: Any = None if job.custom_headers is None else list(job.custom_headers)
+    if job.custom_headers_write_only:
+        headers = WRITE_ONLY_SHOWN if job.custom_headers_sealed is not None else None
+    cert = job.client_certificate
+    return {
+        "custom_headers": headers,
+        "custom_headers_write_only": job.custom_headers_write_only,
+        "client_certificate": None if cert is None else cert.to_json(),
+        "security_flags": list(job.security_flags),
+        "http_method": job.http_method,
     }

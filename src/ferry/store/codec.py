@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..model.credentials import Credential
+from ..model.httpopts import ClientCertificate
 from ..model.job import (
     DEFAULT_COST_FLAGS_NAME,
     DEFAULT_MAX_DOWNLOAD_TIME,
@@ -57,6 +58,7 @@ def file_record(f: JobFile) -> dict[str, Any]:
         "final_url": f.final_url,
         "sha256": f.sha256,
         "remote_renamed": f.remote_renamed,
+        "response_headers": f.response_headers,
     }
 
 
@@ -74,6 +76,7 @@ def file_from_record(d: dict[str, Any]) -> JobFile:
         get("final_url"),
         get("sha256"),
         bool(get("remote_renamed", False)),
+        get("response_headers"),
     )
 
 
@@ -138,7 +141,44 @@ def job_record(job: Job) -> dict[str, Any]:
         "download_time": job.download_time,
         "cost_flags": job.cost_flags,
         "waiting": job.waiting,
+        # SPEC §8.3: write-only headers only as the secret box's ciphertext.
+        "http_options": http_options_record(job),
     }
+
+
+def http_options_record(job: Job) -> dict[str, Any] | None:
+    if (
+        job.custom_headers is None
+        and job.custom_headers_sealed is None
+        and not job.custom_headers_write_only
+        and job.client_certificate is None
+        and not job.security_flags
+        and job.http_method == "GET"
+    ):
+        return None
+    return {
+        "custom_headers": None if job.custom_headers is None else list(job.custom_headers),
+        "custom_headers_sealed": job.custom_headers_sealed,
+        "custom_headers_write_only": job.custom_headers_write_only,
+        "client_certificate": (
+            None if job.client_certificate is None else job.client_certificate.to_json()
+        ),
+        "security_flags": list(job.security_flags),
+        "http_method": job.http_method,
+    }
+
+
+def _apply_http_options(job: Job, d: dict[str, Any] | None) -> None:
+    if not d:
+        return
+    headers = d.get("custom_headers")
+    job.custom_headers = None if headers is None else tuple(headers)
+    job.custom_headers_sealed = d.get("custom_headers_sealed")
+    job.custom_headers_write_only = bool(d.get("custom_headers_write_only", False))
+    cert = d.get("client_certificate")
+    job.client_certificate = None if not cert else ClientCertificate(cert["cert"], cert.get("key"))
+    job.security_flags = tuple(d.get("security_flags") or ())
+    job.http_method = d.get("http_method") or "GET"
 
 
 def job_from_record(
@@ -215,6 +255,7 @@ def job_from_record(
     job.owner_ccache = get("owner_ccache")
     job.helper_ccache = get("helper_ccache")
     _bandwidth_from_record(job, get)
+    _apply_http_options(job, get("http_options"))
     return job
 
 

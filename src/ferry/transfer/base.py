@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..errors import FerryError, code_for_errno
 from ..model.job import Job
@@ -240,6 +240,17 @@ class DownloadRequest:
     # SPEC §10: a background job's download (not foreground): it may be throttled, so the
     # transport keeps its read buffers small for TCP's window to follow the limits promptly.
     background: bool = False
+    # The job's HTTP options (SPEC §8.3, transfer/httpopts.py): its id (what sealed headers
+    # are bound to), custom headers (plain, or sealed when write-only), security flags, the
+    # method, and the loader of the client certificate (reads it as the owner).
+    job_id: str = ""
+    custom_headers: tuple[str, ...] = ()
+    sealed_headers: str | None = None
+    security_flags: tuple[str, ...] = ()
+    http_method: str = "GET"
+    client_cert: Callable[[], Awaitable[Any]] | None = None
+    # Set by the transport: the last response's status line and headers (CRLF-separated).
+    response_headers: str | None = None
 
     def network_token(self) -> Token:
         """The token to act as for remote access (opening a file:// source; implicit HTTP

@@ -42,6 +42,7 @@ from .base import (
     UploadTransport,
     acting_token,
 )
+from .httpopts import record_http_options, request_options
 from .sink import TempSink
 from .upload import UploadRun, upload_request
 from .verify import verify_sha256
@@ -65,6 +66,7 @@ def _record(request: DownloadRequest, jf: JobFile) -> None:
     jf.validator = request.validator
     jf.bytes_total = request.bytes_total
     jf.final_url = request.final_url
+    record_http_options(request, jf)
 
 
 class TransferEngine:
@@ -209,6 +211,7 @@ class TransferEngine:
             final_url=jf.final_url,
             auth=self.job_auth(job, network),
             proxy=job.proxy,
+            **request_options(job, self.identity),
         )
 
     def job_auth(self, job: Job, network: Token | FerryError) -> JobAuth | None:

@@ -20,14 +20,18 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ..errors import http_error_code
+from ..errors import FerryError, http_error_code
+from ..model.httpopts import REDIRECT_DISALLOW, header_pairs, redirect_policy
 from ..model.types import ErrorContext
+from ..security.secretbox import SecretBox
 from .auth import Authenticator, challenge_header
 from .base import DownloadRequest, Sink, TransferError
+from .httpopts import open_sealed_headers
 from .proxy import ProxyRouter
+from .tls import TlsContexts
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK = 1 << 20
@@ -224,6 +228,17 @@ def proxy_status_error(status: int, proxy: str, url: URL) -> TransferError:
     )
 
 
+def response_headers_text(resp: aiohttp.ClientResponse) -> str:
+    """The status line and headers as received (BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_HEADERS),
+    CRLF-separated."""
+    v = resp.version
+    version = f"HTTP/{v.major}.{v.minor}" if v is not None else "HTTP/1.1"
+    lines = [f"{version} {resp.status} {resp.reason or ''}".rstrip()]
+    for name, value in resp.raw_headers:
+        lines.append(f"{name.decode('latin-1')}: {value.decode('latin-1')}")
+    return "\r\n".join(lines) + "\r\n"
+
+
 class HttpTransport:
     """http and https (a DownloadTransport). One ClientSession for the daemon, so
     connections are kept alive across the files of a job and across jobs to the same
@@ -241,6 +256,7 @@ class HttpTransport:
         max_redirects: int = 10,
         allow_https_to_http: bool = False,
         proxy_router: ProxyRouter | None = None,
+        secrets: SecretBox | None = None,
     ) -> None:
         # The system trust store unless the caller (config, tests) says otherwise.
         self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
@@ -261,6 +277,9 @@ class HttpTransport:
         # Which proxies a request tries (SPEC §8.1); ferryd passes its configured router.
         self.proxy_router = proxy_router if proxy_router is not None else ProxyRouter()
         self._background_session: aiohttp.ClientSession | None = None
+        # Opens write-only custom headers (SPEC §8.3) for the request that sends them.
+        self._secrets = secrets
+        self._tls = TlsContexts(self._ssl)
 
     def _get_session(self, background: bool = False) -> aiohttp.ClientSession:
         if background:
@@ -300,6 +319,22 @@ class HttpTransport:
             self._background_session = None
 
     async def download(self, request: DownloadRequest, sink: Sink) -> None:
+        if request.http_method != "GET":
+            # BITS: another method never resumes (each attempt starts at byte 0), and what
+            # would be a transient error is ERROR (the client resumes: from the start).
+            if sink.offset > 0:
+                await sink.truncate(0)
+            request.validator = None
+            try:
+                await self._download_any(request, sink)
+            except TransferError as exc:
+                exc.transient = False
+                exc.retry_after = None
+                raise
+            return
+        await self._download_any(request, sink)
+
+    async def _download_any(self, request: DownloadRequest, sink: Sink) -> None:
         if sink.offset > 0 and (request.dynamic_content or not request.validator):
             # Partial data we cannot prove belongs to the current file, or dynamic content,
             # which is never resumed: start over.
@@ -318,16 +353,32 @@ class HttpTransport:
         http) is ours and the final URL is known."""
         session = self._get_session(request.background)
         url = URL(request.url)
+        home = _origin(url)
+        custom = self._custom_headers(request)
+        policy = redirect_policy(request.security_flags)
+        downgrade = self._allow_downgrade or "ALLOW_HTTPS_TO_HTTP" in request.security_flags
         for _hop in range(self._max_redirects + 1):
-            headers = {}
-            if offset > 0 and request.validator:
+            headers: CIMultiDict[str] = CIMultiDict(custom)
+            if offset > 0 and request.validator and request.http_method == "GET":
                 headers["Range"] = f"bytes={offset}-"
                 headers["If-Range"] = request.validator
-            resp = await self._get_authenticated(session, request, url, headers)
+            # The job's SERVER credentials go only to the origin of its URL, never to
+            # another host a redirect leads to (a password for one server is not another's).
+            resp = await self._get_authenticated(
+                session, request, url, headers, same_origin=_origin(url) == home
+            )
+            request.response_headers = response_headers_text(resp)
             if resp.status not in REDIRECT_STATUSES:
                 return resp
             location = resp.headers.get("Location")
             resp.release()
+            if policy == REDIRECT_DISALLOW:
+                raise _remote(
+                    http_error_code(resp.status),
+                    f"{url} redirects ({resp.status} to {location}); the job's redirect policy "
+                    "is REDIRECT_POLICY_DISALLOW",
+                    transient=False,
+                )
             if not location:
                 raise _invalid(f"{url} answered {resp.status} without a Location")
             try:
@@ -344,7 +395,7 @@ class HttpTransport:
                     f"{url} redirects to an unsupported scheme: {target}",
                     transient=False,
                 )
-            if url.scheme == "https" and target.scheme == "http" and not self._allow_downgrade:
+            if url.scheme == "https" and target.scheme == "http" and not downgrade:
                 raise _remote(
                     "ERROR_WINHTTP_REDIRECT_FAILED",
                     f"{url} redirects from https to http ({target}); not allowed",
@@ -357,6 +408,19 @@ class HttpTransport:
             transient=False,
         )
 
+    def _custom_headers(self, request: DownloadRequest) -> list[tuple[str, str]]:
+        lines: tuple[str, ...] | list[str] = request.custom_headers
+        if request.sealed_headers is not None:
+            if self._secrets is None:
+                raise _transport(
+                    "E_FAIL", "write-only custom headers cannot be opened here", transient=False
+                )
+            try:
+                lines = open_sealed_headers(self._secrets, request.job_id, request.sealed_headers)
+            except FerryError as exc:
+                raise _transport(exc.code, exc.message, transient=False) from None
+        return header_pairs(lines)
+
     def proxy_options(self, request: DownloadRequest, proxy: str) -> dict[str, object]:
         """Extra keyword arguments of aiohttp's request when it goes through ``proxy``
         (``proxy_auth``, ``proxy_headers``): none without proxy credentials."""
@@ -367,19 +431,25 @@ class HttpTransport:
         session: aiohttp.ClientSession,
         request: DownloadRequest,
         url: URL,
-        headers: dict[str, str],
+        headers: CIMultiDict[str],
         extra: dict[str, Any] | None = None,
     ) -> aiohttp.ClientResponse:
         """One request to ``url``, through the proxies its route names, in order: a proxy
         that cannot be reached is skipped for the next one; when none can, the last failure
         is the (transient, GENERAL_TRANSPORT) error. https goes through a CONNECT tunnel.
         A proxy's 407 is answered with the job's PROXY credentials (``_via_proxy``)."""
-        extra = extra or {}
+        extra = dict(extra or {})
         route = await self.proxy_router.route(request.proxy, url)
+        tls = await self._tls.for_request(request) if url.scheme == "https" else None
+        if tls is not None:
+            extra["ssl"] = tls
+        method = request.http_method
         failure: TransferError | None = None
         for proxy in route:
             if proxy is None:
-                return await session.get(url, headers=headers, allow_redirects=False, **extra)
+                return await session.request(
+                    method, url, headers=headers, allow_redirects=False, **extra
+                )
             try:
                 return await self._via_proxy(session, request, url, headers, proxy, extra)
             except aiohttp.ClientHttpProxyError as exc:
@@ -400,7 +470,7 @@ class HttpTransport:
         session: aiohttp.ClientSession,
         request: DownloadRequest,
         url: URL,
-        headers: dict[str, str],
+        headers: CIMultiDict[str],
         proxy: str,
         extra: dict[str, Any],
     ) -> aiohttp.ClientResponse:
@@ -417,13 +487,13 @@ class HttpTransport:
             answer = await self._auth.preemptive(auth, proxy_url, "PROXY")
         sent: set[str] = set()
         for _leg in range(5):
-            send_headers = headers if tunnel else headers | answer
+            send_headers = headers if tunnel else _with(headers, answer)
             if tunnel and answer:
                 options["proxy_headers"] = answer
             try:
-                resp = await session.get(
-                    url, headers=send_headers, allow_redirects=False, proxy=proxy,
-                    **options, **extra,
+                resp = await session.request(
+                    request.http_method, url, headers=send_headers, allow_redirects=False,
+                    proxy=proxy, **options, **extra,
                 )  # fmt: skip
             except aiohttp.ClientHttpProxyError as exc:
                 if exc.status != 407 or auth is None or not auth.for_target("PROXY"):
@@ -454,20 +524,23 @@ class HttpTransport:
         session: aiohttp.ClientSession,
         request: DownloadRequest,
         url: URL,
-        headers: dict[str, str],
+        headers: CIMultiDict[str],
+        *,
+        same_origin: bool = True,
     ) -> aiohttp.ClientResponse:
-        """GET ``url``, answering 401 challenges with the job's SERVER credentials
-        (transfer/auth.py). The last response is returned: a 401 after the credentials were
-        tried becomes BG_E_HTTP_ERROR_401 like any other."""
+        """Request ``url``, answering 401 challenges with the job's SERVER credentials
+        (transfer/auth.py) when ``url`` is on the origin the job named. The last response is
+        returned: a 401 after the credentials were tried becomes BG_E_HTTP_ERROR_401 like any
+        other."""
         auth = request.auth
-        if auth is None or not auth.for_target("SERVER"):
+        if auth is None or not auth.for_target("SERVER") or not same_origin:
             return await self._send(session, request, url, headers)
         extra: dict[str, Any] = {}
         middlewares = self._auth.middlewares(auth, url)
         if middlewares:
             extra["middlewares"] = middlewares
         pre = await self._auth.preemptive(auth, url, "SERVER")
-        resp = await self._send(session, request, url, headers | pre, extra)
+        resp = await self._send(session, request, url, _with(headers, pre), extra)
         sent: set[str] = set()
         for _leg in range(4):
             if resp.status != 401:
@@ -487,7 +560,7 @@ class HttpTransport:
                     request.auth_note = why
                 break
             await _drain(resp)
-            resp = await self._send(session, request, url, headers | answer, extra)
+            resp = await self._send(session, request, url, _with(headers, answer), extra)
         return resp
 
     async def _download(self, request: DownloadRequest, sink: Sink) -> None:
@@ -629,6 +702,18 @@ class HttpTransport:
                 f"{resp.url} closed the connection after {sink.offset} of {end} bytes",
                 transient=True,
             )
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port: what a credential given for a server is bound to."""
+    return (url.scheme, (url.host or "").lower(), url.port)
+
+
+def _with(headers: CIMultiDict[str], more: dict[str, str]) -> CIMultiDict[str]:
+    """``headers`` plus ``more`` (replacing same-named ones), as a new mapping."""
+    out = CIMultiDict(headers)
+    out.update(more)
+    return out
 
 
 def _background_socket(addr_info: Any) -> socket.socket:
