@@ -340,6 +340,7 @@ def test_openapi_matches_routes(ferryd: Daemon, dest: Path) -> None:
         concrete = (
             path.replace("{job}", job["id"]).replace("{handle}", handle).replace("{index}", "0")
         )
+        concrete = concrete.replace("{target}", "SERVER").replace("{scheme}", "BASIC")
         body: Any = {} if method in ("POST", "PUT", "PATCH") else None
         if path.endswith("/flags"):
             body = {"flags": 0}
@@ -359,6 +360,8 @@ def test_openapi_matches_routes(ferryd: Daemon, dest: Path) -> None:
             }
         elif path == "/v1/jobs" and method == "POST":
             body = {"display_name": "made-by-openapi-test"}
+        elif path.endswith("/credentials") and method == "PUT":
+            body = {"target": "SERVER", "scheme": "BASIC", "user": "u", "password": "p"}
         status, answer = api_call(ferryd.socket, method, concrete, body)
         assert status < 300, (method, path, status, answer)
         assert_response(method, path, status, answer)

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -89,60 +90,70 @@ class _Bounded(OrderedDict[Any, Any]):
 
 class GssCredentials:
     """gssapi credentials made from the bytes of an identity's cache or keytab, cached by
-    content (a renewed ticket is new content) so each request does not copy them again."""
+    content (a renewed ticket is new content) so each request does not copy them again.
+
+    The bytes pass through a file in a fresh 0700 directory of ferryd's own user: a cache's
+    is removed as soon as GSSAPI has copied it into a ``MEMORY:`` cache; a keytab's stays
+    while its entry is cached (GSSAPI acquires from it when a ticket is needed), and goes
+    when the entry is dropped or the transport closes. Used from worker threads."""
 
     def __init__(self) -> None:
-        self._dir: str | None = None
-        self._cache = _Bounded(_MAX_CREDS)
-
-    def _private_dir(self) -> str:
-        if self._dir is None:
-            # mkdtemp: mode 0700, owned by ferryd's own user (root for the system ferryd).
-            self._dir = tempfile.mkdtemp(prefix="ferry-krb5-")
-        return self._dir
+        self._cache: OrderedDict[Any, tuple[Any, str | None]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-        self._cache.clear()
+        with self._lock:
+            entries = list(self._cache.values())
+            self._cache.clear()
+        for _creds, directory in entries:
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
 
     def get(self, src: KerberosSource) -> Any:
-        """Runs on a worker thread. Raises gssapi's GSSError when the bytes hold no usable
-        credentials."""
+        """Raises gssapi's GSSError when the bytes hold no usable credentials."""
         import gssapi
 
         key = (src.kind, src.uid, hashlib.sha256(src.data).digest())
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit[0]
-        path = os.path.join(self._private_dir(), uuid.uuid4().hex)
-        fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit[0]
+        # mkdtemp: mode 0700, owned by ferryd's own user (root for the system ferryd).
+        directory = tempfile.mkdtemp(prefix="ferry-krb5-")
+        path = os.path.join(directory, "credentials")
+        keep = False
         try:
-            os.write(fd, src.data)
-        finally:
-            os.close(fd)
-        memory = f"MEMORY:ferry-{uuid.uuid4().hex}"
-        keep: str | None = None
-        try:
+            fd = os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            try:
+                os.write(fd, src.data)
+            finally:
+                os.close(fd)
+            memory = f"MEMORY:ferry-{uuid.uuid4().hex}"
             if src.kind == "keytab":
-                # Initial credentials are acquired from the keytab when first needed, so the
-                # private copy stays until this entry is dropped.
                 creds = gssapi.Credentials(
                     usage="initiate", store={"client_keytab": path, "ccache": memory}
                 )
-                keep = path
+                keep = True
             else:
                 loaded = gssapi.Credentials(usage="initiate", store={"ccache": "FILE:" + path})
                 loaded.store(store={"ccache": memory}, usage="initiate", overwrite=True)
                 creds = gssapi.Credentials(usage="initiate", store={"ccache": memory})
         finally:
-            if keep is None:
-                os.unlink(path)
-        self._cache.put(key, (creds, keep))
+            if not keep:
+                shutil.rmtree(directory, ignore_errors=True)
+        dropped: list[str] = []
+        with self._lock:
+            self._cache[key] = (creds, directory if keep else None)
+            self._cache.move_to_end(key)
+            while len(self._cache) > _MAX_CREDS:
+                _old, (_c, d) = self._cache.popitem(last=False)
+                if d is not None:
+                    dropped.append(d)
+        for d in dropped:
+            shutil.rmtree(d, ignore_errors=True)
         return creds
 
 
