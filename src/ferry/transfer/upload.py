@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from typing import Protocol
 
 from ..errors import FerryError
 from ..model.job import Job, JobFile
 from ..model.token import Token
-from ..model.types import ErrorContext, JobType
+from ..model.types import ErrorContext, JobState, JobType
 from ..model.upload import UploadState
 from ..security import policy
 from ..security.identity import IdentityIO
@@ -133,10 +134,20 @@ class FileSource:
     async def session(self, session_id: str | None) -> None:
         self._record()
         jf = self._job.files[0]
-        await self._callbacks.progress(self._job, 0, jf.bytes_transferred)
+        if self._job.state is JobState.CONNECTING:
+            # The job record carries the session: CONNECTING -> TRANSFERRING persists it in
+            # the same commit, before the first fragment is sent.
+            await self._callbacks.transferring(self._job)
+        else:
+            await self._callbacks.progress(self._job, 0, jf.bytes_transferred)
 
     async def acknowledged(self, offset: int) -> None:
         self._record()
+        if offset >= self._size and self._request.reply is False:
+            # The last Ack of a plain upload: the completion that follows at once persists
+            # it (a crash in between resends the last fragment, which the server trims).
+            self._job.record_progress(0, offset, time.time())
+            return
         await self._callbacks.progress(self._job, 0, offset)
 
     async def read(self, offset: int, size: int) -> bytes:
@@ -210,6 +221,7 @@ class UploadRun:
             jf.bytes_transferred = 0
         else:
             _check_same(jf.local_name, st, state)
+            jf.bytes_total = state.source_size
         if state.reply_done:
             return  # every byte is on the server and the reply is here: nothing to send
         request = upload_request(job)
