@@ -192,8 +192,10 @@ class _Target:
         host = self.request.host_id
         if not host:
             return url
-        if "://" in host:  # a whole base URL: its scheme and authority
+        if "://" in host:  # a whole base URL: its scheme (http or https) and authority
             base = URL(host)
+            if base.scheme not in ("http", "https") or not base.host:
+                return url
             return (
                 url.with_scheme(base.scheme)
                 .with_host(base.host or url.host or "")

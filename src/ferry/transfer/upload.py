@@ -237,6 +237,15 @@ class UploadRun:
             return
         reply_file = job.reply_file
         assert reply_file is not None and state.reply_url is not None
+        if state.reply_url.partition(":")[0].lower() not in ("http", "https"):
+            # The server names the reply; it never gets ferryd to read a local file.
+            raise TransferError(
+                "BG_E_INVALID_SERVER_RESPONSE",
+                f"the server's reply URL {state.reply_url!r} is not http or https",
+                context=ErrorContext.REMOTE_FILE,
+                transient=False,
+                file_index=0,
+            )
         identity = self.engine.identity
         if state.reply_temp is not None:
             try:
