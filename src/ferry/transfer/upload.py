@@ -88,6 +88,7 @@ def upload_request(job: Job) -> UploadRequest:
         offset=jf.bytes_transferred if state.session_id else 0,
         host_id=state.host_id,
         host_fallback=state.host_fallback,
+        host_failing_since=state.host_failing_since,
     )
 
 
@@ -129,6 +130,7 @@ class FileSource:
         state.session_id = r.session_id
         state.host_id = r.host_id
         state.host_fallback = r.host_fallback
+        state.host_failing_since = r.host_failing_since
         state.reply_url = r.reply_url
 
     async def session(self, session_id: str | None) -> None:
@@ -226,7 +228,14 @@ class UploadRun:
             return  # every byte is on the server and the reply is here: nothing to send
         request = upload_request(job)
         source = FileSource(self.engine, job, self.callbacks, request, fd)
-        await self.transport.upload(request, source)
+        try:
+            await self.transport.upload(request, source)
+        finally:
+            # Where the farm host stands goes into the record a failure writes.
+            if request.session_id == state.session_id:
+                state.host_id = request.host_id
+                state.host_fallback = request.host_fallback
+                state.host_failing_since = request.host_failing_since
         _check_same(jf.local_name, await self.engine.identity.run_io(os.fstat, fd), state)
         state.reply_url = request.reply_url
 
