@@ -47,6 +47,7 @@ class OddBitsServer(AppServer):
         self.create_status = 201
         self.fail_creates = 0  # the next N Create-Session answer 500 (with BITS-Error)
         self.fragment_bytes = 0  # body bytes received in fragments (overlaps included)
+        self.reply_url: str | None = None  # the BITS-Reply-URL to send instead of our own
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 30)
@@ -151,7 +152,7 @@ class OddBitsServer(AppServer):
         if received == total and session.path in self.reply_for:
             if self.app_error_status is not None:
                 return self._error(self.app_error_status, 0x80004005, context=7)
-            headers["BITS_Reply_URL"] = f"/reply/{sid.strip('{}') if sid else ''}"
+            headers["BITS_Reply_URL"] = self.reply_url or f"/reply/{sid.strip('{}') if sid else ''}"
         return self._ack(**headers)  # no BITS-Session-Id on purpose
 
     async def reply(self, request: web.Request) -> web.Response:

@@ -380,3 +380,19 @@ def test_events_and_notification_for_uploads(
     wait_until(lambda: marker.exists() and marker.read_text().strip(), "the notification")
     assert marker.read_text().strip() == "JOB_TRANSFERRED"
     job.complete()
+
+
+def test_a_reply_url_that_is_not_http_is_refused(
+    ferryd: Daemon, client: Client, odd: OddBitsServer, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("not for the server to choose")
+    odd.reply_for["fu"] = b"x"
+    odd.reply_url = secret.as_uri()
+    _file(tmp_path / "src", 10)
+    job = client.create_job("fu", type="upload-reply")
+    job.add_file(odd.url("fu"), str(tmp_path / "src"))
+    job.resume()
+    body = wait_state(ferryd, job.id, "ERROR")
+    assert body["error"]["code"] == "BG_E_INVALID_SERVER_RESPONSE", body["error"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".src.reply")]

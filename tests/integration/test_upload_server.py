@@ -25,6 +25,14 @@ from ferry import Client, FerryError
 
 CONFIG = "[daemon]\nupload_fragment_size = {frag}\nupload_retries = 8\n"
 
+BIG = pytest.param(
+    300_000_000,
+    marks=pytest.mark.skipif(
+        not os.environ.get("FERRY_BIG_UPLOADS"),
+        reason="300 MB uploads run with FERRY_BIG_UPLOADS=1 (and in benchmarks/upload_bench.py)",
+    ),
+)
+
 
 def _daemon(base: Path, frag: int = 1 << 20) -> Daemon:
     d = Daemon(base / "ferryd", config=CONFIG.format(frag=frag))
@@ -78,7 +86,7 @@ def _same(a: Path, b: Path) -> bool:
     return ha.digest() == hb.digest()
 
 
-@pytest.mark.parametrize("size", [0, 1, 5 * 1024, 7_000_000, 64 << 20])
+@pytest.mark.parametrize("size", [0, 1, 5 * 1024, 7_000_000, 64 << 20, BIG])
 def test_upload_sizes_byte_identical(
     ferryd: Daemon, server: FerryServer, base: Path, size: int
 ) -> None:
@@ -135,8 +143,9 @@ def test_server_restart_mid_upload(base: Path, server: FerryServer) -> None:
             job.resume()
             jid = job.id
             wait_until(
-                lambda: ferryd.call("GET", f"/v1/jobs/{jid}")[1]["progress"]["bytes_transferred"]
-                > 0,
+                lambda: (
+                    ferryd.call("GET", f"/v1/jobs/{jid}")[1]["progress"]["bytes_transferred"] > 0
+                ),
                 "part of the upload acknowledged",
                 every=0.005,
             )
@@ -163,10 +172,9 @@ def test_expired_session_starts_over(base: Path) -> None:
             job.add_file(server.url("/e"), str(src))
             job.resume()
             wait_until(
-                lambda: ferryd.call("GET", f"/v1/jobs/{job.id}")[1]["progress"][
-                    "bytes_transferred"
-                ]
-                > 0,
+                lambda: (
+                    ferryd.call("GET", f"/v1/jobs/{job.id}")[1]["progress"]["bytes_transferred"] > 0
+                ),
                 "some progress",
                 every=0.005,
             )
@@ -232,7 +240,8 @@ class Backend(AppServer):
         return web.Response(body=f"{hashlib.sha256(data).hexdigest()} {len(data)}\n".encode())
 
 
-def test_upload_reply_with_a_real_back_end(base: Path) -> None:
+@pytest.mark.parametrize("size", [0, 1, 5 * 1024, 3_000_000, BIG])
+def test_upload_reply_with_a_real_back_end(base: Path, size: int) -> None:
     backend = Backend()
     backend.start()
     server = FerryServer(
@@ -242,15 +251,15 @@ def test_upload_reply_with_a_real_back_end(base: Path) -> None:
     ).start()
     ferryd = _daemon(base, frag=1 << 20)
     try:
-        src = _src(base, "rep", 3_000_000)
+        src = _src(base, "rep", size)
         digest = hashlib.sha256(src.read_bytes()).hexdigest()
         with Client(ferryd.socket) as c:
             job = c.create_job("rep", type="upload-reply")
             job.add_file(server.url("/rep"), str(src))
             job.resume()
-            body = wait_state(ferryd, job.id, "TRANSFERRED", "ERROR", timeout=120)
+            body = wait_state(ferryd, job.id, "TRANSFERRED", "ERROR", timeout=600)
             assert body["state"] == "TRANSFERRED", (body["error"], ferryd.log(), server.log())
-            expected = f"{digest} 3000000\n".encode()
+            expected = f"{digest} {size}\n".encode()
             assert job.reply_data() == expected
             assert body["reply"]["bytes_total"] == len(expected)
             assert job.complete() == "S_OK"
@@ -270,9 +279,7 @@ def test_farm_host_then_fallback(base: Path) -> None:
     pinned.start()
     port = pinned.port
     pinned.stop()
-    pinned = FerryServer(
-        base / "root", ["--host-id", f"127.0.0.1:{port}"], state_dir=base / "st"
-    )
+    pinned = FerryServer(base / "root", ["--host-id", f"127.0.0.1:{port}"], state_dir=base / "st")
     pinned.port = port
     pinned.start()
     origin = FerryServer(
@@ -289,8 +296,9 @@ def test_farm_host_then_fallback(base: Path) -> None:
             job.resume()
             jid = job.id
             wait_until(
-                lambda: ferryd.call("GET", f"/v1/jobs/{jid}")[1]["progress"]["bytes_transferred"]
-                > 0,
+                lambda: (
+                    ferryd.call("GET", f"/v1/jobs/{jid}")[1]["progress"]["bytes_transferred"] > 0
+                ),
                 "part of the upload acknowledged",
                 every=0.005,
             )

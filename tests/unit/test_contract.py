@@ -204,6 +204,8 @@ def test_every_client_request_is_a_contract_route() -> None:
         _ops.add_files("j", [("http://h/x", "/tmp/x", "00" * 32)]),
         _ops.set_remote_name("j", 2, "http://h/y"),
         _ops.replace_remote_prefix("j", "http://h/", "https://h/"),
+        _ops.set_reply_file("j", "/tmp/r"),
+        _ops.reply_data("j"),
         *(_ops.action("j", a) for a in ("resume", "suspend", "cancel", "complete")),
         _ops.action("j", "take-ownership"),
         _ops.open_handle("j", "token-options", 60),

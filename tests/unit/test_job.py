@@ -30,6 +30,7 @@ from ferry.model.types import (
     Priority,
     TokenFlags,
 )
+from ferry.model.upload import UploadState
 from ferry.protocol import FILE_SCHEMA, JOB_SCHEMA
 from ferry.protocol.views import file_view, job_view
 from ferry.store import codec
@@ -860,6 +861,13 @@ def full_job() -> Job:
         client_certificate=ClientCertificate("/etc/c.pem", "/etc/k.pem"),
         security_flags=("IGNORE_CERT_CN_INVALID", "REDIRECT_POLICY_DISALLOW"),
         http_method="POST",
+        upload=UploadState(
+            session_id="{5E55}", host_id="farm-2:8443", host_fallback=60.0,
+            host_failing_since=NOW + 1.5, source_size=4096, source_mtime_ns=17,
+            reply_url="https://example.com/reply/1", reply_file="/srv/dl/answer",
+            reply_temp="/srv/dl/.answer.t.ferry-part", reply_total=12, reply_transferred=5,
+            reply_done=True,
+        ),  # fmt: skip
     )
 
 

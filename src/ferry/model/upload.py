@@ -24,6 +24,7 @@ class UploadState:
     # URL's own host (BITS-Host-Id-Fallback-Timeout, seconds; None: forever).
     host_id: str | None = None
     host_fallback: float | None = None
+    host_failing_since: float | None = None  # when the farm host began failing (epoch)
     # The local file as the upload found it: size and st_mtime_ns. A change is fatal.
     source_size: int | None = None
     source_mtime_ns: int | None = None
@@ -41,6 +42,7 @@ class UploadState:
             "session_id": self.session_id,
             "host_id": self.host_id,
             "host_fallback": self.host_fallback,
+            "host_failing_since": self.host_failing_since,
             "source_size": self.source_size,
             "source_mtime_ns": self.source_mtime_ns,
             "reply_url": self.reply_url,
@@ -59,6 +61,7 @@ class UploadState:
             session_id=get("session_id"),
             host_id=get("host_id"),
             host_fallback=None if fallback is None else float(fallback),
+            host_failing_since=get("host_failing_since"),
             source_size=get("source_size"),
             source_mtime_ns=get("source_mtime_ns"),
             reply_url=get("reply_url"),
@@ -74,6 +77,7 @@ class UploadState:
         self.session_id = None
         self.host_id = None
         self.host_fallback = None
+        self.host_failing_since = None
         self.reply_url = None
 
 

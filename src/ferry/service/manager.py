@@ -249,10 +249,10 @@ class QueueManager:
                         hresult=exc.hresult,
                     ) from None
                 raise
-        # Forgotten in the store at once: a Close-Session that went through is never sent
-        # again (a crash before the rename finds the reply still in its temporary file).
-        await self._table.commit(job, self._store.save_job_header(job))
         if job.type is JobType.UPLOAD_REPLY and state.reply_temp is not None:
+            # Forgotten in the store first: a Close-Session that went through is never sent
+            # again (a crash before the rename finds the reply still in its temporary file).
+            await self._table.commit(job, self._store.save_job_header(job))
             await self._files.publish_reply(job)
         job.mark_acknowledged(job.plan_complete(), self._clock())
         await self._table.commit(job, self._store.save_job(job))

@@ -331,6 +331,7 @@ class UploadRequest:
     # fallback timeout in seconds (None: never fall back); the transport keeps them.
     host_id: str | None = None
     host_fallback: float | None = None
+    host_failing_since: float | None = None  # epoch seconds the farm host began failing
 
     def network_token(self) -> Token:
         """As ``DownloadRequest.network_token``."""

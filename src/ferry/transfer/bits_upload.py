@@ -184,7 +184,6 @@ class _Target:
 
     def __init__(self, request: UploadRequest) -> None:
         self.request = request
-        self.failing_since: float | None = None
 
     @property
     def url(self) -> URL:
@@ -192,8 +191,10 @@ class _Target:
         host = self.request.host_id
         if not host:
             return url
-        if "://" in host:  # a whole base URL: its scheme and authority
+        if "://" in host:  # a whole base URL: its scheme (http or https) and authority
             base = URL(host)
+            if base.scheme not in ("http", "https") or not base.host:
+                return url
             return (
                 url.with_scheme(base.scheme)
                 .with_host(base.host or url.host or "")
@@ -203,27 +204,30 @@ class _Target:
         return url.with_host(authority.host or url.host or "").with_port(authority.explicit_port)
 
     def succeeded(self) -> None:
-        self.failing_since = None
+        self.request.host_failing_since = None
 
     def failed(self) -> bool:
         """A request to the target failed: True when this made it fall back to the
         origin (the pinned host has failed for longer than its fallback timeout)."""
         if not self.request.host_id:
             return False
-        now = time.monotonic()
-        if self.failing_since is None:
-            self.failing_since = now
+        # Wall-clock time, kept in the request (and the job record): the timer runs across
+        # runs of the job and restarts of ferryd, as it does across BITS's retries.
+        now = time.time()
+        if self.request.host_failing_since is None:
+            self.request.host_failing_since = now
+        since = self.request.host_failing_since
         limit = self.request.host_fallback
-        if limit is not None and now - self.failing_since >= limit:
+        if limit is not None and now - since >= limit:
             log.info(
                 "%s: host %s failed for %.0f s: back to the origin",
                 self.request.url,
                 self.request.host_id,
-                now - self.failing_since,
+                now - since,
             )
             self.request.host_id = None
             self.request.host_fallback = None
-            self.failing_since = None
+            self.request.host_failing_since = None
             return True
         return False
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from typing import Protocol
 
 from ..errors import FerryError
 from ..model.job import Job, JobFile
 from ..model.token import Token
-from ..model.types import ErrorContext, JobType
+from ..model.types import ErrorContext, JobState, JobType
 from ..model.upload import UploadState
 from ..security import policy
 from ..security.identity import IdentityIO
@@ -87,6 +88,7 @@ def upload_request(job: Job) -> UploadRequest:
         offset=jf.bytes_transferred if state.session_id else 0,
         host_id=state.host_id,
         host_fallback=state.host_fallback,
+        host_failing_since=state.host_failing_since,
     )
 
 
@@ -128,15 +130,26 @@ class FileSource:
         state.session_id = r.session_id
         state.host_id = r.host_id
         state.host_fallback = r.host_fallback
+        state.host_failing_since = r.host_failing_since
         state.reply_url = r.reply_url
 
     async def session(self, session_id: str | None) -> None:
         self._record()
         jf = self._job.files[0]
-        await self._callbacks.progress(self._job, 0, jf.bytes_transferred)
+        if self._job.state is JobState.CONNECTING:
+            # The job record carries the session: CONNECTING -> TRANSFERRING persists it in
+            # the same commit, before the first fragment is sent.
+            await self._callbacks.transferring(self._job)
+        else:
+            await self._callbacks.progress(self._job, 0, jf.bytes_transferred)
 
     async def acknowledged(self, offset: int) -> None:
         self._record()
+        if offset >= self._size and self._request.reply is False:
+            # The last Ack of a plain upload: the completion that follows at once persists
+            # it (a crash in between resends the last fragment, which the server trims).
+            self._job.record_progress(0, offset, time.time())
+            return
         await self._callbacks.progress(self._job, 0, offset)
 
     async def read(self, offset: int, size: int) -> bytes:
@@ -210,11 +223,19 @@ class UploadRun:
             jf.bytes_transferred = 0
         else:
             _check_same(jf.local_name, st, state)
+            jf.bytes_total = state.source_size
         if state.reply_done:
             return  # every byte is on the server and the reply is here: nothing to send
         request = upload_request(job)
         source = FileSource(self.engine, job, self.callbacks, request, fd)
-        await self.transport.upload(request, source)
+        try:
+            await self.transport.upload(request, source)
+        finally:
+            # Where the farm host stands goes into the record a failure writes.
+            if request.session_id == state.session_id:
+                state.host_id = request.host_id
+                state.host_fallback = request.host_fallback
+                state.host_failing_since = request.host_failing_since
         _check_same(jf.local_name, await self.engine.identity.run_io(os.fstat, fd), state)
         state.reply_url = request.reply_url
 
@@ -225,6 +246,15 @@ class UploadRun:
             return
         reply_file = job.reply_file
         assert reply_file is not None and state.reply_url is not None
+        if state.reply_url.partition(":")[0].lower() not in ("http", "https"):
+            # The server names the reply; it never gets ferryd to read a local file.
+            raise TransferError(
+                "BG_E_INVALID_SERVER_RESPONSE",
+                f"the server's reply URL {state.reply_url!r} is not http or https",
+                context=ErrorContext.REMOTE_FILE,
+                transient=False,
+                file_index=0,
+            )
         identity = self.engine.identity
         if state.reply_temp is not None:
             try:
