@@ -155,9 +155,11 @@ class Fleet:
             self._arm()
             fresh = await self.store.load_job(job.id)
             if fresh is None or fresh.state is not JobState.QUEUED:
-                # Memory was behind the store: someone changed the job meanwhile.
-                self._apply(job.id, fresh)
+                # Memory was behind the store: someone changed the job meanwhile. Give the
+                # lease back first, so the store's version replaces ours.
                 await self.release(job)
+                epoch = None
+                self._apply(job.id, fresh)
                 return False
             self._update_in_place(job, fresh, events=False)
             return True
