@@ -61,6 +61,7 @@ demo: venv
 
 bench: venv
 	$(QUICK_ENV) $(BIN)/python benchmarks/run.py
+	$(QUICK_ENV) $(BIN)/python benchmarks/fleet_bench.py
 
 torture: venv
 	$(QUICK_ENV) $(BIN)/python benchmarks/torture.py
