@@ -64,6 +64,7 @@ bench: venv
 	$(QUICK_ENV) $(BIN)/python benchmarks/speed.py
 	$(QUICK_ENV) $(BIN)/python benchmarks/bandwidth.py
 	$(QUICK_ENV) $(BIN)/python benchmarks/proxy_bench.py
+	$(QUICK_ENV) $(BIN)/python benchmarks/fleet_bench.py
 
 torture: venv
 	$(QUICK_ENV) $(BIN)/python benchmarks/torture.py

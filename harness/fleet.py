@@ -107,5 +107,6 @@ class Fleet:
                 states: dict[str, int] = {}
                 for j in jobs.values():
                     states[j["state"]] = states.get(j["state"], 0) + 1
-                raise AssertionError(f"timed out waiting for {what}: {states}")
+                errors = [j.get("error") for j in jobs.values() if j.get("error")][:3]
+                raise AssertionError(f"timed out waiting for {what}: {states}; {errors}")
             time.sleep(0.2)

@@ -271,6 +271,31 @@ def test_a_stopped_worker_is_fenced(pg: PgCluster, base: Path, server: FaultServ
         assert "lease lost" in log or "no lease renewal" in log, log[-3000:]
 
 
+def test_a_worker_that_shuts_down_mid_transfer_hands_its_jobs_over(
+    pg: PgCluster, base: Path, server: FaultServer
+) -> None:
+    """SIGTERM: the worker stops at a checkpoint and releases its leases; another worker
+    queues its jobs again (after a lease period) and finishes them byte-identical."""
+    size = 256 * 1024
+    with Fleet(pg, base, workers=2, lease=LEASE) as fleet:
+        a, b = fleet.daemons
+        ids = []
+        for i in range(6):
+            url = server.add(f"t{i}", payload(200 + i, size), rate=64 * 1024)
+            ids.append(fleet.create(a, f"t{i}", [(url, fleet.shared / f"t{i}")]))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any(lease["worker"] == "w0" for lease in fleet_doc(b)["leases"]):
+                break
+            time.sleep(0.1)
+        assert a.stop() == 0
+        fleet.wait(b, all_in("TRANSFERRED", ids), "the other worker to finish")
+        for k, jid in enumerate(ids):
+            assert b.call("POST", f"/v1/jobs/{jid}/complete", {})[0] == 200
+            assert (fleet.shared / f"t{k}").read_bytes() == payload(200 + k, size)
+        no_range_fetched_twice_at_once(server)
+
+
 # ---- ferry fleet -------------------------------------------------------------------------------
 
 

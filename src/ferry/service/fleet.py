@@ -34,7 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..errors import FerryError
@@ -47,6 +47,7 @@ from .table import JobTable
 log = logging.getLogger("ferry.fleet")
 
 _JOB_FIELDS = [f.name for f in dataclasses.fields(Job)]
+_BATCH = 500  # jobs per refresh read
 # What a transfer writes: the holder of a job's lease owns these. Everything else (the
 # properties, owner, helper token) may be changed on any worker meanwhile and is merged
 # into the holder's copy, so its next write carries the change on.
@@ -73,6 +74,8 @@ class FleetStore(Protocol):
     worker: str
 
     async def load_job(self, job_id: str) -> Job | None: ...
+
+    async def load_jobs(self, job_ids: Sequence[str]) -> dict[str, Job]: ...
 
     async def load_all(self) -> list[Job]: ...
 
@@ -155,9 +158,11 @@ class Fleet:
             self._arm()
             fresh = await self.store.load_job(job.id)
             if fresh is None or fresh.state is not JobState.QUEUED:
-                # Memory was behind the store: someone changed the job meanwhile.
-                self._apply(job.id, fresh)
+                # Memory was behind the store: someone changed the job meanwhile. Give the
+                # lease back first, so the store's version replaces ours.
                 await self.release(job)
+                epoch = None
+                self._apply(job.id, fresh)
                 return False
             self._update_in_place(job, fresh, events=False)
             return True
@@ -277,13 +282,18 @@ class Fleet:
                     self._dirty_event.set()
                 continue
             while self._dirty:
-                job_id = self._dirty.pop()
+                # Every job announced so far in one read: a busy fleet announces many.
+                batch = list(self._dirty)[:_BATCH]
+                self._dirty.difference_update(batch)
                 try:
-                    self._apply(job_id, await self.store.load_job(job_id))
+                    fresh = await self.store.load_jobs(batch)
                 except FerryError as exc:
-                    log.warning("fleet: cannot refresh job %s: %s", job_id, exc)
-                    self._dirty.add(job_id)
+                    log.warning("fleet: cannot refresh %d jobs: %s", len(batch), exc)
+                    self._dirty.update(batch)
                     await asyncio.sleep(0.5)
+                    continue
+                for job_id in batch:
+                    self._apply(job_id, fresh.get(job_id))
 
     async def resync(self) -> None:
         # Only jobs known before the load began can have been deleted elsewhere: one created

@@ -334,6 +334,27 @@ class PostgresStore:
         job: Job | None = self._with_conn(read)
         return job
 
+    def load_jobs(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """Several jobs as stored now, by id (the fleet's batched refresh); a job that is
+        gone is absent from the answer."""
+
+        def read(conn: psycopg.Connection[Any]) -> dict[str, Job]:
+            ids = list(job_ids)
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cur.execute(
+                    "SELECT job_id, record FROM files WHERE job_id = ANY(%s) ORDER BY job_id, idx",
+                    (ids,),
+                )
+                files: dict[str, list[JobFile]] = {}
+                for job_id, record in cur:
+                    files.setdefault(job_id, []).append(codec.file_from_record(_loads(record)))
+                cur.execute("SELECT id, record FROM jobs WHERE id = ANY(%s)", (ids,))
+                return {job.id: job for job in self._decode_jobs(cur.fetchall(), files)}
+
+        jobs: dict[str, Job] = self._with_conn(read)
+        return jobs
+
     def pending_notifications(self) -> list[PendingNotification]:
         """Owed notifications this worker delivers: its own, and those of workers that are
         gone (adopted here, so exactly one live worker runs each command)."""
@@ -556,6 +577,10 @@ class PostgresJobStore:
 
     def load_job(self, job_id: str) -> Coroutine[Any, Any, Job | None]:
         return self._thread.read(lambda: self.db.load_job(job_id))
+
+    def load_jobs(self, job_ids: Sequence[str]) -> Coroutine[Any, Any, dict[str, Job]]:
+        ids = list(job_ids)
+        return self._thread.read(lambda: self.db.load_jobs(ids))
 
     def insert_job(self, job: Job) -> Coroutine[Any, Any, None]:
         return self._write(lambda: self.db.write_insert_job(job))
