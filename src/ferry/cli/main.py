@@ -130,7 +130,14 @@ def create(name: str, type_: str, priority: str, description: str) -> None:
     help="The SHA-256 a file must have (64 hex digits): once per REMOTE LOCAL pair, in their "
     "order; '-' for a file not to check.",
 )  # fmt: skip
-def add(job: str, names: tuple[str, ...], digests: tuple[str, ...]) -> None:
+@click.option(
+    "--ranges", "ranges", multiple=True, metavar="OFFSET:LENGTH,...",
+    help="Fetch only these byte ranges (LENGTH 'eof': to the end), each into the local file "
+    "at its own offset: once per REMOTE LOCAL pair, in their order; '-' for a whole file.",
+)  # fmt: skip
+def add(
+    job: str, names: tuple[str, ...], digests: tuple[str, ...], ranges: tuple[str, ...]
+) -> None:
     """Add files to a job, all or none.  [bitsadmin /addfile, /addfileset]
 
     REMOTE is an http://, https:// or file:// URL, or an absolute path (its file:// URL);
@@ -141,7 +148,12 @@ def add(job: str, names: tuple[str, ...], digests: tuple[str, ...]) -> None:
     With --sha256, ferryd checks each file once it has it all; a mismatch discards the
     data and fails the job (BG_E_VALIDATION_FAILED):
       ferry add nightly https://host/a.iso a.iso --sha256 9f86d0...
-      ferry add nightly URL1 a URL2 b --sha256 - --sha256 9f86d0...   (only b checked)"""
+      ferry add nightly URL1 a URL2 b --sha256 - --sha256 9f86d0...   (only b checked)
+
+    \b
+    With --ranges (AddFileWithRanges), only those byte ranges are fetched; the local file
+    gets the remote file's size, the rest of it holes:
+      ferry add parts https://host/disk.img disk.img --ranges 0:512,1048576:eof"""
     c = _ctx()
     pairs = _pairs(names)
     files: list[tuple[str, str, str | None]] = [(r, loc, None) for r, loc in pairs]
@@ -155,8 +167,16 @@ def add(job: str, names: tuple[str, ...], digests: tuple[str, ...]) -> None:
             (r, loc, None if d == "-" else d)
             for (r, loc), d in zip(pairs, digests, strict=True)
         ]
+    specs: list[tuple[str, str, str | None, str | None]] = [(*f, None) for f in files]
+    if ranges:
+        if len(ranges) != len(pairs):
+            raise click.UsageError(
+                f"give --ranges once per REMOTE LOCAL pair ({len(pairs)}), '-' for a whole "
+                f"file; got {len(ranges)}"
+            )
+        specs = [(*f, None if r == "-" else r) for f, r in zip(files, ranges, strict=True)]
     j = c.client(transfer=True).get_job(job)
-    j.add_files(files)
+    j.add_files(specs)
     c.emit(j.data, lambda: click.echo(f"Added {len(pairs)} file(s) to job {_label(j)}."))
 
 

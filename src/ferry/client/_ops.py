@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
 from ..errors import FerryError
+from ..model.ranges import EOF, parse_ranges, ranges_to_wire
 from ..model.types import JobType, Priority
 from ..protocol import (
     ACTION_BY_NAME,
@@ -207,7 +208,9 @@ def list_files(job: str) -> Call[list[JSONObj]]:
     return _call("list_files", _key_list("files"), job=_job(job))
 
 
-FileSpec = tuple[Any, Any] | tuple[Any, Any, str | None]
+FileSpec = (
+    tuple[Any, Any] | tuple[Any, Any, str | None] | tuple[Any, Any, str | None, Any]
+)
 
 
 def file_entries(files: Iterable[FileSpec]) -> list[JSONObj]:
@@ -219,12 +222,14 @@ def file_entries(files: Iterable[FileSpec]) -> list[JSONObj]:
     SHA-256 (64 hex digits, None for none) is checked by ferryd when the file is complete."""
     out: list[JSONObj] = []
     for spec in files:
-        if not isinstance(spec, tuple | list) or len(spec) not in (2, 3):
+        if not isinstance(spec, tuple | list) or len(spec) not in (2, 3, 4):
             raise FerryError(
-                "E_INVALIDARG", "files are (remote, local) or (remote, local, sha256) tuples"
+                "E_INVALIDARG",
+                "files are (remote, local), (remote, local, sha256) or "
+                "(remote, local, sha256, ranges) tuples",
             )
         remote, local = spec[0], spec[1]
-        sha256 = spec[2] if len(spec) == 3 else None
+        sha256 = spec[2] if len(spec) >= 3 else None
         local_str = os.fspath(local)
         if not isinstance(remote, str) or not isinstance(local_str, str):
             raise FerryError("E_INVALIDARG", "remote and local names must be strings")
@@ -234,10 +239,25 @@ def file_entries(files: Iterable[FileSpec]) -> list[JSONObj]:
         entry: JSONObj = {"remote_name": remote, "local_name": os.path.abspath(local_str)}
         if sha256 is not None:
             entry["sha256"] = sha256
+        if len(spec) == 4 and spec[3] is not None:
+            entry["ranges"] = ranges_entry(spec[3])
         out.append(entry)
     if not out:
         raise FerryError("E_INVALIDARG", "no files given")
     return out
+
+
+def ranges_entry(ranges: Any) -> list[JSONObj]:
+    """AddFileWithRanges' ranges for the wire: ``"OFFSET:LENGTH,…"`` (``eof`` as a length)
+    or ``(offset, length)`` pairs (``None`` or ``"eof"`` as a length); ferryd checks them."""
+    if isinstance(ranges, str):
+        ranges = parse_ranges(ranges)
+    pairs: list[tuple[Any, Any]] = []
+    for item in ranges:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise FerryError("E_INVALIDARG", "ranges are (offset, length) pairs")
+        pairs.append((item[0], None if item[1] == EOF else item[1]))
+    return [dict(r) for r in ranges_to_wire(pairs)]
 
 
 def add_files(job: str, files: Iterable[FileSpec]) -> Call[JSONObj]:

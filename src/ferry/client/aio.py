@@ -250,9 +250,11 @@ class AsyncJob(JobView):
         self._update(data)
         return code
 
-    async def add_file(self, remote: str, local: str, sha256: str | None = None) -> None:
+    async def add_file(
+        self, remote: str, local: str, sha256: str | None = None, ranges: Any = None
+    ) -> None:
         """See ``ferry.Job.add_file``."""
-        await self.add_files([(remote, local, sha256)])
+        await self.add_files([(remote, local, sha256, ranges)])
 
     async def add_files(self, files: Iterable[_ops.FileSpec]) -> None:
         """See ``ferry.Job.add_files``."""

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from .._version import __version__
 from ..errors import FerryError, hresult_of
+from ..model.ranges import ranges_from_wire
 from ..model.token import Token
 from ..model.types import JobType, Priority
 from ..protocol import ACTIONS, FILE_FIELD_NAMES, REQUIRED_FILE_FIELDS, ROUTES, Route
@@ -229,6 +230,7 @@ class Api:
         body = await self.body(request)
         pairs: list[tuple[str, str]] = []
         digests: list[str | None] = []
+        ranges: list[list[tuple[int, int | None]] | None] = []
         for item in body["files"]:
             if (
                 not isinstance(item, dict)
@@ -239,12 +241,13 @@ class Api:
                 raise FerryError(
                     "E_INVALIDARG",
                     "each file must be an object with string remote_name and local_name "
-                    "(and optionally sha256) only",
+                    "(and optionally sha256, ranges) only",
                 )
             pairs.append((item["remote_name"], item["local_name"]))
             digests.append(item.get("sha256"))  # validated by the manager
+            ranges.append(ranges_from_wire(item.get("ranges")))  # checked by the manager
         job = await self.manager.add_files(
-            request["token"], request.match_info["job"], pairs, digests
+            request["token"], request.match_info["job"], pairs, digests, ranges
         )
         return web.json_response(job_view(job))
 

@@ -78,6 +78,11 @@ class JobFile:
     # arrived: the next run keeps the data when the new server has the same size and
     # validator, and starts over (rather than failing BG_E_REMOTE_FILE_CHANGED) otherwise.
     remote_renamed: bool = False
+    # AddFileWithRanges (model/ranges.py): only these (offset, length or None for "to the
+    # end") of the remote file, sorted, each written at its own offset; None: the whole file.
+    ranges: list[tuple[int, int | None]] | None = None
+    # The remote file's size, learnt from the server (a ranged file's local file gets it).
+    remote_size: int | None = None
 
 @dataclass(slots=True)
 class JobError:
@@ -211,6 +216,8 @@ class Job:
         self._require_not_final("add files")
         if not files:
             raise FerryError("E_INVALIDARG", "no files given")
+        if self.type is not JobType.DOWNLOAD and any(f.ranges is not None for f in files):
+            raise FerryError("E_NOTIMPL", "ranges are for download jobs only")
         if self.type is not JobType.DOWNLOAD and len(self.files) + len(files) > 1:
             raise FerryError("BG_E_TOO_MANY_FILES", "an upload job has exactly one file")
         if len(self.files) + len(files) > limits.files_per_job:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..model.types import ErrorContext, JobState, JobType, TokenFlags
-from .contract import EVENT_TYPES, INTERFACES, PROPERTIES
+from .contract import EVENT_TYPES, INTERFACES, PROPERTIES, RANGE_SCHEMA
 
 _STR: Mapping[str, Any] = {"type": "string"}
 _INT: Mapping[str, Any] = {"type": "integer"}
@@ -125,6 +125,11 @@ FILE_SCHEMA: dict[str, Any] = closed(
         "completed": {"type": "boolean"},
         "final_url": {"type": ["string", "null"], "description": "after redirects"},
         "sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+        "ranges": {
+            "type": ["array", "null"],
+            "items": RANGE_SCHEMA,
+            "description": "AddFileWithRanges' ranges, sorted by offset; null: the whole file",
+        },
     }
 )
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import format_hresult
 from ..model.job import Job, JobFile, iso
+from ..model.ranges import ranges_to_wire
 from .contract import PROPERTIES, wire_value
 
 _PROPERTY_NAMES = tuple(p.name for p in PROPERTIES)
@@ -24,6 +25,7 @@ def file_view(f: JobFile) -> dict[str, Any]:
         "completed": f.completed,
         "final_url": f.final_url,
         "sha256": f.sha256,
+        "ranges": None if f.ranges is None else ranges_to_wire(f.ranges),
     }
 
 

@@ -185,6 +185,12 @@ class DownloadRequest:
     validator: str | None = None  # what identifies the remote version the partial data is of
     bytes_total: int | None = None  # the file's size, once known
     final_url: str | None = None  # where the last request ended after redirects
+    # AddFileWithRanges (model/ranges.py): only these ranges, sorted; the sink's offset then
+    # counts the ranges' bytes in order and writes each byte at its own offset. Such a file
+    # is fetched with ``download`` too: a transport that cannot do ranges raises
+    # BG_E_INSUFFICIENT_RANGE_SUPPORT. ``remote_size`` is the remote file's size, once known.
+    ranges: Sequence[tuple[int, int | None]] | None = None
+    remote_size: int | None = None
 
     def network_token(self) -> Token:
         """The token to act as for remote access (opening a file:// source; implicit HTTP

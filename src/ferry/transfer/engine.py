@@ -33,6 +33,7 @@ from .base import (
     TransferError,
     UploadTransport,
 )
+from .ranged import RangedSink
 from .sink import TempSink
 from .verify import verify_sha256
 from .window import JobRun
@@ -52,6 +53,7 @@ def _record(request: DownloadRequest, jf: JobFile) -> None:
     jf.validator = request.validator
     jf.bytes_total = request.bytes_total
     jf.final_url = request.final_url
+    jf.remote_size = request.remote_size
 
 
 class TransferEngine:
@@ -157,6 +159,8 @@ class TransferEngine:
             validator=jf.validator,
             bytes_total=jf.bytes_total,
             final_url=jf.final_url,
+            ranges=jf.ranges,
+            remote_size=jf.remote_size,
         )
 
     async def download_file(
@@ -189,7 +193,7 @@ class TransferEngine:
             _record(request, jf)
             await on_response(sink.offset)
 
-        sink = TempSink(
+        sink = (TempSink if jf.ranges is None else RangedSink)(
             self.identity,
             fd,
             offset,
@@ -199,6 +203,8 @@ class TransferEngine:
             checkpoint_seconds=self.checkpoint_seconds,
             where=f"job {job.id} file {index} ({jf.temp_name})",
         )
+        if isinstance(sink, RangedSink):
+            sink.request = request
         try:
             try:
                 try:
