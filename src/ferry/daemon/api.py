@@ -26,6 +26,7 @@ from ..model.ranges import ranges_from_wire
 from ..model.token import Token
 from ..model.types import JobType, Priority
 from ..protocol import ACTIONS, FILE_FIELD_NAMES, REQUIRED_FILE_FIELDS, ROUTES, Route
+from ..protocol.contract import API_PREFIX
 from ..protocol.openapi import openapi_document
 from ..protocol.views import file_view, job_view
 from ..security.handles import Interface
@@ -35,6 +36,7 @@ from ..service.events import EventBus
 from ..service.handles import Handles
 from ..service.logon import Logon
 from ..service.manager import QueueManager
+from ..service.metrics import Metrics
 
 log = logging.getLogger("ferry.api")
 
@@ -98,7 +100,9 @@ class Api:
         mode: str,
         only_uid: int | None,
         request_stop: Callable[[], None],
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.manager = manager
         self.handles = handles
         self.logon = logon
@@ -183,6 +187,12 @@ class Api:
 
     async def h_openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=self._openapi, content_type="application/json")
+
+    async def h_metrics(self, request: web.Request) -> web.Response:
+        """Anyone who may connect may read them: counts and codes, no names or URLs."""
+        if self.metrics is None:
+            raise FerryError("E_NOTIMPL", "this ferryd keeps no metrics")
+        return metrics_response(self.metrics, request)
 
     async def h_status(self, request: web.Request) -> web.Response:
         token: Token = request["token"]
@@ -457,3 +467,24 @@ def resolve_uid(user: str | int) -> int:
 async def _send(resp: web.StreamResponse, event: ev.Event) -> None:
     data = json.dumps(event.to_json(), separators=(",", ":"))
     await resp.write(f"event: {event.type}\ndata: {data}\n\n".encode())
+
+
+def metrics_response(metrics: Metrics, request: web.Request) -> web.Response:
+    """The exposition in the format the scraper's Accept header asks for."""
+    body, content_type = metrics.render(request.headers.get("Accept"))
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = content_type
+    return resp
+
+
+def metrics_app(metrics: Metrics) -> web.Application:
+    """The TCP metrics listener (``[daemon] metrics_listen``): GET /metrics and /v1/metrics,
+    nothing else: no job can be read or changed through it."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return metrics_response(metrics, request)
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    app.router.add_get(f"{API_PREFIX}/metrics", handler)
+    return app

@@ -37,6 +37,9 @@ class Config:
     notify_retry_delay: float = 60.0
     notify_max_attempts: int = 5
     notify_start_delay: float = 0.0  # for tests: hold command-line notifications at start
+    # Metrics (service/metrics.py): also served on this TCP address ("HOST:PORT"), None: only
+    # on the socket (GET /v1/metrics).
+    metrics_listen: str | None = None
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -66,6 +69,7 @@ _DAEMON_KEYS: dict[str, type | tuple[type, ...]] = {
     "notify_retry_delay": (int, float),
     "notify_max_attempts": int,
     "notify_start_delay": (int, float),
+    "metrics_listen": str,
 }
 
 
@@ -127,7 +131,9 @@ def _apply_file(cfg: Config, path: Path) -> Config:
             raise FerryError("E_INVALIDARG", f"config file {path}: unknown key daemon.{key}")
         if not _is(value, kind):
             raise FerryError("E_INVALIDARG", f"config file {path}: daemon.{key} has a wrong type")
-        if key in ("socket", "state_dir"):
+        if key == "metrics_listen":
+            parse_listen(value, f"config file {path}: daemon.metrics_listen")
+        elif key in ("socket", "state_dir"):
             value = Path(value)
         elif key == "ca_file":
             value = Path(value)
@@ -159,3 +165,13 @@ def _apply_file(cfg: Config, path: Path) -> Config:
     if limits:
         changes["limits"] = replace(cfg.limits, **limits)
     return replace(cfg, **changes)
+
+
+def parse_listen(value: str, what: str = "metrics_listen") -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9464`` for IPv6) as (host, port); E_INVALIDARG otherwise."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise FerryError("E_INVALIDARG", f"{what}: {value!r} is not HOST:PORT")
+    return host, int(port)

@@ -33,6 +33,7 @@ from ..service.handles import Handles
 from ..service.housekeeping import Housekeeper
 from ..service.logon import Logon
 from ..service.manager import QueueManager
+from ..service.metrics import Metrics
 from ..service.notify import Notifier
 from ..service.outbox import Outbox
 from ..service.reports import EngineReports
@@ -43,8 +44,8 @@ from ..store.sqlite import SqliteJobStore
 from ..transfer.engine import TransferEngine
 from ..transfer.http import HttpTransport
 from ..transfer.local import LocalTransport
-from .api import Api
-from .config import Config, load_config
+from .api import Api, metrics_app
+from .config import Config, load_config, parse_listen
 
 log = logging.getLogger("ferry.daemon")
 SD_LISTEN_FDS_START = 3
@@ -189,7 +190,8 @@ async def serve(cfg: Config) -> None:
     tls = tls_context(cfg)
     lock_fd = lock_state_dir(cfg.state_dir)
     clock = time.time
-    store = SqliteJobStore.open(cfg.db_path)
+    metrics = Metrics()
+    store = SqliteJobStore.open(cfg.db_path, on_commit=metrics.committed)
     identity = IdentityIO()
     http = HttpTransport(ssl_context=tls, read_timeout=cfg.stall_timeout)
     engine = TransferEngine(
@@ -206,7 +208,7 @@ async def serve(cfg: Config) -> None:
     # neither this start-up nor every later full collection walks 100,000 jobs again.
     gc.freeze()
     outbox = Outbox(store, table, clock)
-    reports = EngineReports(table, store, outbox, clock)
+    reports = EngineReports(table, store, outbox, clock, metrics=metrics)
     sessions = SessionTracker()
     scheduler = Scheduler(
         runqueue,
@@ -230,6 +232,7 @@ async def serve(cfg: Config) -> None:
         max_attempts=cfg.notify_max_attempts,
         start_delay=cfg.notify_start_delay,
         clock=clock,
+        metrics=metrics,
     )
     # Who is logged on, before the scheduler's first pass asks.
     await logon.refresh()
@@ -243,6 +246,7 @@ async def serve(cfg: Config) -> None:
         "system" if cfg.system else "user",
         None if cfg.system else os.geteuid(),
         stop.set,
+        metrics=metrics,
     )
     sock = activated_socket()
     owns_socket = sock is None
@@ -252,6 +256,21 @@ async def serve(cfg: Config) -> None:
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
+    runners = [runner]
+    if cfg.metrics_listen is not None:
+        host, port = parse_listen(cfg.metrics_listen)
+        exporter = web.AppRunner(
+            metrics_app(metrics), handle_signals=False, access_log=None, shutdown_timeout=1.0
+        )
+        await exporter.setup()
+        runners.append(exporter)
+        await web.TCPSite(exporter, host, port, reuse_address=True).start()
+        log.info("metrics on http://%s/metrics", cfg.metrics_listen)
+    metrics.jobs = table.all
+    metrics.running = lambda: len(scheduler.running)
+    metrics.connections = lambda: sum(
+        len(r.server.connections) for r in runners if r.server is not None
+    )
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -287,7 +306,8 @@ async def serve(cfg: Config) -> None:
             for task in services:
                 task.cancel()
     finally:
-        await runner.cleanup()
+        for r in reversed(runners):
+            await r.cleanup()
         await engine.close()
         await identity.shutdown()
         await store.close()
