@@ -22,7 +22,7 @@ from ..client import DaemonUnavailable, Job
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, JobType, Priority
 from ..protocol import ACTIONS, PROPERTIES, SYSTEM_SOCKET, Property
-from . import bitsadmin, tokens
+from . import bitsadmin, tokens, top
 from .context import EXIT_ERROR, Ctx, no_daemon_error, partial_complete_text, report_error
 from .context import current as _ctx
 
@@ -101,7 +101,7 @@ def cli(ctx: click.Context, socket: str | None, json_mode: bool, no_autostart: b
     ctx.call_on_close(obj.close)
 
 
-for _command in (tokens.open_, tokens.helper_token, tokens.logoff, bitsadmin.bitsadmin):
+for _command in (tokens.open_, tokens.helper_token, tokens.logoff, bitsadmin.bitsadmin, top.top):
     cli.add_command(_command)
 
 
