@@ -22,7 +22,7 @@ from ..client import DaemonUnavailable, Job
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, JobType, Priority
 from ..protocol import ACTIONS, PROPERTIES, SYSTEM_SOCKET, Property
-from . import bitsadmin, tokens, top
+from . import bitsadmin, completion, tokens, top
 from .context import EXIT_ERROR, Ctx, no_daemon_error, partial_complete_text, report_error
 from .context import current as _ctx
 
@@ -101,7 +101,10 @@ def cli(ctx: click.Context, socket: str | None, json_mode: bool, no_autostart: b
     ctx.call_on_close(obj.close)
 
 
-for _command in (tokens.open_, tokens.helper_token, tokens.logoff, bitsadmin.bitsadmin, top.top):
+for _command in (
+    tokens.open_, tokens.helper_token, tokens.logoff, bitsadmin.bitsadmin, top.top,
+    completion.completion,
+):  # fmt: skip
     cli.add_command(_command)
 
 
@@ -514,6 +517,10 @@ def _event_line(kind: str, job_id: str | None, j: dict[str, Any] | None) -> str:
     if isinstance(err, dict):
         line += f" {err.get('code')} ({err.get('hresult')}): {err.get('description', '')}"
     return line
+
+
+# Every JOB argument completes job ids and names from the daemon (cli/completion.py).
+completion.install(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -73,6 +73,46 @@ _DAEMON_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
+# What each [daemon] key means: the ferryd.toml(5) man page is generated from this and
+# _DAEMON_KEYS (ferry/manpages.py), and a test requires one entry per key.
+KEY_DOCS: dict[str, str] = {
+    "socket": "Unix socket to listen on (default: per mode); unused under socket activation.",
+    "state_dir": "Directory of the job store ferry.db and the lock file (default: per mode).",
+    "log_level": "debug, info, warning or error.",
+    "admin_groups": "Groups (names or gids) whose members are administrators; uid 0 always is.",
+    "max_background_jobs": "Background jobs (high, normal, low) transferring at once; "
+    "foreground jobs are not counted.",
+    "time_slice": "Seconds a background job runs before it yields its slot to a waiting job "
+    "of the same priority; 0 turns rotation off.",
+    "session_poll_interval": "Seconds between scans for ended login sessions.",
+    "final_job_retention": "Seconds an ACKNOWLEDGED or CANCELLED job stays listed.",
+    "job_inactivity_timeout": "Seconds without modification after which a job is cancelled.",
+    "housekeeping_interval": "Seconds between housekeeping passes (retention, inactivity).",
+    "stall_timeout": "Seconds without a byte from a server before the transfer fails with "
+    "the transient ERROR_WINHTTP_TIMEOUT.",
+    "ca_file": "Extra trusted CA certificates (PEM) for https, added to the system store.",
+    "min_notification_interval_ms": "Per subscriber and job, the minimum spacing of "
+    "job-modification events that do not change the state; 0 disables it.",
+    "notify_timeout": "Seconds a notification program may run before it is killed.",
+    "notify_retry_delay": "First delay before a failed notification program runs again "
+    "(doubling).",
+    "notify_max_attempts": "Attempts to run a notification program.",
+    "notify_start_delay": "Seconds the notifier waits at start-up (for tests).",
+    "metrics_listen": "HOST:PORT of a TCP listener serving the Prometheus metrics at "
+    "/metrics (no authentication: keep it on loopback or a management network).",
+}
+LIMIT_DOCS: dict[str, str] = {
+    "jobs_per_user": "Jobs one user may have (BG_E_TOO_MANY_JOBS_PER_USER).",
+    "jobs_per_machine": "Jobs in the store (BG_E_TOO_MANY_JOBS_PER_MACHINE).",
+    "files_per_job": "Files in one job (BG_E_TOO_MANY_FILES_IN_JOB).",
+    "display_name_len": "Characters of a display name (BG_E_STRING_TOO_LONG).",
+    "description_len": "Characters of a description (BG_E_STRING_TOO_LONG).",
+    "url_len": "Characters of a remote name (BG_E_STRING_TOO_LONG).",
+    "path_len": "Characters of a local name (BG_E_STRING_TOO_LONG).",
+    "cmdline_len": "Characters of a notification command line (BG_E_STRING_TOO_LONG).",
+}
+
+
 def _gid(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value

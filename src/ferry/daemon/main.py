@@ -319,6 +319,11 @@ async def serve(cfg: Config) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """ferryd's command line (also the source of the ferryd(8) man page, ferry/manpages.py)."""
     p = argparse.ArgumentParser(prog="ferryd", description="ferry transfer daemon")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--system", action="store_true", help="one daemon per machine (root)")
@@ -329,7 +334,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity"
     )
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
