@@ -32,7 +32,12 @@ def port() -> int:
 
 @pytest.fixture
 def metered(short_tmp: Path, port: int) -> Iterator[Daemon]:
-    daemon = Daemon(short_tmp / "m", config=f'[daemon]\nmetrics_listen = "127.0.0.1:{port}"\n')
+    daemon = Daemon(
+        short_tmp / "m",
+        # A long stall timeout: the held transfer must still be TRANSFERRING when scraped,
+        # however slowly a loaded machine runs the rest of the test.
+        config=f'[daemon]\nmetrics_listen = "127.0.0.1:{port}"\nstall_timeout = 900\n',
+    )
     daemon.start()
     yield daemon
     assert daemon.stop() == 0, daemon.log()
@@ -81,18 +86,20 @@ def test_metrics_follow_what_ferryd_does(
         j2.set(min_retry_delay=5)
         j2.add_file(flaky, str(dest / "flaky"))
         j2.resume()
+        wait_until(lambda: j1.info().state is JobState.TRANSFERRED, "job 1", timeout=120)
+        wait_until(
+            lambda: j1.info().data["notification"]
+            and j1.data["notification"]["state"] == "DELIVERED",
+            "the notification",
+            timeout=120,
+        )
+        wait_until(lambda: j2.info().state is JobState.TRANSFERRED, "the retry", timeout=120)
+        # Last, so that it is still held when scraped: a transfer running now.
         j3 = c.create_job("slow", priority="foreground")
         j3.add_file(slow, str(dest / "slow"))
         j3.resume()
-        wait_until(lambda: j1.info().state is JobState.TRANSFERRED, "job 1")
-        wait_until(lambda: http_server.paused("slow"), "the slow transfer")
-        wait_until(
-            lambda: (
-                j1.info().data["notification"] and j1.data["notification"]["state"] == "DELIVERED"
-            ),
-            "the notification",
-        )
-        wait_until(lambda: j2.info().state is JobState.TRANSFERRED, "the retry", timeout=60)
+        wait_until(lambda: http_server.paused("slow"), "the slow transfer", timeout=120)
+        wait_until(lambda: j3.info().state is JobState.TRANSFERRING, "TRANSFERRING", timeout=60)
 
         m = _scrape(metered)
         assert _value(
