@@ -210,6 +210,7 @@ def test_every_client_request_is_a_contract_route() -> None:
         _ops.release_handle("h"),
         _ops.logoff(session=3),
         _ops.shutdown(),
+        _ops.metrics(),
         *(
             op(**where)
             for op in (_ops.get_helper_token, _ops.set_helper_token, _ops.clear_helper_token)

@@ -107,6 +107,8 @@ class Call(Generic[T]):
     target: str
     body: bytes | None
     parse: Callable[[Any], T]
+    # The answer is text (the metrics), handed to ``parse`` decoded, not as JSON.
+    text: bool = False
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -123,6 +125,8 @@ class Call(Generic[T]):
             if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
                 raise FerryError.from_json(doc)
             raise FerryError("E_FAIL", f"ferryd answered HTTP {status}: {raw[:200]!r}")
+        if self.text:
+            return self.parse(raw.decode("utf-8", "replace"))
         return self.parse(decode(raw))
 
 
@@ -355,6 +359,12 @@ def set_helper_token_flags(
         raise FerryError("E_INVALIDARG", "helper token flags must be an integer")
     body = encode({"flags": int(flags)})
     return _token_options("set_helper_token_flags", job, handle, body)
+
+
+def metrics() -> Call[str]:
+    """GET /v1/metrics: the Prometheus text exposition."""
+    route = ROUTE_BY_NAME["metrics"]
+    return Call(route.method, route.target(), None, str, text=True)
 
 
 def shutdown() -> Call[JSONObj]:

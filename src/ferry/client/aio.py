@@ -111,6 +111,10 @@ class AsyncClient:
     async def status(self) -> JSONObj:
         return await self._call(_ops.status())
 
+    async def metrics(self) -> str:
+        """See ``ferry.Client.metrics``."""
+        return await self._call(_ops.metrics())
+
     async def open(
         self, job_id_or_name: str, interface: str = "job", ttl: int | None = None
     ) -> str:

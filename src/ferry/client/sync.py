@@ -151,6 +151,10 @@ class Client:
         """GET /v1/status: daemon version, mode, and the caller's token as ferryd sees it."""
         return self._call(_ops.status())
 
+    def metrics(self) -> str:
+        """GET /v1/metrics: ferryd's Prometheus metrics, in the text exposition format."""
+        return self._call(_ops.metrics())
+
     def create_job(
         self,
         display_name: str,
