@@ -6,6 +6,8 @@
 #   make demo      ferry at work (~20 s): a progress bar, then a job surviving a kill -9
 #   make bench     benchmarks against curl and aria2   (make bench QUICK=1 for a short run)
 #   make torture   crash/restart torture run           (make torture QUICK=1 likewise)
+#   make man       regenerate man/ and completions/ from the code (commit the result)
+#   make install   install ferry (pip) and its man pages and shell completions under PREFIX
 #   make clean     remove the venv and every cache
 
 PYTHON ?= python3
@@ -21,7 +23,7 @@ LINT_PATHS := $(wildcard src tests benchmarks scripts harness)
 QUICK ?=
 QUICK_ENV := $(if $(filter-out 0,$(QUICK)),env QUICK=1,env -u QUICK)
 
-.PHONY: all venv lint test demo bench torture clean
+.PHONY: all venv lint test demo bench torture clean man install install-data
 
 all: test
 
@@ -68,6 +70,29 @@ bench: venv
 
 torture: venv
 	$(QUICK_ENV) $(BIN)/python benchmarks/torture.py
+
+# Man pages and completions are generated from the code (ferry/manpages.py) and committed,
+# so `pip install` ships them; a test fails when these copies differ from the code.
+man: venv
+	$(BIN)/python -m ferry.manpages man
+	$(BIN)/python -m ferry.manpages --completions completions
+
+# `make install` (PREFIX=/usr/local, DESTDIR for staging): the package with pip, then the
+# man pages and completions where man, bash-completion, zsh and fish look.
+PREFIX  ?= /usr/local
+DATADIR := $(DESTDIR)$(PREFIX)/share
+PIP_INSTALL ?= $(PYTHON) -m pip install --prefix=$(DESTDIR)$(PREFIX) .
+
+install: install-data
+	$(PIP_INSTALL)
+
+install-data:
+	install -Dm644 man/man1/ferry.1 $(DATADIR)/man/man1/ferry.1
+	install -Dm644 man/man5/ferryd.toml.5 $(DATADIR)/man/man5/ferryd.toml.5
+	install -Dm644 man/man8/ferryd.8 $(DATADIR)/man/man8/ferryd.8
+	install -Dm644 completions/ferry $(DATADIR)/bash-completion/completions/ferry
+	install -Dm644 completions/_ferry $(DATADIR)/zsh/site-functions/_ferry
+	install -Dm644 completions/ferry.fish $(DATADIR)/fish/vendor_completions.d/ferry.fish
 
 clean:
 	rm -rf $(VENV) .demo build .pytest_cache .mypy_cache .ruff_cache

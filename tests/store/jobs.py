@@ -57,6 +57,7 @@ def rich_job() -> Job:
     job.file_completed(0, NOW + 4)
     job.files[1].temp_name = "/srv/dl/.b.ferry-x2"
     job.files[1].remote_renamed = True
+    job.files[1].ranges, job.files[1].remote_size = [(10, 90), (4096, None)], 65536
     job.record_progress(1, 100, NOW + 5)
     job.helper_token = HELPER
     job.helper_flags = TokenFlags.LOCAL_FILE | TokenFlags.NETWORK

@@ -216,6 +216,7 @@ def test_every_client_request_is_a_contract_route() -> None:
         _ops.get_network(),
         _ops.set_network_cost("metered"),
         _ops.reload(),
+        _ops.metrics(),
         *(
             op(**where)
             for op in (_ops.get_helper_token, _ops.set_helper_token, _ops.clear_helper_token)

@@ -811,6 +811,8 @@ def full_job() -> Job:
             sha256="ab" * 32,
             remote_renamed=True,
             response_headers="HTTP/1.1 200 OK\r\nETag: \"etag-a\"\r\n",
+            ranges=[(0, 1024), (8192, None)],
+            remote_size=1 << 20,
         ),
         JobFile("file:///mnt/share/b", "/srv/dl/b\udcff", 100, 7, False, "/srv/dl/.b", "W/1"),
         JobFile("https://example.com/c?q=1&r=ü", "/srv/dl/c", sha256="0f" * 32),

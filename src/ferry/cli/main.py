@@ -22,7 +22,7 @@ from ..client._ops import DaemonUnavailable
 from ..errors import FerryError, hresult_of
 from ..model.types import JobState, JobType, Priority
 from ..protocol import ACTIONS, PROPERTIES, SYSTEM_SOCKET, Property
-from . import credentials, fleet, netstatus, network, tokens, uploads
+from . import bitsadmin, completion, credentials, fleet, netstatus, network, tokens, top, uploads
 from .context import EXIT_ERROR, Ctx, no_daemon_error, partial_complete_text, report_error
 from .context import current as _ctx
 
@@ -106,7 +106,10 @@ def cli(ctx: click.Context, socket: str | None, json_mode: bool, no_autostart: b
 
 for _command in (uploads.reply,):
     cli.add_command(_command)
-for _command in (tokens.open_, tokens.helper_token, tokens.logoff):
+for _command in (
+    tokens.open_, tokens.helper_token, tokens.logoff, bitsadmin.bitsadmin, top.top,
+    completion.completion,
+):  # fmt: skip
     cli.add_command(_command)
 cli.add_command(credentials.credentials)
 cli.add_command(fleet.fleet)  # fleet mode (cli/fleet.py)
@@ -140,7 +143,14 @@ def create(name: str, type_: str, priority: str, description: str) -> None:
     help="The SHA-256 a file must have (64 hex digits): once per REMOTE LOCAL pair, in their "
     "order; '-' for a file not to check.",
 )  # fmt: skip
-def add(job: str, names: tuple[str, ...], digests: tuple[str, ...]) -> None:
+@click.option(
+    "--ranges", "ranges", multiple=True, metavar="OFFSET:LENGTH,...",
+    help="Fetch only these byte ranges (LENGTH 'eof': to the end), each into the local file "
+    "at its own offset: once per REMOTE LOCAL pair, in their order; '-' for a whole file.",
+)  # fmt: skip
+def add(
+    job: str, names: tuple[str, ...], digests: tuple[str, ...], ranges: tuple[str, ...]
+) -> None:
     """Add files to a job, all or none.  [bitsadmin /addfile, /addfileset]
 
     REMOTE is an http://, https:// or file:// URL, or an absolute path (its file:// URL);
@@ -151,7 +161,12 @@ def add(job: str, names: tuple[str, ...], digests: tuple[str, ...]) -> None:
     With --sha256, ferryd checks each file once it has it all; a mismatch discards the
     data and fails the job (BG_E_VALIDATION_FAILED):
       ferry add nightly https://host/a.iso a.iso --sha256 9f86d0...
-      ferry add nightly URL1 a URL2 b --sha256 - --sha256 9f86d0...   (only b checked)"""
+      ferry add nightly URL1 a URL2 b --sha256 - --sha256 9f86d0...   (only b checked)
+
+    \b
+    With --ranges (AddFileWithRanges), only those byte ranges are fetched; the local file
+    gets the remote file's size, the rest of it holes:
+      ferry add parts https://host/disk.img disk.img --ranges 0:512,1048576:eof"""
     c = _ctx()
     pairs = _pairs(names)
     files: list[tuple[str, str, str | None]] = [(r, loc, None) for r, loc in pairs]
@@ -165,8 +180,16 @@ def add(job: str, names: tuple[str, ...], digests: tuple[str, ...]) -> None:
             (r, loc, None if d == "-" else d)
             for (r, loc), d in zip(pairs, digests, strict=True)
         ]
+    specs: list[tuple[str, str, str | None, str | None]] = [(*f, None) for f in files]
+    if ranges:
+        if len(ranges) != len(pairs):
+            raise click.UsageError(
+                f"give --ranges once per REMOTE LOCAL pair ({len(pairs)}), '-' for a whole "
+                f"file; got {len(ranges)}"
+            )
+        specs = [(*f, None if r == "-" else r) for f, r in zip(files, ranges, strict=True)]
     j = c.client(transfer=True).get_job(job)
-    j.add_files(files)
+    j.add_files(specs)
     c.emit(j.data, lambda: click.echo(f"Added {len(pairs)} file(s) to job {_label(j)}."))
 
 
@@ -518,6 +541,10 @@ def _event_line(kind: str, job_id: str | None, j: dict[str, Any] | None) -> str:
     if isinstance(err, dict):
         line += f" {err.get('code')} ({err.get('hresult')}): {err.get('description', '')}"
     return line
+
+
+# Every JOB argument completes job ids and names from the daemon (cli/completion.py).
+completion.install(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

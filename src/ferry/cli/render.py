@@ -72,6 +72,10 @@ def notify_flags_text(value: Any) -> str:
     return f"0x{value:X}" + (f" ({' | '.join(names)})" if names else "")
 
 
+def _ranges_text(ranges: Sequence[dict[str, Any]]) -> str:
+    return ",".join(f"{r['offset']}:{r['length']}" for r in ranges)
+
+
 def print_files(files: Sequence[dict[str, Any]]) -> None:
     out = console()
     if not files:
@@ -87,7 +91,12 @@ def print_files(files: Sequence[dict[str, Any]]) -> None:
         total = f.get("bytes_total")
         table.add_row(
             str(i),
-            escape(str(f.get("remote_name", ""))),
+            escape(str(f.get("remote_name", "")))
+            + (
+                f" [dim](ranges {_ranges_text(f['ranges'])})[/dim]"
+                if f.get("ranges")
+                else ""
+            ),
             escape(str(f.get("local_name", ""))),
             f"{size(f.get('bytes_transferred', 0))}/{size(total) if total is not None else '?'}",
             "yes" if f.get("completed") else "no",

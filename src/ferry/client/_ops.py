@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
 from ..errors import FerryError
+from ..model.ranges import EOF, parse_ranges, ranges_to_wire
 from ..model.types import JobType, Priority
 from ..protocol import (
     ACTION_BY_NAME,
@@ -107,6 +108,8 @@ class Call(Generic[T]):
     target: str
     body: bytes | None
     parse: Callable[[Any], T]
+    # The answer is text (the metrics), handed to ``parse`` decoded, not as JSON.
+    text: bool = False
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -123,6 +126,8 @@ class Call(Generic[T]):
             if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
                 raise FerryError.from_json(doc)
             raise FerryError("E_FAIL", f"ferryd answered HTTP {status}: {raw[:200]!r}")
+        if self.text:
+            return self.parse(raw.decode("utf-8", "replace"))
         return self.parse(decode(raw))
 
 
@@ -233,7 +238,9 @@ def list_files(job: str) -> Call[list[JSONObj]]:
     return _call("list_files", _key_list("files"), job=_job(job))
 
 
-FileSpec = tuple[Any, Any] | tuple[Any, Any, str | None]
+FileSpec = (
+    tuple[Any, Any] | tuple[Any, Any, str | None] | tuple[Any, Any, str | None, Any]
+)
 
 
 def file_entries(files: Iterable[FileSpec]) -> list[JSONObj]:
@@ -245,12 +252,14 @@ def file_entries(files: Iterable[FileSpec]) -> list[JSONObj]:
     SHA-256 (64 hex digits, None for none) is checked by ferryd when the file is complete."""
     out: list[JSONObj] = []
     for spec in files:
-        if not isinstance(spec, tuple | list) or len(spec) not in (2, 3):
+        if not isinstance(spec, tuple | list) or len(spec) not in (2, 3, 4):
             raise FerryError(
-                "E_INVALIDARG", "files are (remote, local) or (remote, local, sha256) tuples"
+                "E_INVALIDARG",
+                "files are (remote, local), (remote, local, sha256) or "
+                "(remote, local, sha256, ranges) tuples",
             )
         remote, local = spec[0], spec[1]
-        sha256 = spec[2] if len(spec) == 3 else None
+        sha256 = spec[2] if len(spec) >= 3 else None
         local_str = os.fspath(local)
         if not isinstance(remote, str) or not isinstance(local_str, str):
             raise FerryError("E_INVALIDARG", "remote and local names must be strings")
@@ -260,10 +269,25 @@ def file_entries(files: Iterable[FileSpec]) -> list[JSONObj]:
         entry: JSONObj = {"remote_name": remote, "local_name": os.path.abspath(local_str)}
         if sha256 is not None:
             entry["sha256"] = sha256
+        if len(spec) == 4 and spec[3] is not None:
+            entry["ranges"] = ranges_entry(spec[3])
         out.append(entry)
     if not out:
         raise FerryError("E_INVALIDARG", "no files given")
     return out
+
+
+def ranges_entry(ranges: Any) -> list[JSONObj]:
+    """AddFileWithRanges' ranges for the wire: ``"OFFSET:LENGTH,…"`` (``eof`` as a length)
+    or ``(offset, length)`` pairs (``None`` or ``"eof"`` as a length); ferryd checks them."""
+    if isinstance(ranges, str):
+        ranges = parse_ranges(ranges)
+    pairs: list[tuple[Any, Any]] = []
+    for item in ranges:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise FerryError("E_INVALIDARG", "ranges are (offset, length) pairs")
+        pairs.append((item[0], None if item[1] == EOF else item[1]))
+    return [dict(r) for r in ranges_to_wire(pairs)]
 
 
 def add_files(job: str, files: Iterable[FileSpec]) -> Call[JSONObj]:
@@ -434,6 +458,12 @@ def set_helper_token_flags(
         raise FerryError("E_INVALIDARG", "helper token flags must be an integer")
     body = encode({"flags": int(flags)})
     return _token_options("set_helper_token_flags", job, handle, body)
+
+
+def metrics() -> Call[str]:
+    """GET /v1/metrics: the Prometheus text exposition."""
+    route = ROUTE_BY_NAME["metrics"]
+    return Call(route.method, route.target(), None, str, text=True)
 
 
 def shutdown() -> Call[JSONObj]:

@@ -112,6 +112,10 @@ class AsyncClient:
     async def status(self) -> JSONObj:
         return await self._call(_ops.status())
 
+    async def metrics(self) -> str:
+        """See ``ferry.Client.metrics``."""
+        return await self._call(_ops.metrics())
+
     async def open(
         self, job_id_or_name: str, interface: str = "job", ttl: int | None = None
     ) -> str:
@@ -269,9 +273,11 @@ class AsyncJob(JobView):
         self._update(data)
         return code
 
-    async def add_file(self, remote: str, local: str, sha256: str | None = None) -> None:
+    async def add_file(
+        self, remote: str, local: str, sha256: str | None = None, ranges: Any = None
+    ) -> None:
         """See ``ferry.Job.add_file``."""
-        await self.add_files([(remote, local, sha256)])
+        await self.add_files([(remote, local, sha256, ranges)])
 
     async def add_files(self, files: Iterable[_ops.FileSpec]) -> None:
         """See ``ferry.Job.add_files``."""

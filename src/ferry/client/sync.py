@@ -162,6 +162,10 @@ class Client:
         """GET /v1/status: daemon version, mode, and the caller's token as ferryd sees it."""
         return self._call(_ops.status())
 
+    def metrics(self) -> str:
+        """GET /v1/metrics: ferryd's Prometheus metrics, in the text exposition format."""
+        return self._call(_ops.metrics())
+
     def create_job(
         self,
         display_name: str,
@@ -346,10 +350,15 @@ class Job(JobView):
         self._update(data)
         return code
 
-    def add_file(self, remote: str, local: str, sha256: str | None = None) -> None:
+    def add_file(
+        self, remote: str, local: str, sha256: str | None = None, ranges: Any = None
+    ) -> None:
         """AddFile. With ``sha256`` (64 hex digits) ferryd checks the whole file before it
-        counts as transferred; a mismatch fails the job with BG_E_VALIDATION_FAILED."""
-        self.add_files([(remote, local, sha256)])
+        counts as transferred; a mismatch fails the job with BG_E_VALIDATION_FAILED.
+        With ``ranges`` (AddFileWithRanges: ``"0:1024,4096:eof"`` or ``[(0, 1024), (4096,
+        None)]``) only those byte ranges are fetched, each into the local file at its own
+        offset (the rest of the file is holes); not with ``sha256``."""
+        self.add_files([(remote, local, sha256, ranges)])
 
     def add_files(self, files: Iterable[_ops.FileSpec]) -> None:
         """All or none (AddFileSet): ``(remote, local)`` or ``(remote, local, sha256)``

@@ -142,6 +142,16 @@ class FileInfo:
         v = self.data.get("sha256")
         return str(v) if v is not None else None
 
+    @property
+    def ranges(self) -> list[tuple[int, int | None]] | None:
+        """AddFileWithRanges' ranges, sorted (length None: to the end), or None."""
+        v = self.data.get("ranges")
+        if v is None:
+            return None
+        return [
+            (int(r["offset"]), None if r["length"] == "eof" else int(r["length"])) for r in v
+        ]
+
     def __repr__(self) -> str:
         return f"<FileInfo {self.remote_name} -> {self.local_name}>"
 

@@ -23,9 +23,11 @@ from aiohttp import web
 
 from .._version import __version__
 from ..errors import FerryError, hresult_of
+from ..model.ranges import ranges_from_wire
 from ..model.token import Token
 from ..model.types import JobType, Priority
 from ..protocol import ACTIONS, FILE_FIELD_NAMES, REQUIRED_FILE_FIELDS, ROUTES, Route
+from ..protocol.contract import API_PREFIX
 from ..protocol.openapi import openapi_document
 from ..protocol.views import file_view, job_view
 from ..security.handles import Interface
@@ -37,6 +39,7 @@ from ..service.handles import Handles
 from ..service.httpoptions import HttpOptions
 from ..service.logon import Logon
 from ..service.manager import QueueManager
+from ..service.metrics import Metrics
 from ..service.network import NetworkState
 
 log = logging.getLogger("ferry.api")
@@ -107,12 +110,14 @@ class Api:
         network: NetworkState | None = None,
         reload: Callable[[], dict[str, Any]] | None = None,
         http_options: HttpOptions | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.credentials = credentials
         self.fleet = fleet  # fleet mode (service/fleet.py), else None
         self.network = network
         self.reload = reload
         self.http_options = http_options
+        self.metrics = metrics
         self.manager = manager
         self.handles = handles
         self.logon = logon
@@ -198,6 +203,12 @@ class Api:
     async def h_openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=self._openapi, content_type="application/json")
 
+    async def h_metrics(self, request: web.Request) -> web.Response:
+        """Anyone who may connect may read them: counts and codes, no names or URLs."""
+        if self.metrics is None:
+            raise FerryError("E_NOTIMPL", "this ferryd keeps no metrics")
+        return metrics_response(self.metrics, request)
+
     async def h_status(self, request: web.Request) -> web.Response:
         token: Token = request["token"]
         caller = token.to_json() | {"sid": token.sid}
@@ -255,6 +266,7 @@ class Api:
         body = await self.body(request)
         pairs: list[tuple[str, str]] = []
         digests: list[str | None] = []
+        ranges: list[list[tuple[int, int | None]] | None] = []
         for item in body["files"]:
             if (
                 not isinstance(item, dict)
@@ -265,12 +277,13 @@ class Api:
                 raise FerryError(
                     "E_INVALIDARG",
                     "each file must be an object with string remote_name and local_name "
-                    "(and optionally sha256) only",
+                    "(and optionally sha256, ranges) only",
                 )
             pairs.append((item["remote_name"], item["local_name"]))
             digests.append(item.get("sha256"))  # validated by the manager
+            ranges.append(ranges_from_wire(item.get("ranges")))  # checked by the manager
         job = await self.manager.add_files(
-            request["token"], request.match_info["job"], pairs, digests
+            request["token"], request.match_info["job"], pairs, digests, ranges
         )
         return web.json_response(job_view(job))
 
@@ -581,3 +594,24 @@ def resolve_uid(user: str | int) -> int:
 async def _send(resp: web.StreamResponse, event: ev.Event) -> None:
     data = json.dumps(event.to_json(), separators=(",", ":"))
     await resp.write(f"event: {event.type}\ndata: {data}\n\n".encode())
+
+
+def metrics_response(metrics: Metrics, request: web.Request) -> web.Response:
+    """The exposition in the format the scraper's Accept header asks for."""
+    body, content_type = metrics.render(request.headers.get("Accept"))
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = content_type
+    return resp
+
+
+def metrics_app(metrics: Metrics) -> web.Application:
+    """The TCP metrics listener (``[daemon] metrics_listen``): GET /metrics and /v1/metrics,
+    nothing else: no job can be read or changed through it."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return metrics_response(metrics, request)
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    app.router.add_get(f"{API_PREFIX}/metrics", handler)
+    return app

@@ -38,6 +38,9 @@ class Config:
     notify_retry_delay: float = 60.0
     notify_max_attempts: int = 5
     notify_start_delay: float = 0.0  # for tests: hold command-line notifications at start
+    # Metrics (service/metrics.py): also served on this TCP address ("HOST:PORT"), None: only
+    # on the socket (GET /v1/metrics).
+    metrics_listen: str | None = None
     limits: Limits = field(default_factory=Limits)
     # [kerberos] keytabs = {"UID" = "/path"}: keytabs of service identities (no session, no
     # credential cache) for implicit NEGOTIATE; read as that uid (SPEC §8.2).
@@ -99,6 +102,50 @@ _DAEMON_KEYS: dict[str, type | tuple[type, ...]] = {
     "notify_start_delay": (int, float),
     "upload_fragment_size": int,
     "upload_retries": int,
+    "metrics_listen": str,
+}
+
+
+# What each [daemon] key means: the ferryd.toml(5) man page is generated from this and
+# _DAEMON_KEYS (ferry/manpages.py), and a test requires one entry per key.
+KEY_DOCS: dict[str, str] = {
+    "socket": "Unix socket to listen on (default: per mode); unused under socket activation.",
+    "state_dir": "Directory of the job store ferry.db and the lock file (default: per mode).",
+    "log_level": "debug, info, warning or error.",
+    "admin_groups": "Groups (names or gids) whose members are administrators; uid 0 always is.",
+    "max_background_jobs": "Background jobs (high, normal, low) transferring at once; "
+    "foreground jobs are not counted.",
+    "time_slice": "Seconds a background job runs before it yields its slot to a waiting job "
+    "of the same priority; 0 turns rotation off.",
+    "session_poll_interval": "Seconds between scans for ended login sessions.",
+    "final_job_retention": "Seconds an ACKNOWLEDGED or CANCELLED job stays listed.",
+    "job_inactivity_timeout": "Seconds without modification after which a job is cancelled.",
+    "housekeeping_interval": "Seconds between housekeeping passes (retention, inactivity).",
+    "stall_timeout": "Seconds without a byte from a server before the transfer fails with "
+    "the transient ERROR_WINHTTP_TIMEOUT.",
+    "ca_file": "Extra trusted CA certificates (PEM) for https, added to the system store.",
+    "min_notification_interval_ms": "Per subscriber and job, the minimum spacing of "
+    "job-modification events that do not change the state; 0 disables it.",
+    "notify_timeout": "Seconds a notification program may run before it is killed.",
+    "notify_retry_delay": "First delay before a failed notification program runs again "
+    "(doubling).",
+    "notify_max_attempts": "Attempts to run a notification program.",
+    "notify_start_delay": "Seconds the notifier waits at start-up (for tests).",
+    "upload_fragment_size": "Bytes of an upload's first fragment (a 413 halves it, never "
+    "below 5 KiB).",
+    "upload_retries": "Dropped connections in a row one upload run retries by itself.",
+    "metrics_listen": "HOST:PORT of a TCP listener serving the Prometheus metrics at "
+    "/metrics (no authentication: keep it on loopback or a management network).",
+}
+LIMIT_DOCS: dict[str, str] = {
+    "jobs_per_user": "Jobs one user may have (BG_E_TOO_MANY_JOBS_PER_USER).",
+    "jobs_per_machine": "Jobs in the store (BG_E_TOO_MANY_JOBS_PER_MACHINE).",
+    "files_per_job": "Files in one job (BG_E_TOO_MANY_FILES_IN_JOB).",
+    "display_name_len": "Characters of a display name (BG_E_STRING_TOO_LONG).",
+    "description_len": "Characters of a description (BG_E_STRING_TOO_LONG).",
+    "url_len": "Characters of a remote name (BG_E_STRING_TOO_LONG).",
+    "path_len": "Characters of a local name (BG_E_STRING_TOO_LONG).",
+    "cmdline_len": "Characters of a notification command line (BG_E_STRING_TOO_LONG).",
 }
 
 
@@ -162,7 +209,9 @@ def _apply_file(cfg: Config, path: Path) -> Config:
             raise FerryError("E_INVALIDARG", f"config file {path}: unknown key daemon.{key}")
         if not _is(value, kind):
             raise FerryError("E_INVALIDARG", f"config file {path}: daemon.{key} has a wrong type")
-        if key in ("socket", "state_dir"):
+        if key == "metrics_listen":
+            parse_listen(value, f"config file {path}: daemon.metrics_listen")
+        elif key in ("socket", "state_dir"):
             value = Path(value)
         elif key == "ca_file":
             value = Path(value)
@@ -321,3 +370,11 @@ def _network_sections(data: dict[str, Any], path: Path) -> dict[str, Any]:
         else:
             raise FerryError("E_INVALIDARG", f"config file {path}: unknown key network.{key}")
     return changes
+def parse_listen(value: str, what: str = "metrics_listen") -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9464`` for IPv6) as (host, port); E_INVALIDARG otherwise."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise FerryError("E_INVALIDARG", f"{what}: {value!r} is not HOST:PORT")
+    return host, int(port)

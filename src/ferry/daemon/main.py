@@ -39,6 +39,7 @@ from ..service.housekeeping import Housekeeper
 from ..service.httpoptions import HttpOptions
 from ..service.logon import Logon
 from ..service.manager import QueueManager
+from ..service.metrics import Metrics
 from ..service.network import NetworkState
 from ..service.notify import Notifier
 from ..service.outbox import Outbox
@@ -53,8 +54,8 @@ from ..transfer.bits_upload import BitsUploadTransport
 from ..transfer.engine import TransferEngine
 from ..transfer.http import HttpTransport
 from ..transfer.local import LocalTransport
-from .api import Api
-from .config import Config, load_config
+from .api import Api, metrics_app
+from .config import Config, load_config, parse_listen
 from .network import proxy_router
 
 log = logging.getLogger("ferry.daemon")
@@ -200,6 +201,7 @@ async def serve(cfg: Config) -> None:
     tls = tls_context(cfg)
     lock_fd = lock_state_dir(cfg.state_dir)
     clock = time.time
+    metrics = Metrics()
     fleet_db = None
     if cfg.store_url:  # fleet mode (docs/fleet.md): many ferryd on one PostgreSQL
         from ..store.postgres import PostgresJobStore, default_worker_id
@@ -210,7 +212,7 @@ async def serve(cfg: Config) -> None:
         store: JobStore = pg_store
         fleet_db = FleetDb(cfg.store_url, worker, cfg.lease_seconds, str(cfg.socket))
     else:
-        store = SqliteJobStore.open(cfg.db_path)
+        store = SqliteJobStore.open(cfg.db_path, on_commit=metrics.committed)
     identity = IdentityIO()
     # Secrets of jobs (credentials' passwords, SPEC §8.2; write-only custom headers, §8.3)
     # are sealed under a key in the state directory; the transport opens them per request.
@@ -252,7 +254,7 @@ async def serve(cfg: Config) -> None:
     # neither this start-up nor every later full collection walks 100,000 jobs again.
     gc.freeze()
     outbox = Outbox(store, table, clock)
-    reports = EngineReports(table, store, outbox, clock)
+    reports = EngineReports(table, store, outbox, clock, metrics=metrics)
     sessions = SessionTracker()
     network = NetworkState(
         limiter, runqueue.kick, cfg.network_cost, cfg.dbus_address, netlink=cfg.netlink
@@ -288,6 +290,7 @@ async def serve(cfg: Config) -> None:
         max_attempts=cfg.notify_max_attempts,
         start_delay=cfg.notify_start_delay,
         clock=clock,
+        metrics=metrics,
     )
     # Who is logged on, before the scheduler's first pass asks.
     await logon.refresh()
@@ -306,6 +309,7 @@ async def serve(cfg: Config) -> None:
         network=network,
         reload=functools.partial(reload_config, cfg, limiter, network),
         http_options=HttpOptions(table, store, secrets, clock, scheduler.kick),
+        metrics=metrics,
     )
     sock = activated_socket()
     owns_socket = sock is None
@@ -315,6 +319,21 @@ async def serve(cfg: Config) -> None:
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
+    runners = [runner]
+    if cfg.metrics_listen is not None:
+        host, port = parse_listen(cfg.metrics_listen)
+        exporter = web.AppRunner(
+            metrics_app(metrics), handle_signals=False, access_log=None, shutdown_timeout=1.0
+        )
+        await exporter.setup()
+        runners.append(exporter)
+        await web.TCPSite(exporter, host, port, reuse_address=True).start()
+        log.info("metrics on http://%s/metrics", cfg.metrics_listen)
+    metrics.jobs = table.all
+    metrics.running = lambda: len(scheduler.running)
+    metrics.connections = lambda: sum(
+        len(r.server.connections) for r in runners if r.server is not None
+    )
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -356,7 +375,8 @@ async def serve(cfg: Config) -> None:
             for task in services:
                 task.cancel()
     finally:
-        await runner.cleanup()
+        for r in reversed(runners):
+            await r.cleanup()
         await engine.close()
         await identity.shutdown()
         await store.close()
@@ -390,6 +410,11 @@ def reload_on_signal(cfg: Config, limiter: Limiter, network: NetworkState) -> No
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """ferryd's command line (also the source of the ferryd(8) man page, ferry/manpages.py)."""
     p = argparse.ArgumentParser(prog="ferryd", description="ferry transfer daemon")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--system", action="store_true", help="one daemon per machine (root)")
@@ -400,7 +425,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity"
     )
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,6 +95,11 @@ class JobFile:
     # The last HTTP response's status line and headers (BITS_FILE_PROPERTY_ID_HTTP_RESPONSE_
     # HEADERS), CRLF-separated, as the transport received them.
     response_headers: str | None = None
+    # AddFileWithRanges (model/ranges.py): only these (offset, length or None for "to the
+    # end") of the remote file, sorted, each written at its own offset; None: the whole file.
+    ranges: list[tuple[int, int | None]] | None = None
+    # The remote file's size, learnt from the server (a ranged file's local file gets it).
+    remote_size: int | None = None
 
 @dataclass(slots=True)
 class JobError:
@@ -266,6 +271,8 @@ class Job:
         self._require_not_final("add files")
         if not files:
             raise FerryError("E_INVALIDARG", "no files given")
+        if self.type is not JobType.DOWNLOAD and any(f.ranges is not None for f in files):
+            raise FerryError("E_NOTIMPL", "ranges are for download jobs only")
         if self.type is not JobType.DOWNLOAD and len(self.files) + len(files) > 1:
             raise FerryError("BG_E_TOO_MANY_FILES", "an upload job has exactly one file")
         if len(self.files) + len(files) > limits.files_per_job:

@@ -440,6 +440,18 @@ MAX_HANDLE_TTL = 3600
 SHA256_PATTERN = "^[0-9a-fA-F]{64}$"
 
 
+# One byte range of AddFileWithRanges (model/ranges.py): offset and length, or "eof".
+RANGE_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "required": ["offset", "length"],
+    "properties": {
+        "offset": {"type": "integer", "minimum": 0},
+        "length": {"oneOf": [{"type": "integer", "minimum": 1}, {"const": "eof"}]},
+    },
+    "additionalProperties": False,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class FileField:
     """A field of one entry of POST /v1/jobs/JOB/files."""
@@ -462,6 +474,16 @@ FILE_FIELDS: tuple[FileField, ...] = (
         False,
         "expected SHA-256 of the whole file (64 hex digits); a mismatch fails the job with "
         "BG_E_VALIDATION_FAILED",
+    ),
+    FileField(
+        "ranges",
+        {"type": ["array", "null"], "minItems": 1, "items": RANGE_SCHEMA},
+        False,
+        "AddFileWithRanges: only these byte ranges of the remote file, each written into the "
+        "local file at its own offset (the rest are holes); length 'eof' means to the end. "
+        "Overlaps: BG_E_OVERLAPPING_RANGES; a zero length or bad offset: BG_E_INVALID_RANGE "
+        "(also when the server's file is shorter); a server without ranges fails the job "
+        "with BG_E_INSUFFICIENT_RANGE_SUPPORT. Not with sha256.",
     ),
 )
 FILE_FIELD_NAMES = frozenset(f.name for f in FILE_FIELDS)

@@ -64,7 +64,7 @@ def _operation(r: Route) -> dict[str, Any]:
             "required": r.method == "POST" and any(f.required for f in r.body.values()),
             "content": {"application/json": {"schema": schema}},
         }
-    ok_type = "text/event-stream" if r.stream else "application/json"
+    ok_type = r.media or ("text/event-stream" if r.stream else "application/json")
     op["responses"] = {
         str(r.status): {
             "description": "success",

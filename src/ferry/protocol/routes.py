@@ -69,6 +69,8 @@ class Route:
     response: Mapping[str, Any] = field(default_factory=dict)
     status: int = 200
     stream: bool = False
+    # The answer's media type when it is not JSON (or an event stream), e.g. the metrics.
+    media: str | None = None
 
     def parse_body(self, raw: bytes) -> dict[str, Any]:
         """A request body as this route takes it: a JSON object (empty means ``{}``) with
@@ -160,6 +162,11 @@ def _helper_routes(base: str, prefix: str) -> tuple[Route, ...]:
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", f"{API_PREFIX}/openapi.json", "openapi", "This document"),
+    Route("GET", f"{API_PREFIX}/metrics", "metrics",
+          "Prometheus metrics (text exposition format; OpenMetrics when the Accept header "
+          "asks for it): jobs by state and priority, bytes, errors, retries, connections, "
+          "store commit latency, notification runs",
+          response={"type": "string"}, media="text/plain; version=0.0.4"),
     Route("GET", f"{API_PREFIX}/status", "status", "Daemon status and the caller's identity",
           response=ref("Status")),
     Route("GET", f"{API_PREFIX}/jobs", "list_jobs", "List the caller's jobs (admins: all users')",

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..model.httpopts import SECURITY_FLAGS
 from ..model.types import ErrorContext, JobState, JobType, TokenFlags
-from .contract import EVENT_TYPES, INTERFACES, PROPERTIES
+from .contract import EVENT_TYPES, INTERFACES, PROPERTIES, RANGE_SCHEMA
 
 _STR: Mapping[str, Any] = {"type": "string"}
 _INT: Mapping[str, Any] = {"type": "integer"}
@@ -197,6 +197,11 @@ FILE_SCHEMA: dict[str, Any] = closed(
         "response_headers": {
             "type": ["string", "null"],
             "description": "status line and headers of the last HTTP response, CRLF-separated",
+        },
+        "ranges": {
+            "type": ["array", "null"],
+            "items": RANGE_SCHEMA,
+            "description": "AddFileWithRanges' ranges, sorted by offset; null: the whole file",
         },
     }
 )

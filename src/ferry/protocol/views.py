@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import format_hresult, hresult_of
 from ..model.httpopts import WRITE_ONLY_SHOWN
 from ..model.job import Job, JobFile, iso
+from ..model.ranges import ranges_to_wire
 from ..model.types import JobType
 from .contract import PROPERTIES, wire_value
 
@@ -27,6 +28,7 @@ def file_view(f: JobFile) -> dict[str, Any]:
         "final_url": f.final_url,
         "sha256": f.sha256,
         "response_headers": f.response_headers,
+        "ranges": None if f.ranges is None else ranges_to_wire(f.ranges),
     }
 
 

@@ -19,6 +19,7 @@ from ..model.paths import (
     validate_remote_name,
     validate_sha256,
 )
+from ..model.ranges import set_ranges
 from ..model.token import Token
 from ..model.types import JobState, JobType, Priority
 from ..security import policy
@@ -124,8 +125,10 @@ class QueueManager:
         ref: str,
         pairs: list[tuple[str, str]],
         sha256: list[str | None] | None = None,
+        ranges: list[list[tuple[int, int | None]] | None] | None = None,
     ) -> Job:
-        """AddFileSet; ``sha256``, when given, holds each file's expected digest or None."""
+        """AddFileSet; ``sha256``, when given, holds each file's expected digest or None;
+        ``ranges`` each file's byte ranges (AddFileWithRanges) or None."""
         job = self.resolve(caller, ref)
         if job.state.is_final:
             raise FerryError(
@@ -137,6 +140,9 @@ class QueueManager:
         digests = sha256 if sha256 is not None else [None] * len(pairs)
         if len(digests) != len(pairs):
             raise FerryError("E_INVALIDARG", "one sha256 (or None) per file")
+        spans = ranges if ranges is not None else [None] * len(pairs)
+        if len(spans) != len(pairs):
+            raise FerryError("E_INVALIDARG", "one list of ranges (or None) per file")
         files = [
             JobFile(
                 remote_name=validate_remote_name(remote, self._limits),
@@ -147,6 +153,9 @@ class QueueManager:
         ]
         if job.type is not JobType.DOWNLOAD:
             check_upload_files(files)
+        for jf, span in zip(files, spans, strict=True):
+            if span is not None:
+                set_ranges(jf, span)
         # The destination directories must exist, seen by the identity that will write there.
         await self._files.check_destinations(job, files)
         first = len(job.files)

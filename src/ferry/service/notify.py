@@ -46,6 +46,7 @@ from ..model import notification as notif
 from ..model.notification import NotificationStatus, PendingNotification
 from ..model.token import Token
 from ..security.identity import IdentityIO
+from .metrics import Metrics
 from .outbox import Outbox
 
 log = logging.getLogger("ferry.notify")
@@ -68,7 +69,9 @@ class Notifier:
         max_concurrent: int = 8,
         output_limit: int = 4096,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.outbox = outbox
         self.identity = identity
         self.socket_path = socket_path
@@ -129,6 +132,15 @@ class Notifier:
                 n.next_attempt = self.clock() + self.backoff(n.attempts, n.retry_cap)
                 await self.outbox.attempt(n)
                 failure = await self.execute(n)
+                if self.metrics is not None:
+                    outcome = (
+                        "delivered"
+                        if failure is None
+                        else "gave_up"
+                        if n.attempts >= self.max_attempts
+                        else "failed"
+                    )
+                    self.metrics.notified(n.event, outcome)
                 if failure is None:
                     await self._settle(n, None)
                 elif n.attempts >= self.max_attempts:

@@ -17,6 +17,7 @@ from ..store.base import JobStore
 from ..transfer.base import TransferError
 from . import events as ev
 from .events import Event
+from .metrics import Metrics
 from .outbox import Outbox
 from .table import JobTable
 
@@ -33,11 +34,13 @@ class EngineReports:
         store: JobStore,
         outbox: Outbox,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._table = table
         self._store = store
         self._outbox = outbox
         self._clock = clock
+        self._metrics = metrics
 
     # ---- the scheduler's records ------------------------------------------------------
 
@@ -53,6 +56,8 @@ class EngineReports:
         if job.state not in (JobState.CONNECTING, JobState.TRANSFERRING, JobState.TRANSIENT_ERROR):
             self._table.stage(job, ())  # still ends a hold the stop that came first left
             return
+        if self._metrics is not None and job.state is JobState.TRANSIENT_ERROR:
+            self._metrics.retried()
         job.requeue(self._clock())
         await self._table.commit(job, self._store.save_job_header(job))
 
@@ -63,6 +68,8 @@ class EngineReports:
             self._clock(),
             exc.retry_after,
         )
+        if self._metrics is not None:
+            self._metrics.failed(exc.code, job.state is JobState.TRANSIENT_ERROR)
         due = self._outbox.due(job) if job.state is JobState.ERROR else None
         # BITS calls JobError for the ERROR state only; a transient error is a modification.
         kind = ev.JOB_ERROR if job.state is JobState.ERROR else ev.JOB_MODIFICATION
@@ -92,6 +99,8 @@ class EngineReports:
         await self._table.commit(job, self._store.save_progress(job, index))
 
     async def progress(self, job: Job, index: int, bytes_on_disk: int) -> None:
+        if self._metrics is not None:
+            self._metrics.transferred(job, bytes_on_disk - job.files[index].bytes_transferred)
         job.record_progress(index, bytes_on_disk, self._clock())
         await self._table.commit(job, self._store.save_progress(job, index))
 
@@ -125,6 +134,8 @@ class EngineReports:
             sized.append(jf.bytes_total is not None)
             job.record_progress(index, size, now)
             job.file_completed(index, now)
+        if self._metrics is not None:
+            self._metrics.transferred(job, sum(g for g in growth if g > 0))
         entered = job.state is JobState.TRANSFERRED and was is not JobState.TRANSFERRED
         due = self._outbox.due(job) if entered else None
         self._table.stage(job, ())

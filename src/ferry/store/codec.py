@@ -59,6 +59,8 @@ def file_record(f: JobFile) -> dict[str, Any]:
         "sha256": f.sha256,
         "remote_renamed": f.remote_renamed,
         "response_headers": f.response_headers,
+        "ranges": None if f.ranges is None else [list(r) for r in f.ranges],
+        "remote_size": f.remote_size,
     }
 
 
@@ -77,7 +79,13 @@ def file_from_record(d: dict[str, Any]) -> JobFile:
         get("sha256"),
         bool(get("remote_renamed", False)),
         get("response_headers"),
+        _ranges(get("ranges")),
+        get("remote_size"),
     )
+
+
+def _ranges(value: Any) -> list[tuple[int, int | None]] | None:
+    return None if value is None else [(int(o), None if n is None else int(n)) for o, n in value]
 
 
 def error_record(e: JobError) -> dict[str, Any]:

@@ -30,6 +30,7 @@ the writes both run are store/sqlite_writes.py's. Import both stores (and the sc
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,7 @@ from .sqlite_writes import (
     write_save_job,
     write_update_notification,
 )
-from .writer import MAX_GROUP, StoreThread
+from .writer import MAX_GROUP, Outcome, StoreThread
 
 if TYPE_CHECKING:
     from .base import JobStore
@@ -79,18 +80,41 @@ class SqliteJobStore:
     exclusively: a synchronous call on ``db`` meanwhile is safe (a lock) but unordered.
     """
 
-    def __init__(self, db: SqliteStore, *, max_group: int = MAX_GROUP) -> None:
+    def __init__(
+        self,
+        db: SqliteStore,
+        *,
+        max_group: int = MAX_GROUP,
+        on_commit: Callable[[float], None] | None = None,
+    ) -> None:
         self.db = db
         self.path = db.path
+        apply_group = db.apply_group
+        if on_commit is not None:
+            # Metrics: how long each group commit takes, measured on the store thread.
+            def apply_group(writes: Sequence[Write[Any]]) -> list[Outcome]:
+                t0 = time.perf_counter()
+                try:
+                    return db.apply_group(writes)
+                finally:
+                    on_commit(time.perf_counter() - t0)
+
         self._thread: StoreThread[Write[Any]] = StoreThread(
-            "ferry-store", db.apply_group, db.close, db.closed_error, max_group=max_group
+            "ferry-store", apply_group, db.close, db.closed_error, max_group=max_group
         )
 
     @classmethod
-    def open(cls, path: Path, *, check: bool = True) -> SqliteJobStore:
+    def open(
+        cls,
+        path: Path,
+        *,
+        check: bool = True,
+        on_commit: Callable[[float], None] | None = None,
+    ) -> SqliteJobStore:
         """Open as :meth:`SqliteStore.open` does (on the calling thread: it runs before the
-        daemon serves anything) and start the store's thread."""
-        return cls(SqliteStore.open(path, check=check))
+        daemon serves anything) and start the store's thread. ``on_commit(seconds)`` is told
+        the duration of every group commit, on the store's thread."""
+        return cls(SqliteStore.open(path, check=check), on_commit=on_commit)
 
     async def __aenter__(self) -> SqliteJobStore:
         return self

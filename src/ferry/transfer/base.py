@@ -251,6 +251,12 @@ class DownloadRequest:
     client_cert: Callable[[], Awaitable[Any]] | None = None
     # Set by the transport: the last response's status line and headers (CRLF-separated).
     response_headers: str | None = None
+    # AddFileWithRanges (model/ranges.py): only these ranges, sorted; the sink's offset then
+    # counts the ranges' bytes in order and writes each byte at its own offset. Such a file
+    # is fetched with ``download`` too: a transport that cannot do ranges raises
+    # BG_E_INSUFFICIENT_RANGE_SUPPORT. ``remote_size`` is the remote file's size, once known.
+    ranges: Sequence[tuple[int, int | None]] | None = None
+    remote_size: int | None = None
 
     def network_token(self) -> Token:
         """The token to act as for remote access (opening a file:// source; implicit HTTP

@@ -43,6 +43,7 @@ from .base import (
     acting_token,
 )
 from .httpopts import record_http_options, request_options
+from .ranged import RangedSink
 from .sink import TempSink
 from .upload import UploadRun, upload_request
 from .verify import verify_sha256
@@ -67,6 +68,7 @@ def _record(request: DownloadRequest, jf: JobFile) -> None:
     jf.bytes_total = request.bytes_total
     jf.final_url = request.final_url
     record_http_options(request, jf)
+    jf.remote_size = request.remote_size
 
 
 class TransferEngine:
@@ -212,6 +214,8 @@ class TransferEngine:
             auth=self.job_auth(job, network),
             proxy=job.proxy,
             **request_options(job, self.identity),
+            ranges=jf.ranges,
+            remote_size=jf.remote_size,
         )
 
     def job_auth(self, job: Job, network: Token | FerryError) -> JobAuth | None:
@@ -308,7 +312,7 @@ class TransferEngine:
             _record(request, jf)
             await on_response(sink.offset)
 
-        sink = TempSink(
+        sink = (TempSink if jf.ranges is None else RangedSink)(
             self.identity,
             fd,
             offset,
@@ -320,6 +324,8 @@ class TransferEngine:
             pace=None if self.limiter is None else functools.partial(self.limiter.pace, job),
             watch=None if self.limiter is None else functools.partial(self.limiter.watch, job),
         )
+        if isinstance(sink, RangedSink):
+            sink.request = request
         try:
             try:
                 try:

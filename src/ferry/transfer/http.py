@@ -25,12 +25,14 @@ from yarl import URL
 
 from ..errors import FerryError, http_error_code
 from ..model.httpopts import REDIRECT_DISALLOW, header_pairs, redirect_policy
+from ..model.ranges import resolved, total_length
 from ..model.types import ErrorContext
 from ..security.secretbox import SecretBox
 from .auth import Authenticator, challenge_header
 from .base import DownloadRequest, Sink, TransferError
 from .httpopts import open_sealed_headers
 from .proxy import ProxyRouter
+from .ranged import RangedSink
 from .tls import TlsContexts
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -77,6 +79,15 @@ def _changed(url: str) -> TransferError:
         f"{url} changed since its transfer began; its partial data was discarded",
         transient=False,
     )
+
+
+def _inside(request: DownloadRequest, size: int) -> None:
+    """Every range of a ranged file lies inside a remote file of ``size`` bytes, or the
+    transfer fails with BG_E_INVALID_RANGE (not worth retrying)."""
+    try:
+        resolved(request.ranges or (), size)
+    except FerryError as exc:
+        raise _remote(exc.code, exc.message, transient=False) from None
 
 
 def validator_of(headers: CIMultiDictProxy[str]) -> str | None:
@@ -319,6 +330,14 @@ class HttpTransport:
             self._background_session = None
 
     async def download(self, request: DownloadRequest, sink: Sink) -> None:
+        if request.ranges is not None:
+            try:
+                await self._download_ranges(request, sink)
+            except TransferError:
+                raise
+            except (aiohttp.ClientError, OSError) as exc:
+                raise map_client_error(exc, request.url) from None
+            return
         if request.http_method != "GET":
             # BITS: another method never resumes (each attempt starts at byte 0), and what
             # would be a transient error is ERROR (the client resumes: from the start).
@@ -348,9 +367,12 @@ class HttpTransport:
             # (the sink raises them as TransferError).
             raise map_client_error(exc, request.url) from None
 
-    async def _open(self, request: DownloadRequest, offset: int) -> aiohttp.ClientResponse:
+    async def _open(
+        self, request: DownloadRequest, offset: int, ranged: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
         """Send the request, following redirects by hand so the policy (count, no https to
-        http) is ours and the final URL is known."""
+        http) is ours and the final URL is known. ``ranged``: the headers of a range of a
+        ranged file, instead of the resume from ``offset``."""
         session = self._get_session(request.background)
         url = URL(request.url)
         home = _origin(url)
@@ -359,7 +381,9 @@ class HttpTransport:
         downgrade = self._allow_downgrade or "ALLOW_HTTPS_TO_HTTP" in request.security_flags
         for _hop in range(self._max_redirects + 1):
             headers: CIMultiDict[str] = CIMultiDict(custom)
-            if offset > 0 and request.validator and request.http_method == "GET":
+            if ranged is not None:
+                headers.update(ranged)
+            elif offset > 0 and request.validator and request.http_method == "GET":
                 headers["Range"] = f"bytes={offset}-"
                 headers["If-Range"] = request.validator
             # The job's SERVER credentials go only to the origin of its URL, never to
@@ -685,6 +709,120 @@ class HttpTransport:
         request.validator = None
         request.bytes_total = None
         raise _changed(request.url)
+
+    async def _download_ranges(self, request: DownloadRequest, sink: Sink) -> None:
+        """AddFileWithRanges: one request per range (``Range: bytes=A-B``, with If-Range once
+        a validator is known), each answer written at the range's offset by the RangedSink.
+        A 200 is a server without ranges (BG_E_INSUFFICIENT_RANGE_SUPPORT) unless its
+        validator shows the file changed; a 416, or a range past the file's end, is
+        BG_E_INVALID_RANGE."""
+        assert isinstance(sink, RangedSink) and request.ranges is not None
+        answered = False
+        while (span := sink.next_span()) is not None:
+            at, left = span
+            if request.remote_size is not None:
+                _inside(request, request.remote_size)
+                if left == 0:
+                    break
+            last = "" if left is None else str(at + left - 1)
+            headers = {"Range": f"bytes={at}-{last}"}
+            if request.validator:
+                headers["If-Range"] = request.validator
+            resp = await self._open(request, 0, headers)
+            try:
+                count = await self._accept_range(request, resp, sink, at, left)
+                request.final_url = str(resp.url)
+                if not answered:
+                    answered = True
+                    await sink.response()
+                end = sink.offset + count
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    if sink.offset + len(chunk) > end:
+                        raise _invalid(f"{resp.url} sent more bytes than its range ({count})")
+                    sink.write(chunk)
+                    await sink.checkpoint()
+                if sink.offset < end:
+                    raise _transport(
+                        "BG_E_CONNECTION_CLOSED",
+                        f"{resp.url} closed the connection inside the range at {at}",
+                        transient=True,
+                    )
+            finally:
+                resp.release()
+        if not answered:
+            # Every byte was already here (the last run stopped before reporting it).
+            await sink.response()
+
+    async def _accept_range(
+        self,
+        request: DownloadRequest,
+        resp: aiohttp.ClientResponse,
+        sink: Sink,
+        at: int,
+        left: int | None,
+    ) -> int:
+        """Check the answer to one range's request; returns how many body bytes to write."""
+        status = resp.status
+        shown = f"{resp.url} answered {status} {resp.reason or ''}".rstrip()
+        if status == 416:
+            m = re.match(r"^\s*bytes\s+\*/(\d+)\s*$", resp.headers.get("Content-Range", ""))
+            size = f" ({m.group(1)} bytes)" if m else ""
+            raise _remote(
+                "BG_E_INVALID_RANGE",
+                f"the range at {at} is outside the remote file{size}: {shown}",
+                transient=False,
+            )
+        if status in (408, 429) or 500 <= status <= 599:
+            raise _remote(
+                http_error_code(status),
+                shown,
+                transient=True,
+                retry_after=retry_after_of(resp.headers),
+            )
+        if status >= 300:
+            raise _remote(http_error_code(status), shown, transient=False)
+        validator = validator_of(resp.headers)
+        if status in (200, 203):
+            if request.validator is not None and validator != request.validator:
+                await self._forget(request, sink)
+                raise _changed(request.url)
+            raise _remote(
+                "BG_E_INSUFFICIENT_RANGE_SUPPORT",
+                f"{resp.url} does not serve byte ranges (it answered a range request with "
+                "the whole file)",
+                transient=False,
+            )
+        if status != 206:
+            raise _invalid(f"{shown}, which is not a file")
+        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        if m is None or m.group(3) == "*":
+            raise _invalid(f"{resp.url} answered 206 with an unusable Content-Range")
+        start, last, total = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        if (request.remote_size is not None and request.remote_size != total) or (
+            request.validator is not None and validator is not None
+            and validator != request.validator
+        ):
+            await self._forget(request, sink)
+            raise _changed(request.url)
+        request.remote_size = total
+        request.bytes_total = total_length(request.ranges or (), total)
+        if request.validator is None:
+            request.validator = validator
+        _inside(request, total)
+        want = total - 1 if left is None else at + left - 1
+        if start != at or last != want:
+            raise _invalid(f"{resp.url} sent bytes {start}-{last}/{total}; asked for {at}-{want}")
+        length = _content_length(resp)
+        if length is not None and length != last - start + 1:
+            raise _invalid(f"{resp.url}: Content-Length {length} disagrees with Content-Range")
+        return last - start + 1
+
+    @staticmethod
+    async def _forget(request: DownloadRequest, sink: Sink) -> None:
+        await sink.truncate(0)
+        request.validator = None
+        request.remote_size = None
+        request.bytes_total = total_length(request.ranges or (), None)
 
     async def _receive(
         self, resp: aiohttp.ClientResponse, sink: Sink, end: int | None, chunk_size: int = CHUNK

@@ -14,9 +14,11 @@ import os
 
 from ..errors import FerryError, code_for_errno
 from ..model.paths import file_url_path
+from ..model.ranges import resolved, total_length
 from ..model.types import ErrorContext
 from ..security.identity import IdentityIO
 from .base import WRITE_MAX, DownloadRequest, Sink, TransferError
+from .ranged import RangedSink
 
 CHUNK = 8 << 20
 _FALLBACK_ERRNOS = frozenset(
@@ -113,7 +115,52 @@ class LocalTransport:
         finally:
             await self._identity.close(src)
 
+    async def _copy_ranges(
+        self, request: DownloadRequest, src: int, path: str, sink: RangedSink
+    ) -> None:
+        """AddFileWithRanges from a file: each range copied to the same offset."""
+        st = await self._identity.run_io(os.fstat, src)
+        validator = _validator(st)
+        if sink.offset > 0 and request.validator != validator:
+            await sink.truncate(0)
+            if request.validator is not None:
+                request.validator = None
+                request.remote_size = None
+                raise _changed(path)
+        try:
+            resolved(request.ranges or (), st.st_size)
+        except FerryError as exc:
+            raise TransferError(
+                exc.code, exc.message, context=ErrorContext.REMOTE_FILE, transient=False
+            ) from None
+        request.validator = validator
+        request.remote_size = st.st_size
+        request.bytes_total = total_length(request.ranges or (), st.st_size)
+        request.final_url = request.url
+        await sink.response()
+        while (span := sink.next_span()) is not None and span[1]:
+            at, left = span
+            count = min(self._chunk, left or 0)
+            try:
+                copied = await self._identity.run_io(_copy, src, sink.fd, at, count)
+            except _SideError as err:
+                raise _copy_error(err, path) from None
+            if copied == 0:
+                break
+            sink.advanced(copied)
+            await sink.checkpoint()
+        after = await self._identity.run_io(os.fstat, src)
+        if not sink.done() or _validator(after) != validator:
+            await sink.truncate(0)
+            request.validator = None
+            request.remote_size = None
+            raise _changed(path)
+
     async def _copy_from(self, request: DownloadRequest, src: int, path: str, sink: Sink) -> None:
+        if request.ranges is not None:
+            assert isinstance(sink, RangedSink)
+            await self._copy_ranges(request, src, path, sink)
+            return
         st = await self._identity.run_io(os.fstat, src)
         validator = _validator(st)
         if sink.offset > 0 and request.validator != validator:

@@ -97,13 +97,18 @@ class TempSink(Sink):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         done, size = 0, len(view)
+        at = self._position(size)
         try:
             while done < size:
-                done += os.pwrite(self._fd, view[done : done + WRITE_MAX], self._offset + done)
+                done += os.pwrite(self._fd, view[done : done + WRITE_MAX], at + done)
         except OSError as exc:
             # Only whole writes count: a resume trims whatever a failed write left behind.
             raise local_error(exc, "cannot write the temporary file") from None
         self._offset += size
+
+    def _position(self, size: int) -> int:
+        """Where in the file the next ``size`` bytes go (ranged.py places them elsewhere)."""
+        return self._offset
 
     def advanced(self, count: int) -> None:
         self._offset += count
@@ -266,7 +271,11 @@ async def open_temp(
     try:
         size = os.fstat(fd).st_size
         keep = min(size, jf.bytes_transferred)
-        if size != keep:
+        if jf.ranges is not None:
+            # A ranged file's bytes sit at their own offsets: its size says nothing of the
+            # checkpoint, and what lies past it is written again from the checkpoint on.
+            keep = jf.bytes_transferred
+        elif size != keep:
             # Bytes past the checkpoint were never reported as durable.
             await identity.run_io(os.ftruncate, fd, keep)
     except OSError as exc:
