@@ -290,9 +290,11 @@ def test_https_goes_through_a_connect_tunnel(
     act(tls_ferryd, job, "complete")
     assert (dest / "s.bin").read_bytes() == DATA
     port = url.split("/")[2].split(":")[1]
+    # squid logs a tunnel when it closes: when ferryd's kept-alive connection goes idle
+    # (aiohttp closes idle connections after 15 s).
     tunnels = [
         e
-        for e in proxy.wait_access(lambda e: e.method == "CONNECT")
+        for e in proxy.wait_access(lambda e: e.method == "CONNECT", timeout=60)
         if e.method == "CONNECT" and e.url == f"127.0.0.1:{port}"
     ]
     assert tunnels and tunnels[0].status == 200, proxy.access()
