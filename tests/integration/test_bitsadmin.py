@@ -1,6 +1,6 @@
 """``ferry bitsadmin /VERB …`` through a real ferryd: bitsadmin's syntax (switches in any
-case, GUIDs in braces), its output shapes, and the verbs of parts not built yet refusing
-clearly with a non-zero exit."""
+case, GUIDs in braces), its output shapes, the network-identity, HTTP-option and
+upload(-reply) verbs, and bad input refused with the right code and nothing changed."""
 
 from __future__ import annotations
 
@@ -121,29 +121,149 @@ def test_addfileset_ranges_geterror_and_reset(
     assert "1 out of 1 jobs canceled." in out
 
 
-def test_missing_parts_say_so(ferryd: Daemon) -> None:
+def test_usage_errors(ferryd: Daemon) -> None:
     cli = Cli(ferryd.socket)
     ba(cli, "/create", "j")
-    for args in (
-        ("/setproxysettings", "j", "OVERRIDE", "proxy:8080", "NULL"),
-        ("/SetCredentials", "j", "SERVER", "BASIC", "u", "p"),
-        ("/removecredentials", "j", "SERVER", "BASIC"),
-        ("/setcustomheaders", "j", "X-A: 1"),
-        ("/setsecurityflags", "j", "0"),
-        ("/setreplyfilename", "j", "/tmp/r"),
-        ("/getreplydata", "j", "/hex"),
-        ("/create", "/upload", "u"),
-        ("/create", "/upload-reply", "u"),
-        ("/transfer", "u", "/upload", "http://h/x", "/tmp/x"),
-    ):
-        r = ba(cli, *args, ok=False)
-        assert r.returncode == 1, (args, r)
-        assert "E_NOTIMPL" in r.stderr and "not available" in r.stderr, r
     r = ba(cli, "/frobnicate", ok=False)
     assert r.returncode == 2 and "Unknown bitsadmin verb" in r.stderr
     r = ba(cli, "/addfile", "j", ok=False)
     assert r.returncode == 2 and "Usage: ferry bitsadmin /addfile JOB" in r.stderr
-    assert "/addfilewithranges" in ba(cli, "/?")
+    help_text = ba(cli, "/?")
+    assert "/addfilewithranges" in help_text and "/setcredentials" in help_text
+    assert "Not available yet" not in help_text
+
+
+def test_setproxysettings(ferryd: Daemon) -> None:
+    cli = Cli(ferryd.socket)
+    ba(cli, "/create", "p")
+    out = ba(
+        cli, "/SetProxySettings", "p", "override",
+        "http://127.0.0.1:3128,http://[::1]:3128", "<local> .example.org",
+    )  # fmt: skip
+    assert "Proxy usage set to OVERRIDE." in out
+    assert ba(cli, "/rawreturn", "/getproxyusage", "p").strip() == "OVERRIDE"
+    with Client(ferryd.socket) as c:
+        proxy = c.get_job("p").data["proxy"]
+    assert proxy["usage"] == "OVERRIDE" and len(proxy["list"]) == 2
+    assert ba(cli, "/rawreturn", "/getproxylist", "p").strip() == ",".join(proxy["list"])
+    assert ba(cli, "/rawreturn", "/getproxybypasslist", "p").strip() == " ".join(proxy["bypass"])
+    assert "PROXY USAGE: OVERRIDE PROXY LIST: http://127.0.0.1:3128" in ba(
+        cli, "/info", "p", "/verbose"
+    )
+    # A bad value: BG_E_INVALID_PROXY_INFO, nothing changes.
+    r = ba(cli, "/setproxysettings", "p", "NO_PROXY", "http://127.0.0.1:3128", ok=False)
+    assert r.returncode == 1 and "BG_E_INVALID_PROXY_INFO" in r.stderr, r
+    r = ba(cli, "/setproxysettings", "p", "SOMETIMES", ok=False)
+    assert r.returncode == 1, r
+    assert ba(cli, "/rawreturn", "/getproxyusage", "p").strip() == "OVERRIDE"
+    ba(cli, "/setproxysettings", "p", "NO_PROXY")
+    assert ba(cli, "/rawreturn", "/getproxylist", "p").strip() == "NULL"
+    assert ba(cli, "/rawreturn", "/getproxyusage", "p").strip() == "NO_PROXY"
+
+
+def test_setcredentials_and_removecredentials(ferryd: Daemon) -> None:
+    cli = Cli(ferryd.socket)
+    ba(cli, "/create", "c")
+    assert "Credentials set." in ba(
+        cli, "/SetCredentials", "c", "server", "basic", "alice", "s3cret-pw"
+    )
+    ba(cli, "/setcredentials", "c", "PROXY", "DIGEST", "bob", "other-pw")
+    with Client(ferryd.socket) as c:
+        creds = c.get_job("c").credentials()
+    assert {(x["target"], x["scheme"], x["user"]) for x in creds} == {
+        ("SERVER", "BASIC", "alice"),
+        ("PROXY", "DIGEST", "bob"),
+    }
+    info = ba(cli, "/info", "c", "/verbose")
+    assert "s3cret-pw" not in info and "other-pw" not in info
+    r = ba(cli, "/setcredentials", "c", "SERVER", "PASSPORT", "u", "p", ok=False)
+    assert r.returncode == 1 and "p" not in r.stdout.split("\n", 2)[-1], r
+    r = ba(cli, "/setcredentials", "c", "SERVER", "BASIC", "u", ok=False)
+    assert r.returncode == 2, r
+    assert "Credentials removed." in ba(cli, "/removecredentials", "c", "SERVER", "BASIC")
+    assert "S_FALSE" in ba(cli, "/removecredentials", "c", "SERVER", "BASIC")
+    with Client(ferryd.socket) as c:
+        creds = c.get_job("c").credentials()
+    assert [(x["target"], x["scheme"]) for x in creds] == [("PROXY", "DIGEST")]
+
+
+def test_setcustomheaders_securityflags_httpmethod(ferryd: Daemon) -> None:
+    cli = Cli(ferryd.socket)
+    ba(cli, "/create", "h")
+    assert "2 custom header(s) set." in ba(cli, "/setcustomheaders", "h", "X-A: 1", "X-B: two")
+    assert ba(cli, "/rawreturn", "/getcustomheaders", "h").splitlines() == ["X-A: 1", "X-B: two"]
+    r = ba(cli, "/setcustomheaders", "h", "Authorization: Basic eA==", ok=False)
+    assert r.returncode == 1 and "E_INVALIDARG" in r.stderr, r
+    assert ba(cli, "/rawreturn", "/getcustomheaders", "h").splitlines() == ["X-A: 1", "X-B: two"]
+    assert "Custom headers cleared." in ba(cli, "/setcustomheaders", "h", "NULL")
+    assert ba(cli, "/rawreturn", "/getcustomheaders", "h").strip() == "NULL"
+    ba(cli, "/setcustomheaders", "h", "X-Secret: 42")
+    assert "write-only" in ba(cli, "/makecustomheaderswriteonly", "h")
+    assert "42" not in ba(cli, "/rawreturn", "/getcustomheaders", "h")
+    # 0x010A: IGNORE_CERT_CN_INVALID | IGNORE_UNKNOWN_CA | REDIRECT_POLICY_ALLOW_REPORT
+    assert "Security flags set to 0x010A." in ba(cli, "/SetSecurityFlags", "h", "0x010A")
+    with Client(ferryd.socket) as c:
+        assert c.get_job("h").data["security_flags"] == [
+            "IGNORE_CERT_CN_INVALID",
+            "IGNORE_UNKNOWN_CA",
+            "REDIRECT_POLICY_ALLOW_REPORT",
+        ]
+    assert ba(cli, "/rawreturn", "/getsecurityflags", "h").strip() == str(0x010A)
+    for bad in ("0x4000", "0x0300", "lots"):
+        r = ba(cli, "/setsecurityflags", "h", bad, ok=False)
+        assert r.returncode in (1, 2), r
+    assert ba(cli, "/rawreturn", "/getsecurityflags", "h").strip() == str(0x010A)
+    ba(cli, "/setsecurityflags", "h", "0")
+    assert ba(cli, "/rawreturn", "/getsecurityflags", "h").strip() == "0"
+    assert ba(cli, "/rawreturn", "/gethttpmethod", "h").strip() == "GET"
+    ba(cli, "/sethttpmethod", "h", "POST")
+    assert ba(cli, "/rawreturn", "/gethttpmethod", "h").strip() == "POST"
+
+
+def test_upload_and_upload_reply(ferryd: Daemon, tmp_path: Path) -> None:
+    from tests.helpers.oddbits import OddBitsServer
+
+    cli = Cli(ferryd.socket)
+    odd = OddBitsServer()
+    odd.start()
+    try:
+        data = os.urandom(30_000)
+        (tmp_path / "src").write_bytes(data)
+        out = ba(cli, "/transfer", "up", "/UPLOAD", odd.url("up"), str(tmp_path / "src"))
+        assert "TYPE: UPLOAD STATE:" in out and out.rstrip().endswith("Transfer complete.")
+        assert odd.published["up"] == data
+        (gid,) = GUID.findall(ba(cli, "/create", "/upload", "up2"))
+        assert ba(cli, "/rawreturn", "/gettype", gid).strip() == "UPLOAD"
+        odd.reply_for["rr"] = b"\x00reply from the application\xff" * 3
+        out = ba(cli, "/create", "/Upload-Reply", "rr")
+        assert "Created job" in out
+        assert ba(cli, "/rawreturn", "/gettype", "rr").strip() == "UPLOAD-REPLY"
+        ba(cli, "/addfile", "rr", odd.url("rr"), str(tmp_path / "src"))
+        assert ba(cli, "/rawreturn", "/getreplyfilename", "rr").strip() == str(
+            tmp_path / "src.reply"
+        )
+        assert "Reply file name set to" in ba(
+            cli, "/setreplyfilename", "rr", str(tmp_path / "answer")
+        )
+        assert ba(cli, "/rawreturn", "/getreplyfilename", "rr").strip() == str(tmp_path / "answer")
+        r = ba(cli, "/getreplydata", "rr", ok=False)  # not transferred yet
+        assert r.returncode == 1 and "BG_E_INVALID_STATE" in r.stderr, r
+        ba(cli, "/resume", "rr")
+        with Client(ferryd.socket) as c:
+            assert c.get_job("rr").wait(timeout=60) is JobState.TRANSFERRED
+        hexed = ba(cli, "/rawreturn", "/getreplydata", "rr")
+        assert bytes.fromhex(hexed.replace("\n", " ")) == odd.reply_for["rr"]
+        assert hexed.splitlines()[0] == odd.reply_for["rr"][:16].hex(" ").upper()
+        total = len(odd.reply_for["rr"])
+        assert ba(cli, "/rawreturn", "/getreplyprogress", "rr").strip() == (
+            f"{total} / {total} (100%)"
+        )
+        r = ba(cli, "/getreplydata", "up2", ok=False)  # not an upload-reply job
+        assert r.returncode == 1, r
+        ba(cli, "/complete", "rr")
+        assert (tmp_path / "answer").read_bytes() == odd.reply_for["rr"]
+    finally:
+        odd.stop()
 
 
 def test_monitor_redraws(ferryd: Daemon) -> None:

@@ -162,15 +162,9 @@ def _take_type(args: list[str]) -> tuple[JobType, list[str]]:
     return kind, rest
 
 
-def _check_type(kind: JobType) -> None:
-    if kind is not JobType.DOWNLOAD and UPLOADS_MISSING:
-        raise FerryError("E_NOTIMPL", f"{UPLOADS_MISSING} is not available in this ferry")
-
-
 def v_create(s: Session, args: list[str]) -> int:
     kind, rest = _take_type(args)
     (name,) = _args(rest, 1, "/create [/download | /upload | /upload-reply] NAME")
-    _check_type(kind)
     job = s.client(transfer=True).create_job(name, kind)
     s.value(guid(job.id)) if s.raw else s.say(f"Created job {guid(job.id)}.")
     return EXIT_OK
@@ -281,13 +275,15 @@ def _info_lines(j: Job, verbose: bool) -> list[str]:
     times = d.get("times") or {}
     cmd = d.get("notify_cmdline")
     helper = d.get("helper_token") or {}
+    proxy = _proxy(j)
     lines += [
         f"CREATION TIME: {times.get('created')} MODIFICATION TIME: {times.get('modified')}",
         f"COMPLETION TIME: {times.get('transfer_completed') or 'UNKNOWN'}",
         f"NOTIFY INTERFACE: UNREGISTERED NOTIFICATION FLAGS: {d.get('notify_flags')}",
         f"RETRY DELAY: {d.get('min_retry_delay')} NO PROGRESS TIMEOUT: "
         f"{d.get('no_progress_timeout')} ERROR COUNT: {d.get('error_count', 0)}",
-        "PROXY USAGE: PRECONFIG PROXY LIST: NULL PROXY BYPASS LIST: NULL",
+        f"PROXY USAGE: {proxy['usage']} PROXY LIST: {','.join(proxy.get('list') or []) or 'NULL'} "
+        f"PROXY BYPASS LIST: {' '.join(proxy.get('bypass') or []) or 'NULL'}",
         f"DESCRIPTION: {d.get('description', '')}",
         f"NOTIFICATION COMMAND LINE: {shlex.join(cmd) if cmd else 'none'}",
         f"HELPER TOKEN FLAGS: {helper.get('flags_value', 0)}",
@@ -503,7 +499,6 @@ def v_transfer(s: Session, args: list[str]) -> int:
             i += 1
     if not names or len(names) % 2:
         raise Usage(usage)
-    _check_type(kind)
     client = s.client(transfer=True)
     job = client.create_job(name, kind, priority)
     try:
@@ -540,16 +535,137 @@ def v_transfer(s: Session, args: list[str]) -> int:
         time.sleep(0.5)
 
 
-# Parts of ferry that other work builds (SPEC §8, §9): each is one line to wire when it lands.
-_PROXY = _missing("/setproxysettings (per-job proxies, SPEC §8.1)")
-_CREDENTIALS = _missing("/setcredentials (server and proxy credentials, SPEC §8.2)")
-_REMOVE_CREDENTIALS = _missing("/removecredentials (credentials, SPEC §8.2)")
-_HEADERS = _missing("/setcustomheaders (custom HTTP headers, SPEC §8.3)")
-_SECURITY = _missing("/setsecurityflags (HTTP security flags, SPEC §8.3)")
-_REPLY_FILE = _missing("/setreplyfilename (upload-reply jobs, SPEC §9)")
-_REPLY_DATA = _missing("/getreplydata (upload-reply jobs, SPEC §9)")
-# None once uploads run (then /create /upload and /transfer /upload just work).
-UPLOADS_MISSING: str | None = "upload and upload-reply jobs (/upload, /upload-reply; SPEC §9)"
+# ---- network identity, HTTP options and upload-reply (SPEC §8, §9) ---------------------------
+
+# BITS_HTTP_SECURITY_FLAG_* bits (IBackgroundCopyJobHttpOptions::SetSecurityFlags) and the
+# names ferry's library takes for them.
+SECURITY_BITS: tuple[tuple[int, str], ...] = (
+    (0x0001, "ENABLE_CRL_CHECK"),
+    (0x0002, "IGNORE_CERT_CN_INVALID"),
+    (0x0004, "IGNORE_CERT_DATE_INVALID"),
+    (0x0008, "IGNORE_UNKNOWN_CA"),
+    (0x0010, "IGNORE_CERT_WRONG_USAGE"),
+    (0x0800, "ALLOW_HTTPS_TO_HTTP"),
+)
+REDIRECT_MASK = 0x0700
+REDIRECT_BITS: dict[int, str | None] = {
+    0x0000: None,  # BG_HTTP_REDIRECT_POLICY_ALLOW_SILENT, the default
+    0x0100: "REDIRECT_POLICY_ALLOW_REPORT",
+    0x0200: "REDIRECT_POLICY_DISALLOW",
+}
+SECURITY_MASK = REDIRECT_MASK | sum(bit for bit, _ in SECURITY_BITS)
+
+
+def security_names(value: int) -> list[str]:
+    """A /setsecurityflags number as the library's flag names; E_INVALIDARG for unknown bits
+    or an unknown redirect policy (nothing changes then)."""
+    if value < 0 or value & ~SECURITY_MASK or (value & REDIRECT_MASK) not in REDIRECT_BITS:
+        raise FerryError("E_INVALIDARG", f"0x{value:04X} is not a BITS HTTP security flag value")
+    names = [name for bit, name in SECURITY_BITS if value & bit]
+    policy = REDIRECT_BITS[value & REDIRECT_MASK]
+    return names + ([policy] if policy else [])
+
+
+def security_value(names: Sequence[str]) -> int:
+    """The job's flag names as bitsadmin's number (/getsecurityflags)."""
+    bits = {name: bit for bit, name in SECURITY_BITS}
+    bits.update({name: bit for bit, name in REDIRECT_BITS.items() if name})
+    return sum(bits.get(str(n), 0) for n in names)
+
+
+def _null(text: str) -> str | None:
+    return None if text.upper() == "NULL" else text
+
+
+def v_setproxysettings(s: Session, args: list[str]) -> int:
+    """/SetProxySettings JOB USAGE [LIST [BYPASS]]: LIST and BYPASS only with OVERRIDE
+    (comma- or blank-separated; NULL for none)."""
+    usage = "/setproxysettings JOB PRECONFIG|AUTODETECT|NO_PROXY|OVERRIDE [LIST [BYPASS]]"
+    if len(args) not in (2, 3, 4):
+        raise Usage(usage)
+    ref, mode = args[0], args[1].upper()
+    proxies = _null(args[2]) if len(args) > 2 else None
+    bypass = _null(args[3]) if len(args) > 3 else None
+    s.job(ref).set_proxy_settings(mode, proxies, bypass)
+    s.say(f"Proxy usage set to {mode}.")
+    return EXIT_OK
+
+
+def v_setcredentials(s: Session, args: list[str]) -> int:
+    """/SetCredentials JOB TARGET SCHEME USERNAME PASSWORD; NULL NULL: implicit credentials
+    (NTLM and NEGOTIATE answered with the caller's Kerberos ticket)."""
+    ref, target, scheme, user, password = _args(
+        args, 5, "/setcredentials JOB SERVER|PROXY BASIC|DIGEST|NTLM|NEGOTIATE USER PASSWORD"
+    )
+    s.job(ref).set_credentials(target.upper(), scheme.upper(), _null(user), _null(password))
+    s.say("Credentials set.")
+    return EXIT_OK
+
+
+def v_removecredentials(s: Session, args: list[str]) -> int:
+    ref, target, scheme = _args(args, 3, "/removecredentials JOB SERVER|PROXY SCHEME")
+    removed = s.job(ref).remove_credentials(target.upper(), scheme.upper())
+    s.say("Credentials removed." if removed else "No such credentials (S_FALSE).")
+    return EXIT_OK
+
+
+def v_setcustomheaders(s: Session, args: list[str]) -> int:
+    """/SetCustomHeaders JOB HEADER…: each argument one "Name: value" line; NULL clears."""
+    if len(args) < 2:
+        raise Usage('/setcustomheaders JOB "NAME: VALUE" ["NAME: VALUE" …] (NULL clears)')
+    ref, headers = args[0], args[1:]
+    clear = len(headers) == 1 and headers[0].upper() == "NULL"
+    s.job(ref).set_custom_headers(None if clear else headers)
+    s.say("Custom headers cleared." if clear else f"{len(headers)} custom header(s) set.")
+    return EXIT_OK
+
+
+def v_setsecurityflags(s: Session, args: list[str]) -> int:
+    ref, text = _args(args, 2, "/setsecurityflags JOB VALUE (BG_SSL_* | BG_HTTP_REDIRECT_* bits)")
+    s.job(ref).set_http_options(security_flags=security_names(_int(text, "VALUE")))
+    s.say(f"Security flags set to {text}.")
+    return EXIT_OK
+
+
+def v_sethttpmethod(s: Session, args: list[str]) -> int:
+    ref, method = _args(args, 2, "/sethttpmethod JOB METHOD")
+    s.job(ref).set_http_options(http_method=method)
+    s.say(f"HTTP method set to {method}.")
+    return EXIT_OK
+
+
+def v_makecustomheaderswriteonly(s: Session, args: list[str]) -> int:
+    (ref,) = _args(args, 1, "/makecustomheaderswriteonly JOB")
+    s.job(ref).make_custom_headers_write_only()
+    s.say("Custom headers are write-only.")
+    return EXIT_OK
+
+
+def v_setreplyfilename(s: Session, args: list[str]) -> int:
+    ref, path = _args(args, 2, "/setreplyfilename JOB FILE")
+    s.job(ref).set_reply_file(path)
+    s.say(f"Reply file name set to {path}.")
+    return EXIT_OK
+
+
+def v_getreplydata(s: Session, args: list[str]) -> int:
+    """The reply in hexadecimal, as bitsadmin prints it (16 bytes a line)."""
+    (ref,) = _args(args, 1, "/getreplydata JOB")
+    data = s.job(ref).reply_data()
+    lines = [data[i : i + 16].hex(" ").upper() for i in range(0, len(data), 16)]
+    s.value("\n".join(lines))
+    return EXIT_OK
+
+
+def _proxy(j: Job) -> dict[str, Any]:
+    return j.data.get("proxy") or {"usage": "PRECONFIG", "list": None, "bypass": None}
+
+
+def _reply(j: Job) -> dict[str, Any]:
+    reply = j.data.get("reply")
+    if reply is None:
+        raise FerryError("E_NOTIMPL", "only upload-reply jobs have a reply")
+    return dict(reply)
 
 
 VERBS: dict[str, Handler] = {
@@ -639,14 +755,39 @@ VERBS: dict[str, Handler] = {
     "/setremotename": v_setremotename,
     "/replaceremoteprefix": v_replaceremoteprefix,
     "/sethelpertokenflags": v_sethelpertokenflags,
-    # Not built yet on this branch (other work): one line each to wire.
-    "/setproxysettings": _PROXY,
-    "/setcredentials": _CREDENTIALS,
-    "/removecredentials": _REMOVE_CREDENTIALS,
-    "/setcustomheaders": _HEADERS,
-    "/setsecurityflags": _SECURITY,
-    "/setreplyfilename": _REPLY_FILE,
-    "/getreplydata": _REPLY_DATA,
+    "/setproxysettings": v_setproxysettings,
+    "/getproxyusage": _getter("/getproxyusage JOB", lambda j: _proxy(j)["usage"]),
+    "/getproxylist": _getter(
+        "/getproxylist JOB", lambda j: ",".join(_proxy(j).get("list") or []) or "NULL"
+    ),
+    "/getproxybypasslist": _getter(
+        "/getproxybypasslist JOB", lambda j: " ".join(_proxy(j).get("bypass") or []) or "NULL"
+    ),
+    "/setcredentials": v_setcredentials,
+    "/removecredentials": v_removecredentials,
+    "/setcustomheaders": v_setcustomheaders,
+    "/getcustomheaders": _getter(
+        "/getcustomheaders JOB",
+        lambda j: (
+            "\n".join(j.data["custom_headers"])
+            if isinstance(j.data.get("custom_headers"), list)
+            else j.data.get("custom_headers") or "NULL"
+        ),
+    ),
+    "/makecustomheaderswriteonly": v_makecustomheaderswriteonly,
+    "/setsecurityflags": v_setsecurityflags,
+    "/getsecurityflags": _getter(
+        "/getsecurityflags JOB", lambda j: security_value(j.data.get("security_flags") or [])
+    ),
+    "/sethttpmethod": v_sethttpmethod,
+    "/gethttpmethod": _getter("/gethttpmethod JOB", lambda j: j.data.get("http_method") or "GET"),
+    "/setreplyfilename": v_setreplyfilename,
+    "/getreplyfilename": _getter("/getreplyfilename JOB", lambda j: _reply(j)["file"] or ""),
+    "/getreplyprogress": _getter(
+        "/getreplyprogress JOB",
+        lambda j: _bytes_text(int(_reply(j)["bytes_transferred"] or 0), _reply(j)["bytes_total"]),
+    ),
+    "/getreplydata": v_getreplydata,
 }
 GLOBAL_SWITCHES = ("/rawreturn", "/wrap", "/nowrap")
 
@@ -657,9 +798,11 @@ def usage_text() -> str:
     return (
         "Usage: ferry bitsadmin [/rawreturn] [/wrap | /nowrap] /VERB [ARGUMENTS]\n"
         "Switches are case-insensitive; JOB is a display name or a {GUID}.\n\n"
-        "Verbs: " + " ".join(built) + "\n"
-        "Not available yet: " + " ".join(later) + "\n"
-        "See docs/bitsadmin.md for every bitsadmin verb and its ferry counterpart."
+        "Verbs: "
+        + " ".join(built)
+        + "\n"
+        + ("Not available yet: " + " ".join(later) + "\n" if later else "")
+        + "See docs/bitsadmin.md for every bitsadmin verb and its ferry counterpart."
     )
 
 
