@@ -193,7 +193,7 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 
 
 def ferryd_toml_5() -> str:
-    from .daemon.config import _DAEMON_KEYS, KEY_DOCS, LIMIT_DOCS, Config
+    from .daemon.config import _DAEMON_KEYS, KEY_DOCS, LIMIT_DOCS, SECTION_DOCS, Config
     from .model.job import Limits
 
     defaults = {f.name: f.default for f in fields(Config)}
@@ -228,6 +228,14 @@ def ferryd_toml_5() -> str:
             f"\\fB{esc(f.name)}\\fR = \\fIinteger\\fR (default: {f.default})",
             esc(LIMIT_DOCS[f.name]),
         ]
+    for section, (about, keys) in SECTION_DOCS.items():
+        lines += [f".SH [{section}]", esc(about)]
+        for key, kind, default, meaning in keys:
+            lines += [
+                ".TP",
+                f"\\fB{esc(key)}\\fR = \\fI{esc(kind)}\\fR (default: {esc(default)})",
+                esc(meaning),
+            ]
     lines += [
         ".SH EXAMPLE",
         ".nf",
@@ -237,6 +245,13 @@ def ferryd_toml_5() -> str:
         "",
         "[limits]",
         "jobs_per_user = 1000",
+        "",
+        "[proxy]",
+        esc('http = "http://proxy.example:3128"'),
+        esc('https = "http://proxy.example:3128"'),
+        "",
+        "[bandwidth]",
+        esc('background_limit = "2M"'),
         ".fi",
         ".SH SEE ALSO",
         "\\fBferryd\\fR(8), \\fBferry\\fR(1)",

@@ -19,7 +19,7 @@ from harness.ferryd import Daemon
 
 from ferry import Client
 from ferry.cli.main import cli
-from ferry.daemon.config import _DAEMON_KEYS, KEY_DOCS, LIMIT_DOCS
+from ferry.daemon.config import _DAEMON_KEYS, KEY_DOCS, LIMIT_DOCS, SECTION_DOCS, load_config
 from ferry.manpages import COMPLETIONS, PAGES
 from ferry.model.job import Limits
 
@@ -69,6 +69,10 @@ def test_pages_render_and_cover_the_code(tmp_path: Path) -> None:
     toml5 = rendered["man5/ferryd.toml.5"]
     for key in [*_DAEMON_KEYS, *LIMIT_DOCS]:
         assert key in toml5, key
+    for section, (_, keys) in SECTION_DOCS.items():
+        assert f"[{section}]" in toml5, section
+        for key, *_ in keys:
+            assert key in toml5, (section, key)
     ferryd8 = rendered["man8/ferryd.8"]
     for flag in ("--system", "--user", "--socket", "--state-dir", "--config", "--log-level"):
         assert flag in ferryd8
@@ -167,3 +171,35 @@ def test_completion_command_prints_each_script() -> None:
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert r.returncode == 0 and "_FERRY_COMPLETE" in r.stdout, r.stderr
+
+
+def test_section_docs_name_the_keys_ferryd_reads(tmp_path: Path) -> None:
+    """Every key SECTION_DOCS documents is one the parser knows, and every section of
+    ferryd.toml besides [daemon] and [limits] is documented."""
+    assert set(SECTION_DOCS) == {"kerberos", "proxy", "store", "bandwidth", "network"}
+    known = {
+        "kerberos": {"keytabs": {}},
+        "proxy": {"http": "http://p:3128", "https": "http://p:3128", "no_proxy": "a",
+                  "pac_url": "file:///x.pac", "wpad": False},
+        "store": {"url": "postgresql://u@h/db", "lease_seconds": 5, "worker_id": "w"},
+        "bandwidth": {"background_limit": "2M", "yield_to_others": True,
+                      "work_schedule": {"days": ["mon-fri"], "start": "08:00", "end": "17:00"},
+                      "maintenance_schedule": {"days": ["sat"], "start": "01:00",
+                                               "end": "05:00"}},
+        "network": {"cost": "metered", "dbus_address": "unix:path=/x", "netlink": False},
+    }  # fmt: skip
+    for section, (_, keys) in SECTION_DOCS.items():
+        assert {k for k, *_ in keys} == set(known[section]), section
+    path = tmp_path / "ferryd.toml"
+    path.write_text(
+        "[kerberos]\nkeytabs = {}\n"
+        '[proxy]\nhttp = "http://p:3128"\nhttps = "http://p:3128"\nno_proxy = "a"\n'
+        'pac_url = "file:///x.pac"\nwpad = false\n'
+        '[store]\nurl = "postgresql://u@h/db"\nlease_seconds = 5\nworker_id = "w"\n'
+        '[bandwidth]\nbackground_limit = "2M"\nyield_to_others = true\n'
+        '[bandwidth.work_schedule]\ndays = ["mon-fri"]\nstart = "08:00"\nend = "17:00"\n'
+        '[bandwidth.maintenance_schedule]\ndays = ["sat"]\nstart = "01:00"\nend = "05:00"\n'
+        '[network]\ncost = "metered"\ndbus_address = "unix:path=/x"\nnetlink = false\n'
+    )
+    cfg = load_config(system=False, config_file=path)  # every documented key parses
+    assert cfg.proxy_wpad is False and cfg.lease_seconds == 5 and cfg.netlink is False

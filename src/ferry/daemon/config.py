@@ -148,6 +148,133 @@ LIMIT_DOCS: dict[str, str] = {
     "cmdline_len": "Characters of a notification command line (BG_E_STRING_TOO_LONG).",
 }
 
+# The other sections of ferryd.toml, for ferryd.toml(5) (ferry/manpages.py): section ->
+# (what the section is, [(key, type, default, meaning)]). Their parsers are _keytabs,
+# _proxy_section, _store_section and _network_sections; tests check each key is known there.
+SECTION_DOCS: dict[str, tuple[str, list[tuple[str, str, str, str]]]] = {
+    "kerberos": (
+        "Service identities for implicit Negotiate credentials (SPEC 8.2).",
+        [
+            (
+                "keytabs",
+                "table",
+                "{}",
+                '{"UID" = "/path/to.keytab"}: the keytab a service '
+                "identity (no login session, no credential cache) answers implicit Negotiate "
+                "with; read as that uid, so it must be that uid's own file.",
+            ),
+        ],
+    ),
+    "proxy": (
+        "The proxy of jobs whose proxy usage is PRECONFIG, and the PAC script of AUTODETECT "
+        "(SPEC 8.1).",
+        [
+            (
+                "http",
+                "string",
+                "none",
+                "Proxy URL for http:// requests; without http and "
+                "https, ferryd's http_proxy, https_proxy and no_proxy environment applies.",
+            ),
+            ("https", "string", "none", "Proxy URL for https:// requests."),
+            (
+                "no_proxy",
+                "string or array",
+                "none",
+                "Hosts reached directly (a comma-separated string or a list; curl's rules).",
+            ),
+            (
+                "pac_url",
+                "string",
+                "none",
+                "http, https or file URL of a PAC script for AUTODETECT.",
+            ),
+            ("wpad", "boolean", "true", "Without pac_url, look for wpad.DOMAIN/wpad.dat."),
+        ],
+    ),
+    "store": (
+        "Fleet mode: several ferryd share one PostgreSQL job store; leave the section out "
+        "for the embedded SQLite store.",
+        [
+            (
+                "url",
+                "string",
+                "none",
+                "postgresql://... URL of the shared job store (needs "
+                "ferry[fleet]); without it, SQLite state_dir/ferry.db.",
+            ),
+            (
+                "lease_seconds",
+                "number",
+                "15",
+                "1..3600: how long a worker's claim on a "
+                "transfer lasts without a heartbeat; a dead worker's jobs are taken over within "
+                "it.",
+            ),
+            (
+                "worker_id",
+                "string",
+                "HOST:PID",
+                "This worker's name in the fleet (ferry fleet); unique per worker.",
+            ),
+        ],
+    ),
+    "bandwidth": (
+        "The bandwidth policy (SPEC 10), applied again on SIGHUP and ferry reload. Rates "
+        'are bytes/s: 500000, "500k", "2M", "1.5MiB". Foreground jobs are never throttled.',
+        [
+            ("background_limit", "rate", "none", "Bytes/s shared by every non-foreground job."),
+            (
+                "yield_to_others",
+                "boolean",
+                "true",
+                "Background jobs yield to other traffic on the link (a LEDBAT-style controller).",
+            ),
+            (
+                "work_schedule",
+                "table",
+                "none",
+                'days (["mon-fri"], names or ranges), start '
+                'and end ("HH:MM", local time; an end before the start runs past midnight), '
+                "work_limits and non_work_limits ({high = N, normal = N, low = N} or one rate; "
+                "a missing priority is unlimited).",
+            ),
+            (
+                "maintenance_schedule",
+                "table",
+                "none",
+                "days, start, end and limits; inside "
+                "this window its limits replace the work schedule's.",
+            ),
+        ],
+    ),
+    "network": (
+        "Network cost and reachability (SPEC 10), applied again on SIGHUP and ferry reload.",
+        [
+            (
+                "cost",
+                "string",
+                '"auto"',
+                "The network cost to assume: unrestricted, "
+                "metered, roaming, or auto (NetworkManager's Metered, else unrestricted).",
+            ),
+            (
+                "dbus_address",
+                "string",
+                "the system bus",
+                "The D-Bus address to find NetworkManager on.",
+            ),
+            (
+                "netlink",
+                "boolean",
+                "true",
+                "Watch routes and links over netlink: jobs with no "
+                "route to their host wait, and resume as soon as the route is back.",
+            ),
+        ],
+    ),
+}
+
 
 def _gid(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
