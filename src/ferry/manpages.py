@@ -230,10 +230,10 @@ def ferryd_toml_5() -> str:
         ]
     for section, (about, keys) in SECTION_DOCS.items():
         lines += [f".SH [{section}]", esc(about)]
-        for key, kind, default, meaning in keys:
+        for key, type_text, default, meaning in keys:
             lines += [
                 ".TP",
-                f"\\fB{esc(key)}\\fR = \\fI{esc(kind)}\\fR (default: {esc(default)})",
+                f"\\fB{esc(key)}\\fR = \\fI{esc(type_text)}\\fR (default: {esc(default)})",
                 esc(meaning),
             ]
     lines += [
