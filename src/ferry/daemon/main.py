@@ -230,6 +230,7 @@ async def serve(cfg: Config) -> None:
         read_timeout=max(cfg.stall_timeout, 300.0),
         fragment_size=cfg.upload_fragment_size,
         retries=cfg.upload_retries,
+        http=http,  # the job's proxies, credentials, headers and TLS options (issue #12)
     )
     # SPEC §10: the bandwidth limits in the data path, and what ferryd sees of the network.
     limiter = Limiter(cfg.bandwidth, clock)

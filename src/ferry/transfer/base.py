@@ -338,10 +338,38 @@ class UploadRequest:
     host_id: str | None = None
     host_fallback: float | None = None
     host_failing_since: float | None = None  # epoch seconds the farm host began failing
+    # The job's network identity and HTTP options, as a DownloadRequest carries them (issue
+    # #12: proxies, credentials, custom headers and TLS options apply to uploads as to
+    # downloads): every packet goes through transfer/http.py's request path with them.
+    auth: JobAuth | None = None
+    auth_note: str | None = None
+    proxy: ProxySettings = DEFAULT_PROXY
+    job_id: str = ""
+    custom_headers: tuple[str, ...] = ()
+    sealed_headers: str | None = None
+    security_flags: tuple[str, ...] = ()
+    client_cert: Callable[[], Awaitable[Any]] | None = None
+    http_method: str = "BITS_POST"  # every packet of the BITS Upload Protocol
 
     def network_token(self) -> Token:
         """As ``DownloadRequest.network_token``."""
         return _acting(self.network)
+
+
+class HttpJobRequest(Protocol):
+    """What transfer/http.py's request path (proxy routing, 401/407 answers, custom headers,
+    TLS options) reads of a request: a DownloadRequest and an UploadRequest both are one."""
+
+    url: str
+    auth: JobAuth | None
+    auth_note: str | None
+    proxy: ProxySettings
+    job_id: str
+    custom_headers: tuple[str, ...]
+    sealed_headers: str | None
+    security_flags: tuple[str, ...]
+    client_cert: Callable[[], Awaitable[Any]] | None
+    http_method: str
 
 
 class UploadTransport(Protocol):

@@ -26,13 +26,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..errors import CODES, http_error_code, name_of
 from ..model.types import ErrorContext
 from .base import Source, TransferError, UploadRequest
-from .http import USER_AGENT, map_client_error, retry_after_of
+from .http import USER_AGENT, HttpTransport, map_client_error, retry_after_of
 
 log = logging.getLogger("ferry.upload")
 
@@ -244,8 +244,15 @@ class BitsUploadTransport:
         fragment_size: int = FRAGMENT_SIZE,
         retries: int = RETRIES,
         retry_delay: float = RETRY_DELAY,
+        http: HttpTransport | None = None,
     ) -> None:
         self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
+        # The request path of downloads (transfer/http.py), which every packet takes: the
+        # job's proxies, SERVER/PROXY credentials, custom headers and TLS options (issue
+        # #12). ferryd passes its download transport (one proxy router, one authenticator);
+        # without one, a private one with the same trust store.
+        self._own_http = http is None
+        self._http = http if http is not None else HttpTransport(ssl_context=self._ssl)
         # Windows gives a request 2 minutes to be sent and its answer 5: sock_read bounds
         # each silence while waiting, no total (a fragment on a slow link takes long).
         self._timeout = aiohttp.ClientTimeout(
@@ -276,6 +283,8 @@ class BitsUploadTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._own_http:
+            await self._http.close()
 
     # ---- one packet ------------------------------------------------------------------------
 
@@ -292,17 +301,28 @@ class BitsUploadTransport:
         streamed from the source in pieces (no fragment-sized buffer), its length declared
         up front: a local read failure stops the request and is raised as itself."""
         length = 0 if body is None else body.length
-        headers = {"BITS-Packet-Type": packet, "Content-Length": str(length)}
+        headers: CIMultiDict[str] = CIMultiDict(
+            {"BITS-Packet-Type": packet, "Content-Length": str(length)}
+        )
         if session_id is not None:
             headers["BITS-Session-Id"] = session_id
         if extra:
             headers.update(extra)
         url = target.url
-        data = b"" if body is None or not length else body.stream()
+        request = target.request
+        # The job's SERVER credentials go to the origin of its URL only, not to a farm host
+        # of another origin (as downloads keep them from a redirect's other host).
+        same_origin = (url.scheme, url.host, url.port) == (
+            (origin := URL(request.url)).scheme,
+            origin.host,
+            origin.port,
+        )
+        data = b"" if body is None or not length else body.stream
         try:
-            async with self._get_session().request(
-                "BITS_POST", url, headers=headers, data=data, allow_redirects=False
-            ) as resp:
+            resp = await self._http.send_as_job(
+                self._get_session(), request, url, headers, same_origin=same_origin, data=data
+            )
+            async with resp:
                 await resp.read()
                 return resp.status, resp.headers
         except (aiohttp.ClientError, OSError) as exc:

@@ -18,6 +18,7 @@ slot.py's); the temporary files and their checkpoints are sink.py's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -39,6 +40,7 @@ from .base import (
     KerberosSource,
     PlainCredential,
     TransferError,
+    UploadRequest,
     UploadTransport,
     acting_token,
 )
@@ -154,7 +156,7 @@ class TransferEngine:
                 context=ErrorContext.REMOTE_FILE,
                 transient=False,
             )
-        request = upload_request(job)
+        request = self.upload_request(job)
         await self.upload_transport(request.url).close_session(request)
         state.forget_session()
 
@@ -163,7 +165,7 @@ class TransferEngine:
         state = job.upload
         if state is None or state.session_id is None or not job.files:
             return
-        request = upload_request(job)
+        request = self.upload_request(job)
         try:
             transport = self.upload_transport(request.url)
         except TransferError:
@@ -216,6 +218,18 @@ class TransferEngine:
             **request_options(job, self.identity),
             ranges=jf.ranges,
             remote_size=jf.remote_size,
+        )
+
+    def upload_request(self, job: Job) -> UploadRequest:
+        """What an upload transport is told (transfer/upload.py's ``upload_request``), with
+        the job's network identity as a download has it: credentials, proxy settings,
+        custom headers and TLS options (every packet is BITS_POST whatever the job's
+        http_method)."""
+        request = upload_request(job)
+        options = request_options(job, self.identity)
+        options.pop("http_method")
+        return dataclasses.replace(
+            request, auth=self.job_auth(job, request.network), proxy=job.proxy, **options
         )
 
     def job_auth(self, job: Job, network: Token | FerryError) -> JobAuth | None:

@@ -16,6 +16,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..model.ranges import resolved, total_length
 from ..model.types import ErrorContext
 from ..security.secretbox import SecretBox
 from .auth import Authenticator, challenge_header
-from .base import DownloadRequest, Sink, TransferError
+from .base import DownloadRequest, HttpJobRequest, Sink, TransferError
 from .httpopts import open_sealed_headers
 from .proxy import ProxyRouter
 from .ranged import RangedSink
@@ -432,7 +433,7 @@ class HttpTransport:
             transient=False,
         )
 
-    def _custom_headers(self, request: DownloadRequest) -> list[tuple[str, str]]:
+    def _custom_headers(self, request: HttpJobRequest) -> list[tuple[str, str]]:
         lines: tuple[str, ...] | list[str] = request.custom_headers
         if request.sealed_headers is not None:
             if self._secrets is None:
@@ -445,7 +446,7 @@ class HttpTransport:
                 raise _transport(exc.code, exc.message, transient=False) from None
         return header_pairs(lines)
 
-    def proxy_options(self, request: DownloadRequest, proxy: str) -> dict[str, object]:
+    def proxy_options(self, request: HttpJobRequest, proxy: str) -> dict[str, object]:
         """Extra keyword arguments of aiohttp's request when it goes through ``proxy``
         (``proxy_auth``, ``proxy_headers``): none without proxy credentials."""
         return {}
@@ -453,7 +454,7 @@ class HttpTransport:
     async def _send(
         self,
         session: aiohttp.ClientSession,
-        request: DownloadRequest,
+        request: HttpJobRequest,
         url: URL,
         headers: CIMultiDict[str],
         extra: dict[str, Any] | None = None,
@@ -472,7 +473,7 @@ class HttpTransport:
         for proxy in route:
             if proxy is None:
                 return await session.request(
-                    method, url, headers=headers, allow_redirects=False, **extra
+                    method, url, headers=headers, allow_redirects=False, **_fresh(extra)
                 )
             try:
                 return await self._via_proxy(session, request, url, headers, proxy, extra)
@@ -492,7 +493,7 @@ class HttpTransport:
     async def _via_proxy(
         self,
         session: aiohttp.ClientSession,
-        request: DownloadRequest,
+        request: HttpJobRequest,
         url: URL,
         headers: CIMultiDict[str],
         proxy: str,
@@ -517,7 +518,7 @@ class HttpTransport:
             try:
                 resp = await session.request(
                     request.http_method, url, headers=send_headers, allow_redirects=False,
-                    proxy=proxy, **options, **extra,
+                    proxy=proxy, **options, **_fresh(extra),
                 )  # fmt: skip
             except aiohttp.ClientHttpProxyError as exc:
                 if exc.status != 407 or auth is None or not auth.for_target("PROXY"):
@@ -546,20 +547,22 @@ class HttpTransport:
     async def _get_authenticated(
         self,
         session: aiohttp.ClientSession,
-        request: DownloadRequest,
+        request: HttpJobRequest,
         url: URL,
         headers: CIMultiDict[str],
         *,
         same_origin: bool = True,
+        base: dict[str, Any] | None = None,
     ) -> aiohttp.ClientResponse:
         """Request ``url``, answering 401 challenges with the job's SERVER credentials
         (transfer/auth.py) when ``url`` is on the origin the job named. The last response is
         returned: a 401 after the credentials were tried becomes BG_E_HTTP_ERROR_401 like any
-        other."""
+        other. ``base``: more keyword arguments of the request (a ``data`` that is callable
+        is called for each request sent, so a body can be sent again)."""
         auth = request.auth
         if auth is None or not auth.for_target("SERVER") or not same_origin:
-            return await self._send(session, request, url, headers)
-        extra: dict[str, Any] = {}
+            return await self._send(session, request, url, headers, base)
+        extra: dict[str, Any] = dict(base or {})
         middlewares = self._auth.middlewares(auth, url)
         if middlewares:
             extra["middlewares"] = middlewares
@@ -586,6 +589,31 @@ class HttpTransport:
             await _drain(resp)
             resp = await self._send(session, request, url, _with(headers, answer), extra)
         return resp
+
+    async def send_as_job(
+        self,
+        session: aiohttp.ClientSession,
+        request: HttpJobRequest,
+        url: URL,
+        headers: CIMultiDict[str],
+        *,
+        same_origin: bool,
+        data: bytes | Callable[[], Any] = b"",
+    ) -> aiohttp.ClientResponse:
+        """One request (``request.http_method``, no redirect followed) on another transport's
+        ``session`` with the job's network identity, exactly as a download's: its custom
+        headers (``headers`` win over them), its proxy route with 407 answered from its PROXY
+        credentials, 401 answered from its SERVER credentials when ``same_origin``, and its
+        TLS options. ``data``: the body, or a callable making a fresh one for each request
+        sent (a challenge answered sends it again). The BITS upload client's packets go this
+        way (transfer/bits_upload.py)."""
+        full: CIMultiDict[str] = CIMultiDict(self._custom_headers(request))
+        for name in headers:
+            full.popall(name, None)
+        full.extend(headers)
+        return await self._get_authenticated(
+            session, request, url, full, same_origin=same_origin, base={"data": data}
+        )
 
     async def _download(self, request: DownloadRequest, sink: Sink) -> None:
         offset = sink.offset
@@ -845,6 +873,12 @@ class HttpTransport:
 def _origin(url: URL) -> tuple[str, str, int | None]:
     """Scheme, host and port: what a credential given for a server is bound to."""
     return (url.scheme, (url.host or "").lower(), url.port)
+
+
+def _fresh(extra: dict[str, Any]) -> dict[str, Any]:
+    """A request's keyword arguments with a callable ``data`` made into this send's body."""
+    data = extra.get("data")
+    return {**extra, "data": data()} if callable(data) else extra
 
 
 def _with(headers: CIMultiDict[str], more: dict[str, str]) -> CIMultiDict[str]:

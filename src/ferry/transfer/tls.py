@@ -21,7 +21,7 @@ import ssl
 from collections import OrderedDict
 from typing import Any
 
-from .base import DownloadRequest
+from .base import HttpJobRequest
 
 X509_V_FLAG_NO_CHECK_TIME = 0x200000
 TLS_FLAGS = frozenset(
@@ -52,7 +52,7 @@ class TlsContexts:
         self._anchors = base.get_ca_certs(binary_form=True)  # ferryd's extra anchors
         self._cache: OrderedDict[tuple[Any, ...], ssl.SSLContext] = OrderedDict()
 
-    async def for_request(self, request: DownloadRequest) -> ssl.SSLContext | None:
+    async def for_request(self, request: HttpJobRequest) -> ssl.SSLContext | None:
         """None: ferryd's own context serves (no flag, no client certificate)."""
         flags = frozenset(request.security_flags) & TLS_FLAGS
         cert = await request.client_cert() if request.client_cert is not None else None

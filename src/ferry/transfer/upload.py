@@ -51,6 +51,8 @@ class TransferEngine(Protocol):
 
     def download_transport(self, url: str) -> DownloadTransport: ...
 
+    def upload_request(self, job: Job) -> UploadRequest: ...
+
 
 def _changed(path: str, what: str) -> TransferError:
     return TransferError(
@@ -226,7 +228,7 @@ class UploadRun:
             jf.bytes_total = state.source_size
         if state.reply_done:
             return  # every byte is on the server and the reply is here: nothing to send
-        request = upload_request(job)
+        request = self.engine.upload_request(job)
         source = FileSource(self.engine, job, self.callbacks, request, fd)
         try:
             await self.transport.upload(request, source)
@@ -284,8 +286,19 @@ class UploadRun:
             state.reply_total = request.bytes_total
 
         # A reply is fetched whole (dynamic content: no size needed, never resumed).
+        # Fetched with the job's network identity too (proxy, credentials, headers, TLS).
+        up = self.engine.upload_request(job)
         request = DownloadRequest(
-            url=state.reply_url, network=upload_request(job).network, dynamic_content=True
+            url=state.reply_url,
+            network=up.network,
+            dynamic_content=True,
+            auth=up.auth,
+            proxy=up.proxy,
+            job_id=up.job_id,
+            custom_headers=up.custom_headers,
+            sealed_headers=up.sealed_headers,
+            security_flags=up.security_flags,
+            client_cert=up.client_cert,
         )
         sink = TempSink(
             identity,
