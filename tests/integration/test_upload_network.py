@@ -9,11 +9,14 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trustme
 from aiohttp import web
 from harness import squid
 from harness.aio import AppServer
@@ -54,8 +57,9 @@ class CheckedServer(AppServer):
     without ``Authorization: Basic USER:PASSWORD`` is 401 with a Basic challenge. Every
     packet's type, whether it was authorised and its ``X-Ferry-Test`` header are recorded."""
 
-    def __init__(self, root: Path, check: bool = True) -> None:
-        super().__init__()
+    def __init__(self, root: Path, check: bool = True, ssl: Any = None) -> None:
+        super().__init__(ssl=ssl)
+        self.scheme = "https" if ssl is not None else "http"
         self.root = root
         self.check = check
         self.seen: list[tuple[str, bool, str | None]] = []
@@ -80,7 +84,7 @@ class CheckedServer(AppServer):
         return app
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{path}"
 
 
 def _src(base: Path, name: str, size: int = 300_000) -> tuple[Path, bytes]:
@@ -224,3 +228,34 @@ def test_upload_with_a_wrong_password_is_401(ferryd: Daemon, base: Path) -> None
         _, body = _upload(ferryd, server.url("nope2"), src, "nope2")
         assert body["error"]["code"] == "BG_E_HTTP_ERROR_401", body["error"]
         assert not any(ok for _, ok, _ in server.seen)
+
+
+@needs_squid
+def test_https_upload_through_a_connect_tunnel_with_credentials(base: Path) -> None:
+    """https: the tunnel through squid, the job's SERVER credentials and headers inside it,
+    the server's certificate checked against ferryd's ca_file."""
+    ca = trustme.CA()
+    pem = base / "ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ferryd = Daemon(base / "ferryd", config=CONFIG + f'ca_file = "{pem}"\n')
+    ferryd.start()
+    try:
+        with CheckedServer(base / "root", ssl=ctx) as server, squid.Squid() as proxy:
+            src, data = _src(base, "tls")
+            url = server.url("tls")
+            _, body = _upload(
+                ferryd, url, src, "tls", proxy=proxy.url,
+                credentials=[("SERVER", USER, PASSWORD)], headers=["X-Ferry-Test: tls"],
+            )  # fmt: skip
+            assert body["state"] == "TRANSFERRED", (body["error"], ferryd.log())
+            assert (base / "root" / "tls").read_bytes() == data
+            assert all(h == "tls" for _, _, h in server.seen), server.seen
+            assert "close-session" in [p for p, ok, _ in server.seen if ok]
+            # squid logs a tunnel when it closes (an idle kept-alive connection: <= 15 s).
+            tunnels = proxy.wait_access(lambda e: e.method == "CONNECT", timeout=60)
+            assert any(e.url == f"127.0.0.1:{server.port}" for e in tunnels), proxy.access()
+            assert not any(e.method == "BITS_POST" for e in proxy.access())
+    finally:
+        assert ferryd.stop() == 0, ferryd.log()
