@@ -155,6 +155,8 @@ def test_upload_through_squid_with_proxy_credentials(ferryd: Daemon, base: Path)
     helper = Path("/usr/lib/squid/basic_ncsa_auth")
     if not os.access(helper, os.X_OK):
         pytest.skip(f"{helper} not found (squid's basic helper)")
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (.ci/run installs it)")
     work = short_tmpdir("fy-sqa-")
     passwd = work / "passwd"
     hashed = subprocess.run(["openssl", "passwd", "-apr1", "pr0xy-pw"], capture_output=True,
