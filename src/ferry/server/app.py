@@ -38,6 +38,9 @@ log = logging.getLogger("ferry.server")
 PROTOCOL_GUID = "{7df0354d-249b-430f-820d-3d2a9bef4931}"
 MAX_HEADER_VALUE = 4096
 CTX_SERVER = 0x5
+# Disk full as [MC-BUP] and the reference summary write it (ferry's own ERROR_DISK_FULL,
+# HRESULT_FROM_WIN32(112), is 0x80070070; a client should read both)
+DISK_FULL = 0x80070112
 CTX_APPLICATION = 0x7
 CHUNK = 1 << 20
 LOCK_WAIT = 60.0  # seconds a request waits for another one on the same session
@@ -168,6 +171,10 @@ async def _bits_post(state: State, request: web.Request) -> web.StreamResponse:
         if err.status >= 500 or err.context == CTX_APPLICATION:
             log.info("%s %s: %s %s", request.method, request.path, err.status, err)
         return _error_ack(err, sid)
+    except OSError as exc:  # the state directory failed us: a BITS answer all the same
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return _error_ack(BitsError(500, DISK_FULL if full else "E_FAIL"), sid)
 
 
 def _url_path(request: web.Request) -> UrlPath:
@@ -392,7 +399,7 @@ async def _write(
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 os.ftruncate(fd, pos)
-                raise BitsError(500, "ERROR_DISK_FULL", reason="disk full") from exc
+                raise BitsError(500, DISK_FULL, reason="disk full") from exc
             raise
         finally:
             await asyncio.to_thread(os.fdatasync, fd)  # the size too: it is what counts
@@ -509,7 +516,7 @@ def _commit(state: State, path: UrlPath, sid: str) -> None:
         if exc.errno in (errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM):
             raise BitsError(403, "E_ACCESSDENIED", reason=f"cannot store: {exc}") from exc
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise BitsError(500, "ERROR_DISK_FULL", reason="disk full") from exc
+            raise BitsError(500, DISK_FULL, reason="disk full") from exc
         raise
     finally:
         os.close(pfd)
