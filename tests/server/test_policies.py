@@ -176,3 +176,12 @@ def test_cut_connection_keeps_what_arrived(base: Path, servers: list[FerryServer
     a = fragment(s.port, "/c", sid, b"z" * 100000, 0, 100000)
     assert a.status == 200 and a.h("BITS-Received-Content-Range") == "100000"
     assert s.alive()
+
+
+def test_damaged_session_is_not_found(base: Path, servers: list[FerryServer]) -> None:
+    s = _server(base, servers)
+    sid = create(s.port, "/dm")
+    (base / "state" / "sessions" / sid.strip("{}") / "meta.json").write_text("{not json")
+    a = fragment(s.port, "/dm", sid, b"ab", 0, 2)
+    assert a.status == 500 and a.h("BITS-Error-Code") == NOT_FOUND
+    assert s.alive()

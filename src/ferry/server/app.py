@@ -664,7 +664,7 @@ def build(config: ServerConfig) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
     app[CONFIG_KEY] = config
     app[STATE_KEY] = State(config=config, root=str(root), store=store, backend=backend)
-    app.router.add_route("GET", "/.ferry-reply/{session}", reply, name="ferry-reply")
+    app.router.add_get("/.ferry-reply/{session}", reply, name="ferry-reply")
     app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
     app.cleanup_ctx.append(_sweeper)
     app.cleanup_ctx.append(_backend_ctx)

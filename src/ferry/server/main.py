@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from aiohttp import web
 
-from .. import __version__
+from .._version import __version__
 from . import ServerConfig, make_app
 from .config import IIS_SESSION_TIMEOUT
 
