@@ -491,26 +491,35 @@ def _finish(state: State, session: Session) -> None:
 
 
 def _commit(state: State, path: UrlPath, sid: str) -> None:
-    """Move the upload to its destination in one step: rename (overwrite allowed) or link
-    (refused if something is there: nothing replaced). Across file systems: a copy to a
-    hidden O_EXCL|O_NOFOLLOW temporary file beside the destination first."""
+    """Make the upload appear at its destination in one step, the session's data file staying
+    where it is (so a Close repeated after a crash here finds it and does the same again):
+
+    * no overwrite: a hard link at the destination name, refused if the name is taken — by
+      anything but this very upload (a link made just before a crash);
+    * overwrite: a hard link at a hidden temporary name beside the destination, renamed
+      over it.
+
+    Across file systems the link is replaced by a copy to a hidden O_EXCL|O_NOFOLLOW
+    temporary file beside the destination (fsynced). The directory is fsynced after."""
     try:
         pfd = open_parent(state.root, path)
     except PathRefused as exc:
         raise _path_error(exc) from exc
     src = str(state.store.data_path(sid))
     try:
+        tmp = _stage_beside(src, pfd)
         try:
-            _place(state, src, pfd, path.name)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            tmp = _copy_beside(src, pfd)
-            try:
-                _place(state, tmp, pfd, path.name, src_dir_fd=pfd)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp, dir_fd=pfd)
+            if state.config.allow_overwrite:
+                os.rename(tmp, path.name, src_dir_fd=pfd, dst_dir_fd=pfd)
+            else:
+                try:
+                    os.link(tmp, path.name, src_dir_fd=pfd, dst_dir_fd=pfd, follow_symlinks=False)
+                except FileExistsError:
+                    if not _same_upload(src, pfd, path.name):
+                        raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=pfd)
         os.fsync(pfd)
     except OSError as exc:
         if exc.errno in (errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM):
@@ -522,11 +531,41 @@ def _commit(state: State, path: UrlPath, sid: str) -> None:
         os.close(pfd)
 
 
-def _place(state: State, src: str, pfd: int, name: str, src_dir_fd: int | None = None) -> None:
-    if state.config.allow_overwrite:
-        os.rename(src, name, src_dir_fd=src_dir_fd, dst_dir_fd=pfd)
-    else:
-        os.link(src, name, src_dir_fd=src_dir_fd, dst_dir_fd=pfd, follow_symlinks=False)
+def _stage_beside(src: str, pfd: int) -> str:
+    """The upload under a hidden temporary name in the destination's directory: a hard link
+    to the session's data, or (across file systems) a copy."""
+    name = f"{_TEMP_PREFIX}{secrets.token_hex(12)}.tmp"
+    try:
+        os.link(src, name, dst_dir_fd=pfd, follow_symlinks=False)
+        return name
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+    return _copy_beside(src, pfd)
+
+
+def _same_upload(src: str, pfd: int, name: str) -> bool:
+    """Whether the regular file ``name`` is this upload already (the same file, or, across
+    file systems, the same bytes): a Close repeated after a crash that followed the link."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    except OSError:
+        return False
+    try:
+        a, b = os.stat(src), os.fstat(fd)
+        if not stat.S_ISREG(b.st_mode) or a.st_size != b.st_size:
+            return False
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+            return True
+        with open(src, "rb") as f, os.fdopen(os.dup(fd), "rb") as g:
+            while True:
+                x, y = f.read(CHUNK), g.read(CHUNK)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+    finally:
+        os.close(fd)
 
 
 def _copy_beside(src: str, pfd: int) -> str:
