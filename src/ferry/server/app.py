@@ -169,10 +169,10 @@ async def _bits_post(state: State, request: web.Request) -> web.StreamResponse:
         return await _cancel(state, sid)
     except BitsError as err:
         if err.status >= 500 or err.context == CTX_APPLICATION:
-            log.info("%s %s: %s %s", request.method, request.path, err.status, err)
+            log.info("%s %r: %s %s", request.method, request.path, err.status, err)
         return _error_ack(err, sid)
     except OSError as exc:  # the state directory failed us: a BITS answer all the same
-        log.warning("%s %s: %s", request.method, request.path, exc)
+        log.warning("%s %r: %s", request.method, request.path, exc)
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         return _error_ack(BitsError(500, DISK_FULL if full else "E_FAIL"), sid)
 
