@@ -32,6 +32,7 @@ class Fleet:
         lease: float = 3.0,
         max_background_jobs: int = 50,
         extra: str = "",
+        system: bool = False,
     ) -> None:
         self.pg = pg
         self.base = base
@@ -48,7 +49,7 @@ class Fleet:
                 f"[daemon]\nmax_background_jobs = {max_background_jobs}\n{extra}"
                 f'[store]\nurl = "{self.url}"\nlease_seconds = {lease}\nworker_id = "w{i}"\n'
             )
-            self.daemons.append(Daemon(d, config=config, log_level="info"))
+            self.daemons.append(Daemon(d, config=config, log_level="info", system=system))
 
     def start(self) -> Self:
         for d in self.daemons:

@@ -317,6 +317,23 @@ def test_ferry_fleet_lists_workers_and_heartbeats(pg: PgCluster, base: Path) -> 
         assert [w["id"] for w in Client(a.socket).fleet()["workers"]] == ["w0"]
 
 
+def test_ferry_fleet_is_for_administrators_only(pg: PgCluster, base: Path) -> None:
+    """A system-mode fleet worker serves every local uid, but the fleet view is refused to
+    a non-administrator (and the refusal changes nothing: the roster is intact)."""
+    import pwd
+
+    from tests.helpers.as_user import run_cli_as
+
+    nobody = pwd.getpwnam("nobody")
+    with Fleet(pg, base, workers=1, lease=LEASE, system=True) as fleet:
+        (a,) = fleet.daemons
+        res = run_cli_as(nobody.pw_uid, nobody.pw_gid, ["--socket", a.socket, "fleet"])
+        assert res.code != 0 and "E_ACCESSDENIED" in res.stderr, (res.stdout, res.stderr)
+        res = run_cli_as(nobody.pw_uid, nobody.pw_gid, ["--socket", a.socket, "list"])
+        assert res.code == 0, res.stderr  # the same caller is served otherwise
+        assert [w["id"] for w in Client(a.socket).fleet()["workers"]] == ["w0"]
+
+
 def test_fleet_on_a_single_machine_ferryd_is_not_implemented(short_tmp: Path) -> None:
     from harness.ferryd import Daemon
 

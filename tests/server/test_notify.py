@@ -115,6 +115,11 @@ def test_by_reference(base: Path, servers: list[FerryServer], backend: Backend) 
     h = backend.seen[0]["headers"]
     assert backend.seen[0]["body"] == b""
     assert Path(h["BITS-Request-DataFile-Name"]).is_relative_to(base / "state")
+    path = (a.h("BITS-Reply-URL") or "").split(str(s.port), 1)[1]
+    head = raw_request(s.port, "HEAD", path)
+    assert head.status == 200 and head.h("Content-Length") == "11"
+    ranged = raw_request(s.port, "GET", path, {"Range": "bytes=0-4"})
+    assert ranged.status == 206 and ranged.body == b"dlrow"
     assert bits(s.port, "/r.txt", "Close-Session", sid).status == 200
     assert not (base / "root" / "r.txt").exists()
 

@@ -176,3 +176,36 @@ def test_cut_connection_keeps_what_arrived(base: Path, servers: list[FerryServer
     a = fragment(s.port, "/c", sid, b"z" * 100000, 0, 100000)
     assert a.status == 200 and a.h("BITS-Received-Content-Range") == "100000"
     assert s.alive()
+
+
+def test_damaged_session_is_not_found(base: Path, servers: list[FerryServer]) -> None:
+    s = _server(base, servers)
+    sid = create(s.port, "/dm")
+    (base / "state" / "sessions" / sid.strip("{}") / "meta.json").write_text("{not json")
+    a = fragment(s.port, "/dm", sid, b"ab", 0, 2)
+    assert a.status == 500 and a.h("BITS-Error-Code") == NOT_FOUND
+    assert s.alive()
+
+
+def test_close_repeated_after_a_crash_in_the_commit(
+    base: Path, servers: list[FerryServer]
+) -> None:
+    """The server died after linking the upload into place but before recording the
+    session closed: the client's repeated Close succeeds (the name holds this upload)."""
+    s = _server(base, servers)
+    sid = create(s.port, "/cc")
+    assert fragment(s.port, "/cc", sid, b"committed", 0, 9).status == 200
+    s.kill()
+    os.link(base / "state" / "sessions" / sid.strip("{}") / "data", base / "root" / "cc")
+    s.start()
+    assert bits(s.port, "/cc", "Close-Session", sid).status == 200
+    assert (base / "root" / "cc").read_bytes() == b"committed"
+    assert not [p for p in (base / "root").iterdir() if p.name.startswith(".ferry-")]
+
+
+def test_overwrite_leaves_no_temporary_names(base: Path, servers: list[FerryServer]) -> None:
+    s = _server(base, servers, "--allow-overwrite")
+    for content in (b"one", b"two", b"three"):
+        upload(s.port, "/ow", content)
+        assert (base / "root" / "ow").read_bytes() == content
+    assert sorted(p.name for p in (base / "root").iterdir()) == ["ow"]

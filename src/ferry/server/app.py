@@ -38,6 +38,9 @@ log = logging.getLogger("ferry.server")
 PROTOCOL_GUID = "{7df0354d-249b-430f-820d-3d2a9bef4931}"
 MAX_HEADER_VALUE = 4096
 CTX_SERVER = 0x5
+# Disk full as [MC-BUP] and the reference summary write it (ferry's own ERROR_DISK_FULL,
+# HRESULT_FROM_WIN32(112), is 0x80070070; a client should read both)
+DISK_FULL = 0x80070112
 CTX_APPLICATION = 0x7
 CHUNK = 1 << 20
 LOCK_WAIT = 60.0  # seconds a request waits for another one on the same session
@@ -166,8 +169,12 @@ async def _bits_post(state: State, request: web.Request) -> web.StreamResponse:
         return await _cancel(state, sid)
     except BitsError as err:
         if err.status >= 500 or err.context == CTX_APPLICATION:
-            log.info("%s %s: %s %s", request.method, request.path, err.status, err)
+            log.info("%s %r: %s %s", request.method, request.path, err.status, err)
         return _error_ack(err, sid)
+    except OSError as exc:  # the state directory failed us: a BITS answer all the same
+        log.warning("%s %r: %s", request.method, request.path, exc)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return _error_ack(BitsError(500, DISK_FULL if full else "E_FAIL"), sid)
 
 
 def _url_path(request: web.Request) -> UrlPath:
@@ -392,7 +399,7 @@ async def _write(
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 os.ftruncate(fd, pos)
-                raise BitsError(500, "ERROR_DISK_FULL", reason="disk full") from exc
+                raise BitsError(500, DISK_FULL, reason="disk full") from exc
             raise
         finally:
             await asyncio.to_thread(os.fdatasync, fd)  # the size too: it is what counts
@@ -484,42 +491,81 @@ def _finish(state: State, session: Session) -> None:
 
 
 def _commit(state: State, path: UrlPath, sid: str) -> None:
-    """Move the upload to its destination in one step: rename (overwrite allowed) or link
-    (refused if something is there: nothing replaced). Across file systems: a copy to a
-    hidden O_EXCL|O_NOFOLLOW temporary file beside the destination first."""
+    """Make the upload appear at its destination in one step, the session's data file staying
+    where it is (so a Close repeated after a crash here finds it and does the same again):
+
+    * no overwrite: a hard link at the destination name, refused if the name is taken — by
+      anything but this very upload (a link made just before a crash);
+    * overwrite: a hard link at a hidden temporary name beside the destination, renamed
+      over it.
+
+    Across file systems the link is replaced by a copy to a hidden O_EXCL|O_NOFOLLOW
+    temporary file beside the destination (fsynced). The directory is fsynced after."""
     try:
         pfd = open_parent(state.root, path)
     except PathRefused as exc:
         raise _path_error(exc) from exc
     src = str(state.store.data_path(sid))
     try:
+        tmp = _stage_beside(src, pfd)
         try:
-            _place(state, src, pfd, path.name)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            tmp = _copy_beside(src, pfd)
-            try:
-                _place(state, tmp, pfd, path.name, src_dir_fd=pfd)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp, dir_fd=pfd)
+            if state.config.allow_overwrite:
+                os.rename(tmp, path.name, src_dir_fd=pfd, dst_dir_fd=pfd)
+            else:
+                try:
+                    os.link(tmp, path.name, src_dir_fd=pfd, dst_dir_fd=pfd, follow_symlinks=False)
+                except FileExistsError:
+                    if not _same_upload(src, pfd, path.name):
+                        raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=pfd)
         os.fsync(pfd)
     except OSError as exc:
         if exc.errno in (errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM):
             raise BitsError(403, "E_ACCESSDENIED", reason=f"cannot store: {exc}") from exc
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise BitsError(500, "ERROR_DISK_FULL", reason="disk full") from exc
+            raise BitsError(500, DISK_FULL, reason="disk full") from exc
         raise
     finally:
         os.close(pfd)
 
 
-def _place(state: State, src: str, pfd: int, name: str, src_dir_fd: int | None = None) -> None:
-    if state.config.allow_overwrite:
-        os.rename(src, name, src_dir_fd=src_dir_fd, dst_dir_fd=pfd)
-    else:
-        os.link(src, name, src_dir_fd=src_dir_fd, dst_dir_fd=pfd, follow_symlinks=False)
+def _stage_beside(src: str, pfd: int) -> str:
+    """The upload under a hidden temporary name in the destination's directory: a hard link
+    to the session's data, or (across file systems) a copy."""
+    name = f"{_TEMP_PREFIX}{secrets.token_hex(12)}.tmp"
+    try:
+        os.link(src, name, dst_dir_fd=pfd, follow_symlinks=False)
+        return name
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+    return _copy_beside(src, pfd)
+
+
+def _same_upload(src: str, pfd: int, name: str) -> bool:
+    """Whether the regular file ``name`` is this upload already (the same file, or, across
+    file systems, the same bytes): a Close repeated after a crash that followed the link."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    except OSError:
+        return False
+    try:
+        a, b = os.stat(src), os.fstat(fd)
+        if not stat.S_ISREG(b.st_mode) or a.st_size != b.st_size:
+            return False
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+            return True
+        with open(src, "rb") as f, os.fdopen(os.dup(fd), "rb") as g:
+            while True:
+                x, y = f.read(CHUNK), g.read(CHUNK)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+    finally:
+        os.close(fd)
 
 
 def _copy_beside(src: str, pfd: int) -> str:
@@ -657,7 +703,7 @@ def build(config: ServerConfig) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
     app[CONFIG_KEY] = config
     app[STATE_KEY] = State(config=config, root=str(root), store=store, backend=backend)
-    app.router.add_route("GET", "/.ferry-reply/{session}", reply, name="ferry-reply")
+    app.router.add_get("/.ferry-reply/{session}", reply, name="ferry-reply")
     app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
     app.cleanup_ctx.append(_sweeper)
     app.cleanup_ctx.append(_backend_ctx)

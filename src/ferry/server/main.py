@@ -12,32 +12,29 @@ from pathlib import Path
 import click
 from aiohttp import web
 
+from .._version import __version__
 from . import ServerConfig, make_app
 from .config import IIS_SESSION_TIMEOUT
 
 HELP = """Receive uploads over the BITS Upload Protocol (the server side of ferry's upload
 and upload-reply jobs, and of Windows BITS clients), and serve the files under DIR.
 
-\b
-A BITS_POST to /a/b creates, in sessions, the file DIR/a/b: nothing is visible there until
-the client's Close-Session, then the file appears whole (one rename). Sessions and partial
+Uploading to /a/b creates the file DIR/a/b: nothing is visible there until the client's
+Close-Session, then the file appears whole (one rename). Sessions and partial
 data live in the state directory and survive a restart of the server; every acknowledged
 byte is on disk. URL paths never leave DIR: "..", encoded dots or separators, NUL, overlong
 names and symbolic links are refused (400 or 403). The directory of a destination must
 exist. GET and HEAD serve the files under DIR, with ranges.
 
-\b
 Several servers sharing one --state-dir (each with its own --host-id) form a farm: a client
 pinned to a host by BITS-Host-Id keeps sending to it, and any server can take the session
 over when the client falls back to the original URL.
 
-\b
 With --notify-url, each finished upload is posted to a back-end application (by reference:
 file names in the headers BITS-Request-DataFile-Name and BITS-Response-DataFile-Name; by
 value: the upload as the body) and its answer becomes the reply of an upload-reply job; the
 upload then reaches DIR only if the back end answers BITS-Copy-File-To-Destination: true.
 
-\b
 ferry-server prints "listening on URL" once it accepts connections; SIGTERM or SIGINT stop
 it (sessions stay in the state directory). Exit status: 0 after a stop, 2 on bad usage,
 1 when it cannot start.
@@ -128,6 +125,7 @@ def _bind(value: str) -> tuple[str, int]:
     metavar="PEM",
     help="The private key of --tls-cert.",
 )
+@click.version_option(__version__, prog_name="ferry-server")
 @click.option("-v", "--verbose", is_flag=True, help="Log every session event to stderr.")
 def main(
     bind: str,

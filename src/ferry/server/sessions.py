@@ -110,9 +110,14 @@ class SessionStore:
     def load(self, session_id: str) -> Session | None:
         try:
             raw = json.loads((self.dir(session_id) / "meta.json").read_text())
+            session = Session(**raw)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return Session(**raw)
+        except (ValueError, TypeError):  # damaged: unusable, as if it did not exist
+            return None
+        if session.id != session_id:
+            return None
+        return session
 
     def save(self, session: Session) -> None:
         _write_json(self.dir(session.id) / "meta.json", asdict(session))
