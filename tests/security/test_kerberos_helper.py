@@ -278,6 +278,69 @@ def test_credential_cache_denials(system_ferryd: Daemon, short_tmp: Path) -> Non
     assert theirs.stat().st_atime_ns == atime  # nothing was read
 
 
+def _principal_only_cache(principal: str) -> bytes:
+    """A FILE credential cache (format 4) that names ``principal`` and holds no ticket."""
+
+    def counted(b: bytes) -> bytes:
+        return len(b).to_bytes(4, "big") + b
+
+    name, realm = principal.rsplit("@", 1)
+    parts = name.split("/")
+    return (
+        b"\x05\x04\x00\x00"
+        + (1).to_bytes(4, "big")
+        + len(parts).to_bytes(4, "big")
+        + counted(realm.encode())
+        + b"".join(counted(p.encode()) for p in parts)
+    )
+
+
+@pytest.mark.parametrize("how", ["environment", "krb5.conf"])
+def test_root_client_keytab_never_answers_for_a_user(
+    realm: Realm, httpd: Apache, short_tmp: Path, how: str
+) -> None:
+    """A user's cache that names a principal but holds no ticket: MIT's GSSAPI would fetch a
+    ticket with the *process's* default client keytab (root's, named by KRB5_CLIENT_KTNAME
+    or krb5.conf's default_client_keytab_name) if it were allowed to look for one. ferryd
+    pins the client keytab to a path that cannot exist and ignores the variable: 401."""
+    keys = owned_dir(short_tmp / "root-keys", 0, 0o700)
+    keytab = keys / "client.keytab"
+    realm.k.extract_keytab(realm.owner, str(keytab))
+    os.chmod(keytab, 0o600)
+    env = {"KRB5_CONFIG": realm.conf}
+    if how == "environment":
+        env["KRB5_CLIENT_KTNAME"] = f"FILE:{keytab}"
+    else:
+        conf = short_tmp / "krb5.conf"
+        text = Path(realm.conf).read_text()
+        assert "[libdefaults]" in text
+        conf.write_text(text.replace(
+            "[libdefaults]", f"[libdefaults]\n\tdefault_client_keytab_name = FILE:{keytab}", 1
+        ))  # fmt: skip
+        os.chmod(conf, 0o644)
+        env["KRB5_CONFIG"] = str(conf)
+    d = Daemon(short_tmp / "kd", system=True,
+               config="[daemon]\nsession_poll_interval = 0.2\n", env=env)  # fmt: skip
+    os.chmod(short_tmp / "kd", 0o755)
+    own_cc = Path(f"/tmp/krb5cc_{OWN}")  # what the owner's library names
+    own_cc.write_bytes(_principal_only_cache(realm.owner))
+    os.chown(own_cc, OWN, OWN)
+    os.chmod(own_cc, 0o600)
+    d.start()
+    try:
+        httpd.put("neg/rootkt.bin", os.urandom(10_000))
+        dest = owned_dir(short_tmp / "rk-dest", OWN, 0o700)
+        with ferry.Client(d.socket) as c, ferry.impersonate(OWN, OWN):
+            job = _new_job(c, "root-kt", httpd.url("neg/rootkt.bin"), dest / "rk.bin")
+            job.resume()
+            assert job.wait(timeout=30) is ferry.JobState.ERROR, job.data
+            assert job.data["error"]["code"] == "BG_E_HTTP_ERROR_401", job.data
+        assert not any(realm.owner in line for line in _neg_lines(httpd, "rootkt.bin"))
+    finally:
+        own_cc.unlink(missing_ok=True)
+        assert d.stop() == 0, d.log()
+
+
 # ---- explicit credentials: Basic and Digest, secrets never in clear ---------------------
 
 PASSWORD = "b0b-secret-pw"

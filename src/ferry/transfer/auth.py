@@ -34,11 +34,13 @@ import tempfile
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import MutableMapping
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
+from ..security.ccache import ccache_principal
 from .base import JobAuth, KerberosSource, PlainCredential
 
 log = logging.getLogger("ferry.auth")
@@ -51,6 +53,22 @@ _CHALLENGE = re.compile(
 )
 _MAX_STATE = 1024
 _MAX_CREDS = 64
+# Where GSSAPI may look for a client keytab when it holds a user's credential cache: a path
+# that can never exist (/dev/null is not a directory). Without it, MIT's acquisition falls
+# back to the *process's* default client keytab (KRB5_CLIENT_KTNAME, else krb5.conf's
+# default_client_keytab_name: root's, for the system ferryd) when the cache names a
+# principal but holds no ticket — and would authenticate the user as that principal.
+NO_CLIENT_KEYTAB = "FILE:/dev/null/ferry-no-client-keytab"
+# What ferryd's environment may say about Kerberos that it must not act on: it never uses
+# ambient credentials, only the caches and keytabs it reads as the identity they belong to.
+AMBIENT_KERBEROS_VARIABLES = ("KRB5CCNAME", "KRB5_CLIENT_KTNAME", "KRB5_KTNAME")
+
+
+def clear_ambient_kerberos(environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Remove the Kerberos credential variables from ferryd's environment (at start-up);
+    answers which were set."""
+    env = os.environ if environ is None else environ
+    return [name for name in AMBIENT_KERBEROS_VARIABLES if env.pop(name, None) is not None]
 
 
 def challenge_header(target: str) -> str:
@@ -138,9 +156,17 @@ class GssCredentials:
                 )
                 keep = True
             else:
-                loaded = gssapi.Credentials(usage="initiate", store={"ccache": "FILE:" + path})
+                principal = ccache_principal(src.data)
+                loaded = gssapi.Credentials(
+                    usage="initiate",
+                    store={"ccache": "FILE:" + path, "client_keytab": NO_CLIENT_KEYTAB},
+                )
+                if str(loaded.name) != principal:
+                    raise _NoCredentials("the credential cache holds another principal's")
                 loaded.store(store={"ccache": memory}, usage="initiate", overwrite=True)
-                creds = gssapi.Credentials(usage="initiate", store={"ccache": memory})
+                creds = gssapi.Credentials(
+                    usage="initiate", store={"ccache": memory, "client_keytab": NO_CLIENT_KEYTAB}
+                )
         finally:
             if not keep:
                 shutil.rmtree(directory, ignore_errors=True)
@@ -338,6 +364,8 @@ class Authenticator:
             token = ctx.step()
         except GSSError as exc:
             raise _NoCredentials(f"Kerberos: {exc.gen_message()}") from None
+        except ValueError as exc:  # bytes that are not a credential cache (security/ccache.py)
+            raise _NoCredentials(f"Kerberos: {exc}") from None
         if not token:
             raise _NoCredentials("Kerberos produced no token")
         return bytes(token)
