@@ -341,6 +341,39 @@ def test_root_client_keytab_never_answers_for_a_user(
         assert d.stop() == 0, d.log()
 
 
+def test_take_ownership_forgets_the_cache_the_old_owner_named(
+    krb_ferryd: Daemon, httpd: Apache, realm: Realm, short_tmp: Path
+) -> None:
+    """A user names a cache path that does not exist yet (accepted: kinit may come later)
+    where an administrator will later keep a ticket; the administrator takes ownership of the
+    job. The path named by the user's uid must not then be read as the administrator: the job
+    has no cache of the new owner's (401), and the administrator's principal never reaches
+    the server."""
+    d = krb_ferryd
+    httpd.put("neg/taken.bin", os.urandom(10_000))
+    admin_dir = owned_dir(short_tmp / "admin-krb", 0, 0o755)
+    admin_cc = admin_dir / "krb5cc"  # not there yet when the user names it
+    mine = owned_dir(short_tmp / "taker", HLP, 0o755)
+    with SessionAgent(HLP) as who:
+        status, created = who.call(
+            d.socket, "POST", "/v1/jobs", {"display_name": "take", "krb5ccname": str(admin_cc)}
+        )
+        assert status == 201, created
+        jid = created["id"]
+        body = {"files": [{"remote_name": httpd.url("neg/taken.bin"),
+                           "local_name": str(mine / "taken.bin")}]}  # fmt: skip
+        assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/files", body)[0] == 200
+        cred = {"target": "SERVER", "scheme": "NEGOTIATE"}
+        assert who.call(d.socket, "PUT", f"/v1/jobs/{jid}/credentials", cred)[0] == 200
+    realm.kinit_as(0, realm.owner, "owner-pw", str(admin_cc))  # root's ticket, later
+    status, answer = d.call("POST", f"/v1/jobs/{jid}/take-ownership", {})
+    assert status == 200 and answer["job"]["owner"]["uid"] == 0, answer
+    assert d.call("POST", f"/v1/jobs/{jid}/resume", {})[0] == 200
+    err = wait_state(d, jid, {"ERROR", "TRANSFERRED"})
+    assert err["state"] == "ERROR" and err["error"]["code"] == "BG_E_HTTP_ERROR_401", err
+    assert not any(realm.owner in line for line in _neg_lines(httpd, "taken.bin"))
+
+
 # ---- explicit credentials: Basic and Digest, secrets never in clear ---------------------
 
 PASSWORD = "b0b-secret-pw"
