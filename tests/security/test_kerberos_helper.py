@@ -11,6 +11,7 @@ import random
 import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -579,6 +580,17 @@ def test_basic_to_squid(
 # ---- service identities: a keytab from ferryd's config, read as that uid -----------------
 
 
+def _copy_dir(path: Path, uid: int, age: float) -> Path:
+    """A ``ferry-krb5-*`` directory as older ferryd versions made them, ``age`` seconds old."""
+    path.mkdir(mode=0o700)
+    (path / "credentials").write_bytes(b"\x05\x02 a keytab")
+    os.chown(path / "credentials", uid, uid)
+    os.chown(path, uid, uid)
+    when = time.time() - age
+    os.utime(path, (when, when))
+    return path
+
+
 def test_service_identity_keytab_and_denial_at_use(
     realm: Realm, httpd: Apache, short_tmp: Path
 ) -> None:
@@ -587,16 +599,25 @@ def test_service_identity_keytab_and_denial_at_use(
     realm.k.extract_keytab(realm.owner, str(keytab))
     os.chown(keytab, OWN, OWN)
     os.chmod(keytab, 0o600)
+    # ferryd's own temporary directory, with what an older ferryd's crash left there.
+    tmp = owned_dir(short_tmp / "ferryd-tmp", 0, 0o700)
+    stale = _copy_dir(tmp / "ferry-krb5-old", 0, age=3600)
+    fresh = _copy_dir(tmp / "ferry-krb5-new", 0, age=0)  # may be a running ferryd's
+    theirs = _copy_dir(tmp / "ferry-krb5-other", OTHER, age=3600)  # not ferryd's user's
+    os.symlink(stale.parent / "elsewhere", tmp / "ferry-krb5-link")
     d = Daemon(
         short_tmp / "kd",
         system=True,
         config=f'[daemon]\nsession_poll_interval = 0.2\n[kerberos]\nkeytabs = {{ "{OWN}" = '
         f'"{keytab}" }}\n',
-        env={"KRB5_CONFIG": realm.conf},
+        env={"KRB5_CONFIG": realm.conf, "TMPDIR": str(tmp)},
     )
     os.chmod(short_tmp / "kd", 0o755)
     d.start()
     try:
+        assert not stale.exists()
+        assert fresh.exists() and theirs.exists() and (tmp / "ferry-krb5-link").is_symlink()
+        left = sorted(os.listdir(tmp))
         httpd.put("neg/svc.bin", os.urandom(20_000))
         dest = owned_dir(short_tmp / "svc-dest", OWN, 0o700)
         with ferry.Client(d.socket) as c, ferry.impersonate(OWN, OWN):
@@ -605,6 +626,11 @@ def test_service_identity_keytab_and_denial_at_use(
             assert job.wait(timeout=30) is ferry.JobState.TRANSFERRED, job.data
         lines = _neg_lines(httpd, "svc.bin")
         assert any(line.startswith(f"{realm.owner} 200 ") for line in lines), lines
+        # The keytab went to GSSAPI through memory: nothing of it on disk, and it is still
+        # held (the entry is cached) in an anonymous memory file of ferryd's.
+        assert sorted(os.listdir(tmp)) == left
+        held = [os.readlink(f"/proc/{d.pid}/fd/{n}") for n in os.listdir(f"/proc/{d.pid}/fd")]
+        assert any(h.startswith("/memfd:ferry-krb5") for h in held), held
 
         # A cache accepted when named, then swapped for a symlink to another uid's cache:
         # refused when it is read for the transfer (E_ACCESSDENIED), nothing read.
@@ -632,3 +658,120 @@ def test_service_identity_keytab_and_denial_at_use(
             assert err["state"] == "ERROR" and err["error"]["code"] == "E_ACCESSDENIED", err
     finally:
         assert d.stop() == 0, d.log()
+
+
+# ---- GssCredentials in this process: memory only, released with their entry -------------
+
+
+def _memfds() -> int:
+    fds = []
+    for n in os.listdir("/proc/self/fd"):
+        try:
+            fds.append(os.readlink(f"/proc/self/fd/{n}"))
+        except OSError:
+            continue
+    return sum(1 for f in fds if f.startswith("/memfd:ferry-krb5"))
+
+
+def _token(creds: Any) -> bytes:
+    import gssapi
+
+    ctx = gssapi.SecurityContext(
+        name=gssapi.Name("HTTP@localhost", gssapi.NameType.hostbased_service),
+        creds=creds,
+        usage="initiate",
+        mech=gssapi.OID.from_int_seq("1.3.6.1.5.5.2"),
+    )
+    return bytes(ctx.step() or b"")
+
+
+@pytest.fixture
+def gss_sources(
+    realm: Realm, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Any], Path]:
+    """Four distinct caches of the helper principal and the owner's keytab, as bytes; this
+    process set up to use the realm, with a private temporary directory to watch."""
+    import tempfile
+
+    from ferry.transfer.base import KerberosSource
+
+    monkeypatch.setenv("KRB5_CONFIG", realm.conf)
+    for var in ("KRB5CCNAME", "KRB5_CLIENT_KTNAME", "KRB5_KTNAME"):
+        monkeypatch.delenv(var, raising=False)
+    tmp = owned_dir(short_tmp / "proc-tmp", 0, 0o700)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    sources = []
+    for i in range(4):
+        path = short_tmp / f"cc{i}"
+        realm.kinit_as(0, realm.helper, "helper-pw", str(path))
+        sources.append(KerberosSource("ccache", path.read_bytes(), 0))
+        path.unlink()
+    keytab = short_tmp / "own.keytab"
+    realm.k.extract_keytab(realm.owner, str(keytab))
+    sources.append(KerberosSource("keytab", keytab.read_bytes(), 0))
+    keytab.unlink()
+    return sources, tmp
+
+
+def test_gss_credentials_live_in_memory_and_go_with_their_entry(
+    gss_sources: tuple[list[Any], Path],
+) -> None:
+    import gssapi
+    from gssapi.raw.misc import GSSError
+
+    from ferry.transfer.gsscreds import NO_CLIENT_KEYTAB, GssCredentials
+
+    sources, tmp = gss_sources
+    *caches, keytab = sources
+    gss = GssCredentials(limit=2)
+    base = _memfds()
+
+    def reload(memory: str) -> Any:
+        store = {"ccache": memory, "client_keytab": NO_CLIENT_KEYTAB}
+        return gssapi.Credentials(usage="initiate", store=store)
+
+    with gss.lease(keytab) as kcreds:  # leased throughout
+        assert _token(kcreds)
+        assert _memfds() == base + 1  # the keytab, in memory, while its entry lives
+        with gss.lease(caches[0]) as c0:
+            assert _token(c0)
+            assert _memfds() == base + 1  # a cache's memory file is closed once copied
+        memory0 = next(e.memory for e in gss._cache.values() if e.fd is None)
+        reload(memory0)  # the tickets are in that MEMORY cache now
+        for src in caches[1:]:
+            with gss.lease(src) as c:
+                assert _token(c)
+        assert len(gss) == 2
+        with pytest.raises(GSSError):
+            reload(memory0)  # evicted: its MEMORY cache is destroyed, tickets gone
+        # The keytab's entry was evicted too, but it is leased: still whole, still usable.
+        assert _memfds() == base + 1
+        assert _token(kcreds)
+    assert _memfds() == base  # its last lease ended: released
+    gss.close()
+    assert len(gss) == 0 and _memfds() == base
+    assert os.listdir(tmp) == []  # nothing ever touched the disk
+
+
+def test_gss_credentials_under_threads(gss_sources: tuple[list[Any], Path]) -> None:
+    """Many threads at once on a small table: every lease answers, no entry is released
+    under a user, and nothing is left behind (finding 5 of the network-auth review)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ferry.transfer.gsscreds import GssCredentials
+
+    sources, tmp = gss_sources
+    gss = GssCredentials(limit=2)
+    base = _memfds()
+
+    def use(i: int) -> int:
+        with gss.lease(sources[i % len(sources)]) as creds:
+            return len(_token(creds))
+
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(use, range(200)))
+    assert all(n > 0 for n in sizes)
+    assert len(gss) <= 2
+    gss.close()
+    assert _memfds() == base
+    assert os.listdir(tmp) == []

@@ -53,6 +53,7 @@ from ..transfer.auth import clear_ambient_kerberos
 from ..transfer.bandwidth import Limiter
 from ..transfer.bits_upload import BitsUploadTransport
 from ..transfer.engine import TransferEngine
+from ..transfer.gsscreds import remove_stale_copies
 from ..transfer.http import HttpTransport
 from ..transfer.local import LocalTransport
 from .api import Api, metrics_app
@@ -201,6 +202,9 @@ async def serve(cfg: Config) -> None:
     started = time.monotonic()
     tls = tls_context(cfg)
     lock_fd = lock_state_dir(cfg.state_dir)
+    stale = remove_stale_copies()  # Kerberos copies an older ferryd left when it crashed
+    if stale:
+        log.info("removed %d stale Kerberos credential copies from the temporary directory", stale)
     clock = time.time
     metrics = Metrics()
     fleet_db = None

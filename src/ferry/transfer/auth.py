@@ -6,8 +6,8 @@
 * NEGOTIATE (SPNEGO/Kerberos): ``gssapi``, the binding of the system's MIT GSSAPI, which can
   load credentials from an explicit credential store — so the acting identity's cache, read
   as that identity by the engine, is handed to GSSAPI as a private copy in a ``MEMORY:``
-  cache (its bytes pass through a root-only temporary file for at most the time it takes to
-  copy them), and GSSAPI is never pointed at a user's file. With a user and password,
+  cache (through an anonymous memory file, never a file on disk: transfer/gsscreds.py), and
+  GSSAPI is never pointed at a user's file. With a user and password,
   ``pyspnego`` does the exchange (it acquires Kerberos credentials with the password through
   GSSAPI, or falls back to its own NTLM).
 * NTLM: ``pyspnego``'s NTLM implementation (no system NTLM mechanism needed). NTLM's three
@@ -29,10 +29,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
-import tempfile
-import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import MutableMapping
 from typing import Any
@@ -40,8 +36,8 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from ..security.ccache import ccache_principal
-from .base import JobAuth, KerberosSource, PlainCredential
+from .base import JobAuth, KerberosSource, PlainCredential, TransferError
+from .gsscreds import CredentialsRefused, GssCredentials
 
 log = logging.getLogger("ferry.auth")
 
@@ -53,12 +49,6 @@ _CHALLENGE = re.compile(
 )
 _MAX_STATE = 1024
 _MAX_CREDS = 64
-# Where GSSAPI may look for a client keytab when it holds a user's credential cache: a path
-# that can never exist (/dev/null is not a directory). Without it, MIT's acquisition falls
-# back to the *process's* default client keytab (KRB5_CLIENT_KTNAME, else krb5.conf's
-# default_client_keytab_name: root's, for the system ferryd) when the cache names a
-# principal but holds no ticket — and would authenticate the user as that principal.
-NO_CLIENT_KEYTAB = "FILE:/dev/null/ferry-no-client-keytab"
 # What ferryd's environment may say about Kerberos that it must not act on: it never uses
 # ambient credentials, only the caches and keytabs it reads as the identity they belong to.
 AMBIENT_KERBEROS_VARIABLES = ("KRB5CCNAME", "KRB5_CLIENT_KTNAME", "KRB5_KTNAME")
@@ -106,83 +96,6 @@ class _Bounded(OrderedDict[Any, Any]):
             self.popitem(last=False)
 
 
-class GssCredentials:
-    """gssapi credentials made from the bytes of an identity's cache or keytab, cached by
-    content (a renewed ticket is new content) so each request does not copy them again.
-
-    The bytes pass through a file in a fresh 0700 directory of ferryd's own user: a cache's
-    is removed as soon as GSSAPI has copied it into a ``MEMORY:`` cache; a keytab's stays
-    while its entry is cached (GSSAPI acquires from it when a ticket is needed), and goes
-    when the entry is dropped or the transport closes. Used from worker threads."""
-
-    def __init__(self) -> None:
-        self._cache: OrderedDict[Any, tuple[Any, str | None]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            entries = list(self._cache.values())
-            self._cache.clear()
-        for _creds, directory in entries:
-            if directory is not None:
-                shutil.rmtree(directory, ignore_errors=True)
-
-    def get(self, src: KerberosSource) -> Any:
-        """Raises gssapi's GSSError when the bytes hold no usable credentials."""
-        import gssapi
-
-        key = (src.kind, src.uid, hashlib.sha256(src.data).digest())
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit[0]
-        # mkdtemp: mode 0700, owned by ferryd's own user (root for the system ferryd).
-        directory = tempfile.mkdtemp(prefix="ferry-krb5-")
-        path = os.path.join(directory, "credentials")
-        keep = False
-        try:
-            fd = os.open(
-                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            try:
-                os.write(fd, src.data)
-            finally:
-                os.close(fd)
-            memory = f"MEMORY:ferry-{uuid.uuid4().hex}"
-            if src.kind == "keytab":
-                creds = gssapi.Credentials(
-                    usage="initiate", store={"client_keytab": path, "ccache": memory}
-                )
-                keep = True
-            else:
-                principal = ccache_principal(src.data)
-                loaded = gssapi.Credentials(
-                    usage="initiate",
-                    store={"ccache": "FILE:" + path, "client_keytab": NO_CLIENT_KEYTAB},
-                )
-                if str(loaded.name) != principal:
-                    raise _NoCredentials("the credential cache holds another principal's")
-                loaded.store(store={"ccache": memory}, usage="initiate", overwrite=True)
-                creds = gssapi.Credentials(
-                    usage="initiate", store={"ccache": memory, "client_keytab": NO_CLIENT_KEYTAB}
-                )
-        finally:
-            if not keep:
-                shutil.rmtree(directory, ignore_errors=True)
-        dropped: list[str] = []
-        with self._lock:
-            self._cache[key] = (creds, directory if keep else None)
-            self._cache.move_to_end(key)
-            while len(self._cache) > _MAX_CREDS:
-                _old, (_c, d) = self._cache.popitem(last=False)
-                if d is not None:
-                    dropped.append(d)
-        for d in dropped:
-            shutil.rmtree(d, ignore_errors=True)
-        return creds
-
-
 class Authenticator:
     """Per-daemon authentication state for the http transport."""
 
@@ -196,7 +109,7 @@ class Authenticator:
         self._mode = _Bounded(_MAX_STATE)
         self._digest = _Bounded(_MAX_STATE)  # (job, origin) -> DigestAuthMiddleware
         self._legs = _Bounded(_MAX_STATE)  # (job, target, origin) -> a multi-leg context
-        self._gss = GssCredentials()
+        self._gss = GssCredentials(_MAX_CREDS)
 
     def close(self) -> None:
         self._gss.close()
@@ -282,6 +195,14 @@ class Authenticator:
             except _NoCredentials as exc:
                 why = str(exc)
                 continue
+            except TransferError:
+                raise  # the acting identity's cache refused (E_ACCESSDENIED): the job's error
+            except Exception as exc:  # noqa: BLE001 - one failure is this scheme's, not ferryd's
+                self._legs.pop(leg_key, None)
+                log.warning("job %s: no %s answer for %s: %s: %s", auth.key, scheme,
+                            url.host, type(exc).__name__, exc)  # fmt: skip
+                why = f"{scheme} failed ({type(exc).__name__})"
+                continue
             if value is None:
                 continue
             if scheme == "NEGOTIATE" and not sent and not preempted:
@@ -332,7 +253,11 @@ class Authenticator:
                 service="HTTP",
                 protocol=protocol,
             )
-        data = base64.b64decode(token_in) if token_in else None
+        try:
+            data = base64.b64decode(token_in, validate=True) if token_in else None
+        except ValueError:
+            self._legs.pop(leg_key, None)
+            raise _NoCredentials(f"the {cred.scheme} challenge is not base64") from None
         try:
             out = await asyncio.to_thread(ctx.step, data)
         except Exception as exc:
@@ -353,18 +278,19 @@ class Authenticator:
         from gssapi.raw.misc import GSSError
 
         try:
-            creds = self._gss.get(src)
-            ctx = gssapi.SecurityContext(
-                name=gssapi.Name(f"HTTP@{host}", gssapi.NameType.hostbased_service),
-                creds=creds,
-                usage="initiate",
-                mech=gssapi.OID.from_int_seq(SPNEGO_OID),
-                flags=gssapi.RequirementFlag.out_of_sequence_detection,
-            )
-            token = ctx.step()
+            with self._gss.lease(src) as creds:
+                ctx = gssapi.SecurityContext(
+                    name=gssapi.Name(f"HTTP@{host}", gssapi.NameType.hostbased_service),
+                    creds=creds,
+                    usage="initiate",
+                    mech=gssapi.OID.from_int_seq(SPNEGO_OID),
+                    flags=gssapi.RequirementFlag.out_of_sequence_detection,
+                )
+                token = ctx.step()
+                del ctx
         except GSSError as exc:
             raise _NoCredentials(f"Kerberos: {exc.gen_message()}") from None
-        except ValueError as exc:  # bytes that are not a credential cache (security/ccache.py)
+        except CredentialsRefused as exc:
             raise _NoCredentials(f"Kerberos: {exc}") from None
         if not token:
             raise _NoCredentials("Kerberos produced no token")
