@@ -591,14 +591,27 @@ def _copy_dir(path: Path, uid: int, age: float) -> Path:
     return path
 
 
+def _session_of_this_process() -> bool:
+    with open("/proc/self/sessionid") as f:
+        return f.read().strip() not in ("", "4294967295")
+
+
 def test_service_identity_keytab_and_denial_at_use(
     realm: Realm, httpd: Apache, short_tmp: Path
 ) -> None:
+    if _session_of_this_process():
+        pytest.skip("the owner must be a service identity: run the tests outside a login session")
     keydir = owned_dir(short_tmp / "svc-keys", OWN, 0o700)
     keytab = keydir / "svc.keytab"
     realm.k.extract_keytab(realm.owner, str(keytab))
     os.chown(keytab, OWN, OWN)
     os.chmod(keytab, 0o600)
+    # A keytab configured for a uid that connects from a login session: not used for it.
+    user_keys = owned_dir(short_tmp / "user-keys", HLP, 0o700)
+    user_keytab = user_keys / "user.keytab"
+    realm.k.extract_keytab(realm.helper, str(user_keytab))
+    os.chown(user_keytab, HLP, HLP)
+    os.chmod(user_keytab, 0o600)
     # ferryd's own temporary directory, with what an older ferryd's crash left there.
     tmp = owned_dir(short_tmp / "ferryd-tmp", 0, 0o700)
     stale = _copy_dir(tmp / "ferry-krb5-old", 0, age=3600)
@@ -609,7 +622,7 @@ def test_service_identity_keytab_and_denial_at_use(
         short_tmp / "kd",
         system=True,
         config=f'[daemon]\nsession_poll_interval = 0.2\n[kerberos]\nkeytabs = {{ "{OWN}" = '
-        f'"{keytab}" }}\n',
+        f'"{keytab}", "{HLP}" = "{user_keytab}" }}\n',
         env={"KRB5_CONFIG": realm.conf, "TMPDIR": str(tmp)},
     )
     os.chmod(short_tmp / "kd", 0o755)
@@ -631,6 +644,22 @@ def test_service_identity_keytab_and_denial_at_use(
         assert sorted(os.listdir(tmp)) == left
         held = [os.readlink(f"/proc/{d.pid}/fd/{n}") for n in os.listdir(f"/proc/{d.pid}/fd")]
         assert any(h.startswith("/memfd:ferry-krb5") for h in held), held
+
+        # The same for a uid in a login session, which names no cache: no keytab for it.
+        mine = owned_dir(short_tmp / "sessioned", HLP, 0o755)
+        with SessionAgent(HLP) as who:
+            status, created = who.call(d.socket, "POST", "/v1/jobs", {"display_name": "sess"})
+            assert status == 201, created
+            jid = created["id"]
+            body = {"files": [{"remote_name": httpd.url("neg/svc.bin"),
+                               "local_name": str(mine / "sess.bin")}]}  # fmt: skip
+            assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/files", body)[0] == 200
+            cred = {"target": "SERVER", "scheme": "NEGOTIATE"}
+            assert who.call(d.socket, "PUT", f"/v1/jobs/{jid}/credentials", cred)[0] == 200
+            assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/resume", {})[0] == 200
+            err = wait_state(d, jid, {"ERROR", "TRANSFERRED"})
+            assert err["state"] == "ERROR" and err["error"]["code"] == "BG_E_HTTP_ERROR_401", err
+        assert not any(realm.helper in line for line in _neg_lines(httpd, "svc.bin"))
 
         # A cache accepted when named, then swapped for a symlink to another uid's cache:
         # refused when it is read for the transfer (E_ACCESSDENIED), nothing read.
