@@ -274,6 +274,18 @@ def test_credential_cache_denials(system_ferryd: Daemon, short_tmp: Path) -> Non
         os.chmod(own, 0o600)
         assert _create_with_cache(d, who, str(own))[0] == 201
         assert _create_with_cache(d, who, str(mine / "later"))[0] == 201
+        # Through a directory the caller may search but not list (a 0711 home): accepted,
+        # as open(2) would; the same file through a directory it may not search: refused.
+        search_only = owned_dir(short_tmp / "search-only", 0, 0o711)
+        inner = owned_dir(search_only / "inner", HLP, 0o700)
+        deep = inner / "krb5cc"
+        deep.write_bytes(b"x")
+        os.chown(deep, HLP, HLP)
+        os.chmod(deep, 0o600)
+        assert _create_with_cache(d, who, str(deep))[0] == 201
+        os.chmod(search_only, 0o700)
+        status, body = _create_with_cache(d, who, str(deep))
+        assert body["error"]["code"] == "E_ACCESSDENIED", body
         assert d.call("GET", "/v1/jobs?all_users=true")[0] == 200
     assert stat.S_ISREG(theirs.stat().st_mode)
     assert theirs.stat().st_atime_ns == atime  # nothing was read

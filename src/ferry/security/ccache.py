@@ -30,7 +30,10 @@ def _open_no_symlinks(path: str) -> int | None:
     parts = [p for p in path.split("/") if p]
     if not parts:
         raise _denied(path, "not a file")
-    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    # O_PATH: a directory is only passed through, which needs search (x) permission, not
+    # read — a 0711 home or /var/lib directory is as good to the walk as it is to open(2).
+    # With O_DIRECTORY a symbolic link is refused (ENOTDIR) rather than opened.
+    dir_flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open("/", dir_flags)
     try:
         for part in parts[:-1]:
