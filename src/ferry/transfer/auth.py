@@ -108,11 +108,28 @@ class Authenticator:
         # "each" (every request must carry a token: a fresh one goes up front).
         self._mode = _Bounded(_MAX_STATE)
         self._digest = _Bounded(_MAX_STATE)  # (job, origin) -> DigestAuthMiddleware
-        self._legs = _Bounded(_MAX_STATE)  # (job, target, origin) -> a multi-leg context
+        self._legs = _Bounded(_MAX_STATE)  # (job, target, origin, request) -> multi-leg context
+        self._handshakes = _Bounded(_MAX_STATE)  # (job, target, origin) -> asyncio.Lock
         self._gss = GssCredentials(_MAX_CREDS)
 
     def close(self) -> None:
         self._gss.close()
+
+    def handshake_lock(self, auth: JobAuth, url: URL, target: str) -> asyncio.Lock | None:
+        """For a job with an explicit NTLM credential for ``target``: the lock its requests
+        to ``url``'s origin hold from their first send to their last leg. NTLM's legs must
+        share one connection, and between legs it is back in the session's pool: without
+        the lock, another file of the same job (up to eight go at once) would take it and
+        both handshakes would fail."""
+        cred = _find(auth.for_target(target), "NTLM")
+        if cred is None or cred.implicit:
+            return None
+        key = (auth.key, target, _origin(url))
+        lock = self._handshakes.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._handshakes.put(key, lock)
+        return lock
 
     # ---- what a request carries -------------------------------------------------------
 
@@ -173,7 +190,9 @@ class Authenticator:
     ) -> tuple[dict[str, str] | None, str | None]:
         """The header answering a 401/407 with ``challenges``; (None, why) when the job has
         nothing (more) to answer with. ``sent`` is the schemes already answered for this
-        request: a scheme is tried once (NTLM's later legs excepted)."""
+        request: a scheme is tried once (NTLM's later legs excepted). It also names the
+        request's own multi-leg exchange: parallel requests of one job to one origin (the
+        files of a job go up to eight at a time) each have theirs, never one another's."""
         offers = offered(challenges)
         creds = auth.for_target(target)
         why: str | None = None
@@ -183,14 +202,15 @@ class Authenticator:
             cred = _find(creds, scheme)
             if cred is None:
                 continue
-            leg_key = (auth.key, target, _origin(url))
+            origin_key = (auth.key, target, _origin(url))
+            leg_key = (*origin_key, id(sent))
             continuing = scheme in sent and offers[scheme] and leg_key in self._legs
             if scheme in sent and not continuing:
                 why = f"the {scheme} credentials were refused"
                 continue
             try:
                 value = await self._make(
-                    auth, cred, url, target, offers[scheme] if continuing else ""
+                    auth, cred, url, target, offers[scheme] if continuing else "", leg_key
                 )
             except _NoCredentials as exc:
                 why = str(exc)
@@ -208,25 +228,35 @@ class Authenticator:
             if scheme == "NEGOTIATE" and not sent and not preempted:
                 # Challenged without a token: first time, learn; after a probe, every
                 # request needs one; a bound origin challenges only new connections.
-                mode = self._mode.get(leg_key)
-                self._mode.put(leg_key, "probe" if mode is None else
+                mode = self._mode.get(origin_key)
+                self._mode.put(origin_key, "probe" if mode is None else
                                "each" if mode == "probe" else mode)  # fmt: skip
             sent.add(scheme)
             if scheme in ("BASIC", "NEGOTIATE"):
-                self._wants.put((auth.key, target, _origin(url)), scheme)
+                self._wants.put(origin_key, scheme)
             return {answer_header(target): value}, None
+        self._legs.pop((auth.key, target, _origin(url), id(sent)), None)  # this request's
         return None, why
 
     # ---- making answers ------------------------------------------------------------------
 
     async def _make(
-        self, auth: JobAuth, cred: PlainCredential, url: URL, target: str, token_in: str
+        self,
+        auth: JobAuth,
+        cred: PlainCredential,
+        url: URL,
+        target: str,
+        token_in: str,
+        leg_key: tuple[Any, ...] | None = None,
     ) -> str | None:
+        """``leg_key``: the request's multi-leg exchange (answer); None for a one-leg
+        answer sent up front."""
         if cred.scheme == "BASIC":
             assert cred.user is not None
             return aiohttp.BasicAuth(cred.user, cred.password or "").encode()
         host = url.host or "localhost"
-        leg_key = (auth.key, target, _origin(url))
+        if leg_key is None:
+            leg_key = (auth.key, target, _origin(url), None)
         if cred.scheme == "NEGOTIATE" and cred.implicit:
             if auth.kerberos is None:
                 raise _NoCredentials(

@@ -29,7 +29,7 @@ from ..model.ranges import resolved, total_length
 from ..model.types import ErrorContext
 from ..security.secretbox import SecretBox
 from .auth import Authenticator, challenge_header
-from .base import DownloadRequest, Sink, TransferError
+from .base import DownloadRequest, JobAuth, Sink, TransferError
 from .httpopts import open_sealed_headers
 from .proxy import ProxyRouter
 from .ranged import RangedSink
@@ -559,6 +559,20 @@ class HttpTransport:
         auth = request.auth
         if auth is None or not auth.for_target("SERVER") or not same_origin:
             return await self._send(session, request, url, headers)
+        lock = self._auth.handshake_lock(auth, url, "SERVER")
+        if lock is None:
+            return await self._answering(session, request, auth, url, headers)
+        async with lock:  # NTLM: one handshake of this job and origin at a time
+            return await self._answering(session, request, auth, url, headers)
+
+    async def _answering(
+        self,
+        session: aiohttp.ClientSession,
+        request: DownloadRequest,
+        auth: JobAuth,
+        url: URL,
+        headers: CIMultiDict[str],
+    ) -> aiohttp.ClientResponse:
         extra: dict[str, Any] = {}
         middlewares = self._auth.middlewares(auth, url)
         if middlewares:
