@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from yarl import URL
 
 from ferry.daemon.config import load_config
 from ferry.daemon.network import preconfigured_proxy
@@ -215,3 +216,27 @@ def test_config_proxy_with_a_password_stops_ferryd_without_showing_it(tmp_path: 
         preconfigured_proxy(cfg, {})
     assert exc.value.code == "E_INVALIDARG"
     assert "no user or password" in exc.value.message and SECRET not in exc.value.message
+
+
+def test_wpad_is_off_unless_asked_for(tmp_path: Path) -> None:
+    """WPAD's script comes over plain http from whoever answers for wpad.DOMAIN: not by
+    default (a LAN attacker would choose the proxy and collect PROXY passwords)."""
+    from ferry.daemon.network import proxy_router
+    from ferry.transfer.pac import PacResolver
+
+    assert load_config(False, None).proxy_wpad is False
+    assert PacResolver(None).wpad is False
+    router = proxy_router(load_config(False, None), {})
+    assert isinstance(router.pac, PacResolver) and router.pac.wpad is False
+    conf = tmp_path / "on.toml"
+    conf.write_text("[proxy]\nwpad = true\n")
+    assert load_config(False, conf).proxy_wpad is True
+
+    async def nothing_asked() -> None:
+        asked: list[str] = []
+        pac = PacResolver(None, fqdn=lambda: asked.append("fqdn") or "h.corp.example")
+        assert await pac.route(URL("http://x.example/")) is None  # no script: PRECONFIG
+        assert asked == []  # WPAD's names were never even computed
+        pac.close()
+
+    asyncio.run(nothing_asked())
