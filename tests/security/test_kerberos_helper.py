@@ -592,6 +592,17 @@ def test_basic_to_squid(
 # ---- service identities: a keytab from ferryd's config, read as that uid -----------------
 
 
+def _fd_targets(pid: int | str) -> list[str]:
+    """What the open descriptors of process ``pid`` refer to (one closed meanwhile: left out)."""
+    out = []
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{n}"))
+        except OSError:
+            continue
+    return out
+
+
 def _copy_dir(path: Path, uid: int, age: float) -> Path:
     """A ``ferry-krb5-*`` directory as older ferryd versions made them, ``age`` seconds old."""
     path.mkdir(mode=0o700)
@@ -654,7 +665,7 @@ def test_service_identity_keytab_and_denial_at_use(
         # The keytab went to GSSAPI through memory: nothing of it on disk, and it is still
         # held (the entry is cached) in an anonymous memory file of ferryd's.
         assert sorted(os.listdir(tmp)) == left
-        held = [os.readlink(f"/proc/{d.pid}/fd/{n}") for n in os.listdir(f"/proc/{d.pid}/fd")]
+        held = _fd_targets(d.pid)
         assert any(h.startswith("/memfd:ferry-krb5") for h in held), held
 
         # The same for a uid in a login session, which names no cache: no keytab for it.
@@ -705,13 +716,7 @@ def test_service_identity_keytab_and_denial_at_use(
 
 
 def _memfds() -> int:
-    fds = []
-    for n in os.listdir("/proc/self/fd"):
-        try:
-            fds.append(os.readlink(f"/proc/self/fd/{n}"))
-        except OSError:
-            continue
-    return sum(1 for f in fds if f.startswith("/memfd:ferry-krb5"))
+    return sum(1 for f in _fd_targets("self") if f.startswith("/memfd:ferry-krb5"))
 
 
 def _token(creds: Any) -> bytes:
