@@ -31,7 +31,14 @@ class NtlmServer(AppServer):
     def make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/ntlm/file.bin", self.handle)
+        app.router.add_get("/ntlm/garbled.bin", self.garbled)
         return app
+
+    async def garbled(self, request: web.Request) -> web.StreamResponse:
+        """A server whose NTLM challenge is not base64 (a broken or hostile one)."""
+        if not request.headers.get("Authorization", "").startswith("NTLM "):
+            return web.Response(status=401, headers={"WWW-Authenticate": "NTLM"})
+        return web.Response(status=401, headers={"WWW-Authenticate": "NTLM abc"})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         import spnego
@@ -88,3 +95,34 @@ def test_ntlm_three_legs_on_one_connection(
         bad.resume()
         assert bad.wait(timeout=30) is ferry.JobState.ERROR
         assert bad.data["error"]["code"] == "BG_E_HTTP_ERROR_401"
+
+
+def test_a_garbled_challenge_is_a_401_not_an_internal_error(
+    ferryd: Daemon, ntlm_server: NtlmServer, tmp_path: Path
+) -> None:
+    with ferry.Client(ferryd.socket) as c:
+        job = c.create_job("ntlm-garbled")
+        job.add_file(f"{ntlm_server.base}/ntlm/garbled.bin", str(tmp_path / "g.bin"))
+        job.set_credentials("SERVER", "NTLM", "CORP\\alice", "Al1ce-pw")
+        job.resume()
+        assert job.wait(timeout=30) is ferry.JobState.ERROR, job.data
+        assert job.data["error"]["code"] == "BG_E_HTTP_ERROR_401", job.data
+        assert "not base64" in job.data["error"]["description"], job.data
+
+
+def test_parallel_files_each_have_their_own_ntlm_exchange(
+    ferryd: Daemon, ntlm_server: NtlmServer, tmp_path: Path
+) -> None:
+    """A job's files go up to eight at a time to the same origin: each request's three
+    legs are its own (a challenge answered with another request's context fails)."""
+    with ferry.Client(ferryd.socket) as c:
+        job = c.create_job("ntlm-parallel")
+        for i in range(12):
+            job.add_file(f"{ntlm_server.base}/ntlm/file.bin?n={i}", str(tmp_path / f"p{i}.bin"))
+        job.set_credentials("SERVER", "NTLM", "CORP\\alice", "Al1ce-pw")
+        job.resume()
+        assert job.wait(timeout=60) is ferry.JobState.TRANSFERRED, job.data
+        assert job.complete() == "S_OK"
+    for i in range(12):
+        assert (tmp_path / f"p{i}.bin").read_bytes() == DATA
+    assert len(ntlm_server.users) >= 12, ntlm_server.users

@@ -156,6 +156,27 @@ def test_preconfig_from_the_environment(
         assert d.stop() == 0, d.log()
 
 
+def test_a_password_in_the_environment_proxy_is_neither_used_nor_shown(
+    short_tmp: Path, proxy: squid.Squid, http_server: FaultServer, dest: Path
+) -> None:
+    """http_proxy with user:password@: the proxy is still used (no silent bypass of an
+    egress proxy), without those credentials, and the password appears nowhere."""
+    secret = "env-pr0xy-s3cret"
+    with_password = proxy.url.replace("http://", f"http://carol:{secret}@")
+    d = Daemon(short_tmp, env={"http_proxy": with_password})
+    d.start()
+    try:
+        url = http_server.add("cred-env.bin", DATA)
+        _, state = download(d, url, dest / "cred-env.bin")
+        assert state["state"] == "TRANSFERRED", state
+        assert through(proxy, url)
+        log = d.log(10_000_000)
+        assert "carries a user name and password" in log, log
+        assert secret not in log
+    finally:
+        assert d.stop() == 0, d.log()
+
+
 def test_without_configuration_preconfig_is_direct(
     ferryd: Daemon, proxy: squid.Squid, http_server: FaultServer, dest: Path
 ) -> None:

@@ -11,6 +11,7 @@ import random
 import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -273,9 +274,117 @@ def test_credential_cache_denials(system_ferryd: Daemon, short_tmp: Path) -> Non
         os.chmod(own, 0o600)
         assert _create_with_cache(d, who, str(own))[0] == 201
         assert _create_with_cache(d, who, str(mine / "later"))[0] == 201
+        # Through a directory the caller may search but not list (a 0711 home): accepted,
+        # as open(2) would; the same file through a directory it may not search: refused.
+        search_only = owned_dir(short_tmp / "search-only", 0, 0o711)
+        inner = owned_dir(search_only / "inner", HLP, 0o700)
+        deep = inner / "krb5cc"
+        deep.write_bytes(b"x")
+        os.chown(deep, HLP, HLP)
+        os.chmod(deep, 0o600)
+        assert _create_with_cache(d, who, str(deep))[0] == 201
+        os.chmod(search_only, 0o700)
+        status, body = _create_with_cache(d, who, str(deep))
+        assert body["error"]["code"] == "E_ACCESSDENIED", body
         assert d.call("GET", "/v1/jobs?all_users=true")[0] == 200
     assert stat.S_ISREG(theirs.stat().st_mode)
     assert theirs.stat().st_atime_ns == atime  # nothing was read
+
+
+def _principal_only_cache(principal: str) -> bytes:
+    """A FILE credential cache (format 4) that names ``principal`` and holds no ticket."""
+
+    def counted(b: bytes) -> bytes:
+        return len(b).to_bytes(4, "big") + b
+
+    name, realm = principal.rsplit("@", 1)
+    parts = name.split("/")
+    return (
+        b"\x05\x04\x00\x00"
+        + (1).to_bytes(4, "big")
+        + len(parts).to_bytes(4, "big")
+        + counted(realm.encode())
+        + b"".join(counted(p.encode()) for p in parts)
+    )
+
+
+@pytest.mark.parametrize("how", ["environment", "krb5.conf"])
+def test_root_client_keytab_never_answers_for_a_user(
+    realm: Realm, httpd: Apache, short_tmp: Path, how: str
+) -> None:
+    """A user's cache that names a principal but holds no ticket: MIT's GSSAPI would fetch a
+    ticket with the *process's* default client keytab (root's, named by KRB5_CLIENT_KTNAME
+    or krb5.conf's default_client_keytab_name) if it were allowed to look for one. ferryd
+    pins the client keytab to a path that cannot exist and ignores the variable: 401."""
+    keys = owned_dir(short_tmp / "root-keys", 0, 0o700)
+    keytab = keys / "client.keytab"
+    realm.k.extract_keytab(realm.owner, str(keytab))
+    os.chmod(keytab, 0o600)
+    env = {"KRB5_CONFIG": realm.conf}
+    if how == "environment":
+        env["KRB5_CLIENT_KTNAME"] = f"FILE:{keytab}"
+    else:
+        conf = short_tmp / "krb5.conf"
+        text = Path(realm.conf).read_text()
+        assert "[libdefaults]" in text
+        conf.write_text(text.replace(
+            "[libdefaults]", f"[libdefaults]\n\tdefault_client_keytab_name = FILE:{keytab}", 1
+        ))  # fmt: skip
+        os.chmod(conf, 0o644)
+        env["KRB5_CONFIG"] = str(conf)
+    d = Daemon(short_tmp / "kd", system=True,
+               config="[daemon]\nsession_poll_interval = 0.2\n", env=env)  # fmt: skip
+    os.chmod(short_tmp / "kd", 0o755)
+    own_cc = Path(f"/tmp/krb5cc_{OWN}")  # what the owner's library names
+    own_cc.write_bytes(_principal_only_cache(realm.owner))
+    os.chown(own_cc, OWN, OWN)
+    os.chmod(own_cc, 0o600)
+    d.start()
+    try:
+        httpd.put("neg/rootkt.bin", os.urandom(10_000))
+        dest = owned_dir(short_tmp / "rk-dest", OWN, 0o700)
+        with ferry.Client(d.socket) as c, ferry.impersonate(OWN, OWN):
+            job = _new_job(c, "root-kt", httpd.url("neg/rootkt.bin"), dest / "rk.bin")
+            job.resume()
+            assert job.wait(timeout=30) is ferry.JobState.ERROR, job.data
+            assert job.data["error"]["code"] == "BG_E_HTTP_ERROR_401", job.data
+        assert not any(realm.owner in line for line in _neg_lines(httpd, "rootkt.bin"))
+    finally:
+        own_cc.unlink(missing_ok=True)
+        assert d.stop() == 0, d.log()
+
+
+def test_take_ownership_forgets_the_cache_the_old_owner_named(
+    krb_ferryd: Daemon, httpd: Apache, realm: Realm, short_tmp: Path
+) -> None:
+    """A user names a cache path that does not exist yet (accepted: kinit may come later)
+    where an administrator will later keep a ticket; the administrator takes ownership of the
+    job. The path named by the user's uid must not then be read as the administrator: the job
+    has no cache of the new owner's (401), and the administrator's principal never reaches
+    the server."""
+    d = krb_ferryd
+    httpd.put("neg/taken.bin", os.urandom(10_000))
+    admin_dir = owned_dir(short_tmp / "admin-krb", 0, 0o755)
+    admin_cc = admin_dir / "krb5cc"  # not there yet when the user names it
+    mine = owned_dir(short_tmp / "taker", HLP, 0o755)
+    with SessionAgent(HLP) as who:
+        status, created = who.call(
+            d.socket, "POST", "/v1/jobs", {"display_name": "take", "krb5ccname": str(admin_cc)}
+        )
+        assert status == 201, created
+        jid = created["id"]
+        body = {"files": [{"remote_name": httpd.url("neg/taken.bin"),
+                           "local_name": str(mine / "taken.bin")}]}  # fmt: skip
+        assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/files", body)[0] == 200
+        cred = {"target": "SERVER", "scheme": "NEGOTIATE"}
+        assert who.call(d.socket, "PUT", f"/v1/jobs/{jid}/credentials", cred)[0] == 200
+    realm.kinit_as(0, realm.owner, "owner-pw", str(admin_cc))  # root's ticket, later
+    status, answer = d.call("POST", f"/v1/jobs/{jid}/take-ownership", {})
+    assert status == 200 and answer["job"]["owner"]["uid"] == 0, answer
+    assert d.call("POST", f"/v1/jobs/{jid}/resume", {})[0] == 200
+    err = wait_state(d, jid, {"ERROR", "TRANSFERRED"})
+    assert err["state"] == "ERROR" and err["error"]["code"] == "BG_E_HTTP_ERROR_401", err
+    assert not any(realm.owner in line for line in _neg_lines(httpd, "taken.bin"))
 
 
 # ---- explicit credentials: Basic and Digest, secrets never in clear ---------------------
@@ -483,24 +592,68 @@ def test_basic_to_squid(
 # ---- service identities: a keytab from ferryd's config, read as that uid -----------------
 
 
+def _fd_targets(pid: int | str) -> list[str]:
+    """What the open descriptors of process ``pid`` refer to (one closed meanwhile: left out)."""
+    out = []
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{n}"))
+        except OSError:
+            continue
+    return out
+
+
+def _copy_dir(path: Path, uid: int, age: float) -> Path:
+    """A ``ferry-krb5-*`` directory as older ferryd versions made them, ``age`` seconds old."""
+    path.mkdir(mode=0o700)
+    (path / "credentials").write_bytes(b"\x05\x02 a keytab")
+    os.chown(path / "credentials", uid, uid)
+    os.chown(path, uid, uid)
+    when = time.time() - age
+    os.utime(path, (when, when))
+    return path
+
+
+def _session_of_this_process() -> bool:
+    with open("/proc/self/sessionid") as f:
+        return f.read().strip() not in ("", "4294967295")
+
+
 def test_service_identity_keytab_and_denial_at_use(
     realm: Realm, httpd: Apache, short_tmp: Path
 ) -> None:
+    if _session_of_this_process():
+        pytest.skip("the owner must be a service identity: run the tests outside a login session")
     keydir = owned_dir(short_tmp / "svc-keys", OWN, 0o700)
     keytab = keydir / "svc.keytab"
     realm.k.extract_keytab(realm.owner, str(keytab))
     os.chown(keytab, OWN, OWN)
     os.chmod(keytab, 0o600)
+    # A keytab configured for a uid that connects from a login session: not used for it.
+    user_keys = owned_dir(short_tmp / "user-keys", HLP, 0o700)
+    user_keytab = user_keys / "user.keytab"
+    realm.k.extract_keytab(realm.helper, str(user_keytab))
+    os.chown(user_keytab, HLP, HLP)
+    os.chmod(user_keytab, 0o600)
+    # ferryd's own temporary directory, with what an older ferryd's crash left there.
+    tmp = owned_dir(short_tmp / "ferryd-tmp", 0, 0o700)
+    stale = _copy_dir(tmp / "ferry-krb5-old", 0, age=3600)
+    fresh = _copy_dir(tmp / "ferry-krb5-new", 0, age=0)  # may be a running ferryd's
+    theirs = _copy_dir(tmp / "ferry-krb5-other", OTHER, age=3600)  # not ferryd's user's
+    os.symlink(stale.parent / "elsewhere", tmp / "ferry-krb5-link")
     d = Daemon(
         short_tmp / "kd",
         system=True,
         config=f'[daemon]\nsession_poll_interval = 0.2\n[kerberos]\nkeytabs = {{ "{OWN}" = '
-        f'"{keytab}" }}\n',
-        env={"KRB5_CONFIG": realm.conf},
+        f'"{keytab}", "{HLP}" = "{user_keytab}" }}\n',
+        env={"KRB5_CONFIG": realm.conf, "TMPDIR": str(tmp)},
     )
     os.chmod(short_tmp / "kd", 0o755)
     d.start()
     try:
+        assert not stale.exists()
+        assert fresh.exists() and theirs.exists() and (tmp / "ferry-krb5-link").is_symlink()
+        left = sorted(os.listdir(tmp))
         httpd.put("neg/svc.bin", os.urandom(20_000))
         dest = owned_dir(short_tmp / "svc-dest", OWN, 0o700)
         with ferry.Client(d.socket) as c, ferry.impersonate(OWN, OWN):
@@ -509,6 +662,27 @@ def test_service_identity_keytab_and_denial_at_use(
             assert job.wait(timeout=30) is ferry.JobState.TRANSFERRED, job.data
         lines = _neg_lines(httpd, "svc.bin")
         assert any(line.startswith(f"{realm.owner} 200 ") for line in lines), lines
+        # The keytab went to GSSAPI through memory: nothing of it on disk, and it is still
+        # held (the entry is cached) in an anonymous memory file of ferryd's.
+        assert sorted(os.listdir(tmp)) == left
+        held = _fd_targets(d.pid)
+        assert any(h.startswith("/memfd:ferry-krb5") for h in held), held
+
+        # The same for a uid in a login session, which names no cache: no keytab for it.
+        mine = owned_dir(short_tmp / "sessioned", HLP, 0o755)
+        with SessionAgent(HLP) as who:
+            status, created = who.call(d.socket, "POST", "/v1/jobs", {"display_name": "sess"})
+            assert status == 201, created
+            jid = created["id"]
+            body = {"files": [{"remote_name": httpd.url("neg/svc.bin"),
+                               "local_name": str(mine / "sess.bin")}]}  # fmt: skip
+            assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/files", body)[0] == 200
+            cred = {"target": "SERVER", "scheme": "NEGOTIATE"}
+            assert who.call(d.socket, "PUT", f"/v1/jobs/{jid}/credentials", cred)[0] == 200
+            assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/resume", {})[0] == 200
+            err = wait_state(d, jid, {"ERROR", "TRANSFERRED"})
+            assert err["state"] == "ERROR" and err["error"]["code"] == "BG_E_HTTP_ERROR_401", err
+        assert not any(realm.helper in line for line in _neg_lines(httpd, "svc.bin"))
 
         # A cache accepted when named, then swapped for a symlink to another uid's cache:
         # refused when it is read for the transfer (E_ACCESSDENIED), nothing read.
@@ -536,3 +710,114 @@ def test_service_identity_keytab_and_denial_at_use(
             assert err["state"] == "ERROR" and err["error"]["code"] == "E_ACCESSDENIED", err
     finally:
         assert d.stop() == 0, d.log()
+
+
+# ---- GssCredentials in this process: memory only, released with their entry -------------
+
+
+def _memfds() -> int:
+    return sum(1 for f in _fd_targets("self") if f.startswith("/memfd:ferry-krb5"))
+
+
+def _token(creds: Any) -> bytes:
+    import gssapi
+
+    ctx = gssapi.SecurityContext(
+        name=gssapi.Name("HTTP@localhost", gssapi.NameType.hostbased_service),
+        creds=creds,
+        usage="initiate",
+        mech=gssapi.OID.from_int_seq("1.3.6.1.5.5.2"),
+    )
+    return bytes(ctx.step() or b"")
+
+
+@pytest.fixture
+def gss_sources(
+    realm: Realm, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Any], Path]:
+    """Four distinct caches of the helper principal and the owner's keytab, as bytes; this
+    process set up to use the realm, with a private temporary directory to watch."""
+    import tempfile
+
+    from ferry.transfer.base import KerberosSource
+
+    monkeypatch.setenv("KRB5_CONFIG", realm.conf)
+    for var in ("KRB5CCNAME", "KRB5_CLIENT_KTNAME", "KRB5_KTNAME"):
+        monkeypatch.delenv(var, raising=False)
+    tmp = owned_dir(short_tmp / "proc-tmp", 0, 0o700)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    sources = []
+    for i in range(4):
+        path = short_tmp / f"cc{i}"
+        realm.kinit_as(0, realm.helper, "helper-pw", str(path))
+        sources.append(KerberosSource("ccache", path.read_bytes(), 0))
+        path.unlink()
+    keytab = short_tmp / "own.keytab"
+    realm.k.extract_keytab(realm.owner, str(keytab))
+    sources.append(KerberosSource("keytab", keytab.read_bytes(), 0))
+    keytab.unlink()
+    return sources, tmp
+
+
+def test_gss_credentials_live_in_memory_and_go_with_their_entry(
+    gss_sources: tuple[list[Any], Path],
+) -> None:
+    import gssapi
+    from gssapi.raw.misc import GSSError
+
+    from ferry.transfer.gsscreds import NO_CLIENT_KEYTAB, GssCredentials
+
+    sources, tmp = gss_sources
+    *caches, keytab = sources
+    gss = GssCredentials(limit=2)
+    base = _memfds()
+
+    def reload(memory: str) -> Any:
+        store = {"ccache": memory, "client_keytab": NO_CLIENT_KEYTAB}
+        return gssapi.Credentials(usage="initiate", store=store)
+
+    with gss.lease(keytab) as kcreds:  # leased throughout
+        assert _token(kcreds)
+        assert _memfds() == base + 1  # the keytab, in memory, while its entry lives
+        with gss.lease(caches[0]) as c0:
+            assert _token(c0)
+            assert _memfds() == base + 1  # a cache's memory file is closed once copied
+        memory0 = next(e.memory for e in gss._cache.values() if e.fd is None)
+        reload(memory0)  # the tickets are in that MEMORY cache now
+        for src in caches[1:]:
+            with gss.lease(src) as c:
+                assert _token(c)
+        assert len(gss) == 2
+        with pytest.raises(GSSError):
+            reload(memory0)  # evicted: its MEMORY cache is destroyed, tickets gone
+        # The keytab's entry was evicted too, but it is leased: still whole, still usable.
+        assert _memfds() == base + 1
+        assert _token(kcreds)
+    assert _memfds() == base  # its last lease ended: released
+    gss.close()
+    assert len(gss) == 0 and _memfds() == base
+    assert os.listdir(tmp) == []  # nothing ever touched the disk
+
+
+def test_gss_credentials_under_threads(gss_sources: tuple[list[Any], Path]) -> None:
+    """Many threads at once on a small table: every lease answers, no entry is released
+    under a user, and nothing is left behind (finding 5 of the network-auth review)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ferry.transfer.gsscreds import GssCredentials
+
+    sources, tmp = gss_sources
+    gss = GssCredentials(limit=2)
+    base = _memfds()
+
+    def use(i: int) -> int:
+        with gss.lease(sources[i % len(sources)]) as creds:
+            return len(_token(creds))
+
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(use, range(200)))
+    assert all(n > 0 for n in sizes)
+    assert len(gss) <= 2
+    gss.close()
+    assert _memfds() == base
+    assert os.listdir(tmp) == []

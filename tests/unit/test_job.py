@@ -465,6 +465,17 @@ def test_take_ownership() -> None:
     assert job.owner == HELPER and job.modified == NOW + 3
 
 
+def test_take_ownership_forgets_the_credential_cache_another_uid_named() -> None:
+    job = job_in(JobState.SUSPENDED)
+    job.owner_ccache = "/home/owner/krb5cc"
+    same_uid = dataclasses.replace(job.owner, groups=(*job.owner.groups, 4242))
+    job.take_ownership(same_uid, NOW + 1)
+    assert job.owner_ccache == "/home/owner/krb5cc"  # the same uid named it
+    assert HELPER.uid != job.owner.uid
+    job.take_ownership(HELPER, NOW + 2)
+    assert job.owner == HELPER and job.owner_ccache is None
+
+
 # ---- the scheduler's and the engine's transitions ----------------------------------------------
 
 

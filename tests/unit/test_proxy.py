@@ -4,14 +4,22 @@ no_proxy, the PRECONFIG and OVERRIDE routes, PAC answers and WPAD names."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
+from yarl import URL
 
 from ferry.daemon.config import load_config
 from ferry.daemon.network import preconfigured_proxy
 from ferry.errors import FerryError
-from ferry.model.proxy import ProxySettings, ProxyUsage, host_bypassed, normalize_proxy_url
+from ferry.model.proxy import (
+    ProxySettings,
+    ProxyUsage,
+    host_bypassed,
+    normalize_proxy_url,
+    shown_proxy,
+)
 from ferry.transfer.pac import parse_pac_answer, wpad_urls
 from ferry.transfer.proxy import PreconfiguredProxy, ProxyRouter, no_proxy_matches
 
@@ -149,3 +157,86 @@ def test_config_section(tmp_path: Path) -> None:
     conf.write_text("[proxy]\nport = 1\n")
     with pytest.raises(FerryError):
         load_config(False, conf)
+
+
+SECRET = "s3cret-pw"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        f"http://alice:{SECRET}@proxy.example:3128",
+        f"alice:{SECRET}@proxy.example:3128",
+        f"ftp://alice:{SECRET}@proxy.example:21",
+        f"http://alice:{SECRET}@bad host:1",
+        f"http://alice:{SECRET}@proxy.example:3128/path",
+        f"http://alice:{SECRET}",  # the @ forgotten: the password looks like a port
+        f"http://proxy.example:{SECRET}",
+    ],
+)
+def test_proxy_errors_never_echo_a_password(entry: str) -> None:
+    with pytest.raises(FerryError) as exc:
+        normalize_proxy_url(entry)
+    assert exc.value.code == "BG_E_INVALID_PROXY_INFO"
+    assert SECRET not in exc.value.message, exc.value.message
+    with pytest.raises(FerryError) as exc:
+        ProxySettings.parse({"usage": "OVERRIDE", "list": [entry]})
+    assert SECRET not in exc.value.message
+
+
+def test_shown_proxy() -> None:
+    assert shown_proxy("http://u:p@h:1") == "http://***@h:1"
+    assert shown_proxy("http://h:1/x?y") == "http://h:1/…"
+    assert shown_proxy("http://[::1]:3128") == "http://[::1]:3128"
+    assert shown_proxy("u:p") == "u:***"
+    assert shown_proxy("http://h:8080") == "http://h:8080"
+
+
+def test_environment_proxy_with_a_password(caplog: pytest.LogCaptureFixture) -> None:
+    """Used without the credentials (never a silent direct connection), said loudly, and
+    the password is not in what is logged."""
+    env = {"http_proxy": f"http://alice:{SECRET}@proxy.example:3128/"}
+    with caplog.at_level(logging.WARNING, logger="ferry.transfer"):
+        pre = PreconfiguredProxy.from_environment(env)
+    assert (pre.http, pre.source) == ("http://proxy.example:3128", "environment")
+    assert "user name and password" in caplog.text
+    assert SECRET not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ferry.transfer"):
+        bad = PreconfiguredProxy.from_environment({"https_proxy": f"http://alice:{SECRET}"})
+    assert bad.source == "none"
+    assert "https_proxy" in caplog.text and SECRET not in caplog.text
+
+
+def test_config_proxy_with_a_password_stops_ferryd_without_showing_it(tmp_path: Path) -> None:
+    conf = tmp_path / "ferryd.toml"
+    conf.write_text(f'[proxy]\nhttp = "http://alice:{SECRET}@proxy.example:3128"\n')
+    cfg = load_config(False, conf, str(tmp_path / "s"), str(tmp_path / "st"), None)
+    with pytest.raises(FerryError) as exc:
+        preconfigured_proxy(cfg, {})
+    assert exc.value.code == "E_INVALIDARG"
+    assert "no user or password" in exc.value.message and SECRET not in exc.value.message
+
+
+def test_wpad_is_off_unless_asked_for(tmp_path: Path) -> None:
+    """WPAD's script comes over plain http from whoever answers for wpad.DOMAIN: not by
+    default (a LAN attacker would choose the proxy and collect PROXY passwords)."""
+    from ferry.daemon.network import proxy_router
+    from ferry.transfer.pac import PacResolver
+
+    assert load_config(False, None).proxy_wpad is False
+    assert PacResolver(None).wpad is False
+    router = proxy_router(load_config(False, None), {})
+    assert isinstance(router.pac, PacResolver) and router.pac.wpad is False
+    conf = tmp_path / "on.toml"
+    conf.write_text("[proxy]\nwpad = true\n")
+    assert load_config(False, conf).proxy_wpad is True
+
+    async def nothing_asked() -> None:
+        asked: list[str] = []
+        pac = PacResolver(None, fqdn=lambda: asked.append("fqdn") or "h.corp.example")
+        assert await pac.route(URL("http://x.example/")) is None  # no script: PRECONFIG
+        assert asked == []  # WPAD's names were never even computed
+        pac.close()
+
+    asyncio.run(nothing_asked())

@@ -51,7 +51,9 @@ class Config:
     proxy_https: str | None = None
     proxy_no_proxy: tuple[str, ...] = ()
     proxy_pac_url: str | None = None
-    proxy_wpad: bool = True
+    # WPAD is off unless asked for: its script comes over plain http from whoever answers
+    # for wpad.DOMAIN, who could then name a proxy of theirs (docs/network.md).
+    proxy_wpad: bool = False
     # Uploads (transfer/bits_upload.py): the first fragment's size in bytes (a 413 halves
     # it, never below 5 KiB), and how many drops in a row one run retries itself.
     upload_fragment_size: int = 32 << 20
@@ -399,7 +401,7 @@ def _keytabs(section: Any, path: Path) -> dict[int, str]:
 def _proxy_section(path: Path, section: Any) -> dict[str, Any]:
     """``[proxy]``: ``http``, ``https`` (proxy URLs), ``no_proxy`` (a string separated by
     commas, or a list), ``pac_url`` (http(s):// or file:// URL of a PAC script), ``wpad``
-    (look for a PAC script by WPAD when there is no ``pac_url``; default true)."""
+    (look for a PAC script by WPAD when there is no ``pac_url``; default false)."""
     if not isinstance(section, dict):
         raise FerryError("E_INVALIDARG", f"config file {path}: [proxy] must be a table")
     out: dict[str, Any] = {}

@@ -49,9 +49,11 @@ from ..service.scheduler import Scheduler
 from ..service.table import JobTable
 from ..store.base import JobStore
 from ..store.sqlite import SqliteJobStore
+from ..transfer.auth import clear_ambient_kerberos
 from ..transfer.bandwidth import Limiter
 from ..transfer.bits_upload import BitsUploadTransport
 from ..transfer.engine import TransferEngine
+from ..transfer.gsscreds import remove_stale_copies
 from ..transfer.http import HttpTransport
 from ..transfer.local import LocalTransport
 from .api import Api, metrics_app
@@ -200,6 +202,9 @@ async def serve(cfg: Config) -> None:
     started = time.monotonic()
     tls = tls_context(cfg)
     lock_fd = lock_state_dir(cfg.state_dir)
+    stale = remove_stale_copies()  # Kerberos copies an older ferryd left when it crashed
+    if stale:
+        log.info("removed %d stale Kerberos credential copies from the temporary directory", stale)
     clock = time.time
     metrics = Metrics()
     fleet_db = None
@@ -438,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
             raise FerryError("E_ACCESSDENIED", "system mode needs root; use --user")
         cfg = load_config(system, args.config, args.socket, args.state_dir, args.log_level)
         setup_logging(cfg.log_level)
+        # ferryd acts on no ambient Kerberos credentials (SPEC §8.2, docs/security.md).
+        cleared = clear_ambient_kerberos()
+        if cleared:
+            log.info("ignoring %s from the environment", ", ".join(cleared))
         if not tune_malloc():
             log.debug("malloc tuning not available (not glibc)")
         asyncio.run(serve(cfg))

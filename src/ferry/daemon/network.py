@@ -40,5 +40,5 @@ def proxy_router(cfg: Config, environ: Mapping[str, str] | None = None) -> Proxy
             pre.https or "direct",
             ",".join(pre.no_proxy) or "-",
         )
-    # AUTODETECT: the configured PAC script, else WPAD (unless [proxy] wpad = false).
+    # AUTODETECT: the configured PAC script, else WPAD (only with [proxy] wpad = true).
     return ProxyRouter(pre, PacResolver(cfg.proxy_pac_url, wpad=cfg.proxy_wpad))

@@ -592,6 +592,11 @@ class Job:
 
     def take_ownership(self, new_owner: Token, now: float) -> None:
         self._require_not_final("take ownership")
+        if new_owner.uid != self.owner.uid:
+            # The credential cache was named by the old owner's uid; read as the new owner,
+            # the same path could be a cache of theirs the namer never had (SPEC §8.2). The
+            # new owner names its own with set_credentials.
+            self.owner_ccache = None
         self.owner = new_owner
         self.modified = now
 

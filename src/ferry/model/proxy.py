@@ -52,33 +52,74 @@ def _valid_host(host: str) -> bool:
         return _valid_hostname(host)
 
 
+def _authority_span(entry: str) -> tuple[int, int]:
+    """Where the ``[user[:password]@]host[:port]`` part of a proxy URL starts and ends."""
+    scheme_end = entry.find("://")
+    start = scheme_end + 3 if scheme_end >= 0 else 0
+    end = len(entry)
+    for sep in "/?#":
+        i = entry.find(sep, start)
+        if i >= 0:
+            end = min(end, i)
+    return start, end
+
+
+def strip_proxy_userinfo(entry: str) -> str:
+    """``entry`` without a ``user:password@`` in front of its host (unchanged without)."""
+    start, end = _authority_span(entry)
+    authority = entry[start:end]
+    if "@" not in authority:
+        return entry
+    return entry[:start] + authority.rsplit("@", 1)[1] + entry[end:]
+
+
+def shown_proxy(entry: str) -> str:
+    """A proxy entry as it may appear in an error text or a log: ``scheme://host:port``
+    with a user and password replaced by ``***@``, a port that is not a number (which may be
+    a password missing its ``@``) by ``***``, and anything after the host by ``/…``."""
+    if not isinstance(entry, str):
+        return "?"
+    start, end = _authority_span(entry)
+    authority = entry[start:end]
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    host, sep, port = authority.rpartition(":")
+    if sep and not port.isdigit() and not authority.endswith("]"):
+        authority = host + ":***"
+    rest = "/…" if end < len(entry) else ""
+    return entry[:start] + authority + rest
+
+
 def normalize_proxy_url(entry: str) -> str:
     """One proxy of a list as ``scheme://host:port``: ``http://`` or ``https://`` (a bare
     ``host:port``, as BITS writes it, means ``http://``). No user or password (credentials
     are set apart, never in a property that is shown), no path. Raises
     BG_E_INVALID_PROXY_INFO."""
+    # Error texts show the entry only as shown_proxy() does: a user:password@ written into
+    # a proxy URL must not come back in an answer, an event or a log.
+    shown = shown_proxy(entry)
     if not isinstance(entry, str) or not entry or entry != entry.strip():
-        raise _invalid(f"invalid proxy {entry!r}")
+        raise _invalid(f"invalid proxy {shown!r}")
     if any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in entry):
-        raise _invalid(f"invalid proxy {entry!r}: contains blanks or control characters")
+        raise _invalid(f"invalid proxy {shown!r}: contains blanks or control characters")
     text = entry if "://" in entry else "http://" + entry
     try:
         parts = urlsplit(text)
         port = parts.port
-    except ValueError as exc:
-        raise _invalid(f"invalid proxy {entry!r}: {exc}") from None
+    except ValueError:
+        raise _invalid(f"invalid proxy {shown!r}: not scheme://host:port") from None
     if parts.scheme.lower() not in ("http", "https"):
-        raise _invalid(f"invalid proxy {entry!r}: the scheme must be http or https")
+        raise _invalid(f"invalid proxy {shown!r}: the scheme must be http or https")
     if parts.username is not None or parts.password is not None:
         raise _invalid(
-            f"invalid proxy {parts.hostname or '?'}: no user or password in a proxy URL "
+            f"invalid proxy {shown!r}: no user or password in a proxy URL "
             "(set proxy credentials instead)"
         )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise _invalid(f"invalid proxy {entry!r}: a proxy is scheme://host:port, no path")
+        raise _invalid(f"invalid proxy {shown!r}: a proxy is scheme://host:port, no path")
     host = parts.hostname or ""
     if not _valid_host(host):
-        raise _invalid(f"invalid proxy {entry!r}: bad host name")
+        raise _invalid(f"invalid proxy {shown!r}: bad host name")
     scheme = parts.scheme.lower()
     if port is None:
         port = 443 if scheme == "https" else 80

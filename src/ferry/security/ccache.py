@@ -30,7 +30,10 @@ def _open_no_symlinks(path: str) -> int | None:
     parts = [p for p in path.split("/") if p]
     if not parts:
         raise _denied(path, "not a file")
-    dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    # O_PATH: a directory is only passed through, which needs search (x) permission, not
+    # read — a 0711 home or /var/lib directory is as good to the walk as it is to open(2).
+    # With O_DIRECTORY a symbolic link is refused (ENOTDIR) rather than opened.
+    dir_flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open("/", dir_flags)
     try:
         for part in parts[:-1]:
@@ -106,3 +109,58 @@ def read_cache_file(path: str, uid: int) -> bytes | None:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+# ---- what the bytes are, before libkrb5 sees them ----------------------------------------
+
+_MAX_COMPONENTS = 16
+_UNUSUAL = frozenset("\\/@") | frozenset(chr(c) for c in range(0x20)) | {"\x7f"}
+
+
+def _counted(data: bytes, pos: int, what: str) -> tuple[bytes, int]:
+    if pos + 4 > len(data):
+        raise ValueError(f"truncated {what}")
+    n = int.from_bytes(data[pos : pos + 4], "big")
+    if n > len(data) - pos - 4:
+        raise ValueError(f"truncated {what}")
+    return data[pos + 4 : pos + 4 + n], pos + 4 + n
+
+
+def ccache_principal(data: bytes) -> str:
+    """The default principal of the bytes of a FILE credential cache (format version 3 or
+    4, what MIT and Heimdal write), as GSSAPI displays it (``a/b@REALM``). Raises ValueError
+    when the bytes are not such a cache, or when the principal holds a character that
+    display would escape (``\\``, ``/`` or ``@`` inside a part, control characters): such
+    a name could not be compared reliably, so it is not used."""
+    if len(data) < 4 or data[0] != 5 or data[1] not in (3, 4):
+        raise ValueError("not a credential cache (format 0x0503 or 0x0504)")
+    pos = 2
+    if data[1] == 4:
+        header_len = int.from_bytes(data[2:4], "big")
+        pos = 4 + header_len
+    if pos + 8 > len(data):
+        raise ValueError("truncated principal")
+    count = int.from_bytes(data[pos + 4 : pos + 8], "big")
+    if not 1 <= count <= _MAX_COMPONENTS:
+        raise ValueError(f"a principal of {count} components")
+    raw_realm, pos = _counted(data, pos + 8, "realm")
+    parts = []
+    for _ in range(count):
+        raw, pos = _counted(data, pos, "principal")
+        parts.append(raw)
+    try:
+        realm = raw_realm.decode("utf-8")
+        names = [p.decode("utf-8") for p in parts]
+    except UnicodeDecodeError:
+        raise ValueError("a principal that is not UTF-8") from None
+    if not realm or any(not n for n in names):
+        raise ValueError("a principal with an empty part")
+    if any(c in _UNUSUAL for text in (realm, *names) for c in text):
+        raise ValueError("a principal with characters that would be escaped")
+    return "/".join(names) + "@" + realm
+
+
+def check_keytab(data: bytes) -> None:
+    """Raises ValueError unless the bytes start like a keytab (format 0x0502 or 0x0501)."""
+    if len(data) < 2 or data[0] != 5 or data[1] not in (1, 2):
+        raise ValueError("not a keytab (format 0x0502)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import stat
 
 from cryptography.exceptions import InvalidTag
@@ -29,7 +30,9 @@ def _load_or_create(path: str) -> bytes:
         fd = os.open(path, flags)
     except FileNotFoundError:
         key = AESGCM.generate_key(bit_length=256)
-        tmp = f"{path}.{os.getpid()}.new"
+        # A random name: a file a crash left (the same pid comes back in a container) never
+        # blocks the start; O_EXCL|O_NOFOLLOW: nothing planted there is written through.
+        tmp = f"{path}.{secrets.token_hex(8)}.new"
         fd = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
         )
@@ -44,6 +47,7 @@ def _load_or_create(path: str) -> bytes:
             pass
         finally:
             os.unlink(tmp)
+        _fsync_dir(os.path.dirname(path) or ".")  # the key's name survives a power loss
         return _load_or_create(path)
     try:
         st = os.fstat(fd)
@@ -59,6 +63,14 @@ def _load_or_create(path: str) -> bytes:
     if len(key) != 32:
         raise FerryError("E_FAIL", f"{path} does not hold a 256-bit key")
     return key
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class SecretBox:

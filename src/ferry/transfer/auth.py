@@ -6,8 +6,8 @@
 * NEGOTIATE (SPNEGO/Kerberos): ``gssapi``, the binding of the system's MIT GSSAPI, which can
   load credentials from an explicit credential store — so the acting identity's cache, read
   as that identity by the engine, is handed to GSSAPI as a private copy in a ``MEMORY:``
-  cache (its bytes pass through a root-only temporary file for at most the time it takes to
-  copy them), and GSSAPI is never pointed at a user's file. With a user and password,
+  cache (through an anonymous memory file, never a file on disk: transfer/gsscreds.py), and
+  GSSAPI is never pointed at a user's file. With a user and password,
   ``pyspnego`` does the exchange (it acquires Kerberos credentials with the password through
   GSSAPI, or falls back to its own NTLM).
 * NTLM: ``pyspnego``'s NTLM implementation (no system NTLM mechanism needed). NTLM's three
@@ -29,17 +29,15 @@ import hashlib
 import logging
 import os
 import re
-import shutil
-import tempfile
-import threading
-import uuid
 from collections import OrderedDict
+from collections.abc import MutableMapping
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from .base import JobAuth, KerberosSource, PlainCredential
+from .base import JobAuth, KerberosSource, PlainCredential, TransferError
+from .gsscreds import CredentialsRefused, GssCredentials
 
 log = logging.getLogger("ferry.auth")
 
@@ -51,6 +49,16 @@ _CHALLENGE = re.compile(
 )
 _MAX_STATE = 1024
 _MAX_CREDS = 64
+# What ferryd's environment may say about Kerberos that it must not act on: it never uses
+# ambient credentials, only the caches and keytabs it reads as the identity they belong to.
+AMBIENT_KERBEROS_VARIABLES = ("KRB5CCNAME", "KRB5_CLIENT_KTNAME", "KRB5_KTNAME")
+
+
+def clear_ambient_kerberos(environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Remove the Kerberos credential variables from ferryd's environment (at start-up);
+    answers which were set."""
+    env = os.environ if environ is None else environ
+    return [name for name in AMBIENT_KERBEROS_VARIABLES if env.pop(name, None) is not None]
 
 
 def challenge_header(target: str) -> str:
@@ -88,75 +96,6 @@ class _Bounded(OrderedDict[Any, Any]):
             self.popitem(last=False)
 
 
-class GssCredentials:
-    """gssapi credentials made from the bytes of an identity's cache or keytab, cached by
-    content (a renewed ticket is new content) so each request does not copy them again.
-
-    The bytes pass through a file in a fresh 0700 directory of ferryd's own user: a cache's
-    is removed as soon as GSSAPI has copied it into a ``MEMORY:`` cache; a keytab's stays
-    while its entry is cached (GSSAPI acquires from it when a ticket is needed), and goes
-    when the entry is dropped or the transport closes. Used from worker threads."""
-
-    def __init__(self) -> None:
-        self._cache: OrderedDict[Any, tuple[Any, str | None]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            entries = list(self._cache.values())
-            self._cache.clear()
-        for _creds, directory in entries:
-            if directory is not None:
-                shutil.rmtree(directory, ignore_errors=True)
-
-    def get(self, src: KerberosSource) -> Any:
-        """Raises gssapi's GSSError when the bytes hold no usable credentials."""
-        import gssapi
-
-        key = (src.kind, src.uid, hashlib.sha256(src.data).digest())
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit[0]
-        # mkdtemp: mode 0700, owned by ferryd's own user (root for the system ferryd).
-        directory = tempfile.mkdtemp(prefix="ferry-krb5-")
-        path = os.path.join(directory, "credentials")
-        keep = False
-        try:
-            fd = os.open(
-                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            try:
-                os.write(fd, src.data)
-            finally:
-                os.close(fd)
-            memory = f"MEMORY:ferry-{uuid.uuid4().hex}"
-            if src.kind == "keytab":
-                creds = gssapi.Credentials(
-                    usage="initiate", store={"client_keytab": path, "ccache": memory}
-                )
-                keep = True
-            else:
-                loaded = gssapi.Credentials(usage="initiate", store={"ccache": "FILE:" + path})
-                loaded.store(store={"ccache": memory}, usage="initiate", overwrite=True)
-                creds = gssapi.Credentials(usage="initiate", store={"ccache": memory})
-        finally:
-            if not keep:
-                shutil.rmtree(directory, ignore_errors=True)
-        dropped: list[str] = []
-        with self._lock:
-            self._cache[key] = (creds, directory if keep else None)
-            self._cache.move_to_end(key)
-            while len(self._cache) > _MAX_CREDS:
-                _old, (_c, d) = self._cache.popitem(last=False)
-                if d is not None:
-                    dropped.append(d)
-        for d in dropped:
-            shutil.rmtree(d, ignore_errors=True)
-        return creds
-
-
 class Authenticator:
     """Per-daemon authentication state for the http transport."""
 
@@ -169,11 +108,28 @@ class Authenticator:
         # "each" (every request must carry a token: a fresh one goes up front).
         self._mode = _Bounded(_MAX_STATE)
         self._digest = _Bounded(_MAX_STATE)  # (job, origin) -> DigestAuthMiddleware
-        self._legs = _Bounded(_MAX_STATE)  # (job, target, origin) -> a multi-leg context
-        self._gss = GssCredentials()
+        self._legs = _Bounded(_MAX_STATE)  # (job, target, origin, request) -> multi-leg context
+        self._handshakes = _Bounded(_MAX_STATE)  # (job, target, origin) -> asyncio.Lock
+        self._gss = GssCredentials(_MAX_CREDS)
 
     def close(self) -> None:
         self._gss.close()
+
+    def handshake_lock(self, auth: JobAuth, url: URL, target: str) -> asyncio.Lock | None:
+        """For a job with an explicit NTLM credential for ``target``: the lock its requests
+        to ``url``'s origin hold from their first send to their last leg. NTLM's legs must
+        share one connection, and between legs it is back in the session's pool: without
+        the lock, another file of the same job (up to eight go at once) would take it and
+        both handshakes would fail."""
+        cred = _find(auth.for_target(target), "NTLM")
+        if cred is None or cred.implicit:
+            return None
+        key = (auth.key, target, _origin(url))
+        lock = self._handshakes.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._handshakes.put(key, lock)
+        return lock
 
     # ---- what a request carries -------------------------------------------------------
 
@@ -234,7 +190,9 @@ class Authenticator:
     ) -> tuple[dict[str, str] | None, str | None]:
         """The header answering a 401/407 with ``challenges``; (None, why) when the job has
         nothing (more) to answer with. ``sent`` is the schemes already answered for this
-        request: a scheme is tried once (NTLM's later legs excepted)."""
+        request: a scheme is tried once (NTLM's later legs excepted). It also names the
+        request's own multi-leg exchange: parallel requests of one job to one origin (the
+        files of a job go up to eight at a time) each have theirs, never one another's."""
         offers = offered(challenges)
         creds = auth.for_target(target)
         why: str | None = None
@@ -244,42 +202,61 @@ class Authenticator:
             cred = _find(creds, scheme)
             if cred is None:
                 continue
-            leg_key = (auth.key, target, _origin(url))
+            origin_key = (auth.key, target, _origin(url))
+            leg_key = (*origin_key, id(sent))
             continuing = scheme in sent and offers[scheme] and leg_key in self._legs
             if scheme in sent and not continuing:
                 why = f"the {scheme} credentials were refused"
                 continue
             try:
                 value = await self._make(
-                    auth, cred, url, target, offers[scheme] if continuing else ""
+                    auth, cred, url, target, offers[scheme] if continuing else "", leg_key
                 )
             except _NoCredentials as exc:
                 why = str(exc)
+                continue
+            except TransferError:
+                raise  # the acting identity's cache refused (E_ACCESSDENIED): the job's error
+            except Exception as exc:  # noqa: BLE001 - one failure is this scheme's, not ferryd's
+                self._legs.pop(leg_key, None)
+                log.warning("job %s: no %s answer for %s: %s: %s", auth.key, scheme,
+                            url.host, type(exc).__name__, exc)  # fmt: skip
+                why = f"{scheme} failed ({type(exc).__name__})"
                 continue
             if value is None:
                 continue
             if scheme == "NEGOTIATE" and not sent and not preempted:
                 # Challenged without a token: first time, learn; after a probe, every
                 # request needs one; a bound origin challenges only new connections.
-                mode = self._mode.get(leg_key)
-                self._mode.put(leg_key, "probe" if mode is None else
+                mode = self._mode.get(origin_key)
+                self._mode.put(origin_key, "probe" if mode is None else
                                "each" if mode == "probe" else mode)  # fmt: skip
             sent.add(scheme)
             if scheme in ("BASIC", "NEGOTIATE"):
-                self._wants.put((auth.key, target, _origin(url)), scheme)
+                self._wants.put(origin_key, scheme)
             return {answer_header(target): value}, None
+        self._legs.pop((auth.key, target, _origin(url), id(sent)), None)  # this request's
         return None, why
 
     # ---- making answers ------------------------------------------------------------------
 
     async def _make(
-        self, auth: JobAuth, cred: PlainCredential, url: URL, target: str, token_in: str
+        self,
+        auth: JobAuth,
+        cred: PlainCredential,
+        url: URL,
+        target: str,
+        token_in: str,
+        leg_key: tuple[Any, ...] | None = None,
     ) -> str | None:
+        """``leg_key``: the request's multi-leg exchange (answer); None for a one-leg
+        answer sent up front."""
         if cred.scheme == "BASIC":
             assert cred.user is not None
             return aiohttp.BasicAuth(cred.user, cred.password or "").encode()
         host = url.host or "localhost"
-        leg_key = (auth.key, target, _origin(url))
+        if leg_key is None:
+            leg_key = (auth.key, target, _origin(url), None)
         if cred.scheme == "NEGOTIATE" and cred.implicit:
             if auth.kerberos is None:
                 raise _NoCredentials(
@@ -306,7 +283,11 @@ class Authenticator:
                 service="HTTP",
                 protocol=protocol,
             )
-        data = base64.b64decode(token_in) if token_in else None
+        try:
+            data = base64.b64decode(token_in, validate=True) if token_in else None
+        except ValueError:
+            self._legs.pop(leg_key, None)
+            raise _NoCredentials(f"the {cred.scheme} challenge is not base64") from None
         try:
             out = await asyncio.to_thread(ctx.step, data)
         except Exception as exc:
@@ -327,17 +308,20 @@ class Authenticator:
         from gssapi.raw.misc import GSSError
 
         try:
-            creds = self._gss.get(src)
-            ctx = gssapi.SecurityContext(
-                name=gssapi.Name(f"HTTP@{host}", gssapi.NameType.hostbased_service),
-                creds=creds,
-                usage="initiate",
-                mech=gssapi.OID.from_int_seq(SPNEGO_OID),
-                flags=gssapi.RequirementFlag.out_of_sequence_detection,
-            )
-            token = ctx.step()
+            with self._gss.lease(src) as creds:
+                ctx = gssapi.SecurityContext(
+                    name=gssapi.Name(f"HTTP@{host}", gssapi.NameType.hostbased_service),
+                    creds=creds,
+                    usage="initiate",
+                    mech=gssapi.OID.from_int_seq(SPNEGO_OID),
+                    flags=gssapi.RequirementFlag.out_of_sequence_detection,
+                )
+                token = ctx.step()
+                del ctx
         except GSSError as exc:
             raise _NoCredentials(f"Kerberos: {exc.gen_message()}") from None
+        except CredentialsRefused as exc:
+            raise _NoCredentials(f"Kerberos: {exc}") from None
         if not token:
             raise _NoCredentials("Kerberos produced no token")
         return bytes(token)

@@ -97,9 +97,11 @@ class TransferEngine:
         self.limiter = limiter
         self._secrets = secrets
         self._keytabs = dict(keytabs or {})
-        # (uid, path) -> (when read, what was read): a job of many small files reads its
-        # identity's cache once per KERBEROS_REREAD seconds, not once per request.
-        self._kerberos_read: dict[tuple[int, str], tuple[float, KerberosSource | None]] = {}
+        # (uid, service identity?, path) -> (when read, what was read): a job of many small
+        # files reads its identity's cache once per KERBEROS_REREAD seconds, not per request.
+        self._kerberos_read: dict[
+            tuple[int, bool, str], tuple[float, KerberosSource | None]
+        ] = {}
         self.checkpoint_bytes = checkpoint_bytes
         self.checkpoint_seconds = checkpoint_seconds
         self.parallel_files = max(1, parallel_files)
@@ -264,17 +266,19 @@ class TransferEngine:
         return JobAuth(key=job.id, credentials=tuple(plain), kerberos=kerberos)
 
     async def _kerberos_source(self, token: Token, ccache: str | None) -> KerberosSource | None:
-        """Read as ``token``: its credential cache, else the keytab ferryd's config names
-        for its uid. A cache ferryd may not use is E_ACCESSDENIED (REMOTE_FILE, fatal)."""
+        """Read as ``token``: its credential cache, else (a service identity, with no login
+        session) the keytab ferryd's config names for its uid. A cache ferryd may not use
+        is E_ACCESSDENIED (REMOTE_FILE, fatal)."""
+        key = (token.uid, token.session is None, ccache or "")
         if ccache is not None:
-            hit = self._kerberos_read.get((token.uid, ccache))
+            hit = self._kerberos_read.get(key)
             if hit is not None and time.monotonic() - hit[0] < KERBEROS_REREAD:
                 return hit[1]
         source = await self._read_kerberos_source(token, ccache)
         if ccache is not None:
             if len(self._kerberos_read) > 1024:
                 self._kerberos_read.clear()
-            self._kerberos_read[(token.uid, ccache)] = (time.monotonic(), source)
+            self._kerberos_read[key] = (time.monotonic(), source)
         return source
 
     async def _read_kerberos_source(
@@ -285,7 +289,9 @@ class TransferEngine:
                 data = await self.identity.read_credential_file(token, ccache)
                 if data is not None:
                     return KerberosSource("ccache", data, token.uid)
-            keytab = self._keytabs.get(token.uid)
+            # SPEC §8.2: a keytab is for service identities (no login session) only; a
+            # user's session brings its own tickets.
+            keytab = self._keytabs.get(token.uid) if token.session is None else None
             if keytab is not None:
                 data = await self.identity.read_credential_file(token, keytab)
                 if data is not None:

@@ -30,7 +30,7 @@ from ..model.ranges import resolved, total_length
 from ..model.types import ErrorContext
 from ..security.secretbox import SecretBox
 from .auth import Authenticator, challenge_header
-from .base import DownloadRequest, HttpJobRequest, Sink, TransferError
+from .base import DownloadRequest, HttpJobRequest, JobAuth, Sink, TransferError
 from .httpopts import open_sealed_headers
 from .proxy import ProxyRouter
 from .ranged import RangedSink
@@ -562,6 +562,21 @@ class HttpTransport:
         auth = request.auth
         if auth is None or not auth.for_target("SERVER") or not same_origin:
             return await self._send(session, request, url, headers, base)
+        lock = self._auth.handshake_lock(auth, url, "SERVER")
+        if lock is None:
+            return await self._answering(session, request, auth, url, headers, base)
+        async with lock:  # NTLM: one handshake of this job and origin at a time
+            return await self._answering(session, request, auth, url, headers, base)
+
+    async def _answering(
+        self,
+        session: aiohttp.ClientSession,
+        request: HttpJobRequest,
+        auth: JobAuth,
+        url: URL,
+        headers: CIMultiDict[str],
+        base: dict[str, Any] | None = None,
+    ) -> aiohttp.ClientResponse:
         extra: dict[str, Any] = dict(base or {})
         middlewares = self._auth.middlewares(auth, url)
         if middlewares:

@@ -2,7 +2,8 @@
 
 The script comes from ferryd's configured ``pac_url`` (``http://``, ``https://`` or
 ``file://``; the administrator's choice), else from WPAD: ``http://wpad.DOMAIN/wpad.dat`` for
-the machine's DNS domain and its parents (never a bare top-level domain). It is fetched
+the machine's DNS domain and its parents (never a bare top-level domain) — only when
+``wpad`` is on (off by default: see docs/network.md). It is fetched
 directly (a PAC script is never fetched through a proxy), kept for ``ttl`` seconds, and
 evaluated by pypac's ``PACFile`` (the standard helper functions, in the embedded Duktape
 interpreter of dukpy: no file or network access from the script) on one worker thread,
@@ -71,7 +72,7 @@ class PacResolver:
         self,
         pac_url: str | None,
         *,
-        wpad: bool = True,
+        wpad: bool = False,
         ttl: float = 300.0,
         fetch_timeout: float = 10.0,
         fqdn: Callable[[], str] = socket.getfqdn,

@@ -16,6 +16,7 @@ request went through (proxy credentials) asks the same function.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,7 +24,16 @@ from typing import Protocol
 from yarl import URL
 
 from ..errors import FerryError
-from ..model.proxy import ProxySettings, ProxyUsage, host_bypassed, normalize_proxy_url
+from ..model.proxy import (
+    ProxySettings,
+    ProxyUsage,
+    host_bypassed,
+    normalize_proxy_url,
+    shown_proxy,
+    strip_proxy_userinfo,
+)
+
+log = logging.getLogger("ferry.transfer")
 
 # A route: the proxies to try in order; None stands for a direct connection.
 Route = tuple[str | None, ...]
@@ -97,7 +107,12 @@ class PreconfiguredProxy:
     def from_environment(cls, environ: Mapping[str, str]) -> PreconfiguredProxy:
         """``http_proxy``, ``https_proxy``, ``no_proxy`` (lower case first, as curl reads
         them; the upper-case spellings otherwise). An unusable value is ignored rather than
-        stopping ferryd (a later request goes direct, as curl would not)."""
+        stopping ferryd (a later request goes direct, as curl would not), with a warning.
+
+        A ``user:password@`` in a proxy variable is not used (ferryd takes no credentials
+        from its environment; jobs set PROXY credentials) and never logged: the proxy is
+        still used, without them, so a job never silently bypasses an egress proxy; a
+        warning says so."""
 
         def var(name: str) -> str | None:
             return environ.get(name) or environ.get(name.upper()) or None
@@ -106,9 +121,20 @@ class PreconfiguredProxy:
             value = var(name)
             if not value:
                 return None
+            text = value.strip().rstrip("/")
+            bare = strip_proxy_userinfo(text)
+            if bare != text:
+                log.warning(
+                    "%s in ferryd's environment carries a user name and password: ferryd "
+                    "takes no credentials from its environment and goes through %s without "
+                    "them (give jobs PROXY credentials instead)",
+                    name,
+                    shown_proxy(bare),
+                )
             try:
-                return normalize_proxy_url(value.strip().rstrip("/"))
-            except FerryError:
+                return normalize_proxy_url(bare)
+            except FerryError as exc:
+                log.warning("%s in ferryd's environment is not used: %s", name, exc.message)
                 return None
 
         http, https = proxy("http_proxy"), proxy("https_proxy")
