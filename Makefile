@@ -55,8 +55,12 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Four workers, each taking whole test files (module fixtures and order kept): the tests
+# mostly wait on the real servers and daemons they start.
+TEST_WORKERS ?= 4
+
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: venv
 	$(BIN)/python scripts/demo.py
