@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -274,12 +275,25 @@ def test_monitor_redraws(ferryd: Daemon) -> None:
          "bitsadmin", "/monitor", "/refresh", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
     )  # fmt: skip
+    title = "MONITORING BACKGROUND COPY MANAGER(1 second refresh)"
+    seen: list[str] = []
+    # Read as it comes (a thread: readline blocks) until two screens were drawn; the deadline
+    # is generous because a loaded machine may take seconds to start the CLI.
+    reader = threading.Thread(
+        target=lambda: seen.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
+        daemon=True,
+    )
+    reader.start()
     try:
-        time.sleep(3)
+        deadline = time.monotonic() + 60
+        while "".join(seen).count(title) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=30)
-    assert out.count("MONITORING BACKGROUND COPY MANAGER(1 second refresh)") >= 2
+        proc.wait(timeout=30)
+        reader.join(timeout=30)
+    out = "".join(seen)
+    assert out.count(title) >= 2
     assert "'watched' SUSPENDED 0 / 0 0 / 0" in out
 
 
