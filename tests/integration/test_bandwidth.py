@@ -463,3 +463,31 @@ def test_library_sync_and_asyncio(short_tmp: Path, daemons: list[Daemon]) -> Non
             assert (await c.reload())["config_file"] == str(d.config_path)
 
     asyncio.run(run())
+
+
+# ---- shutdown ----------------------------------------------------------------------------
+
+
+def test_sigterm_during_a_throttled_background_transfer_stops_ferryd(
+    short_tmp: Path, daemons: list[Daemon], web: nginx_mod.Nginx, tmp_path: Path
+) -> None:
+    """SIGTERM while a background job transfers, throttled, with the network services (cost,
+    routes, NetworkManager, the yielding controller) running and kicking the scheduler: ferryd
+    stops at once and cleanly (it once hung: a cancellation lost to asyncio.wait_for)."""
+    for _ in range(3):  # the race was narrow: stop it mid-transfer a few times
+        d = start(
+            daemons,
+            short_tmp,
+            '[bandwidth]\nbackground_limit = "256k"\nyield_to_others = true\n'
+            '[network]\ncost = "unrestricted"\n',
+        )
+        out = tmp_path / f"out-{len(daemons)}"
+        out.mkdir()
+        jid = new_job(d, web.url("big.bin", slow=True), out / "big.bin")
+        resume(d, jid)
+        wait_state(d, jid, "TRANSFERRING", timeout=30)
+        # A kick of the scheduler as SIGTERM arrives: back to the configured cost.
+        assert run_ferry("network", "--cost", "auto", socket=d.socket).returncode == 0
+        code = d.stop(timeout=15)
+        assert code == 0, d.log()
+        assert "stopped" in d.log() and "did not stop" not in d.log(), d.log()

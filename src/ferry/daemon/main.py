@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import functools
 import gc
+import io
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ import ssl
 import stat
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -353,46 +355,100 @@ async def serve(cfg: Config) -> None:
         time.monotonic() - started,
     )
     sd_notify("READY=1\nSTATUS=serving")
+    services: list[asyncio.Task[Any]] = []
+    failed: list[BaseException] = []
+
+    def service_ended(task: asyncio.Task[Any]) -> None:
+        # A service that fails stops ferryd (as the TaskGroup this replaces did).
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            log.error("service %s failed", task.get_name(), exc_info=exc)
+            failed.append(exc)
+            stop.set()
+
+    stuck: list[asyncio.Task[Any]] = []
     try:
-        async with asyncio.TaskGroup() as tg:
-            services = [
-                tg.create_task(scheduler.run(), name="scheduler"),
-                tg.create_task(
-                    housekeeper.run(
-                        cfg.final_job_retention,
-                        cfg.job_inactivity_timeout,
-                        cfg.housekeeping_interval,
-                    ),
-                    name="housekeeping",
+        for name, coro in [
+            ("scheduler", scheduler.run()),
+            (
+                "housekeeping",
+                housekeeper.run(
+                    cfg.final_job_retention,
+                    cfg.job_inactivity_timeout,
+                    cfg.housekeeping_interval,
                 ),
-                tg.create_task(logon.run(cfg.session_poll_interval), name="sessions"),
-                tg.create_task(notifier.run(), name="notifier"),
-                tg.create_task(network.run(), name="network"),
-                tg.create_task(network.run_routes(), name="routes"),
-                tg.create_task(controller.run(limiter.set_yield_rate), name="yielding"),
-            ]
-            if fleet is not None:
-                services.append(tg.create_task(fleet.run(), name="fleet"))
-            await stop.wait()
-            log.info("stopping")
-            sd_notify("STOPPING=1")
-            api.closing.set()
-            bus.close()
-            for task in services:
-                task.cancel()
+            ),
+            ("sessions", logon.run(cfg.session_poll_interval)),
+            ("notifier", notifier.run()),
+            ("network", network.run()),
+            ("routes", network.run_routes()),
+            ("yielding", controller.run(limiter.set_yield_rate)),
+            *([("fleet", fleet.run())] if fleet is not None else []),
+        ]:
+            task = asyncio.create_task(coro, name=name)
+            task.add_done_callback(service_ended)
+            services.append(task)
+        await stop.wait()
     finally:
+        log.info("stopping")
+        sd_notify("STOPPING=1")
+        api.closing.set()
+        bus.close()
+        stuck = await stop_services(services, SERVICE_STOP_TIMEOUT)
         for r in reversed(runners):
-            await r.cleanup()
-        await engine.close()
-        await identity.shutdown()
-        await store.close()
+            await bounded("the API server", r.cleanup())
+        await bounded("the transports", engine.close())
+        await bounded("the identity helpers", identity.shutdown())
+        await bounded("the store", store.close())
         if fleet_db is not None:
-            await fleet_db.close()
+            await bounded("the fleet database", fleet_db.close())
         if owns_socket:
             with contextlib.suppress(OSError):
                 cfg.socket.unlink()
         os.close(lock_fd)
         log.info("stopped")
+    if failed:
+        raise BaseExceptionGroup("ferryd services failed", failed)
+    if stuck:
+        # asyncio.run would wait for these forever: the state is saved, so leave now.
+        logging.shutdown()
+        os._exit(0)
+
+
+# How long each service (and each closing step) has to stop after SIGTERM. One that has not
+# is logged with where it waits, and ferryd exits anyway: a stuck part never keeps it running.
+SERVICE_STOP_TIMEOUT = 10.0
+
+
+async def stop_services(tasks: list[asyncio.Task[Any]], timeout: float) -> list[asyncio.Task[Any]]:
+    """Cancel the services and wait (``timeout`` seconds at most) until they have ended;
+    returns those that have not (each logged with its stack)."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return []
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    stuck = [t for t in tasks if t in pending]
+    for task in stuck:
+        where = io.StringIO()
+        task.print_stack(file=where)
+        log.error(
+            "service %s did not stop within %.0f s of being cancelled; exiting without it:\n%s",
+            task.get_name(),
+            timeout,
+            where.getvalue().rstrip(),
+        )
+    return stuck
+
+
+async def bounded(what: str, aw: Awaitable[Any], timeout: float = SERVICE_STOP_TIMEOUT) -> None:
+    """Await one closing step for ``timeout`` seconds at most (logged if it takes longer)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await aw
+    except TimeoutError:
+        log.error("closing %s took longer than %.0f s; going on without it", what, timeout)
 
 
 def reload_config(cfg: Config, limiter: Limiter, network: NetworkState) -> dict[str, Any]:

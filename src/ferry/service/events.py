@@ -198,7 +198,8 @@ class Subscription:
                 if wait_until is None:
                     await self._wake.wait()
                 else:
-                    await asyncio.wait_for(self._wake.wait(), max(wait_until - now, 0.0))
+                    async with asyncio.timeout(max(wait_until - now, 0.0)):
+                        await self._wake.wait()
             except TimeoutError:
                 pass
 

@@ -210,7 +210,8 @@ class NetworkState:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._routes_wake.wait(), ROUTE_RECHECK)
+                    async with asyncio.timeout(ROUTE_RECHECK):
+                        await self._routes_wake.wait()
                 self._routes_wake.clear()
                 if reader.done():
                     reader.result()  # the monitor failed: raise it
@@ -362,7 +363,8 @@ class NetworkState:
                     self._set_nm(cost)
                 changed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), NM_POLL)
+                    async with asyncio.timeout(NM_POLL):
+                        await changed.wait()
         finally:
             bus.disconnect()
 

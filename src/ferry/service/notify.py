@@ -245,7 +245,8 @@ class Notifier:
                 os.close(write_fd)
             failure = await self._supervise(proc, argv[0])
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(output.eof), OUTPUT_GRACE)
+                async with asyncio.timeout(OUTPUT_GRACE):
+                    await asyncio.shield(output.eof)
         finally:
             output.close()
         text = bytes(output.data).decode("utf-8", "replace")
@@ -265,7 +266,8 @@ class Notifier:
 
     async def _supervise(self, proc: asyncio.subprocess.Process, program: str) -> FerryError | None:
         try:
-            rc = await asyncio.wait_for(proc.wait(), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                rc = await proc.wait()
         except TimeoutError:
             _kill_group(proc.pid)
             await proc.wait()

@@ -74,7 +74,8 @@ class Outbox:
         """Until the next ``announce`` or ``wake`` (one since the last wait counts), or
         ``timeout`` seconds."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
         self._wake.clear()
 
     async def attempt(self, n: PendingNotification) -> None:

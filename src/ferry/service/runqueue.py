@@ -88,8 +88,11 @@ class RunQueue:
 
     async def wait(self, timeout: float | None) -> None:
         """Until the next kick (one since the last wait counts) or ``timeout`` seconds."""
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives as
+        # the event is set (a kick racing SIGTERM), and the scheduler then never stopped.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
         self._wake.clear()
 
     def hold(self, job_id: str) -> None:

@@ -199,7 +199,8 @@ async def probe(family: int, address: Any) -> float:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         t0 = loop.time()
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, address), PROBE_TIMEOUT)
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                await loop.sock_connect(sock, address)
         except (TimeoutError, OSError):
             return PROBE_TIMEOUT
         return loop.time() - t0

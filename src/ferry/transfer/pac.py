@@ -111,10 +111,10 @@ class PacResolver:
         target = str(url.origin()) + "/" if url.scheme == "https" else str(url)
         loop = asyncio.get_running_loop()
         try:
-            answer = await asyncio.wait_for(
-                loop.run_in_executor(self._executor, pac.find_proxy_for_url, target, url.host),
-                timeout=self.fetch_timeout,
-            )
+            async with asyncio.timeout(self.fetch_timeout):
+                answer = await loop.run_in_executor(
+                    self._executor, pac.find_proxy_for_url, target, url.host
+                )
         except Exception as exc:  # noqa: BLE001 - a script error means "no script"
             log.warning(
                 "PAC script failed for %s: %s; using the preconfigured proxy", url.host, exc

@@ -109,7 +109,8 @@ class JobRun:
                 started = await self._start()
                 if not ready and not opened and not started:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.changed.wait(), timeout)
+                        async with asyncio.timeout(timeout):
+                            await self.changed.wait()
         except FerryError as exc:
             index = self.todo[min(self.head, len(self.todo) - 1)]
             raise TransferError.from_ferry_error(
