@@ -68,3 +68,25 @@ def test_malformed_http_is_one_log_line(base: Path, servers: list[FerryServer]) 
     log = s.log(100_000)
     assert "Traceback" not in log
     assert "Duplicate 'Content-Range'" in log  # -v: one line says what was refused
+
+
+def test_client_gone_before_100_continue(base: Path, servers: list[FerryServer]) -> None:
+    """A client that sent ``Expect: 100-continue`` and went away before the interim answer
+    was written made aiohttp's expect handler raise (a traceback in the log each time)."""
+    s = FerryServer(base / "root", state_dir=base / "state").start()
+    servers.append(s)
+    sid = create(s.port, "/e.bin")
+    head = (f"BITS_POST /e.bin HTTP/1.1\r\nHost: x\r\nBITS-Packet-Type: Fragment\r\n"
+            f"BITS-Session-Id: {sid}\r\nContent-Range: bytes 0-999/1000\r\n"
+            f"Expect: 100-continue\r\nContent-Length: 1000\r\n\r\n").encode()
+    for _ in range(40):
+        sock = socket.create_connection(("127.0.0.1", s.port), 30)
+        sock.sendall(head + b"x" * 10)
+        sock.close()
+    ok = bits(s.port, "/e.bin", "Fragment", sid, b"y" * 1000,
+              extra={"Content-Range": "bytes 0-999/1000"})
+    assert ok.status == 200
+    a = bits(s.port, "/e.bin", "Ping", extra={"Expect": "something-else"})
+    assert a.status == 417
+    s.stop()
+    assert "Traceback" not in s.log(200_000)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from yarl import URL
 
 from ..errors import CODES, format_hresult, hresult_of
@@ -708,6 +708,20 @@ async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
         await state.backend.close()
 
 
+async def _expect_continue(request: web.Request) -> None:
+    """aiohttp's answer to ``Expect: 100-continue`` (417 for another expectation), except
+    that a client gone before the interim answer is written is no error (aiohttp's own
+    handler let the reset escape: a traceback in the log for every such client)."""
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+    with contextlib.suppress(ConnectionError):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
+
+
 def build(config: ServerConfig) -> web.Application:
     root = Path(config.root).resolve()
     if not root.is_dir():
@@ -723,7 +737,7 @@ def build(config: ServerConfig) -> web.Application:
     app[CONFIG_KEY] = config
     app[STATE_KEY] = State(config=config, root=str(root), store=store, backend=backend)
     app.router.add_get("/.ferry-reply/{session}", reply, name="ferry-reply")
-    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle, expect_handler=_expect_continue)
     app.cleanup_ctx.append(_sweeper)
     app.cleanup_ctx.append(_backend_ctx)
     return app
