@@ -16,6 +16,11 @@ class Report:
     fuzz_cases: int = 0
     raw_requests: int = 0
     attacks: int = 0
+    # ferry-server fuzzing (harness/serverfuzz.py): raw fuzz requests sent, cases run, and
+    # the requests its invariant checks made (probes, the good client)
+    server_requests: int = 0
+    server_cases: int = 0
+    server_checks: int = 0
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # The kind of each failure (same order as ``failures``), so a caller can tell a known
@@ -43,6 +48,11 @@ class Report:
             line += (
                 f"; {self.fuzz_cases} fuzz cases, {self.raw_requests} raw requests, "
                 f"{self.attacks} path attacks"
+            )
+        if self.server_requests:
+            line += (
+                f"; ferry-server: {self.server_requests} raw requests in "
+                f"{self.server_cases} cases, invariants checked after each"
             )
         if self.failures:
             line += f"; {len(self.failures)} FAILURES"

@@ -50,6 +50,7 @@ from harness.files import KIB, MIB, make_file, sha256_file
 from harness.hostile import fuzz_phase
 from harness.nginx import Nginx
 from harness.report import Report
+from harness.serverfuzz import server_fuzz_phase
 
 __all__ = ["Report", "fuzz_phase", "kill_phase", "run"]
 
@@ -538,6 +539,7 @@ def run(
     max_size: int | None = None,
     use_schemathesis: bool = True,
     keep: bool = False,
+    server_requests: int = 0,
 ) -> Report:
     report = Report()
     work = short_tmpdir("ft-")
@@ -547,6 +549,8 @@ def run(
         if fuzz_cases >= 0:
             fuzz_phase(work / "f", report, cases=fuzz_cases, seed=seed,
                        use_schemathesis=use_schemathesis)
+        if server_requests > 0:
+            server_fuzz_phase(work / "s", report, seed=seed, q=q, requests=server_requests)
     finally:
         if keep or report.failures:
             say(f"work directory kept: {work}")

@@ -23,8 +23,9 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from yarl import URL
 
 from ..errors import CODES, format_hresult, hresult_of
@@ -615,6 +616,21 @@ async def _get(state: State, request: web.Request) -> web.StreamResponse:
     return await _serve_fd(request, fd)
 
 
+class _OpenFileResponse(web.FileResponse):
+    """aiohttp's FileResponse of an already open file, served once.
+
+    aiohttp prepares the response a handler returns even when the handler prepared it
+    already, and FileResponse.prepare is not idempotent: it opens and stats its path again.
+    Our path is ``/proc/self/fd/N``, closed by then — or, worse, N reused by another open
+    file (a session's data, say), whose bytes would follow the answer. So a second prepare
+    is a no-op here."""
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
 async def _serve_fd(request: web.Request, fd: int) -> web.StreamResponse:
     """Serve an open file with aiohttp's FileResponse (ranges, If-Range, ETag, Last-Modified)
     through /proc/self/fd: the file opened without following links is the one served."""
@@ -630,7 +646,7 @@ async def _serve_fd(request: web.Request, fd: int) -> web.StreamResponse:
                 del headers["Range"]
                 del headers["If-Range"]
                 request = request.clone(headers=headers)
-        resp = web.FileResponse(f"/proc/self/fd/{fd}")
+        resp = _OpenFileResponse(f"/proc/self/fd/{fd}")
         await resp.prepare(request)
         return resp
     finally:
@@ -692,6 +708,20 @@ async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
         await state.backend.close()
 
 
+async def _expect_continue(request: web.Request) -> None:
+    """aiohttp's answer to ``Expect: 100-continue`` (417 for another expectation), except
+    that a client gone before the interim answer is written is no error (aiohttp's own
+    handler let the reset escape: a traceback in the log for every such client)."""
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+    with contextlib.suppress(ConnectionError):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
+
+
 def build(config: ServerConfig) -> web.Application:
     root = Path(config.root).resolve()
     if not root.is_dir():
@@ -700,11 +730,14 @@ def build(config: ServerConfig) -> web.Application:
     backend = (
         Backend(config.notify_url, config.notify_type) if config.notify_url is not None else None
     )
-    app = web.Application(client_max_size=1 << 20)
+    # auto_decompress off: BITS bodies are identity (a Fragment in another encoding is
+    # refused), and aiohttp would otherwise inflate a "Content-Encoding: gzip" body — a
+    # decompression bomb, or a traceback on a body that is not gzip — before we refuse it
+    app = web.Application(client_max_size=1 << 20, handler_args={"auto_decompress": False})
     app[CONFIG_KEY] = config
     app[STATE_KEY] = State(config=config, root=str(root), store=store, backend=backend)
     app.router.add_get("/.ferry-reply/{session}", reply, name="ferry-reply")
-    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle, expect_handler=_expect_continue)
     app.cleanup_ctx.append(_sweeper)
     app.cleanup_ctx.append(_backend_ctx)
     return app

@@ -41,6 +41,26 @@ it (sessions stay in the state directory). Exit status: 0 after a stop, 2 on bad
 """
 
 
+class _QuietClientErrors(logging.Filter):
+    """aiohttp logs every request its HTTP parser refuses (a line too long, a repeated
+    Content-Length, garbage) at ERROR with a traceback: a client could fill the log with
+    them. Such a refusal is the client's error, answered 400: one INFO line, no traceback
+    (shown with -v only)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or not 400 <= (exc.code or 0) < 500:
+            return True
+        record.msg = f"{record.getMessage()}: {exc.code} {exc.message}"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger("ferry.server").isEnabledFor(logging.INFO)
+
+
 def _bind(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not host:
@@ -164,6 +184,7 @@ def main(
         format="ferry-server: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("aiohttp.server").addFilter(_QuietClientErrors())
     ctx = None
     if tls_cert is not None and tls_key is not None:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
