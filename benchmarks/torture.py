@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="upper bound in seconds for the whole run")
     p.add_argument("--fuzz-cases", type=int, default=300 if q else 3000,
                    help="schemathesis cases (-1 skips phase 2)")
+    p.add_argument("--upload-kills", type=int, default=6 if q else 30,
+                   help="ferryd kills of the upload phase, with a third as many ferry-server "
+                   "kills (0 or -1 skips it)")
     p.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         f"at most {args.duration:.0f} s")
     t0 = time.monotonic()
     report = run(kills=args.kills, duration=args.duration, fuzz_cases=args.fuzz_cases,
-                 seed=args.seed, q=q, keep=args.keep)
+                 seed=args.seed, q=q, keep=args.keep, upload_kills=args.upload_kills)
     say(f"({time.monotonic() - t0:.0f} s)")
     for f in report.failures:
         say(f"FAILURE: {f}")

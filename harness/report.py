@@ -16,6 +16,13 @@ class Report:
     fuzz_cases: int = 0
     raw_requests: int = 0
     attacks: int = 0
+    # The upload phase (torture_upload.py): SIGKILLs of ferryd and of ferry-server while
+    # uploads ran, uploads found byte-identical at the server (or its back end), replies
+    # found byte-identical to the back end's answer.
+    upload_kills: int = 0
+    server_kills: int = 0
+    uploads_verified: int = 0
+    replies_verified: int = 0
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # The kind of each failure (same order as ``failures``), so a caller can tell a known
@@ -43,6 +50,12 @@ class Report:
             line += (
                 f"; {self.fuzz_cases} fuzz cases, {self.raw_requests} raw requests, "
                 f"{self.attacks} path attacks"
+            )
+        if self.upload_kills or self.server_kills or self.uploads_verified:
+            line += (
+                f"; uploads: {self.upload_kills} ferryd kills, {self.server_kills} "
+                f"ferry-server kills, {self.uploads_verified} uploads and "
+                f"{self.replies_verified} replies verified"
             )
         if self.failures:
             line += f"; {len(self.failures)} FAILURES"
