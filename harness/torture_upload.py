@@ -52,8 +52,11 @@ import hashlib
 import os
 import random
 import re
+import shutil
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +142,7 @@ class PacedRelay:
         self.port = 0
         self.last_body = 0.0
         self.last_down = 0.0
+        self.last_close = 0.0
         self.drops = 0
         self.connections = 0
         self._thread = LoopThread("relay")
@@ -224,6 +228,8 @@ class PacedRelay:
                     self.drops += 1
                     return  # cut mid-stream: both sides see the connection closed
                 now = time.monotonic()
+                if up and b"close-session" in data[:4096].lower():
+                    self.last_close = now
                 if up and len(data) > 2 * KIB:
                     self.last_body = now
                 elif not up and len(data) > 2 * KIB:
@@ -298,8 +304,9 @@ class UploadKiller(Killer):
 
 class ServerKiller(threading.Thread):
     """SIGKILLs a ferry-server (one of ``servers``, at random) while fragment bytes flow
-    through the relay, leaves it down a moment and restarts it on the same port, root and
-    state directory."""
+    through its relay, leaves it down a moment and restarts it on the same port, root and
+    state directory; after every second such kill, one more aimed at a Close-Session (the
+    commit) — ``kills`` counts the first kind, ``mid_close`` the extra ones."""
 
     def __init__(
         self,
@@ -317,27 +324,46 @@ class ServerKiller(threading.Thread):
         self.interval = interval
         self.stop_event = threading.Event()
         self.times: list[float] = []
-        self.mid_fragment = 0
+        self.aimed = 0  # kills aimed at a fragment
+        self.mid_fragment = 0  # of which landed while fragment bytes were flowing
+        self.mid_close = 0
         self.error: BaseException | None = None
 
     @property
     def done(self) -> bool:
-        return len(self.times) >= self.kills
+        return self.aimed >= self.kills
+
+    def _wait(self, ready: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not ready() and not self.stop_event.is_set():
+            time.sleep(0.002)
+        return ready()
+
+    def _kill(self, i: int) -> None:
+        self.servers[i].kill()
+        self.times.append(time.monotonic())
+        time.sleep(self.rng.uniform(0.0, 1.0))
+        self.servers[i].start()
 
     def run(self) -> None:
         try:
             while not self.done and not self.stop_event.wait(self.rng.uniform(*self.interval)):
                 i = self.rng.randrange(len(self.servers))
                 relay = self.relays[i]
-                deadline = time.monotonic() + 5.0
-                while time.monotonic() < deadline and not relay.mid_body():
-                    time.sleep(0.005)
-                if relay.mid_body():
+                self.aimed += 1
+                if self._wait(relay.mid_body, 5.0):
                     self.mid_fragment += 1
-                self.servers[i].kill()
-                self.times.append(time.monotonic())
-                time.sleep(self.rng.uniform(0.0, 1.0))
-                self.servers[i].start()
+                self._kill(i)
+                if self.aimed % 2 == 0 and not self.stop_event.is_set():
+
+                    def closing() -> bool:
+                        return any(time.monotonic() - r.last_close < 0.01 for r in self.relays)
+
+                    if self._wait(closing, 10.0):
+                        time.sleep(self.rng.uniform(0.0, 0.04))
+                        j = max(range(len(self.relays)), key=lambda k: self.relays[k].last_close)
+                        self.mid_close += 1
+                        self._kill(j)
         except BaseException as exc:  # reported by the driver
             self.error = exc
 
@@ -408,10 +434,17 @@ def upload_kill_phase(
 
     backend = ReplyBackend().start()
     roots = {"plain": work / "srv-plain" / "root", "reply": work / "srv-reply" / "root"}
+    # The plain server keeps its sessions on another file system when there is one (tmpfs):
+    # Close-Session then copies the upload beside its destination, the slow commit path, and
+    # a kill can land in it. The reply server's sessions are on the root's (a hard link).
+    plain_state = work / "srv-plain" / "state"
+    other_fs = Path("/dev/shm")
+    if other_fs.is_dir() and other_fs.stat().st_dev != work.stat().st_dev:
+        plain_state = Path(tempfile.mkdtemp(prefix="fyu-state-", dir=other_fs))
     for r in roots.values():
         (r / "up").mkdir(parents=True)
     servers = {
-        "plain": FerryServer(roots["plain"], state_dir=work / "srv-plain" / "state"),
+        "plain": FerryServer(roots["plain"], state_dir=plain_state),
         "reply": FerryServer(
             roots["reply"],
             ["--notify-url", backend.url(), "--notify-type", "by-value"],
@@ -585,6 +618,8 @@ def upload_kill_phase(
         for s in servers.values():
             s.stop()
         backend.stop()
+        if plain_state.parent == other_fs:
+            shutil.rmtree(plain_state, ignore_errors=True)
     fk = len(killer.times) if killer is not None else 0
     sk = len(skiller.times) if skiller is not None else 0
     report.upload_kills += fk
@@ -592,7 +627,8 @@ def upload_kill_phase(
     moments = dict(sorted((killer.moments if killer is not None else {}).items()))
     say(
         f"  {fk} ferryd kills {moments}, {sk} ferry-server kills "
-        f"({skiller.mid_fragment if skiller else 0} mid-fragment), {len(jobs)} jobs, "
+        f"({skiller.mid_fragment if skiller else 0} mid-fragment, "
+        f"{skiller.mid_close if skiller else 0} mid-close), {len(jobs)} jobs, "
         f"{sum(r.drops for r in relays.values())} connections cut, "
         f"{time.monotonic() - started:.0f} s"
     )
@@ -657,7 +693,9 @@ def _act(job: Any, uj: UJob, acting: threading.Event) -> None:
 
 # Refusals of complete that are the network's (a server killed, a connection cut), not a bug:
 # the job stays TRANSFERRED and complete is sent again.
-_TRANSIENT = re.compile(r"BG_E_HTTP_ERROR_5\d\d|BG_E_NETWORK|ERROR_INTERNET|E_FAIL|WSA|TIMEOUT")
+_TRANSIENT = re.compile(
+    r"BG_E_HTTP_ERROR_5\d\d|BG_E_CONNECT|BG_E_NETWORK|ERROR_INTERNET|E_FAIL|WSA|TIMEOUT"
+)
 
 
 def _refused(uj: UJob, exc: Exception, report: Report) -> None:

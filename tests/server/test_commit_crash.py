@@ -1,10 +1,10 @@
-"""ferry-server killed in the middle of a commit (Close-Session), found by the upload torture
-run (harness/torture_upload.py): the upload is staged under a hidden ``.ferry-upload-*``
-name beside its destination, then linked (or renamed) to the destination. A SIGKILL between
-the two left the staged file in the server's visible tree for good — the Close the client
-repeats after the restart staged the upload again under a new random name. Now the staging
-name is the session's own, so the repeated Close (or a Cancel, or the session's expiry)
-finds the leftover and removes it."""
+"""ferry-server killed in the middle of a commit (Close-Session), found while building the
+upload torture run's checks (harness/torture_upload.py aims kills there too): the upload
+is staged under a hidden ``.ferry-upload-*`` name beside its destination, then linked (or
+renamed) to the destination. A SIGKILL between the two left the staged file in the
+server's visible tree for good — the Close the client repeats after the restart staged the
+upload again under a new random name. Now the staging name is the session's own, so the
+repeated Close (or a Cancel, or the session's expiry) finds the leftover and removes it."""
 
 from __future__ import annotations
 
