@@ -29,9 +29,9 @@ others (some mid-transfer). At the end:
   and the reply server for ``-keep``); every handed-over upload reached the back end with
   that SHA-256 (every notification of it); every reply file is byte-identical to the back
   end's answer;
-* no upload was committed twice: (1) the servers' logs (``session ID closed: PATH``, kept
-  across restarts) name exactly one session per completed destination and none for a
-  cancelled one; (2) the servers run without ``--allow-overwrite``, so a second session for a
+* no upload was committed twice: (1) the servers' logs (``session ID closing: PATH``
+  before each commit, ``closed`` after it; kept across restarts) name exactly one session
+  per completed destination and none for a cancelled one; (2) the servers run without ``--allow-overwrite``, so a second session for a
   taken name is refused at Create-Session (the job would fail); (3) each destination's
   (inode, mtime) never changes once it has appeared;
 * cancelled jobs left nothing at the server's destination and no reply file;
@@ -78,8 +78,9 @@ FERRYD_CONFIG = (
     "upload_fragment_size = 1048576\n"  # many fragments per file: kills land between them
     "upload_retries = 3\n"
 )
-# "session {GUID} closed: /up/name stored|handed over" (ferry-server -v)
-_CLOSED_RE = re.compile(r"session (\{[0-9A-F-]+\}) closed: (\S+) (stored|handed over)")
+# "session {GUID} closing: /up/name" (before the commit) and "... closed: /up/name stored"
+# (after it), in ferry-server's -v log
+_CLOSED_RE = re.compile(r"session (\{[0-9A-F-]+\}) (?:closing|closed): (\S+)")
 _REPLY_SIZE_RE = re.compile(r"-r(\d+)")
 
 
