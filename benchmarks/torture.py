@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-requests", type=int, default=300 if q else 10_000,
                    help="raw requests fuzzing a ferry-server (harness/serverfuzz.py; 0 or -1 "
                    "skips)")
+    p.add_argument("--upload-kills", type=int, default=6 if q else 30,
+                   help="ferryd kills of the upload phase, with a third as many ferry-server "
+                   "kills (0 or -1 skips it)")
     p.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     report = run(kills=args.kills, duration=args.duration, fuzz_cases=args.fuzz_cases,
                  seed=args.seed, q=q, keep=args.keep,
-                 server_requests=args.server_requests)
+                 server_requests=args.server_requests,
+                 upload_kills=args.upload_kills)
     say(f"({time.monotonic() - t0:.0f} s)")
     for f in report.failures:
         say(f"FAILURE: {f}")

@@ -21,6 +21,13 @@ class Report:
     server_requests: int = 0
     server_cases: int = 0
     server_checks: int = 0
+    # The upload phase (torture_upload.py): SIGKILLs of ferryd and of ferry-server while
+    # uploads ran, uploads found byte-identical at the server (or its back end), replies
+    # found byte-identical to the back end's answer.
+    upload_kills: int = 0
+    server_kills: int = 0
+    uploads_verified: int = 0
+    replies_verified: int = 0
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # The kind of each failure (same order as ``failures``), so a caller can tell a known
@@ -53,6 +60,12 @@ class Report:
             line += (
                 f"; ferry-server: {self.server_requests} raw requests in "
                 f"{self.server_cases} cases, invariants checked after each"
+            )
+        if self.upload_kills or self.server_kills or self.uploads_verified:
+            line += (
+                f"; uploads: {self.upload_kills} ferryd kills, {self.server_kills} "
+                f"ferry-server kills, {self.uploads_verified} uploads and "
+                f"{self.replies_verified} replies verified"
             )
         if self.failures:
             line += f"; {len(self.failures)} FAILURES"

@@ -540,6 +540,7 @@ def run(
     use_schemathesis: bool = True,
     keep: bool = False,
     server_requests: int = 0,
+    upload_kills: int = 0,
 ) -> Report:
     report = Report()
     work = short_tmpdir("ft-")
@@ -551,6 +552,12 @@ def run(
                        use_schemathesis=use_schemathesis)
         if server_requests > 0:
             server_fuzz_phase(work / "s", report, seed=seed, q=q, requests=server_requests)
+        if upload_kills > 0:  # the upload phase (torture_upload.py): N ferryd kills, N/3 servers
+            from harness.torture_upload import upload_kill_phase
+
+            upload_kill_phase(work / "u", report, seed=seed, q=q, ferryd_kills=upload_kills,
+                              server_kills=max(1, round(upload_kills / 3)),
+                              duration=max(120.0, duration * 0.75), max_size=max_size)
     finally:
         if keep or report.failures:
             say(f"work directory kept: {work}")

@@ -17,7 +17,6 @@ import errno
 import logging
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -475,6 +474,9 @@ async def _close(state: State, path: UrlPath, sid: str) -> web.StreamResponse:
             await asyncio.to_thread(state.store.delete, sid)
             raise _invalid("Close-Session before the whole upload arrived: upload deleted")
         keep = state.backend is None or bool((session.reply or {}).get("copy"))
+        # Logged before the commit too: a kill between the commit and "closed" leaves a trace
+        # (the torture run counts the sessions that commit each destination from these lines).
+        log.info("session %s closing: %s", sid, path)
         if keep:
             await asyncio.to_thread(_commit, state, path, sid)
         session.closed = True
@@ -501,14 +503,18 @@ def _commit(state: State, path: UrlPath, sid: str) -> None:
       over it.
 
     Across file systems the link is replaced by a copy to a hidden O_EXCL|O_NOFOLLOW
-    temporary file beside the destination (fsynced). The directory is fsynced after."""
+    temporary file beside the destination (fsynced). The directory is fsynced after.
+
+    The hidden name is the session's own (``_stage_name``): a crash between staging and
+    publishing leaves it behind, and the Close repeated after the restart (or a Cancel, or
+    the session's expiry: ``_unstage``) removes it rather than staging beside it again."""
     try:
         pfd = open_parent(state.root, path)
     except PathRefused as exc:
         raise _path_error(exc) from exc
     src = str(state.store.data_path(sid))
     try:
-        tmp = _stage_beside(src, pfd)
+        tmp = _stage_beside(src, pfd, _stage_name(sid))
         try:
             if state.config.allow_overwrite:
                 os.rename(tmp, path.name, src_dir_fd=pfd, dst_dir_fd=pfd)
@@ -532,17 +538,41 @@ def _commit(state: State, path: UrlPath, sid: str) -> None:
         os.close(pfd)
 
 
-def _stage_beside(src: str, pfd: int) -> str:
-    """The upload under a hidden temporary name in the destination's directory: a hard link
-    to the session's data, or (across file systems) a copy."""
-    name = f"{_TEMP_PREFIX}{secrets.token_hex(12)}.tmp"
+def _stage_name(sid: str) -> str:
+    """The hidden name a session's upload is staged under beside its destination (clients
+    cannot name ``.ferry-upload-*`` files: paths.py refuses them)."""
+    return f"{_TEMP_PREFIX}{sid.strip('{}').lower()}.tmp"
+
+
+def _unstage(state: State, session: Session) -> None:
+    """Remove what a crash mid-commit may have left staged beside the session's destination
+    (before the session is deleted: cancelled or expired)."""
+    try:
+        pfd = open_parent(state.root, UrlPath(tuple(session.path)))
+    except (PathRefused, OSError, ValueError):
+        return
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_stage_name(session.id), dir_fd=pfd)
+    except OSError as exc:
+        log.warning("session %s: cannot remove its staged upload: %s", session.id, exc)
+    finally:
+        os.close(pfd)
+
+
+def _stage_beside(src: str, pfd: int, name: str) -> str:
+    """The upload under the hidden temporary ``name`` in the destination's directory (a
+    leftover of a crash replaced): a hard link to the session's data, or (across file
+    systems) a copy."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=pfd)
     try:
         os.link(src, name, dst_dir_fd=pfd, follow_symlinks=False)
         return name
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
-    return _copy_beside(src, pfd)
+    return _copy_beside(src, pfd, name)
 
 
 def _same_upload(src: str, pfd: int, name: str) -> bool:
@@ -569,8 +599,7 @@ def _same_upload(src: str, pfd: int, name: str) -> bool:
         os.close(fd)
 
 
-def _copy_beside(src: str, pfd: int) -> str:
-    name = f"{_TEMP_PREFIX}{secrets.token_hex(12)}.tmp"
+def _copy_beside(src: str, pfd: int, name: str) -> str:
     out = os.open(
         name,
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -594,6 +623,7 @@ def _copy_beside(src: str, pfd: int) -> str:
 async def _cancel(state: State, sid: str) -> web.StreamResponse:
     async with _locked(state, sid) as session:
         if not session.closed:
+            await asyncio.to_thread(_unstage, state, session)
             await asyncio.to_thread(state.store.delete, sid)
             log.info("session %s cancelled", sid)
         return _ack(200, {"BITS-Session-Id": sid})
@@ -671,6 +701,9 @@ def sweep(state: State) -> int:
             continue
         try:
             if _expired(state, sid):
+                session = state.store.load(sid)
+                if session is not None and not session.closed:
+                    _unstage(state, session)
                 state.store.delete(sid)
                 gone += 1
         finally:
