@@ -40,13 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fuzz-cases", type=int, default=300 if q else 3000,
                    help="schemathesis cases (-1 skips phase 2)")
     p.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
+    p.add_argument("--fleet-kills", type=int, default=4 if q else 10,
+                   help="SIGKILLs of a fleet worker (harness/torture_fleet.py; 0 skips)")
+    p.add_argument("--secret-restarts", type=int, default=2 if q else 4,
+                   help="ferryd kills while marker secrets are in use "
+                        "(harness/torture_secrets.py; -1 skips)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
     say(f"torture{' (QUICK)' if q else ''}: seed {args.seed}, {args.kills} kills, "
         f"at most {args.duration:.0f} s")
     t0 = time.monotonic()
     report = run(kills=args.kills, duration=args.duration, fuzz_cases=args.fuzz_cases,
-                 seed=args.seed, q=q, keep=args.keep)
+                 seed=args.seed, q=q, keep=args.keep, fleet_kills=args.fleet_kills,
+                 secret_restarts=args.secret_restarts)
     say(f"({time.monotonic() - t0:.0f} s)")
     for f in report.failures:
         say(f"FAILURE: {f}")

@@ -80,12 +80,22 @@ class Fleet:
 
     # ---- jobs ------------------------------------------------------------------------------
 
-    def create(self, d: Daemon, name: str, pairs: list[tuple[str, Path]], **props: Any) -> str:
+    def create(
+        self,
+        d: Daemon,
+        name: str,
+        pairs: list[tuple[str, Path]],
+        setup: Callable[[str], None] | None = None,
+        **props: Any,
+    ) -> str:
+        """A job with these files, resumed; ``setup(job_id)`` runs before the resume."""
         status, job = d.call("POST", "/v1/jobs", {"display_name": name, **props})
         assert status == 201, job
         files = [{"remote_name": r, "local_name": str(p)} for r, p in pairs]
         status, body = d.call("POST", f"/v1/jobs/{job['id']}/files", {"files": files})
         assert status == 200, body
+        if setup is not None:
+            setup(str(job["id"]))
         status, body = d.call("POST", f"/v1/jobs/{job['id']}/resume", {})
         assert status == 200, body
         return str(job["id"])

@@ -538,7 +538,13 @@ def run(
     max_size: int | None = None,
     use_schemathesis: bool = True,
     keep: bool = False,
+    fleet_kills: int = 0,
+    secret_restarts: int = -1,
 ) -> Report:
+    from harness import secrets
+    from harness.torture_fleet import fleet_kill_phase
+    from harness.torture_secrets import secrets_phase
+
     report = Report()
     work = short_tmpdir("ft-")
     try:
@@ -547,6 +553,14 @@ def run(
         if fuzz_cases >= 0:
             fuzz_phase(work / "f", report, cases=fuzz_cases, seed=seed,
                        use_schemathesis=use_schemathesis)
+        if fleet_kills > 0:
+            fleet_kill_phase(work / "fleet", report, seed=seed, q=q, kills=fleet_kills)
+        if secret_restarts >= 0:
+            secrets_phase(work / "secrets", report, seed=seed, q=q, restarts=secret_restarts)
+        # Every marker any phase registered, in every file the run left (logs, stores,
+        # outputs), the secretbox keys and the exempted files (a client key) excepted.
+        say(f"secrets scan: {len(secrets.registry)} markers over {work}")
+        secrets.scan_tree(work, report)
     finally:
         if keep or report.failures:
             say(f"work directory kept: {work}")
