@@ -244,6 +244,8 @@ def secrets_phase(work: Path, report: Report, *, seed: int, q: bool, restarts: i
         for _ in range(restarts):
             time.sleep(rng.uniform(0.3, 1.5))
             d.kill()
+            # The store as a crash leaves it: the SQLite database and its WAL, in clear.
+            secrets.scan_tree(d.state_dir, report)
             d.start()
             report.secrets_restarts += 1
             follow_events()
