@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from harness.env import short_tmpdir  # noqa: E402
 from harness.faultserver import FaultServer  # noqa: E402
 from harness.ferryd import Daemon  # noqa: E402
-from harness.fleet import Fleet  # noqa: E402
+from harness.fleet import Fleet, wait_takeover  # noqa: E402
 from harness.nginx import Nginx  # noqa: E402
 from harness.postgres import PgCluster, available  # noqa: E402
 
@@ -115,13 +115,8 @@ def failover(pg: PgCluster, kills: int, lease: float, base: Path) -> list[float]
             victim = fleet.daemons[int(str(holder)[1:])]
             survivor = fleet.daemons[1 - int(str(holder)[1:])]
             victim.kill()
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < 10 * lease + 30:
-                rows = survivor.call("GET", "/v1/fleet")[1]["leases"]
-                if any(r["job_id"] == jid and r["worker"] != holder for r in rows):
-                    break
-                time.sleep(0.05)
-            times.append(time.monotonic() - t0)
+            took = wait_takeover(survivor, [jid], str(holder), timeout=10 * lease + 30)
+            times.append(took if took is not None else 10 * lease + 30)
             print(f"  kill {k + 1}/{kills}: taken over in {times[-1]:.2f} s", flush=True)
             survivor.call("POST", f"/v1/jobs/{jid}/cancel", {})
             victim.start()

@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="ferryd kills of the upload phase, with a third as many ferry-server "
                    "kills (0 or -1 skips it)")
     p.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
+    p.add_argument("--fleet-kills", type=int, default=4 if q else 10,
+                   help="SIGKILLs of a fleet worker (harness/torture_fleet.py; 0 skips)")
+    p.add_argument("--secret-restarts", type=int, default=2 if q else 4,
+                   help="ferryd kills while marker secrets are in use "
+                        "(harness/torture_secrets.py; -1 skips)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
     say(f"torture{' (QUICK)' if q else ''}: seed {args.seed}, {args.kills} kills, "
@@ -54,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     report = run(kills=args.kills, duration=args.duration, fuzz_cases=args.fuzz_cases,
                  seed=args.seed, q=q, keep=args.keep,
                  server_requests=args.server_requests,
-                 upload_kills=args.upload_kills)
+                 upload_kills=args.upload_kills,
+                 fleet_kills=args.fleet_kills,
+                 secret_restarts=args.secret_restarts)
     say(f"({time.monotonic() - t0:.0f} s)")
     for f in report.failures:
         say(f"FAILURE: {f}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 from harness.env import say
@@ -28,6 +29,18 @@ class Report:
     server_kills: int = 0
     uploads_verified: int = 0
     replies_verified: int = 0
+    # Fleet worker kills (harness/torture_fleet.py): SIGKILLs of a fleet worker, the files
+    # its jobs verified, and the seconds from each kill until another worker held every
+    # lease the victim held.
+    fleet_kills: int = 0
+    fleet_files_verified: int = 0
+    fleet_takeovers: list[float] = field(default_factory=list)
+    # The secrets scan (harness/secrets.py): markers looked for, files and bytes scanned,
+    # ferryd kills/restarts of the secrets phase while its secrets were in use.
+    secrets_markers: int = 0
+    secrets_files: int = 0
+    secrets_bytes: int = 0
+    secrets_restarts: int = 0
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # The kind of each failure (same order as ``failures``), so a caller can tell a known
@@ -66,6 +79,22 @@ class Report:
                 f"; uploads: {self.upload_kills} ferryd kills, {self.server_kills} "
                 f"ferry-server kills, {self.uploads_verified} uploads and "
                 f"{self.replies_verified} replies verified"
+            )
+        if self.fleet_kills:
+            line += (
+                f"; {self.fleet_kills} fleet worker kills, {self.fleet_files_verified} "
+                f"fleet files verified"
+            )
+            if self.fleet_takeovers:
+                line += (
+                    f", takeover median {statistics.median(self.fleet_takeovers):.1f} s, "
+                    f"max {max(self.fleet_takeovers):.1f} s"
+                )
+        if self.secrets_files or self.secrets_bytes:
+            line += (
+                f"; {self.secrets_markers} secret markers scanned for in "
+                f"{self.secrets_files} files + answers ({self.secrets_bytes / 2**20:.0f} MiB), "
+                f"{self.kinds.count('secret-leak')} leaks"
             )
         if self.failures:
             line += f"; {len(self.failures)} FAILURES"

@@ -541,7 +541,13 @@ def run(
     keep: bool = False,
     server_requests: int = 0,
     upload_kills: int = 0,
+    fleet_kills: int = 0,
+    secret_restarts: int = -1,
 ) -> Report:
+    from harness import secrets
+    from harness.torture_fleet import fleet_kill_phase
+    from harness.torture_secrets import secrets_phase
+
     report = Report()
     work = short_tmpdir("ft-")
     try:
@@ -558,6 +564,14 @@ def run(
             upload_kill_phase(work / "u", report, seed=seed, q=q, ferryd_kills=upload_kills,
                               server_kills=max(1, round(upload_kills / 3)),
                               duration=max(120.0, duration * 0.75), max_size=max_size)
+        if fleet_kills > 0:
+            fleet_kill_phase(work / "fleet", report, seed=seed, q=q, kills=fleet_kills)
+        if secret_restarts >= 0:
+            secrets_phase(work / "secrets", report, seed=seed, q=q, restarts=secret_restarts)
+        # Every marker any phase registered, in every file the run left (logs, stores,
+        # outputs), the secretbox keys and the exempted files (a client key) excepted.
+        say(f"secrets scan: {len(secrets.registry)} markers over {work}")
+        secrets.scan_tree(work, report)
     finally:
         if keep or report.failures:
             say(f"work directory kept: {work}")

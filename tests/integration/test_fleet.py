@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from harness.env import short_tmpdir
 from harness.faultserver import FaultServer
-from harness.fleet import Fleet
+from harness.fleet import Fleet, overlapping_fetches
 from harness.postgres import PgCluster, available
 
 from ferry.client import Client
@@ -77,8 +77,8 @@ def fleet_doc(d: Any) -> dict[str, Any]:
 def no_range_fetched_twice_at_once(server: FaultServer) -> None:
     """The counting server: no file's response overlapped another response of the same file
     (one file belongs to one job, so that would be two workers on one job at once)."""
-    for r in server.responses:
-        assert r.name not in r.overlapped, f"{r.name} was fetched by two clients at once"
+    overlapping = overlapping_fetches(server)
+    assert not overlapping, f"{overlapping} fetched by two clients at once"
 
 
 # ---- visibility ----------------------------------------------------------------------------
@@ -344,3 +344,63 @@ def test_fleet_on_a_single_machine_ferryd_is_not_implemented(short_tmp: Path) ->
         assert status == 501 or body["error"]["code"] == "E_NOTIMPL", body
     finally:
         assert d.stop() == 0
+
+
+# ---- secrets across workers ------------------------------------------------------------------
+
+
+class _BasicServer:
+    """An aiohttp server serving DATA to Basic USER:PASSWORD only; records the header."""
+
+    def __init__(self, user: str, password: str, data: bytes) -> None:
+        import base64
+
+        from aiohttp import web
+        from harness.aio import AppServer
+
+        good = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.headers: list[str | None] = []
+        seen = self.headers
+
+        class Srv(AppServer):
+            def make_app(self) -> web.Application:
+                async def get(request: web.Request) -> web.StreamResponse:
+                    seen.append(request.headers.get("X-Token"))
+                    if request.headers.get("Authorization") != good:
+                        return web.Response(status=401,
+                                            headers={"WWW-Authenticate": 'Basic realm="f"'})
+                    return web.Response(body=data)
+
+                app = web.Application()
+                app.router.add_get("/d", get)
+                return app
+
+        self.srv = Srv()
+
+
+def test_a_job_s_secrets_open_on_the_worker_that_takes_it_over(pg: PgCluster, base: Path) -> None:
+    """Found by the fleet torture (issue 16): each worker sealed passwords and write-only
+    headers under its own state directory's key, so a job created on one worker and
+    transferred by another failed BG_E_INVALID_CREDENTIALS. With ``[store] credentials_key``
+    (the Fleet harness gives every worker the same), the other worker opens them."""
+    data = payload(77, 64 * 1024)
+    server = _BasicServer("fleet-bob", "s3cret-across-workers", data)
+    with server.srv as srv, Fleet(pg, base, workers=2, lease=LEASE) as fleet:
+        a, b = fleet.daemons
+        status, job = a.call("POST", "/v1/jobs", {"display_name": "sealed"})
+        jid = job["id"]
+        url = f"{srv.base}/d"
+        files = [{"remote_name": url, "local_name": str(fleet.shared / "sealed")}]
+        assert a.call("POST", f"/v1/jobs/{jid}/files", {"files": files})[0] == 200
+        with Client(a.socket) as c:
+            j = c.get_job(jid)
+            j.set_credentials("SERVER", "BASIC", "fleet-bob", "s3cret-across-workers")
+            j.set_http_options(custom_headers=["X-Token: wo-across-workers"],
+                               custom_headers_write_only=True)
+        assert a.stop() == 0  # only b is left to transfer it
+        assert b.call("POST", f"/v1/jobs/{jid}/resume", {})[0] == 200
+        jobs = fleet.wait(b, lambda js: js[jid]["state"] in ("TRANSFERRED", "ERROR"), "b")
+        assert jobs[jid]["state"] == "TRANSFERRED", jobs[jid].get("error")
+        assert "wo-across-workers" in server.headers
+        assert b.call("POST", f"/v1/jobs/{jid}/complete", {})[0] == 200
+        assert (fleet.shared / "sealed").read_bytes() == data

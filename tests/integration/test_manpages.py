@@ -181,7 +181,8 @@ def test_section_docs_name_the_keys_ferryd_reads(tmp_path: Path) -> None:
         "kerberos": {"keytabs": {}},
         "proxy": {"http": "http://p:3128", "https": "http://p:3128", "no_proxy": "a",
                   "pac_url": "file:///x.pac", "wpad": False},
-        "store": {"url": "postgresql://u@h/db", "lease_seconds": 5, "worker_id": "w"},
+        "store": {"url": "postgresql://u@h/db", "lease_seconds": 5, "worker_id": "w",
+                  "credentials_key": "/etc/ferry/credentials.key"},
         "bandwidth": {"background_limit": "2M", "yield_to_others": True,
                       "work_schedule": {"days": ["mon-fri"], "start": "08:00", "end": "17:00"},
                       "maintenance_schedule": {"days": ["sat"], "start": "01:00",
@@ -196,6 +197,7 @@ def test_section_docs_name_the_keys_ferryd_reads(tmp_path: Path) -> None:
         '[proxy]\nhttp = "http://p:3128"\nhttps = "http://p:3128"\nno_proxy = "a"\n'
         'pac_url = "file:///x.pac"\nwpad = false\n'
         '[store]\nurl = "postgresql://u@h/db"\nlease_seconds = 5\nworker_id = "w"\n'
+        'credentials_key = "/etc/ferry/credentials.key"\n'
         '[bandwidth]\nbackground_limit = "2M"\nyield_to_others = true\n'
         '[bandwidth.work_schedule]\ndays = ["mon-fri"]\nstart = "08:00"\nend = "17:00"\n'
         '[bandwidth.maintenance_schedule]\ndays = ["sat"]\nstart = "01:00"\nend = "05:00"\n'

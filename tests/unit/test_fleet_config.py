@@ -44,3 +44,27 @@ def test_bad_store_settings_are_refused(tmp_path: Path, text: str) -> None:
     with pytest.raises(FerryError) as exc:
         load_config(False, path)
     assert exc.value.code == "E_INVALIDARG"
+
+
+def test_a_shared_credentials_key(tmp_path: Path) -> None:
+    """Every worker of a fleet names one sealing key; the default is the state directory's."""
+    from ferry.security.secretbox import SecretBox
+
+    assert load_config(False).credentials_key is None
+    path = tmp_path / "ferryd.toml"
+    key = tmp_path / "shared.key"
+    path.write_text(f'[store]\ncredentials_key = "{key}"\n')
+    cfg = load_config(False, path)
+    assert cfg.credentials_key == key
+    one, two = SecretBox.from_file(str(key)), SecretBox.from_file(str(key))
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert two.open(one.seal("pw", "job", "SERVER", "BASIC"), "job", "SERVER", "BASIC") == "pw"
+
+
+@pytest.mark.parametrize("text", ['credentials_key = "relative.key"', "credentials_key = 1"])
+def test_a_bad_credentials_key_is_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "ferryd.toml"
+    path.write_text(f"[store]\n{text}\n")
+    with pytest.raises(FerryError) as exc:
+        load_config(False, path)
+    assert exc.value.code == "E_INVALIDARG"

@@ -65,6 +65,10 @@ class Config:
     store_url: str | None = None
     lease_seconds: float = 15.0
     worker_id: str | None = None
+    # The key that seals job secrets (passwords, write-only headers; security/secretbox.py);
+    # None: STATE_DIR/credentials.key. Every worker of a fleet must name the same key, or a
+    # secret sealed by one worker cannot be opened by the worker that takes its job over.
+    credentials_key: Path | None = None
     # SPEC §10: [bandwidth] (the policy) and [network]: the network cost to assume (``auto``:
     # ask NetworkManager, else unrestricted), the D-Bus address to find NetworkManager on
     # (None: the system bus), and whether to watch routes over netlink.
@@ -218,6 +222,14 @@ SECTION_DOCS: dict[str, tuple[str, list[tuple[str, str, str, str]]]] = {
                 "string",
                 "HOST:PID",
                 "This worker's name in the fleet (ferry fleet); unique per worker.",
+            ),
+            (
+                "credentials_key",
+                "string",
+                "state_dir/credentials.key",
+                "Absolute path of the key that seals job passwords and write-only headers "
+                "(0600, ferryd's user; made if missing). Fleet mode: every worker must use "
+                "the same key, or a job taken over cannot open its secrets.",
             ),
         ],
     ),
@@ -459,6 +471,13 @@ def _store_section(path: Path, store: Any) -> dict[str, Any]:
                     "E_INVALIDARG", f"config file {path}: store.worker_id must be a short name"
                 )
             out["worker_id"] = value
+        elif key == "credentials_key":
+            if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+                raise FerryError(
+                    "E_INVALIDARG",
+                    f"config file {path}: store.credentials_key must be an absolute path",
+                )
+            out["credentials_key"] = Path(value)
         else:
             raise FerryError("E_INVALIDARG", f"config file {path}: unknown key store.{key}")
     return out

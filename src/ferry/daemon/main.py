@@ -223,7 +223,11 @@ async def serve(cfg: Config) -> None:
     identity = IdentityIO()
     # Secrets of jobs (credentials' passwords, SPEC §8.2; write-only custom headers, §8.3)
     # are sealed under a key in the state directory; the transport opens them per request.
-    secrets = SecretBox.in_state_dir(str(cfg.state_dir))
+    secrets = (
+        SecretBox.from_file(str(cfg.credentials_key))
+        if cfg.credentials_key is not None
+        else SecretBox.in_state_dir(str(cfg.state_dir))
+    )
     http = HttpTransport(
         ssl_context=tls,
         read_timeout=cfg.stall_timeout,

@@ -83,6 +83,12 @@ class SecretBox:
     def in_state_dir(cls, state_dir: str) -> SecretBox:
         return cls(_load_or_create(os.path.join(state_dir, KEY_FILE)))
 
+    @classmethod
+    def from_file(cls, path: str) -> SecretBox:
+        """The key at ``path`` (``[store] credentials_key``: one key shared by every worker
+        of a fleet), made there if missing, with the same checks as the state directory's."""
+        return cls(_load_or_create(path))
+
     @staticmethod
     def _aad(job_id: str, target: str, scheme: str) -> bytes:
         return f"ferry-credential\x00{job_id}\x00{target}\x00{scheme}".encode()
