@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from yarl import URL
 
 from ..errors import CODES, format_hresult, hresult_of
@@ -615,6 +616,18 @@ async def _get(state: State, request: web.Request) -> web.StreamResponse:
     return await _serve_fd(request, fd)
 
 
+class _OpenFileResponse(web.FileResponse):
+    """A FileResponse whose second ``prepare`` is a no-op. aiohttp prepares the response a
+    handler returns once more; FileResponse's ``prepare`` then stats its path again, but the
+    descriptor behind /proc/self/fd/N is closed by then (or, worse, N is another file now):
+    an "Unhandled exception" per GET and the client's keep-alive connection dropped."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
 async def _serve_fd(request: web.Request, fd: int) -> web.StreamResponse:
     """Serve an open file with aiohttp's FileResponse (ranges, If-Range, ETag, Last-Modified)
     through /proc/self/fd: the file opened without following links is the one served."""
@@ -630,7 +643,7 @@ async def _serve_fd(request: web.Request, fd: int) -> web.StreamResponse:
                 del headers["Range"]
                 del headers["If-Range"]
                 request = request.clone(headers=headers)
-        resp = web.FileResponse(f"/proc/self/fd/{fd}")
+        resp = _OpenFileResponse(f"/proc/self/fd/{fd}")
         await resp.prepare(request)
         return resp
     finally:
