@@ -221,7 +221,9 @@ class SJob:
     done: bool = False
     completing: bool = False
     error_seen: bool = False
+    refusals: set[str] = field(default_factory=set)
     submitted: bool = False  # its creation was attempted
+    ready: bool = False  # created, its file added and resumed
 
     @property
     def name(self) -> str:
@@ -397,6 +399,7 @@ def run_soak(
             job.add_file(sj.url, str(sj.local))
         if job.state is ferry.JobState.SUSPENDED:
             job.resume()
+        sj.ready = True
 
     def verify(sj: SJob) -> None:
         target = sj.remote if sj.remote is not None else sj.local
@@ -548,7 +551,7 @@ def run_soak(
                     for sj in live:
                         if sj.done:
                             continue
-                        if not sj.id:
+                        if not sj.ready:  # a restart interrupted its creation
                             submit(c, sj)
                             continue
                         job = states.get(sj.id)
@@ -557,7 +560,9 @@ def run_soak(
                         except ferry.FerryError as exc:
                             if exc.code == "E_FAIL":  # ferryd away (DaemonUnavailable too)
                                 raise
-                            result.note(f"{sj.name}: {exc.code}: {exc}")
+                            if exc.code not in sj.refusals:
+                                result.note(f"{sj.name}: {exc}")
+                            sj.refusals.add(exc.code)
             except (ferry.FerryError, OSError) as exc:
                 if DEBUG_STATES:
                     say(f"DBG {now:.1f} {type(exc).__name__}: {exc}")
