@@ -6,6 +6,7 @@
 #   make demo      ferry at work (~20 s): a progress bar, then a job surviving a kill -9
 #   make bench     benchmarks against curl and aria2   (make bench QUICK=1 for a short run)
 #   make torture   crash/restart torture run           (make torture QUICK=1 likewise)
+#   make soak      30-minute soak: 10,000 jobs, restarts; RSS/fds/tasks flat (QUICK=1: 2 min)
 #   make man       regenerate man/ and completions/ from the code (commit the result)
 #   make install   install ferry (pip) and its man pages and shell completions under PREFIX
 #   make clean     remove the venv and every cache
@@ -74,6 +75,12 @@ bench: venv
 
 torture: venv
 	$(QUICK_ENV) $(BIN)/python benchmarks/torture.py
+
+# Not in `make test`: 30 minutes (QUICK=1: 2). Samples in benchmarks/results/soak.csv, the
+# plot in benchmarks/soak.png (commit it with the figures in benchmarks/README.md).
+.PHONY: soak
+soak: venv
+	$(QUICK_ENV) $(BIN)/python benchmarks/soak.py
 
 # Man pages and completions are generated from the code (ferry/manpages.py) and committed,
 # so `pip install` ships them; a test fails when these copies differ from the code.

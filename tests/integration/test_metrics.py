@@ -123,6 +123,7 @@ def test_metrics_follow_what_ferryd_does(
         # At least the held one (a finished job's run may still be letting go of its slot).
         assert _value(m, "ferry_transfers_running") >= 1
         assert _value(m, "ferry_api_connections") >= 1  # the scrape itself
+        assert _value(m, "ferry_tasks") >= 2  # the scrape's handler and a transfer at least
         assert _value(m, "ferry_store_commit_seconds_count") > 5
         assert _value(m, "ferry_store_commit_seconds_bucket", le="+Inf") == _value(
             m, "ferry_store_commit_seconds_count"

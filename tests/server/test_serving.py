@@ -110,3 +110,28 @@ def test_sub_application(embedded: AppServer, base: Path) -> None:
     assert (base / "root" / "sub.bin").read_bytes() == data  # the prefix is not in the path
     assert raw_request(p, "GET", "/uploads/sub.bin").body == data
     assert bits(p, "/uploads/../x", "Create-Session").status == 400
+
+
+def test_get_keeps_the_connection_and_logs_no_error(base: Path, servers: list[FerryServer]) -> None:
+    """aiohttp prepares the response a handler returns a second time; a FileResponse then
+    stats /proc/self/fd/N again after the server closed N. Found by the soak run (every
+    reply fetch of an upload-reply job): an "Unhandled exception" per GET and the client's
+    keep-alive connection closed under it. Three GETs (and a HEAD) on one connection."""
+    import socket
+
+    from harness.upserver import read_answer
+
+    s = FerryServer(base / "root", state_dir=base / "state").start()
+    servers.append(s)
+    data = os.urandom(50_000)
+    upload(s.port, "/k.bin", data)
+    with socket.create_connection(("127.0.0.1", s.port), 30) as sock:
+        for method in ("GET", "HEAD", "GET", "GET"):
+            a = raw_request(s.port, method, "/k.bin", sock=sock)
+            assert a.status == 200, (method, a.status)
+            assert a.body == (data if method == "GET" else b"")
+        # the connection is still open: one more request on it is answered
+        sock.sendall(f"GET /k.bin HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\n\r\n".encode())
+        assert read_answer(sock, "GET").body == data
+    s.stop()
+    assert "Unhandled exception" not in s.log(200_000)

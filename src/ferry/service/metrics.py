@@ -15,6 +15,7 @@ OpenMetrics variant a scraper may ask for) rather than printing the text by hand
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from operator import attrgetter
@@ -146,3 +147,18 @@ class _StateCollector:
             "Client connections open to the API (socket and metrics listener)",
             value=self._m.connections(),
         )
+        yield GaugeMetricFamily(
+            "ferry_tasks",
+            "asyncio tasks alive in ferryd's event loop (back to its idle level when no "
+            "job runs and no client is connected; a count that keeps growing is a leak)",
+            value=_task_count(),
+        )
+
+
+def _task_count() -> int:
+    """Tasks of the running loop: scrapes are answered on ferryd's loop (the socket's API and
+    the metrics listener share it). 0 when called outside a loop (a registry read by hand)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0
