@@ -52,6 +52,8 @@ log = logging.getLogger("ferry.transfer")
 ENV_SWITCH = "FERRY_LEAN_HTTP"
 BUFFER = 1 << 20  # a foreground response's receive buffer (reused across responses)
 HEAD_MAX = 64 << 10  # the most a status line and headers may take
+WATCH_MIN = BACKGROUND_RCVBUF  # a body with more than this to come is shown to the controller
+YIELD_BYTES = 4 << 20  # a body that never makes us wait yields to the loop this often
 IDLE_SECONDS = 15.0  # how long an idle connection is kept (aiohttp's keepalive_timeout)
 IDLE_PER_HOST = 16  # idle connections kept per host
 DNS_SECONDS = 10.0  # how long a name's addresses are reused (aiohttp's ttl_dns_cache)
@@ -98,6 +100,7 @@ class _Reader:
     end: int = 0
     got: int = 0  # bytes of this response received so far
     eof: bool = False
+    burst: int = 0  # bytes taken without waiting since the loop last ran others
 
     async def fill(self) -> int:
         """Receive more (after what is buffered); 0 at EOF."""
@@ -110,20 +113,55 @@ class _Reader:
             self.view[:size] = self.view[self.start : self.end]
             self.start, self.end = 0, size
         room = min(len(self.view), self.end + self.limit)
-        self.timeout.reschedule(self.loop.time() + self.stall)
+        target = self.view[self.end : room]
         try:
-            n = await self.loop.sock_recv_into(self.conn.sock, self.view[self.end : room])
-        except (ConnectionError, OSError) as exc:
-            if isinstance(exc, TimeoutError):
-                raise
+            # What has arrived is taken at once, without the loop's reader registration or
+            # a deadline; only a read that has to wait goes through the loop, under the
+            # stall timeout. A steady stream yields to the loop every YIELD_BYTES.
+            n = self.conn.sock.recv_into(target)
+        except BlockingIOError:
+            n = await self._wait_recv(target)
+        except OSError as exc:
             raise _Closed(str(exc) or type(exc).__name__, self.got > 0) from None
-        finally:
-            _disarm(self.timeout)
+        else:
+            self.burst += n
+            if self.burst >= YIELD_BYTES:
+                self.burst = 0
+                await asyncio.sleep(0)
         if n == 0:
             self.eof = True
         self.end += n
         self.got += n
         return n
+
+    async def _wait_recv(self, target: memoryview) -> int:
+        self.burst = 0
+        self.timeout.reschedule(self.loop.time() + self.stall)
+        try:
+            return await self.loop.sock_recv_into(self.conn.sock, target)
+        except OSError as exc:
+            if isinstance(exc, TimeoutError):
+                raise
+            raise _Closed(str(exc) or type(exc).__name__, self.got > 0) from None
+        finally:
+            _disarm(self.timeout)
+
+    async def head(self) -> bytes:
+        """The status line and header fields up to the empty line, without it."""
+        scan = self.start
+        while True:
+            at = self.buf.find(b"\r\n\r\n", scan, self.end)
+            if at >= 0:
+                out = bytes(self.buf[self.start : at])
+                self.start = at + 4
+                return out
+            if self.end - self.start > HEAD_MAX:
+                raise _invalid_plain("the response's headers are too long")
+            scan = max(self.start, self.end - 3)
+            moved = self.start
+            if await self.fill() == 0:
+                raise _Closed("the server closed the connection", self.got > 0)
+            scan = max(self.start, scan - (moved - self.start))  # data moved to the start
 
     async def line(self) -> bytes:
         """One CRLF-terminated line, without its CRLF."""
@@ -283,15 +321,7 @@ class LeanHttpTransport:
                             conn, buf, memoryview(buf), limit, loop, timeout, self._stall
                         )
                         try:
-                            timeout.reschedule(loop.time() + self._stall)
-                            try:
-                                await loop.sock_sendall(conn.sock, wire)
-                            except (ConnectionError, OSError) as exc:
-                                if isinstance(exc, TimeoutError):
-                                    raise
-                                raise _Closed(str(exc), False) from None
-                            finally:
-                                _disarm(timeout)
+                            await self._send(conn, wire, timeout)
                             head = await self._head(reader)
                         except _Closed as closed:
                             if conn.reused and not closed.answered and attempt == 1:
@@ -323,22 +353,36 @@ class LeanHttpTransport:
         finally:
             self._buffers.append(buf)
 
+    async def _send(self, conn: _Conn, wire: bytes, timeout: asyncio.Timeout) -> None:
+        """The request; a whole one fits the socket's buffer at once, as a rule."""
+        try:
+            sent = conn.sock.send(wire)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise _Closed(str(exc), False) from None
+        if sent == len(wire):
+            return
+        loop = asyncio.get_running_loop()
+        timeout.reschedule(loop.time() + self._stall)
+        try:
+            await loop.sock_sendall(conn.sock, wire[sent:])
+        except OSError as exc:
+            if isinstance(exc, TimeoutError):
+                raise
+            raise _Closed(str(exc), False) from None
+        finally:
+            _disarm(timeout)
+
     async def _head(self, reader: _Reader) -> _Head:
         """The status line and headers (1xx interim answers skipped)."""
         while True:
-            first = await reader.line()
+            first, *fields = (await reader.head()).split(b"\r\n")
             m = _STATUS.match(first)
             if m is None:
                 raise _invalid_plain(f"malformed status line {first[:80]!r}")
             raw: list[tuple[str, str]] = []
-            size = len(first)
-            while True:
-                line = await reader.line()
-                if not line:
-                    break
-                size += len(line) + 2
-                if size > HEAD_MAX:
-                    raise _invalid_plain("the response's headers are too long")
+            for line in fields:
                 name, colon, value = line.partition(b":")
                 if not colon or not name or name != name.strip() or line[:1] in b" \t":
                     raise _invalid_plain(f"malformed header line {line[:80]!r}")
@@ -386,7 +430,12 @@ class LeanHttpTransport:
         request.final_url = str(url)
         await sink.response()
         on_socket = getattr(sink, "on_socket", None)
-        if on_socket is not None:
+        if on_socket is not None and (
+            end is None or end - sink.offset - (reader.end - reader.start) > WATCH_MIN
+        ):
+            # The idle-bandwidth controller steers a transfer through its receive window: a
+            # body that has (nearly) arrived with the headers cannot be steered, and was
+            # never watched on aiohttp's path either (its connection was released by then).
             on_socket(reader.conn.sock)
         return await self._body(request, url, sink, reader, head, end), False
 
