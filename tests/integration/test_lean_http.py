@@ -464,3 +464,66 @@ def test_switched_off_everything_goes_through_aiohttp(
         assert "lean http:" not in log_text(off)
     finally:
         assert off.stop() == 0
+
+
+# ---- tmpfs: checkpoints and the last fsync on the loop thread ------------------------------
+
+
+@pytest.fixture
+def shm_dest() -> Iterator[Path]:
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm (tmpfs) on this machine")
+    path = Path(tempfile.mkdtemp(prefix="fy-lean-", dir="/dev/shm"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_sync_is_free_only_on_memory_file_systems(shm_dest: Path, tmp_path: Path) -> None:
+    from ferry.transfer.sink import sync_is_free
+
+    fd = os.open(shm_dest / "x", os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        assert sync_is_free(fd)
+    finally:
+        os.close(fd)
+    fd = os.open("/proc/self/mountinfo", os.O_RDONLY)  # proc: not a memory file system
+    try:
+        assert not sync_is_free(fd)
+    finally:
+        os.close(fd)
+
+
+def test_tmpfs_destination_drop_resume_and_many_files(
+    d: Daemon, srv: ServerThread[FaultServer], shm_dest: Path
+) -> None:
+    data = serve(srv, "lshm", 3 * MiB, Drop(1_500_000))
+    url, local = srv.server.url("/f/lshm"), shm_dest / "shm.bin"
+    job = create(d, "shm")
+    add(d, job, url, local)
+    act(d, job, "resume")
+    j = wait_state(d, job, "TRANSIENT_ERROR", "ERROR", "TRANSFERRED")
+    assert_error(
+        j, "TRANSIENT_ERROR BG_E_CONNECTION_CLOSED 0x8020002E GENERAL_TRANSPORT", url, local
+    )
+    kept = files(d, job)[0]["bytes_transferred"]
+    assert 0 < kept <= 1_500_000, "what arrived was synced and reported"
+    assert only_temp(shm_dest).read_bytes() == data[:kept]
+    act(d, job, "resume")
+    transferred(d, job)
+    act(d, job, "complete")
+    assert local.read_bytes() == data
+
+    blobs = {f"m{i:02d}": serve(srv, f"lshm{i}", 40 * KiB + i) for i in range(40)}
+    job = create(d, "shm-many")
+    status, body = d.call("POST", f"/v1/jobs/{job}/files", {"files": [
+        {"remote_name": srv.server.url(f"/f/lshm{i}"), "local_name": str(shm_dest / n)}
+        for i, n in enumerate(blobs)
+    ]})  # fmt: skip
+    assert status == 200, body
+    act(d, job, "resume")
+    transferred(d, job)
+    act(d, job, "complete")
+    for name, blob in blobs.items():
+        assert (shm_dest / name).read_bytes() == blob
+    assert temps(shm_dest) == []
