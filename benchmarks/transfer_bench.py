@@ -161,12 +161,14 @@ class Bench:
         for dest, out in destinations(self.work).items():
             walls: dict[str, list[float]] = {t: [] for t in tools}
             cpu: list[float] = []
+            cpu_of: dict[str, list[float]] = {t: [] for t in tools if t.startswith("ferry")}
             for r in range(rounds):
                 order = tools[r % len(tools):] + tools[: r % len(tools)]
                 for tool in order:
                     fresh(out)
                     pairs = [(self.nginx.url(rel), str(out / Path(rel).name)) for rel in files]
-                    c0 = self.daemon.cpu_seconds()
+                    which = self.ab if tool == "ferry CLI, B" and self.ab else self.daemon
+                    c0 = which.cpu_seconds()
                     if tool == "ferry CLI":
                         w = self.ferry_cli(pairs)
                     elif tool == "ferry CLI, bar":
@@ -178,7 +180,9 @@ class Bench:
                     else:
                         w = self.peer(tool, pairs, out)
                     if tool.startswith("ferry"):
-                        cpu.append(self.daemon.cpu_seconds() - c0)
+                        cpu_of[tool].append(which.cpu_seconds() - c0)
+                        if which is self.daemon:
+                            cpu.append(cpu_of[tool][-1])
                     walls[tool].append(w)
                     for rel, sha in files.items():
                         if sha256_file(out / Path(rel).name) != sha:
@@ -188,7 +192,9 @@ class Bench:
             shutil.rmtree(out, ignore_errors=True)
             med = {t: median(v) for t, v in walls.items()}
             rows.append({"what": label, "dest": dest, "median": med,
-                         "ferryd_cpu": median(cpu)})  # fmt: skip
+                         "ferryd_cpu": median(cpu),
+                         "ferryd_cpu_by_tool": {t: median(v) for t, v in cpu_of.items()},
+                         "rounds": walls})  # fmt: skip
         return rows
 
 
@@ -200,9 +206,11 @@ def render(rows: list[dict[str, Any]]) -> str:
         peers = [t for t in med if not t.startswith("ferry")]
         lines.append(f"{row['what']}, {row['dest']} (medians, s; ferryd CPU "
                      f"{row['ferryd_cpu']:.3f} s per run)")  # fmt: skip
+        by_tool = row.get("ferryd_cpu_by_tool", {})
         for t in ferry_tools:
             ratios = ", ".join(f"{med[t] / med[p]:.2f}x {p}" for p in peers)
-            lines.append(f"  {t:<16} {med[t]:7.3f}   {ratios}")
+            cpu = f"   ferryd CPU {by_tool[t]:.3f} s" if t in by_tool else ""
+            lines.append(f"  {t:<16} {med[t]:7.3f}   {ratios}{cpu}")
         for p in peers:
             lines.append(f"  {p:<16} {med[p]:7.3f}")
     return "\n".join(lines)

@@ -57,6 +57,8 @@ from ..transfer.bits_upload import BitsUploadTransport
 from ..transfer.engine import TransferEngine
 from ..transfer.gsscreds import remove_stale_copies
 from ..transfer.http import HttpTransport
+from ..transfer.lean import LeanHttpTransport
+from ..transfer.lean import enabled as lean_enabled
 from ..transfer.local import LocalTransport
 from .api import Api, metrics_app
 from .config import Config, load_config, parse_listen
@@ -246,11 +248,16 @@ async def serve(cfg: Config) -> None:
     # SPEC §10: the bandwidth limits in the data path, and what ferryd sees of the network.
     limiter = Limiter(cfg.bandwidth, clock)
     controller = limiter.enable_yielding()
+    # Plain http GETs on ferryd's own kept-alive sockets (issue #15; FERRY_LEAN_HTTP=0 turns
+    # it off): the rest (proxies, credentials, custom headers, ranges, redirects) via ``http``.
+    plain_http: HttpTransport | LeanHttpTransport = (
+        LeanHttpTransport(http) if lean_enabled() else http
+    )
     engine = TransferEngine(
         identity,
         limiter=limiter,
         # One transport per scheme and direction: a new one is a file in transfer/ and a line.
-        downloads={"http": http, "https": http, "file": LocalTransport(identity)},
+        downloads={"http": plain_http, "https": http, "file": LocalTransport(identity)},
         uploads={"http": uploads, "https": uploads},
         secrets=secrets,
         keytabs=cfg.keytabs,

@@ -93,6 +93,7 @@ class YieldController:
     def __init__(self, received: Any = None) -> None:
         self._sockets: dict[int, socket.socket] = {}
         self._peers: dict[int, tuple[int, Any]] = {}
+        self._attached: dict[int, int] = {}  # id(sock) -> transfers watching it
         self.rate: float | None = None
         self.queueing_delay: float | None = None
         self.received_rate = 0.0
@@ -108,12 +109,21 @@ class YieldController:
             peer = sock.getpeername()
         except OSError:
             return
-        self._sockets[id(sock)] = sock
-        self._peers[id(sock)] = (sock.family, peer)
+        key = id(sock)
+        self._sockets[key] = sock
+        self._peers[key] = (sock.family, peer)
+        # A kept-alive connection may carry the next file before the last one's transfer
+        # has ended (its detach comes later): count, so that detach does not unwatch it.
+        self._attached[key] = self._attached.get(key, 0) + 1
 
     def detach(self, sock: socket.socket) -> None:
-        self._sockets.pop(id(sock), None)
-        self._peers.pop(id(sock), None)
+        key = id(sock)
+        left = self._attached.pop(key, 1) - 1
+        if left > 0:
+            self._attached[key] = left
+            return
+        self._sockets.pop(key, None)
+        self._peers.pop(key, None)
 
     def peers(self) -> set[tuple[int, Any]]:
         """The servers of the watched sockets; closed sockets are dropped."""
@@ -121,6 +131,7 @@ class YieldController:
             if tcp_delay(sock) == -1.0:
                 del self._sockets[key]
                 self._peers.pop(key, None)
+                self._attached.pop(key, None)
         return set(self._peers.values())
 
     def _base_delay(self, sample: float) -> float:

@@ -10,9 +10,11 @@ thread (page-cache writes of ``WRITE_MAX`` take well under a millisecond).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import posixpath
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +34,47 @@ def _fsync_and_close(fd: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# File systems that keep every byte in memory: their fsync is a no-op and cannot block, so
+# it runs on the loop thread instead of a worker (issue #15: a trip to a worker per small
+# file was a third of ferryd's wake-ups). ``FERRY_TMPFS_INLINE=0`` turns it off.
+MEMORY_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs"})
+_INLINE = os.environ.get("FERRY_TMPFS_INLINE", "1").strip().lower() not in {"0", "off", "no"}
+_memory_devices: dict[int, tuple[float, bool]] = {}  # st_dev -> (when looked up, memory?)
+
+
+def sync_is_free(fd: int) -> bool:
+    """Whether fsync of ``fd`` cannot block: its file system is tmpfs or ramfs (from
+    /proc/self/mountinfo, looked up once a minute per device)."""
+    if not _INLINE:
+        return False
+    try:
+        dev = os.fstat(fd).st_dev
+    except OSError:
+        return False
+    now = time.monotonic()
+    hit = _memory_devices.get(dev)
+    if hit is not None and now - hit[0] < 60.0:
+        return hit[1]
+    memory = _file_system_of(dev) in MEMORY_FILE_SYSTEMS
+    if len(_memory_devices) > 64:
+        _memory_devices.clear()
+    _memory_devices[dev] = (now, memory)
+    return memory
+
+
+def _file_system_of(dev: int) -> str | None:
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 6 and fields[2] == want and "-" in fields[6:]:
+                    return fields[fields.index("-", 6) + 1]
+    except OSError:
+        return None
+    return None
 
 
 class TempSink(Sink):
@@ -78,6 +121,8 @@ class TempSink(Sink):
         # and nothing may be reported until a later flush settles it.
         self._settled = True
         self._closed = False
+        # fsync cannot block here (tmpfs): checkpoints and the last sync run inline.
+        self._free_sync = sync_is_free(fd)
 
     @property
     def fd(self) -> int:
@@ -125,7 +170,9 @@ class TempSink(Sink):
             due = self._offset - self._reported >= self._every_bytes or (
                 self._loop.time() - self._last_sync >= self._every_seconds
             )
-            if due:
+            if due and self._free_sync:
+                await self.flush()
+            elif due:
                 self._sync_offset = self._offset
                 self._last_sync = self._loop.time()
                 self._sync = asyncio.ensure_future(self._identity.fsync(self._fd))
@@ -184,7 +231,10 @@ class TempSink(Sink):
         await self._collect()
         self._closed = True  # the worker closes the descriptor whatever happens
         try:
-            await self._identity.run_io(_fsync_and_close, self._fd)
+            if self._free_sync:
+                _fsync_and_close(self._fd)
+            else:
+                await self._identity.run_io(_fsync_and_close, self._fd)
         except OSError as exc:
             raise local_error(exc, "cannot sync the temporary file") from None
         return self._offset
@@ -198,7 +248,13 @@ class TempSink(Sink):
         if not force and self._offset == self._reported:
             return
         try:
-            await self._identity.fsync(self._fd)
+            if self._free_sync:
+                try:
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    raise FerryError.from_oserror(exc, "cannot sync the temporary file") from None
+            else:
+                await self._identity.fsync(self._fd)
         except FerryError as exc:
             raise TransferError.from_ferry_error(exc, context=ErrorContext.LOCAL_FILE) from None
         self._reported = self._offset
@@ -229,7 +285,11 @@ class TempSink(Sink):
         cancelled = await self._drain("the file was being closed")
         if not self._closed:
             self._closed = True
-            await self._identity.close(self._fd)
+            if self._free_sync:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+            else:
+                await self._identity.close(self._fd)
         if cancelled:
             raise asyncio.CancelledError
 
