@@ -6,11 +6,16 @@ median of each is printed.
     .venv/bin/python -m benchmarks.create_bench [N] [ROUNDS] [--profile FILE]
 
 ``--profile FILE`` runs ferryd under cProfile (its stats written to FILE when it stops).
+``FERRYD_AB=VAR=VALUE`` adds a second ferryd ("B") with that variable set, measured in
+the same rounds, alternating (``FERRYD_AB=PYTHONPATH=/old/checkout/src``: before/after).
+Each phase also reports the mean number of writes per store commit (ferryd's
+``ferry_store_writes_total`` over ``ferry_store_commit_seconds_count``): the group commit.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -60,6 +65,27 @@ def _concurrent(sock: str, n: int, clients: int, tag: str) -> float:
     return (n // clients) * clients / elapsed
 
 
+def _commits(sock: str) -> tuple[float, float]:
+    """(store commits, writes committed) so far, from ferryd's metrics: their differences
+    over a phase give the mean group size (writes sharing one commit and its fsync)."""
+    import ferry
+
+    with ferry.Client(sock) as c:
+        text = c.metrics()
+    commits = writes = 0.0
+    for line in text.splitlines():
+        if line.startswith("ferry_store_commit_seconds_count"):
+            commits = float(line.split()[-1])
+        elif line.startswith("ferry_store_writes_total"):
+            writes = float(line.split()[-1])
+    return commits, writes
+
+
+def _group(a: tuple[float, float], b: tuple[float, float]) -> float:
+    commits = b[0] - a[0]
+    return (b[1] - a[1]) / commits if commits else 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     profile = None
@@ -70,8 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     n = int(args[0]) if args else 2000
     rounds = int(args[1]) if len(args) > 1 else 3
     with tempfile.TemporaryDirectory(prefix="ferry-createbench-", dir="/var/tmp") as tmp:
-        d = Daemon(Path(tmp) / "d", log_level="warning")
+        daemons = {"A": Daemon(Path(tmp) / "d", log_level="warning")}
+        # FERRYD_AB="VAR=VALUE": a second ferryd ("B") with that variable in its environment,
+        # measured in the same rounds, alternating with A (e.g. PYTHONPATH=OLD_CHECKOUT/src).
+        if os.environ.get("FERRYD_AB"):
+            var, _, value = os.environ["FERRYD_AB"].partition("=")
+            daemons["B"] = Daemon(Path(tmp) / "d-ab", log_level="warning", env={var: value})
         if profile is not None:
+            d = daemons["A"]
             real = d.command
 
             def profiled() -> list[str]:
@@ -79,27 +111,50 @@ def main(argv: list[str] | None = None) -> int:
                 return [cmd[0], "-m", "cProfile", "-o", profile, *cmd[1:]]
 
             d.command = profiled  # type: ignore[method-assign]
-        d.start()
+        for d in daemons.values():
+            d.start()
         try:
-            seq: list[float] = []
-            conc: list[float] = []
-            cpu_seq: list[float] = []
-            cpu_conc: list[float] = []
+            seq: dict[str, list[float]] = {k: [] for k in daemons}
+            conc: dict[str, list[float]] = {k: [] for k in daemons}
+            cpu_seq: dict[str, list[float]] = {k: [] for k in daemons}
+            cpu_conc: dict[str, list[float]] = {k: [] for k in daemons}
+            groups: dict[str, list[float]] = {k: [] for k in daemons}
             for r in range(rounds):
-                c0 = d.cpu_seconds()
-                seq.append(_sequential(d.socket, n, f"s{r}"))
-                c1 = d.cpu_seconds()
-                conc.append(_concurrent(d.socket, n, 8, f"c{r}"))
-                c2 = d.cpu_seconds()
-                cpu_seq.append(1e6 * (c1 - c0) / (n + 1))
-                cpu_conc.append(1e6 * (c2 - c1) / (n + 8))
-                print(f"  round {r}: sequential {seq[-1]:,.0f}/s ({cpu_seq[-1]:.0f} µs ferryd CPU "
-                      f"each), 8 clients {conc[-1]:,.0f}/s ({cpu_conc[-1]:.0f} µs each)")
-            print(f"job creations/s (median of {rounds}, {n} a run): sequential "
-                  f"{median(seq):,.0f}, 8 concurrent clients {median(conc):,.0f}; ferryd CPU "
-                  f"per creation {median(cpu_seq):.0f} / {median(cpu_conc):.0f} µs")  # fmt: skip
+                # Alternating: A then B in even rounds, B then A in odd ones, each phase.
+                order = list(daemons) if r % 2 == 0 else list(reversed(daemons))
+                for k in order:
+                    d = daemons[k]
+                    c0 = d.cpu_seconds()
+                    seq[k].append(_sequential(d.socket, n, f"s{r}"))
+                    c1 = d.cpu_seconds()
+                    cpu_seq[k].append(1e6 * (c1 - c0) / (n + 1))
+                for k in order:
+                    d = daemons[k]
+                    g0 = _commits(d.socket)
+                    c1 = d.cpu_seconds()
+                    conc[k].append(_concurrent(d.socket, n, 8, f"c{r}"))
+                    c2 = d.cpu_seconds()
+                    groups[k].append(_group(g0, _commits(d.socket)))
+                    cpu_conc[k].append(1e6 * (c2 - c1) / (n + 8))
+                for k in daemons:
+                    print(f"  round {r} {k}: sequential {seq[k][-1]:,.0f}/s ({cpu_seq[k][-1]:.0f} "
+                          f"µs ferryd CPU each), 8 clients {conc[k][-1]:,.0f}/s "
+                          f"({cpu_conc[k][-1]:.0f} µs each; {groups[k][-1]:.1f} writes a "
+                          f"commit)")  # fmt: skip
+            for k in daemons:
+                print(f"{k}: job creations/s (median of {rounds}, {n} a run): sequential "
+                      f"{median(seq[k]):,.0f}, 8 concurrent clients {median(conc[k]):,.0f}; "
+                      f"ferryd CPU per creation {median(cpu_seq[k]):.0f} / "
+                      f"{median(cpu_conc[k]):.0f} µs; 8 clients: {median(groups[k]):.1f} "
+                      f"writes per commit (0: not reported)")  # fmt: skip
+            if "B" in daemons:
+                ratio = [a / b for a, b in zip(seq["A"], seq["B"], strict=True)]
+                ratio_c = [a / b for a, b in zip(conc["A"], conc["B"], strict=True)]
+                print(f"A/B rate, rounds' median: sequential {median(ratio):.2f}x, "
+                      f"8 clients {median(ratio_c):.2f}x")  # fmt: skip
         finally:
-            d.stop()
+            for d in daemons.values():
+                d.stop()
     return 0
 
 

@@ -18,12 +18,18 @@ class JobState(StrEnum):
 
     @property
     def is_final(self) -> bool:
-        return self in (JobState.ACKNOWLEDGED, JobState.CANCELLED)
+        # Identity against module constants: ``JobState.X`` inside a method is a lookup
+        # through the enum's descriptor each time, and this is asked for every job at start.
+        return self is _ACKNOWLEDGED or self is _CANCELLED
 
     @property
     def is_active(self) -> bool:
         """Waiting for or doing a transfer: the scheduler owns the job."""
-        return self in (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING)
+        return self is _QUEUED or self is _CONNECTING or self is _TRANSFERRING
+
+
+_ACKNOWLEDGED, _CANCELLED = JobState.ACKNOWLEDGED, JobState.CANCELLED
+_QUEUED, _CONNECTING, _TRANSFERRING = JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING
 
 
 class JobType(StrEnum):

@@ -62,11 +62,15 @@ def default_state_dir(system: bool, environ: Mapping[str, str] | None = None) ->
 
 # ---- values: the client's conveniences and the CLI's text ------------------------------------
 
+_PLAIN = frozenset({str, int, float, bool})
+
 
 def wire_value(value: Any) -> Any:
     """Enums travel as their wire spelling, IntFlags as plain ints."""
+    if value is None or type(value) in _PLAIN:  # most values: no attribute lookups
+        return value
     if isinstance(value, Enum):
-        return value.value
+        return value._value_  # what ``.value`` returns, without the enum's descriptor
     to_json = getattr(value, "to_json", None)
     if callable(to_json) and not isinstance(value, type):
         return to_json()

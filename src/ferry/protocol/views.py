@@ -58,8 +58,8 @@ def job_view(job: Job) -> dict[str, Any]:
     for name in _PROPERTY_NAMES:
         view[name] = wire_value(getattr(job, name))
     view.update({
-        "type": job.type.value,
-        "state": job.state.value,
+        "type": job.type._value_,
+        "state": job.state._value_,
         "owner": job.owner.summary(),
         "progress": {
             "bytes_total": job.bytes_total,
@@ -116,7 +116,7 @@ def reply_view(job: Job) -> dict[str, Any] | None:
 def _waiting_view(job: Job) -> dict[str, Any] | None:
     """Why a queued job waits (SPEC §10), as the scheduler last found it."""
     w = job.waiting
-    if w is None or job.state.value not in ("QUEUED", "TRANSIENT_ERROR"):
+    if w is None or job.state._value_ not in ("QUEUED", "TRANSIENT_ERROR"):
         return None
     code = str(w.get("code", "S_OK"))
     return {

@@ -16,6 +16,9 @@ from .table import JobTable
 
 log = logging.getLogger("ferry.housekeeping")
 
+# A pass over every job gives the event loop back after this many (a few milliseconds).
+YIELD_EVERY = 2000
+
 # Cancels a job unless it was modified after the given time (the manager's cancel_job).
 Cancel = Callable[[Job, float], Awaitable[object]]
 
@@ -44,12 +47,17 @@ class Housekeeper:
     async def sweep(self, retention: float, inactivity: float) -> None:
         """One round over every job."""
         now = self._clock()
-        for job in self._table.all():
+        for n, job in enumerate(self._table.all(), 1):
+            if not n % YIELD_EVERY:
+                # A pass over 100,000 jobs right after a start must not hold the event loop
+                # (the socket is already serving): let waiting requests in now and then.
+                await asyncio.sleep(0)
             idle = now - job.modified
             if job.state.is_final:
-                if idle >= retention:
+                # (Still in the table: this pass lets others run, and one may have removed it.)
+                if idle >= retention and self._table.get(job.id) is job:
                     await self._purge(job)
-            elif idle >= inactivity:
+            elif idle >= inactivity and self._table.get(job.id) is job:
                 log.info("cancelling job %s: inactive for %d s", job.id, idle)
                 try:
                     await self._cancel(job, job.modified)

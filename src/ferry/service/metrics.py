@@ -77,6 +77,14 @@ class Metrics:
             buckets=COMMIT_BUCKETS,
             registry=self.registry,
         )
+        # Beside the commits' count (the histogram's _count): writes / commits is the mean
+        # group size, how many callers one fsync served.
+        self.store_writes = Counter(
+            "ferry_store_writes",
+            "Writes committed to the store (each caller's one change); several share one "
+            "commit when they queue up during a commit (group commit)",
+            registry=self.registry,
+        )
         self.jobs: Callable[[], Iterable[Job]] = tuple
         self.running: Callable[[], int] = lambda: 0
         self.connections: Callable[[], int] = lambda: 0
@@ -104,9 +112,11 @@ class Metrics:
     def notified(self, event: str, outcome: str) -> None:
         self.notifications.labels(event, outcome).inc()
 
-    def committed(self, seconds: float) -> None:
-        """Called on the store's thread (prometheus-client's metrics are thread-safe)."""
+    def committed(self, seconds: float, writes: int = 1) -> None:
+        """Called on the store's thread (prometheus-client's metrics are thread-safe).
+        ``writes``: how many callers' writes that commit carried (group commit)."""
         self.commits.observe(seconds)
+        self.store_writes.inc(writes)
 
     # ---- exposition ----------------------------------------------------------------------
 

@@ -78,13 +78,32 @@ class JobTable:
         In fleet mode (``requeue_interrupted=False``) a running job may be another worker's
         live transfer: the fleet's lease reaper queues the ones whose worker died instead."""
         now = self._clock()
-        interrupted: list[Job] = []
-        for job in await self._store.load_all():
-            self.add(job)
-            if requeue_interrupted and job.state in (JobState.CONNECTING, JobState.TRANSFERRING):
-                job.requeue(now)
-                interrupted.append(job)
-            self._index.job_changed(job)
+        jobs = await self._store.load_all()
+        # In bulk (100,000 jobs at start): the dicts built by comprehension, the index told
+        # in one call when it can take them so (RunQueue.jobs_loaded), each job otherwise.
+        running = (JobState.CONNECTING, JobState.TRANSFERRING)
+        interrupted = [j for j in jobs if j.state in running] if requeue_interrupted else []
+        for job in interrupted:
+            job.requeue(now)
+        if not self._jobs:
+            self._jobs = {j.id: j for j in jobs}
+            by_owner = self._by_owner
+            for job in jobs:
+                uid = job.owner.uid
+                owned = by_owner.get(uid)
+                if owned is None:
+                    by_owner[uid] = {job.id: job}
+                else:
+                    owned[job.id] = job
+        else:
+            for job in jobs:
+                self.add(job)
+        bulk = getattr(self._index, "jobs_loaded", None)
+        if bulk is not None:
+            bulk(jobs)
+        else:
+            for job in jobs:
+                self._index.job_changed(job)
         # Issued together: a store that commits in groups makes them one commit.
         await asyncio.gather(*(self._store.save_job_header(job) for job in interrupted))
         return len(self._jobs)

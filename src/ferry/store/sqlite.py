@@ -85,7 +85,7 @@ class SqliteJobStore:
         db: SqliteStore,
         *,
         max_group: int = MAX_GROUP,
-        on_commit: Callable[[float], None] | None = None,
+        on_commit: Callable[[float, int], None] | None = None,
     ) -> None:
         self.db = db
         self.path = db.path
@@ -97,7 +97,7 @@ class SqliteJobStore:
                 try:
                     return db.apply_group(writes)
                 finally:
-                    on_commit(time.perf_counter() - t0)
+                    on_commit(time.perf_counter() - t0, len(writes))
 
         self._thread: StoreThread[Write[Any]] = StoreThread(
             "ferry-store", apply_group, db.close, db.closed_error, max_group=max_group
@@ -109,11 +109,12 @@ class SqliteJobStore:
         path: Path,
         *,
         check: bool = True,
-        on_commit: Callable[[float], None] | None = None,
+        on_commit: Callable[[float, int], None] | None = None,
     ) -> SqliteJobStore:
         """Open as :meth:`SqliteStore.open` does (on the calling thread: it runs before the
-        daemon serves anything) and start the store's thread. ``on_commit(seconds)`` is told
-        the duration of every group commit, on the store's thread."""
+        daemon serves anything) and start the store's thread. ``on_commit(seconds, writes)`` is
+        told the duration of every group commit and how many writes it carried, on the store's
+        thread."""
         return cls(SqliteStore.open(path, check=check), on_commit=on_commit)
 
     async def __aenter__(self) -> SqliteJobStore:

@@ -52,7 +52,7 @@ _NotificationRow = tuple[str, float, str]
 
 
 def _job_row(job: Job) -> _JobRow:
-    return (job.owner.uid, job.state.value, job.modified, _dumps(job_record(job)), job.id)
+    return (job.owner.uid, job.state._value_, job.modified, _dumps(job_record(job)), job.id)
 
 
 def _update_job(conn: sqlite3.Connection, row: _JobRow) -> None:
@@ -72,7 +72,7 @@ def _insert_notification(conn: sqlite3.Connection, row: _NotificationRow | None)
 
 
 def write_insert_job(job: Job) -> Write[None]:
-    row = (job.id, job.owner.uid, job.state.value, job.modified, _dumps(job_record(job)))
+    row = (job.id, job.owner.uid, job.state._value_, job.modified, _dumps(job_record(job)))
     jid = job.id
     files = [(jid, i, _dumps(file_record(f))) for i, f in enumerate(job.files)]
 
