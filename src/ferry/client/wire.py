@@ -10,8 +10,10 @@ protocol error and the connection is dropped. Event streams (SSE) still use http
 
 from __future__ import annotations
 
-import socket as _socket
-from collections.abc import Mapping
+TYPE_CHECKING = False  # not typing's: ``ferry list`` imports this module (cli/fast.py)
+if TYPE_CHECKING:
+    import socket as _socket
+    from collections.abc import Mapping
 
 MAX_HEAD = 64 * 1024  # bytes of status line + headers we accept before calling it garbage
 _RECV = 256 * 1024
