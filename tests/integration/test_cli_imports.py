@@ -93,3 +93,19 @@ def test_list_fast_path_leaves_failures_to_click(short_tmp: Path) -> None:
     assert proc.returncode == 1
     assert "the socket given by --socket" in proc.stderr
     assert '"error"' in proc.stdout
+
+
+@pytest.mark.parametrize("args", [("list",), ("--json", "list")])
+def test_list_fast_path_imports_neither_the_client_library_nor_typing(
+    ferryd: Daemon, args: tuple[str, ...]
+) -> None:
+    """Issue #15: ``ferry list`` is json, ``client.wire`` and the table over a bare socket;
+    the contract, the job model, the sync client, typing and dataclasses would double its
+    start-up."""
+    status, _ = ferryd.call("POST", "/v1/jobs", {"display_name": "one"})
+    assert status in (200, 201)
+    names = imported(*args, socket=ferryd.socket)
+    unwanted = {"typing", "dataclasses", "inspect", "socket", "ferry.protocol", "ferry.model",
+                "ferry.client.sync", "ferry.client._ops", "click"}  # fmt: skip
+    assert sorted(names & unwanted) == []
+    assert "ferry.client.wire" in names

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: ``ferry list`` imports this (see ferry/__init__.py)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 _STATE_SGR = {
     "TRANSFERRED": "32",

@@ -9,10 +9,11 @@ one line in ``_WHERE`` and one in the ``TYPE_CHECKING`` block.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .._lazy import lazy_exports
 
+# Not typing.TYPE_CHECKING: ``ferry list`` imports this package (for ``wire``), and typing
+# (with re) would cost it more than the rest of its imports (see ferry/__init__.py).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..protocol import SYSTEM_SOCKET
     from ._ops import DaemonUnavailable

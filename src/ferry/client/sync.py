@@ -2,9 +2,10 @@
 
 Not built on the asyncio client, so a plain script pays no event loop, no thread hop and no
 aiohttp import per call: one kept-alive connection (framed by ``wire``) is reused for every
-request, which is what makes thousands of calls per second possible. Event streams use
-``http.client``. The request logic itself lives in ``_ops``, the event-stream parser in
-``sse`` and the job and file views in ``views``; this module only moves bytes.
+request, which is what makes thousands of calls per second possible; event streams are
+framed by ``wire`` too, on a connection of their own. The request logic itself lives in
+``_ops``, the event-stream parser in ``sse`` and the job and file views in ``views``; this
+module only moves bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ..errors import FerryError
 from ..model.types import JobState, JobType, Priority, TokenFlags
@@ -27,9 +28,6 @@ from .impersonation import current as current_impersonation
 from .sockets import resolve_socket
 from .sse import Event
 from .views import FileInfo, JobView
-
-if TYPE_CHECKING:
-    import http.client
 
 T = TypeVar("T")
 
@@ -246,41 +244,40 @@ class EventStream:
 
     def __init__(self, path: str, target: str, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         # The timeout bounds connecting and the response head; reads of the stream itself
-        # wait as long as ``next`` is told to (events may be hours apart).
-        import http.client
-
-        from .unixhttp import UnixHTTPConnection
-
-        self._conn = UnixHTTPConnection(path, timeout)
+        # wait as long as ``next`` is told to (events may be hours apart). Framed by
+        # ``wire`` like every other call: http.client (with ssl and email) would cost a
+        # `ferry transfer` or `ferry wait` ~40 ms of imports before its first event.
+        self._sock: _socket.socket | None = _connect(path, timeout)
+        self._conn = wire.Connection(self._sock)
         self._parser = sse.SSEParser()
         self._pending: list[Event] = []
-        self._conn.sock = _connect(path, timeout)
         try:
-            self._conn.request("GET", target, headers=dict(_ops.SSE_HEADERS))
-            resp = self._conn.getresponse()
+            answer = self._conn.open_stream(target, _ops.SSE_HEADERS)
         except TimeoutError:
-            self._conn.close()
+            self.close()
             raise FerryError(
                 "E_FAIL", f"ferryd at {path} did not answer within {timeout} s"
             ) from None
-        except (ConnectionError, http.client.HTTPException) as e:
-            self._conn.close()
+        except ConnectionError as e:  # wire.ConnectionLost too
+            self.close()
             raise DaemonUnavailable(path, f"connection lost: {e}") from None
-        if resp.status >= 400:
-            raw = resp.read()
-            self._conn.close()
-            _ops.Call("GET", target, None, lambda d: d).finish(resp.status, raw)
-        self._resp: http.client.HTTPResponse | None = resp
+        except BaseException:
+            self.close()
+            raise
+        if answer is not None:
+            self.close()
+            _ops.Call("GET", target, None, lambda d: d).finish(answer.status, answer.body)
+            raise DaemonUnavailable(path, f"unexpected answer {answer.status}")
 
     def next(self, timeout: float | None = None) -> Event | None:
         """The next event, or None when the stream ended. With a timeout, raises
-        TimeoutError when nothing arrives in time; the stream is unusable afterwards (the
-        socket's buffered reader does not survive a timeout), which suits ``wait``. The
-        timeout bounds the whole call: keep-alive comments do not extend it."""
+        TimeoutError when nothing arrives in time; the stream is closed afterwards, which
+        suits ``wait``. The timeout bounds the whole call: keep-alive comments do not
+        extend it."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._pending:
-            resp = self._resp
-            if resp is None:
+            sock = self._sock
+            if sock is None:
                 return None
             remaining = None
             if deadline is not None:
@@ -288,23 +285,18 @@ class EventStream:
                 if remaining <= 0:
                     self.close()
                     raise TimeoutError("no event within the timeout")
-            sock = self._conn.sock
-            if sock is not None:
-                sock.settimeout(remaining)
-            import http.client
-
             try:
-                line = resp.readline()
+                sock.settimeout(remaining)
+                data = self._conn.read_some()
             except TimeoutError:
                 self.close()
                 raise
-            except (OSError, ValueError, http.client.HTTPException):
-                line = b""  # the daemon went away mid-stream: that is the end of it
-            if not line:
+            except (OSError, ValueError):
+                data = b""  # the daemon went away mid-stream: that is the end of it
+            if not data:
                 self.close()
                 return None
-            msg = self._parser.feed_line(line.decode("utf-8", "replace"))
-            if msg is not None:
+            for msg in self._parser.feed(data):
                 ev = Event.from_message(msg)
                 if ev is not None:
                     self._pending.append(ev)
@@ -320,8 +312,9 @@ class EventStream:
         return ev
 
     def close(self) -> None:
-        self._resp = None
-        self._conn.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     def __enter__(self) -> EventStream:
         return self

@@ -5,13 +5,17 @@
 ferryd (aiohttp) on a local socket, so this module frames a request in one ``sendall`` and
 reads the answer with a small parser: status line, headers, then a body framed by
 ``Content-Length``, by chunked encoding, or by the connection closing. Anything else is a
-protocol error and the connection is dropped. Event streams (SSE) still use http.client.
+protocol error and the connection is dropped. Event streams (SSE) use the same framing:
+``open_stream`` reads the head, ``read_some`` the body as it arrives (chunked, as aiohttp
+sends a stream, by length, or up to the close).
 """
 
 from __future__ import annotations
 
-import socket as _socket
-from collections.abc import Mapping
+TYPE_CHECKING = False  # not typing's: ``ferry list`` imports this module (cli/fast.py)
+if TYPE_CHECKING:
+    import socket as _socket
+    from collections.abc import Mapping
 
 MAX_HEAD = 64 * 1024  # bytes of status line + headers we accept before calling it garbage
 _RECV = 256 * 1024
@@ -39,6 +43,16 @@ def encode_request(
         lines.append(f"Content-Length: {len(body or b'')}")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return head + body if body else head
+
+
+def _content_length(fields: dict[str, str]) -> int:
+    try:
+        length = int(fields["content-length"])
+    except ValueError:
+        raise ConnectionLost("bad Content-Length in response") from None
+    if length < 0:
+        raise ConnectionLost("bad Content-Length in response")
+    return length
 
 
 class Connection:
@@ -87,7 +101,8 @@ class Connection:
             if not self._fill():
                 raise ConnectionLost("connection closed in the middle of a response")
 
-    def _read_response(self, method: str) -> Response:
+    def _read_head(self) -> tuple[str, int, dict[str, str], bool]:
+        """Status line and headers: (version, status, fields by lower-case name, will_close)."""
         while True:
             end = self._buf.find(b"\r\n\r\n")
             if end >= 0:
@@ -116,17 +131,16 @@ class Connection:
         will_close = conn_hdr == "close" or (version == "HTTP/1.0" and conn_hdr != "keep-alive")
         if status == 101:
             raise ConnectionLost("unexpected protocol switch")
+        return version, status, fields, will_close
+
+    def _read_response(self, method: str) -> Response:
+        _, status, fields, will_close = self._read_head()
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             return Response(status, b"", will_close)
         if "chunked" in fields.get("transfer-encoding", "").lower():
             body = self._read_chunked()
         elif "content-length" in fields:
-            try:
-                length = int(fields["content-length"])
-            except ValueError:
-                raise ConnectionLost("bad Content-Length in response") from None
-            if length < 0:
-                raise ConnectionLost("bad Content-Length in response")
+            length = _content_length(fields)
             self._need(length)
             body = bytes(self._buf[:length])
             del self._buf[:length]
@@ -139,6 +153,66 @@ class Connection:
         if self._buf:
             raise ConnectionLost("the daemon sent more than one response")
         return Response(status, body, will_close)
+
+    # ---- a streamed body (the event stream) ---------------------------------------------
+
+    def open_stream(self, target: str, headers: Mapping[str, str]) -> Response | None:
+        """GET ``target`` whose answer is a stream (``GET /v1/events``): None once a 2xx
+        head has arrived, its body then read piece by piece with ``read_some``; any other
+        answer is read whole and returned. The connection serves nothing else afterwards."""
+        self._buf.clear()
+        self.sock.sendall(encode_request("GET", target, None, headers))
+        _, status, fields, will_close = self._read_head()
+        if not 200 <= status < 300:
+            if "chunked" in fields.get("transfer-encoding", "").lower():
+                body = self._read_chunked()
+            elif "content-length" in fields:
+                length = _content_length(fields)
+                self._need(length)
+                body = bytes(self._buf[:length])
+            else:
+                while self._fill():
+                    pass
+                body = bytes(self._buf)
+            return Response(status, body, True)
+        self._chunked = "chunked" in fields.get("transfer-encoding", "").lower()
+        self._left: int | None = None  # bytes left of the chunk (or of the whole body)
+        if not self._chunked and "content-length" in fields:
+            self._left = _content_length(fields)
+        self._between = False  # a chunk's data ended: its CRLF comes next
+        return None
+
+    def read_some(self) -> bytes:
+        """The next bytes of a body opened by ``open_stream`` (whatever has arrived, at
+        least one byte; waits under the socket's timeout); b"" at its end."""
+        if self._chunked:
+            if not self._left:
+                if self._between:
+                    self._need(2)
+                    del self._buf[:2]
+                    self._between = False
+                size_line = self._read_line().split(b";", 1)[0].strip()
+                try:
+                    size = int(size_line, 16)
+                except ValueError:
+                    raise ConnectionLost("bad chunk size in response") from None
+                if size == 0:
+                    return b""
+                self._left = size
+        elif self._left == 0:
+            return b""
+        if not self._buf and not self._fill():
+            if self._chunked or self._left is not None:
+                raise ConnectionLost("connection closed in the middle of a response body")
+            return b""
+        n = len(self._buf) if self._left is None else min(len(self._buf), self._left)
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        if self._left is not None:
+            self._left -= n
+            if self._chunked and self._left == 0:
+                self._between = True
+        return out
 
     def _read_chunked(self) -> bytes:
         out = bytearray()
