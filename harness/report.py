@@ -16,6 +16,12 @@ class Report:
     fuzz_cases: int = 0
     raw_requests: int = 0
     attacks: int = 0
+    # Phase 2's API fuzzing (harness/hostile.py): generated cases per route ("METHOD
+    # /path"), cases aimed at another user's jobs or handles, and answers (plus the log and
+    # the store at the end) scanned for the bystanders' secrets.
+    fuzz_routes: dict[str, int] = field(default_factory=dict)
+    identity_attacks: int = 0
+    secret_scans: int = 0
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # The kind of each failure (same order as ``failures``), so a caller can tell a known
@@ -43,6 +49,11 @@ class Report:
             line += (
                 f"; {self.fuzz_cases} fuzz cases, {self.raw_requests} raw requests, "
                 f"{self.attacks} path attacks"
+            )
+        if self.fuzz_routes or self.identity_attacks or self.secret_scans:
+            line += (
+                f"; API fuzzing: {len(self.fuzz_routes)} routes, {self.identity_attacks} "
+                f"other-user attacks, {self.secret_scans} answers scanned for secrets"
             )
         if self.failures:
             line += f"; {len(self.failures)} FAILURES"
