@@ -41,3 +41,15 @@ def test_header_past_the_limit_is_a_bits_error(ferryd: Daemon) -> None:
     reply = raw_exchange(ferryd.socket, None, b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-A: "
                          + b"b" * 20_000 + b"\r\n\r\n")
     _bits_error(reply, 400, "E_INVALIDARG", "0x80070057")
+
+
+def test_every_path_parameter_is_declared() -> None:
+    """DELETE /v1/jobs/{job}/credentials/{target}/{scheme} named two parameters the
+    OpenAPI document did not declare (schemathesis then sent the braces literally)."""
+    from ferry.protocol.openapi import openapi_document
+
+    for path, methods in openapi_document()["paths"].items():
+        named = set(re.findall(r"\{(\w+)\}", path))
+        for method, op in methods.items():
+            declared = {p["name"] for p in op.get("parameters", ()) if p["in"] == "path"}
+            assert declared == named, f"{method.upper()} {path}: declares {sorted(declared)}"
