@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from harness.env import say
 from harness.faultserver import FaultServer
@@ -219,23 +223,44 @@ def fuzz_phase(
     seed: int,
     use_schemathesis: bool = True,
     hand_written: bool = True,
+    schemathesis_cases: int | None = None,
+    identities: bool = True,
+    threads: int = 2,
 ) -> None:
-    """Hostile requests; see the module docstring. ``use_schemathesis`` and
-    ``hand_written`` select the OpenAPI fuzzing and the raw requests + path attacks."""
+    """Hostile requests; see the module docstring. ``cases`` generated cases in all:
+    ``schemathesis_cases`` of them by schemathesis (default: a tenth, at most 1,000; 0
+    with ``use_schemathesis`` false) and the rest by harness/apifuzz.py's generator, in
+    ``threads`` threads per attacker identity. ``identities`` adds the other-user attacks
+    (root only) and the victim's secrets; ``hand_written`` the raw requests + path
+    attacks. Ends with the per-route table and a scan of ferryd's log and store."""
+    from harness.apifuzz import Checker, secret_needles
+
     root = os.geteuid() == 0
     identity = (NOBODY, NOBODY) if root else None
+    attackers: list[tuple[int, int] | None] = [identity]
+    if root and identities:
+        attackers.append((ATTACKER2, ATTACKER2))
+    if schemathesis_cases is None:
+        schemathesis_cases = min(cases // 10, 1000) if use_schemathesis else 0
+    if not use_schemathesis:
+        schemathesis_cases = 0
+    own_cases = max(0, cases - schemathesis_cases)
     started = time.monotonic()
-    who = "system-mode ferryd, attacker uid 65534" if root else "user-mode ferryd"
+    cases_before = report.fuzz_cases
+    who = (f"system-mode ferryd, attackers uid {', '.join(str(a[0]) for a in attackers if a)}"
+           if root else "user-mode ferryd")
     say(f"phase 2: hostile API ({who})")
     d = Daemon(work / "fz", system=root, config="[daemon]\nsession_poll_interval = 1\n",
                log_level="info")
     src = work / "fz-src"
     src.mkdir(parents=True)
+    os.chmod(work, 0o755)
     os.chmod(src, 0o755)
     make_file(src / "small.bin", 20 * KIB)
     make_file(src / "slow.bin", 8 * MIB)
     arena = work / "fz-arena"  # the attacker's own directory
     arena.mkdir(parents=True)
+    arenas = {NOBODY: arena, ATTACKER2: work / "fz-arena2"}
     protected = work / "fz-protected"  # root's (or at least not the attacker's)
     protected.mkdir(parents=True)
     os.chmod(protected, 0o755)
@@ -243,20 +268,43 @@ def fuzz_phase(
     sentinel.write_bytes(b"do not touch\n")
     os.chmod(sentinel, 0o644)
     if root:
-        os.chown(arena, NOBODY, NOBODY)
+        for uid, a in arenas.items():
+            a.mkdir(exist_ok=True)
+            make_file(a / "src.bin", 4 * KIB)
+            for p in (a, a / "src.bin"):
+                os.chown(p, uid, uid)
     sentinel_before = (sha256_file(sentinel), os.lstat(sentinel).st_mtime_ns)
     server = FaultServer(root=src, rate=2 * MIB).start()
     fwd: Forwarder | None = None
     d.start()
     hostile = Hostile(d, report, identity)
+    victims = Victims()
+    checker = Checker({})
     try:
         bystanders = _make_bystanders(d, identity, server, protected, arena)
+        if identities:
+            victims = _make_victims(d, server, work, report, root)
+        checker = Checker(secret_needles(victims.markers, victims.users))
         before = _jobs_snapshot(d, bystanders)
         etc_before = snapshot_tree(Path("/etc"))
-        fwd = Forwarder(d.socket, identity).start()
-        if use_schemathesis:
-            _schemathesis(fwd, d, report, cases, seed, hostile)
-        hostile.check_alive("the fuzzing")
+        status, doc = api_call(d.socket, "GET", "/v1/openapi.json")
+        if status != 200 or not isinstance(doc, dict):
+            report.fail(f"GET /v1/openapi.json -> {status}")
+            doc = {"paths": {}}
+        if own_cases:
+            _generated(d, report, doc, attackers, own_cases, seed, victims, arenas, arena,
+                       server, checker, threads, root)
+            hostile.check_alive("the generated cases")
+        if schemathesis_cases:
+            fwd = Forwarder(d.socket, identity).start()
+            _schemathesis(fwd, d, report, schemathesis_cases, seed, hostile, checker)
+            hostile.check_alive("the fuzzing")
+        if root and identities:
+            for attacker in attackers:
+                assert attacker is not None
+                _identity_attacks(d, report, attacker, victims,
+                                  arenas.get(attacker[0], arena), server, checker)
+            hostile.check_alive("the other-user attacks")
         if hand_written:
             _raw_requests(hostile)
             hostile.check_alive("the raw requests")
@@ -267,6 +315,18 @@ def fuzz_phase(
             if after.get(jid) != doc:
                 report.fail(f"a job that existed before the attacks changed: {jid}\n"
                             f"  before {doc}\n  after  {after.get(jid)}")
+        if root and victims.snapshot:
+            from harness.apifuzz import IdClient
+
+            admin = IdClient(d.socket, None)
+            try:
+                for jid, view in victims.snapshot.items():
+                    now = _victim_view(admin, jid)
+                    if now != view:
+                        report.fail(f"another user's job changed during the attacks: {jid}\n"
+                                    f"  before {view!r:.800}\n  after  {now!r:.800}")
+            finally:
+                admin.close()
         etc_after = snapshot_tree(Path("/etc"))
         changed = sorted(
             p for p in set(etc_before) | set(etc_after) if etc_before.get(p) != etc_after.get(p)
@@ -282,8 +342,44 @@ def fuzz_phase(
         if code not in (None, 0):
             report.fail(f"ferryd exited with status {code} on SIGTERM:\n{d.log(3000)}")
         server.stop()
-    say(f"  {report.fuzz_cases} fuzz cases, {report.raw_requests} raw requests, "
-        f"{report.attacks} path attacks, {time.monotonic() - started:.0f} s")
+    if victims.markers:
+        db = d.db_path
+        _scan_files(report, checker, [d.log_path], "ferryd's log")
+        _scan_files(report, checker, [db, Path(f"{db}-wal")], "the store")
+        report.secret_scans += 3
+    elapsed = time.monotonic() - started
+    _route_table(report)
+    n = report.fuzz_cases - cases_before
+    say(f"  {n} generated cases ({n / elapsed:.0f}/s over the phase), "
+        f"{report.identity_attacks} other-user attacks, {report.raw_requests} raw requests, "
+        f"{report.attacks} path attacks, {report.secret_scans} answers/files scanned for "
+        f"{len(victims.markers)} secrets, {elapsed:.0f} s")
+
+
+def _generated(d: Daemon, report: Report, doc: dict[str, Any],
+               attackers: list[tuple[int, int] | None], cases: int, seed: int,
+               victims: Victims, arenas: dict[int, Path], arena: Path, server: FaultServer,
+               checker: Any, threads: int, root: bool) -> None:
+    """harness/apifuzz.py's cases, ``threads`` threads per attacker, cases shared evenly."""
+    lock = threading.Lock()
+    fuzzers: list[Fuzzer] = []
+    for a_i, attacker in enumerate(attackers):
+        home = arenas.get(attacker[0], arena) if attacker else arena
+        for t in range(threads):
+            f = Fuzzer(d, report, attacker, doc, seed * 1000 + a_i * 100 + t,
+                       victims if root else Victims(), home, server, checker, lock)
+            fuzzers.append(f)
+    per, extra = divmod(cases, len(fuzzers))
+    t0 = time.monotonic()
+    workers = [threading.Thread(target=f.run, args=(per + (1 if i < extra else 0),),
+                                name=f"fuzz-{i}", daemon=True) for i, f in enumerate(fuzzers)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    took = time.monotonic() - t0
+    say(f"  schema-driven generator: {cases} cases in {took:.1f} s "
+        f"({cases / max(took, 1e-9):.0f}/s, {len(fuzzers)} threads)")
 
 
 def _make_bystanders(
@@ -317,7 +413,8 @@ def _jobs_snapshot(d: Daemon, ids: list[str]) -> dict[str, Any]:
 
 
 def _schemathesis(
-    fwd: Forwarder, d: Daemon, report: Report, cases: int, seed: int, hostile: Hostile
+    fwd: Forwarder, d: Daemon, report: Report, cases: int, seed: int, hostile: Hostile,
+    checker: Any = None,
 ) -> None:
     try:
         import requests
@@ -332,6 +429,8 @@ def _schemathesis(
     if status != 200 or not isinstance(doc, dict):
         report.fail(f"GET /v1/openapi.json -> {status}")
         return
+    started = time.monotonic()
+    before = report.fuzz_cases
     schema = schemathesis.openapi.from_dict(doc)
     ops = [r.ok() for r in schema.get_all_operations()]  # type: ignore[union-attr]
     per = max(1, cases // max(1, 2 * len(ops)))
@@ -341,6 +440,8 @@ def _schemathesis(
 
     def send(case: Any) -> None:
         report.fuzz_cases += 1
+        route = f"{case.method} {case.operation.path}"
+        report.fuzz_routes[route] = report.fuzz_routes.get(route, 0) + 1
         label = f"{case.method} {case.formatted_path}"
         # The event stream never ends: a short read timeout ends it (an error answer, the
         # only thing checked there, comes at once and whole).
@@ -356,6 +457,14 @@ def _schemathesis(
                 report.fail(f"{label}: no answer: {exc!r:.200}")
             return
         status = resp.status_code
+        if checker is not None and not (stream and status < 400):
+            report.secret_scans += 1
+            verdict = checker.judge(status, list(resp.headers.items()), resp.content)
+            if not verdict.ok and status < 500:
+                key = f"{route} {verdict.problem[:60]}"
+                if key not in seen_500:
+                    seen_500.add(key)
+                    report.fail(f"{label} -> {verdict.problem} (body {case.body!r:.300})")
         text = resp.text[:400] if status >= 500 else ""
         if status >= 500:
             key = f"{case.method} {case.operation.path} {text[:120]}"
@@ -393,6 +502,8 @@ def _schemathesis(
         if not d.alive():
             hostile.check_alive(f"fuzzing {op.label}")
     session.close()
+    n, took = report.fuzz_cases - before, time.monotonic() - started
+    say(f"  schemathesis: {n} cases in {took:.1f} s ({n / max(took, 1e-9):.1f}/s)")
 
 
 def _raw_requests(h: Hostile) -> None:
@@ -650,3 +761,369 @@ def _path_attacks(
                     h.report.attacks += 1
                     if status < 400:
                         h.report.fail(f"uid {h.identity[0]}: {method} {path} -> {status}")
+
+
+# ---- hostile identities, the schema-driven fuzzer and the secret scan ----------------------
+
+VICTIM = 40611  # a real unprivileged uid (no passwd entry needed) owning the bystander jobs
+ATTACKER2 = 40612  # a second real unprivileged uid, attacking next to ``nobody``
+HELPER = 40613  # the helper token of one of the victim's jobs
+
+# Operations only an administrator may perform: an unprivileged caller must be refused.
+ADMIN_ONLY = {"POST /v1/logoff", "POST /v1/shutdown", "PUT /v1/network/cost",
+              "POST /v1/reload", "GET /v1/fleet"}
+
+
+@dataclass
+class Victims:
+    """Other users' jobs with secrets set, and what may reveal those secrets."""
+
+    jobs: dict[str, str] = field(default_factory=dict)  # id -> display name
+    handles: list[str] = field(default_factory=list)  # real handles (never given out)
+    markers: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+    snapshot: dict[str, Any] = field(default_factory=dict)
+
+
+def _marker(kind: str) -> str:
+    return f"FzSecret{kind}{os.urandom(8).hex()}"
+
+
+def _make_victims(d: Daemon, server: FaultServer, work: Path, report: Report,
+                  root: bool) -> Victims:
+    """As the victim uid: jobs with server and proxy passwords, write-only custom headers,
+    a client certificate, a handle of their own; one of them transferred (a target for
+    ``complete``); one with a helper token (of uid HELPER, set through a token-options
+    handle an administrator opened) and both helper flags."""
+    from harness.apifuzz import IdClient
+
+    v = Victims()
+    home = work / "fz-victim"
+    home.mkdir(parents=True)
+    (home / "client.pem").write_text("not a certificate\n")
+    (home / "client.key").write_text("not a key\n")
+    if root:
+        os.chown(home, VICTIM, VICTIM)
+        os.chmod(home, 0o700)
+    tag = os.urandom(3).hex()
+    # In user mode (not root) the "victim" is the daemon's own user: no access checks to
+    # try, but its secrets must still never come back in any answer.
+    victim = IdClient(d.socket, (VICTIM, VICTIM) if root else None)
+    admin = IdClient(d.socket, None)
+
+    def ok(status: int, doc: Any, what: str) -> Any:
+        if status >= 400:
+            report.fail(f"setting up the victim's jobs: {what} -> {status} {doc!r:.300}")
+        return doc
+
+    try:
+        for kind in ("creds", "done", "helper"):
+            name = f"victim-{kind}-{tag}"
+            job = ok(*victim.call("POST", "/v1/jobs", {"display_name": name,
+                                                       "description": "must not change"}),
+                     "create")
+            if not isinstance(job, dict):
+                continue
+            jid = job["id"]
+            v.jobs[jid] = name
+            ok(*victim.call("POST", f"/v1/jobs/{jid}/files", {"files": [
+                {"remote_name": server.url("small.bin"), "local_name": str(home / f"{kind}.bin")},
+            ]}), "add files")
+            server_pw, proxy_pw, header = _marker("Srv"), _marker("Prx"), _marker("Hdr")
+            v.markers += [server_pw, proxy_pw, header]
+            user = f"vu{kind}"
+            v.users += [user, f"vp{kind}"]
+            ok(*victim.call("PUT", f"/v1/jobs/{jid}/credentials", {
+                "target": "SERVER", "scheme": "BASIC", "user": user, "password": server_pw,
+            }), "server credentials")
+            ok(*victim.call("PUT", f"/v1/jobs/{jid}/credentials", {
+                "target": "PROXY", "scheme": "BASIC", "user": f"vp{kind}", "password": proxy_pw,
+            }), "proxy credentials")
+            digest_pw = _marker("Dig")
+            v.markers.append(digest_pw)
+            ok(*victim.call("PUT", f"/v1/jobs/{jid}/credentials", {
+                "target": "SERVER", "scheme": "DIGEST", "user": user, "password": digest_pw,
+            }), "digest credentials")
+            ok(*victim.call("PATCH", f"/v1/jobs/{jid}/http-options", {
+                "custom_headers": [f"X-Api-Key: {header}", "X-Plain: visible"],
+                "custom_headers_write_only": True,
+                "client_certificate": {"cert": str(home / "client.pem"),
+                                       "key": str(home / "client.key")},
+            }), "HTTP options")
+            if kind == "done":
+                # No client certificate for the one that transfers (it is not a real one).
+                ok(*victim.call("PATCH", f"/v1/jobs/{jid}/http-options",
+                                {"client_certificate": None}), "clear the certificate")
+                ok(*victim.call("POST", f"/v1/jobs/{jid}/resume", {}), "resume")
+            if kind == "creds":
+                status, h = victim.call("POST", f"/v1/jobs/{jid}/handles",
+                                        {"interface": "job", "ttl": 3600})
+                if status == 201 and isinstance(h, dict):
+                    v.handles.append(h["handle"])
+            if kind == "helper" and root:
+                opened = ok(*admin.call("POST", f"/v1/jobs/{jid}/handles",
+                                        {"interface": "token-options", "ttl": 3600}),
+                            "token-options handle")
+                hid = opened.get("handle") if isinstance(opened, dict) else None
+                if hid:
+                    v.handles.append(hid)
+                    helper = IdClient(d.socket, (HELPER, HELPER))
+                    try:
+                        ok(*helper.call("PUT", f"/v1/handles/{hid}/helper-token", {}),
+                           "set the helper token")
+                        ok(*helper.call("PUT", f"/v1/handles/{hid}/helper-token/flags",
+                                        {"flags": 3}), "helper flags")
+                    finally:
+                        helper.close()
+        done = [j for j, n in v.jobs.items() if "-done-" in n]
+        deadline = time.monotonic() + 30
+        while done and time.monotonic() < deadline:
+            status, doc = admin.call("GET", f"/v1/jobs/{done[0]}")
+            if isinstance(doc, dict) and doc.get("state") in ("TRANSFERRED", "ERROR"):
+                break
+            time.sleep(0.1)
+        time.sleep(1.5)  # a session poll or two: the helper token's session is checked
+        v.snapshot = {jid: _victim_view(admin, jid) for jid in v.jobs}
+    finally:
+        victim.close()
+        admin.close()
+    return v
+
+
+def _victim_view(admin: Any, jid: str) -> Any:
+    """Everything an administrator sees of a job: itself, its files, its credentials
+    (never their passwords) and its helper token."""
+    return [admin.call("GET", f"/v1/jobs/{jid}{tail}")
+            for tail in ("", "/files", "/credentials", "/helper-token")]
+
+
+class Fuzzer:
+    """The schema-driven cases of one attacker identity (a thread each)."""
+
+    def __init__(self, d: Daemon, report: Report, identity: tuple[int, int] | None,
+                 doc: dict[str, Any], seed: int, victims: Victims, arena: Path,
+                 server: FaultServer, checker: Any, lock: threading.Lock) -> None:
+        import random
+
+        from harness.apifuzz import CaseMaker, IdClient, Pools, operations
+
+        self.d, self.report, self.identity = d, report, identity
+        self.ops = operations(doc)
+        self.pools = Pools()
+        self.pools.victim_jobs = [*victims.jobs, *victims.jobs.values()]
+        self.pools.fake_handles = [_near_miss(h, i) for h in victims.handles for i in range(4)]
+        self.pools.paths = [str(arena / "f.bin"), str(arena / "sub" / "g.bin"), str(arena),
+                            str(arena / "r.reply"), "/etc/ferry-fz", "/root/x",
+                            *(str(arena.parent / "fz-victim" / n) for n in ("v.bin", "creds.bin"))]
+        self.pools.urls = [server.url("small.bin"), server.url("missing.bin"),
+                           "http://127.0.0.1:9/refused", f"file://{arena}/src.bin",
+                           "file:///etc/shadow", "https://127.0.0.1:9/tls"]
+        self.rng = random.Random(seed)
+        self.maker = CaseMaker(doc, self.rng, self.pools)
+        self.client = IdClient(d.socket, identity, timeout=30)
+        self.checker = checker
+        self.lock = lock
+        self.who = f"uid {identity[0]}" if identity else "the daemon's user"
+        self.seen: set[str] = set()
+
+    def fail(self, key: str, msg: str) -> None:
+        with self.lock:
+            if key in self.seen:
+                return
+            self.seen.add(key)
+            self.report.fail(msg)
+
+    def run(self, cases: int) -> None:
+        ops = self.ops
+        for i in range(cases):
+            op = ops[i % len(ops)]
+            self.one(self.maker.make(op, negative=bool((i // len(ops)) % 2)))
+        self.client.close()
+
+    def one(self, case: Any) -> None:
+        from harness.apifuzz import Case
+
+        assert isinstance(case, Case)
+        label = case.op.label
+        stream = case.op.path == "/v1/events"
+        with self.lock:
+            self.report.fuzz_cases += 1
+            self.report.fuzz_routes[label] = self.report.fuzz_routes.get(label, 0) + 1
+            if case.aim == "victim":
+                self.report.identity_attacks += 1
+        try:
+            status, headers, body = self.client.request(case.method, case.target, case.body,
+                                                        case.headers, stream=stream)
+        except (OSError, http.client.HTTPException) as exc:
+            if self.d.proc is not None and self.d.proc.poll() is not None:
+                self.fail("died", f"ferryd died on {label} ({case.target[:200]!r}, body "
+                                  f"{case.body!r:.300}): {exc!r}\n{self.d.log(3000)}")
+                with self.lock, contextlib.suppress(Exception):
+                    if not self.d.alive():
+                        self.d.proc = None
+                        self.d.start()
+            else:
+                self.fail(f"hang {label}", f"{self.who}: {label} ({case.target[:200]!r}, body "
+                                           f"{case.body!r:.200}): no answer: {exc!r:.200}")
+            return
+        with self.lock:
+            self.report.secret_scans += 1
+        verdict = self.checker.judge(status, headers, body)
+        if not verdict.ok:
+            self.fail(f"{label} {verdict.problem[:60]}",
+                      f"{self.who}: {label} ({case.target[:200]!r}, body {case.body!r:.300}) "
+                      f"-> {verdict.problem}")
+        if status < 400:
+            self._learn(case, body)
+            if case.aim == "victim" and any(k in case.refs for k in ("job", "handle")):
+                self.fail(f"victim {label}", f"{self.who}: {label} on another user's "
+                                             f"{case.refs} -> {status}: {body[:300]!r}")
+            if label in ADMIN_ONLY or (label == "GET /v1/jobs" and re.search(
+                    r"all_users=(true|1|yes)", case.target)):
+                self.fail(f"admin {label}", f"{self.who} (not an administrator): "
+                                            f"{case.target} -> {status}: {body[:200]!r}")
+        if self.d.proc is not None and self.d.proc.poll() is not None:
+            self.fail("died", f"ferryd died after {label} ({case.target[:200]!r}, body "
+                              f"{case.body!r:.300})\n{self.d.log(3000)}")
+
+    def _learn(self, case: Any, body: bytes) -> None:
+        """Keep the jobs and handles the attacker made: later cases aim at them."""
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return
+        if not isinstance(doc, dict):
+            return
+        if case.op.path == "/v1/jobs" and case.method == "POST" and "id" in doc:
+            self.pools.own_jobs.append(doc["id"])
+            self.pools.own_jobs[:] = self.pools.own_jobs[-200:]
+        elif case.op.path.endswith("/handles") and "handle" in doc:
+            self.pools.own_handles.append(doc["handle"])
+            self.pools.own_handles[:] = self.pools.own_handles[-200:]
+
+
+def _near_miss(handle: str, i: int) -> str:
+    """A handle id that is almost a real one (which is a bearer capability, never given to
+    the attacker): one character changed, cut short, upper-cased, padded."""
+    if i == 0:
+        return handle[:-1] + ("0" if handle[-1] != "0" else "1")
+    if i == 1:
+        return handle[: len(handle) // 2]
+    if i == 2:
+        return handle.upper() if handle.upper() != handle else handle.lower() + "x"
+    return handle + "0"
+
+
+def _identity_attacks(d: Daemon, report: Report, identity: tuple[int, int], victims: Victims,
+                      arena: Path, server: FaultServer, checker: Any) -> None:
+    """Every job operation with a well-formed body, as ``identity``, on each of the victim's
+    jobs by id (E_ACCESSDENIED) and by display name (BG_E_NOT_FOUND: names are looked up
+    among the caller's own jobs), and on near misses of the victim's handles; the job must
+    come out unchanged after each."""
+    from harness.apifuzz import IdClient
+
+    who = f"uid {identity[0]}"
+    c = IdClient(d.socket, identity, timeout=30)
+    admin = IdClient(d.socket, None, timeout=30)
+    url = server.url("small.bin")
+    ops: list[tuple[str, str, Any]] = [
+        ("GET", "", None), ("PATCH", "", {"description": "pwned"}),
+        ("PATCH", "", {"priority": "foreground", "notify_cmdline": ["/bin/true"]}),
+        ("PATCH", "", {"proxy": {"usage": "OVERRIDE", "list": ["http://127.0.0.1:9"],
+                                 "bypass": None}}),
+        ("GET", "/files", None),
+        ("POST", "/files", {"files": [{"remote_name": url, "local_name": str(arena / "s.bin")}]}),
+        ("PUT", "/files/0/remote-name", {"remote_name": "http://127.0.0.1:9/evil"}),
+        ("POST", "/replace-remote-prefix", {"old": "http://", "new": "http://127.0.0.1:9/"}),
+        *(("POST", f"/{a}", {}) for a in ("resume", "suspend", "cancel", "complete",
+                                          "take-ownership")),
+        ("PUT", "/reply-file", {"reply_file": str(arena / "stolen.reply")}),
+        ("GET", "/reply", None),
+        ("PATCH", "/http-options", {"custom_headers": ["X-Evil: 1"]}),
+        ("PATCH", "/http-options", {"custom_headers": None, "client_certificate": None}),
+        ("PATCH", "/http-options", {"custom_headers_write_only": False}),
+        ("POST", "/handles", {"interface": "job"}),
+        ("POST", "/handles", {"interface": "token-options", "ttl": 60}),
+        ("GET", "/helper-token", None), ("PUT", "/helper-token", {}),
+        ("DELETE", "/helper-token", None), ("PUT", "/helper-token/flags", {"flags": 0}),
+        ("GET", "/credentials", None),
+        ("PUT", "/credentials", {"target": "SERVER", "scheme": "BASIC", "user": "x",
+                                 "password": "y"}),
+        ("DELETE", "/credentials/SERVER/BASIC", None),
+        ("DELETE", "/credentials/PROXY/BASIC", None),
+    ]
+    try:
+        for jid, name in victims.jobs.items():
+            for ref, expected in ((jid, {"E_ACCESSDENIED"}), (name, {"BG_E_NOT_FOUND"})):
+                q = quote(ref, safe="")
+                targets = [(m, f"/v1/jobs/{q}{tail}", b) for m, tail, b in ops]
+                targets.append(("GET", f"/v1/events?job={q}", None))
+                for method, target, body in targets:
+                    report.identity_attacks += 1
+                    _one_denial(c, report, checker, who, method, target, body, expected,
+                                stream=target.startswith("/v1/events"))
+                    after = _victim_view(admin, jid)
+                    if after != victims.snapshot[jid]:
+                        report.fail(f"{who}: {method} {target} changed another user's job:\n"
+                                    f"  before {victims.snapshot[jid]!r:.600}\n"
+                                    f"  after  {after!r:.600}")
+                        victims.snapshot[jid] = after
+        for h in victims.handles:
+            for i in range(4):
+                fake = quote(_near_miss(h, i), safe="")
+                for method, tail, body in (
+                    ("GET", "", None), ("POST", "/cancel", {}), ("POST", "/complete", {}),
+                    ("GET", "/helper-token", None), ("PUT", "/helper-token", {}),
+                    ("PUT", "/helper-token/flags", {"flags": 0}), ("DELETE", "", None),
+                ):
+                    report.identity_attacks += 1
+                    _one_denial(c, report, checker, who, method, f"/v1/handles/{fake}{tail}",
+                                body, {"BG_E_NOT_FOUND", "E_ACCESSDENIED", "E_INVALIDARG"})
+        for method, target, body in (
+            ("GET", "/v1/jobs?all_users=true", None), ("GET", "/v1/events?all_users=true", None),
+            ("POST", "/v1/logoff", {"user": VICTIM}), ("PUT", "/v1/network/cost",
+                                                       {"cost": "unrestricted"}),
+            ("POST", "/v1/reload", {}), ("GET", "/v1/fleet", None),
+        ):
+            report.identity_attacks += 1
+            _one_denial(c, report, checker, who, method, target, body,
+                        {"E_ACCESSDENIED", "E_NOTIMPL"}, stream=target.startswith("/v1/events"))
+    finally:
+        c.close()
+        admin.close()
+
+
+def _one_denial(c: Any, report: Report, checker: Any, who: str, method: str, target: str,
+                body: Any, expected: set[str], *, stream: bool = False) -> None:
+    data = None if body is None else json.dumps(body).encode()
+    try:
+        status, headers, raw = c.request(method, target, data,
+                                         {"Content-Type": "application/json"}, stream=stream)
+    except (OSError, http.client.HTTPException) as exc:
+        report.fail(f"{who}: {method} {target}: no answer: {exc!r:.200}")
+        return
+    report.secret_scans += 1
+    verdict = checker.judge(status, headers, raw)
+    if not verdict.ok:
+        report.fail(f"{who}: {method} {target} -> {verdict.problem}")
+    elif status < 400 or verdict.code not in expected:
+        report.fail(f"{who}: {method} {target} -> {status} {verdict.code}, expected one of "
+                    f"{sorted(expected)}: {raw[:200]!r}")
+
+
+def _scan_files(report: Report, checker: Any, paths: list[Path], what: str) -> None:
+    for p in paths:
+        try:
+            data = p.read_bytes()
+        except OSError:
+            continue
+        leaked = checker.leaks(data)
+        if leaked:
+            report.fail(f"secret in {what} {p}: {leaked}")
+
+
+def _route_table(report: Report) -> None:
+    width = max((len(k) for k in report.fuzz_routes), default=10)
+    say(f"  generated cases per route ({len(report.fuzz_routes)} routes):")
+    for label in sorted(report.fuzz_routes, key=lambda k: k.split(" ", 1)[::-1]):
+        say(f"    {label:<{width}} {report.fuzz_routes[label]:>6}")

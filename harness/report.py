@@ -41,6 +41,12 @@ class Report:
     secrets_files: int = 0
     secrets_bytes: int = 0
     secrets_restarts: int = 0
+    # Phase 2's API fuzzing (harness/hostile.py): generated cases per route ("METHOD
+    # /path"), cases aimed at another user's jobs or handles, and answers (plus the log and
+    # the store at the end) scanned for the bystanders' secrets.
+    fuzz_routes: dict[str, int] = field(default_factory=dict)
+    identity_attacks: int = 0
+    secret_scans: int = 0
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # The kind of each failure (same order as ``failures``), so a caller can tell a known
@@ -95,6 +101,11 @@ class Report:
                 f"; {self.secrets_markers} secret markers scanned for in "
                 f"{self.secrets_files} files + answers ({self.secrets_bytes / 2**20:.0f} MiB), "
                 f"{self.kinds.count('secret-leak')} leaks"
+            )
+        if self.fuzz_routes or self.identity_attacks or self.secret_scans:
+            line += (
+                f"; API fuzzing: {len(self.fuzz_routes)} routes, {self.identity_attacks} "
+                f"other-user attacks, {self.secret_scans} answers scanned for secrets"
             )
         if self.failures:
             line += f"; {len(self.failures)} FAILURES"

@@ -62,6 +62,7 @@ from ..transfer.lean import enabled as lean_enabled
 from ..transfer.local import LocalTransport
 from .api import Api, metrics_app
 from .config import Config, load_config, parse_listen
+from .httpserver import AppRunner as BitsAppRunner
 from .network import proxy_router
 
 log = logging.getLogger("ferry.daemon")
@@ -352,11 +353,14 @@ async def serve(cfg: Config) -> None:
     owns_socket = sock is None
     if sock is None:
         sock = listen(cfg.socket, cfg.socket_mode)
-    runner = web.AppRunner(api.app(), handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    # Unparsable requests get BITS error bodies too (daemon/httpserver.py).
+    runner = BitsAppRunner(
+        api.app(), handle_signals=False, access_log=None, shutdown_timeout=2.0
+    )
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
-    runners = [runner]
+    runners: list[web.AppRunner] = [runner]
     if cfg.metrics_listen is not None:
         host, port = parse_listen(cfg.metrics_listen)
         exporter = web.AppRunner(

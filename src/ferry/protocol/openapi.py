@@ -28,6 +28,22 @@ _INDEX_PARAM = {
     "schema": {"type": "integer", "minimum": 0},
     "description": "the file's index in the job, from 0",
 }
+# RemoveCredentials' entry (found missing by the API fuzzing: the path named parameters the
+# document did not declare).
+_TARGET_PARAM = {
+    "name": "target",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "SERVER or PROXY",
+}
+_SCHEME_PARAM = {
+    "name": "scheme",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "BASIC, DIGEST, NTLM or NEGOTIATE",
+}
 _ERROR_RESPONSE = {
     "description": "a BITS error",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -43,6 +59,10 @@ def _operation(r: Route) -> dict[str, Any]:
         params.append(_HANDLE_PARAM)
     if "{index}" in r.path:
         params.append(_INDEX_PARAM)
+    if "{target}" in r.path:
+        params.append(_TARGET_PARAM)
+    if "{scheme}" in r.path:
+        params.append(_SCHEME_PARAM)
     params += [
         {"name": q, "in": "query", "required": False, "schema": {"type": t}}
         for q, t in r.query.items()
