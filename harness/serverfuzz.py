@@ -74,6 +74,7 @@ import stat
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ from harness.env import say
 from harness.report import Report
 from harness.upserver import PROTOCOL, FerryServer, read_answer
 
-__all__ = ["server_fuzz_phase"]
+__all__ = ["World", "server_fuzz_phase"]
 
 KIND = "server-fuzz"
 ANSWER_TIMEOUT = 30.0
@@ -139,7 +140,7 @@ class Held:
     session: Sess | None
 
 
-@dataclass
+@dataclass(repr=False)
 class World:
     server: FerryServer
     base: Path
@@ -163,6 +164,9 @@ class World:
     flaky: int = 0
     stored_total: dict[str, int] = field(default_factory=dict)
     case_desc: str = ""
+
+    def __repr__(self) -> str:  # hypothesis shows the arguments of strategies: keep it short
+        return "World()"
 
     # -- failures --------------------------------------------------------------------------
 
@@ -1484,7 +1488,13 @@ def good_client(w: World) -> None:
 
 
 def _batch(
-    w: World, batch_seed: int, examples: int, steps: int, target: int, deadline: float
+    w: World,
+    batch_seed: int,
+    examples: int,
+    steps: int,
+    target: int,
+    deadline: float,
+    hook: Callable[[World], None] | None,
 ) -> None:
     @hseed(batch_seed)
     @settings(
@@ -1517,13 +1527,17 @@ def _batch(
                 return
             except Exception as exc:  # a harness error is a failure too, not a stop
                 w.fail(f"the case raised {exc!r}")
+            if hook is not None:
+                hook(w)
             check_world(w, full=w.cases % CHECK_EVERY == 0)
 
     try:
         run()
     except ServerDied:
         raise
-    except Exception as exc:  # hypothesis giving up on a batch (say, Unsatisfiable)
+    except FlakyStrategyDefinition:
+        w.flaky += 1  # hypothesis stopped the batch (see run); the next batch goes on
+    except Exception as exc:  # hypothesis giving up on a batch another way
         w.report.note(f"server fuzz batch {batch_seed}: {exc!r}")
 
 
@@ -1535,9 +1549,12 @@ def server_fuzz_phase(
     q: bool,
     requests: int = 10_000,
     duration: float | None = None,
+    hook: Callable[[World], None] | None = None,
 ) -> None:
     """Fuzz a real ferry-server with ``requests`` raw requests (module docstring); counts
-    into ``report.server_requests`` / ``report.server_checks``, failures as ``server-fuzz``."""
+    into ``report.server_requests`` / ``report.server_checks``, failures as ``server-fuzz``.
+    ``hook(world)`` runs after every case, before its checks (the tests plant violations
+    with it, to see the invariants catch them)."""
     if requests <= 0:
         return
     duration = duration if duration is not None else (150.0 if q else 1200.0)
@@ -1570,7 +1587,7 @@ def server_fuzz_phase(
         good_client(w)
         batch = 0
         while w.requests < requests and time.monotonic() < deadline:
-            _batch(w, seed * 1000 + batch, 50, 10, requests, deadline)
+            _batch(w, seed * 1000 + batch, 50, 10, requests, deadline, hook)
             batch += 1
         if w.requests < requests:
             w.fail(f"only {w.requests} of {requests} requests within {duration:.0f} s")
@@ -1621,7 +1638,8 @@ def server_fuzz_phase(
     say(
         f"  server fuzz: {w.cases} cases, {w.requests} fuzz requests, {w.checks} check "
         f"requests, {w.good_runs} good-client runs, {opened} sessions, "
-        f"{len(w.committed)} uploads stored, {w.failed} failures, {took:.0f} s "
+        f"{len(w.committed)} uploads stored, {w.failed} failures, {took:.0f} s, "
+        f"{w.flaky} examples cut short by hypothesis's replay check "
         f"(server CPU {cpu:.1f} s)"
     )
     if w.failed:
