@@ -74,6 +74,7 @@ import stat
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,7 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hseed
 from hypothesis import strategies as st
-from hypothesis.errors import FlakyStrategyDefinition
+from hypothesis.errors import FlakyStrategyDefinition, HypothesisWarning
 
 from harness.env import say
 from harness.report import Report
@@ -163,6 +164,7 @@ class World:
     failed: int = 0
     flaky: int = 0
     stored_total: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)  # cases run, by kind
     case_desc: str = ""
 
     def __repr__(self) -> str:  # hypothesis shows the arguments of strategies: keep it short
@@ -1496,6 +1498,12 @@ def _batch(
     deadline: float,
     hook: Callable[[World], None] | None,
 ) -> None:
+    # Hypothesis starts every run with its simplest example (each first choice), and a
+    # batch often ends early (see run): the kinds are shuffled per batch so that the
+    # simplest example is not always the same kind of case
+    kinds = list(_KIND_LIST)
+    random.Random(batch_seed).shuffle(kinds)
+
     @hseed(batch_seed)
     @settings(
         max_examples=examples,
@@ -1510,9 +1518,10 @@ def _batch(
         for _ in range(steps):
             if w.requests >= target or time.monotonic() > deadline:
                 return
-            fn = data.draw(st.sampled_from(_KIND_LIST), label="kind")
+            fn = kinds[data.draw(st.integers(0, len(kinds) - 1), label="kind")]
             w.cases += 1
             w.case_desc = fn.__name__[5:]
+            w.kinds[w.case_desc] = w.kinds.get(w.case_desc, 0) + 1
             try:
                 fn(data.draw, w)  # type: ignore[arg-type]
             except ServerDied:
@@ -1532,7 +1541,11 @@ def _batch(
             check_world(w, full=w.cases % CHECK_EVERY == 0)
 
     try:
-        run()
+        with warnings.catch_warnings():
+            # strategies over the world's recent sessions and the 5 KB attack values have
+            # long reprs, which hypothesis warns about; nothing is wrong
+            warnings.simplefilter("ignore", HypothesisWarning)
+            run()
     except ServerDied:
         raise
     except FlakyStrategyDefinition:
@@ -1640,6 +1653,7 @@ def server_fuzz_phase(
         f"requests, {w.good_runs} good-client runs, {opened} sessions, "
         f"{len(w.committed)} uploads stored, {w.failed} failures, {took:.0f} s, "
         f"{w.flaky} examples cut short by hypothesis's replay check "
+        f"(cases: {', '.join(f'{k} {n}' for k, n in sorted(w.kinds.items()))}) "
         f"(server CPU {cpu:.1f} s)"
     )
     if w.failed:
