@@ -1570,7 +1570,7 @@ def server_fuzz_phase(
     with it, to see the invariants catch them)."""
     if requests <= 0:
         return
-    duration = duration if duration is not None else (150.0 if q else 1200.0)
+    duration = duration if duration is not None else (150.0 if q else 1800.0)
     work.mkdir(parents=True, exist_ok=True)
     # on tmpfs when there is one: the server fsyncs every Ack (what a fsync costs is not
     # what is fuzzed here; the kill phases test durability) — 5-10x more requests a second
