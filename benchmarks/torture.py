@@ -9,7 +9,9 @@ and restarts it; then every file, every job's state, the destinations, the bytes
 twice and the store's integrity are checked. Phase 2 (hostile API): schemathesis fuzzing,
 raw malformed requests and path/symlink attacks; never a 500, ferryd never dies, nothing
 outside the attacker's reach changes. harness/torture.py and harness/hostile.py say
-exactly what is checked (the short run in the tests uses them too).
+exactly what is checked (the short run in the tests uses them too). Phase 3 (ferry-server
+fuzzing, harness/serverfuzz.py): --server-requests raw requests to a real ferry-server,
+invariants checked after every case.
 
 Prints ``torture: N kills, M files verified, 0 lost`` (or the failures); exit status 1 on
 any failure. QUICK=1: ~5 kills, smaller files, fewer fuzz cases, < 2 minutes.

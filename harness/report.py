@@ -53,7 +53,8 @@ class Report:
     # bug from a new one: "refetch-uninterrupted" (a byte fetched twice with no kill or
     # error to explain it), "temp-left" (a temporary file left in a destination),
     # "complete-after-kill" (complete refused on a job whose previous complete was killed
-    # half-way, and the state that follows), or "other".
+    # half-way, and the state that follows), "server-fuzz" (an invariant of the ferry-server
+    # fuzzing broken: harness/serverfuzz.py), or "other".
     kinds: list[str] = field(default_factory=list)
 
     def fail(self, msg: str, kind: str = "other") -> None:

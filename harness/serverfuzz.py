@@ -74,6 +74,8 @@ import stat
 import tempfile
 import time
 import uuid
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,13 +83,13 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hseed
 from hypothesis import strategies as st
-from hypothesis.errors import FlakyStrategyDefinition
+from hypothesis.errors import FlakyStrategyDefinition, HypothesisWarning
 
 from harness.env import say
 from harness.report import Report
 from harness.upserver import PROTOCOL, FerryServer, read_answer
 
-__all__ = ["server_fuzz_phase"]
+__all__ = ["World", "server_fuzz_phase"]
 
 KIND = "server-fuzz"
 ANSWER_TIMEOUT = 30.0
@@ -139,7 +141,7 @@ class Held:
     session: Sess | None
 
 
-@dataclass
+@dataclass(repr=False)
 class World:
     server: FerryServer
     base: Path
@@ -162,7 +164,11 @@ class World:
     failed: int = 0
     flaky: int = 0
     stored_total: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)  # cases run, by kind
     case_desc: str = ""
+
+    def __repr__(self) -> str:  # hypothesis shows the arguments of strategies: keep it short
+        return "World()"
 
     # -- failures --------------------------------------------------------------------------
 
@@ -1484,8 +1490,20 @@ def good_client(w: World) -> None:
 
 
 def _batch(
-    w: World, batch_seed: int, examples: int, steps: int, target: int, deadline: float
+    w: World,
+    batch_seed: int,
+    examples: int,
+    steps: int,
+    target: int,
+    deadline: float,
+    hook: Callable[[World], None] | None,
 ) -> None:
+    # Hypothesis starts every run with its simplest example (each first choice), and a
+    # batch often ends early (see run): the kinds are shuffled per batch so that the
+    # simplest example is not always the same kind of case
+    kinds = list(_KIND_LIST)
+    random.Random(batch_seed).shuffle(kinds)
+
     @hseed(batch_seed)
     @settings(
         max_examples=examples,
@@ -1500,9 +1518,10 @@ def _batch(
         for _ in range(steps):
             if w.requests >= target or time.monotonic() > deadline:
                 return
-            fn = data.draw(st.sampled_from(_KIND_LIST), label="kind")
+            fn = kinds[data.draw(st.integers(0, len(kinds) - 1), label="kind")]
             w.cases += 1
             w.case_desc = fn.__name__[5:]
+            w.kinds[w.case_desc] = w.kinds.get(w.case_desc, 0) + 1
             try:
                 fn(data.draw, w)  # type: ignore[arg-type]
             except ServerDied:
@@ -1517,13 +1536,21 @@ def _batch(
                 return
             except Exception as exc:  # a harness error is a failure too, not a stop
                 w.fail(f"the case raised {exc!r}")
+            if hook is not None:
+                hook(w)
             check_world(w, full=w.cases % CHECK_EVERY == 0)
 
     try:
-        run()
+        with warnings.catch_warnings():
+            # strategies over the world's recent sessions and the 5 KB attack values have
+            # long reprs, which hypothesis warns about; nothing is wrong
+            warnings.simplefilter("ignore", HypothesisWarning)
+            run()
     except ServerDied:
         raise
-    except Exception as exc:  # hypothesis giving up on a batch (say, Unsatisfiable)
+    except FlakyStrategyDefinition:
+        w.flaky += 1  # hypothesis stopped the batch (see run); the next batch goes on
+    except Exception as exc:  # hypothesis giving up on a batch another way
         w.report.note(f"server fuzz batch {batch_seed}: {exc!r}")
 
 
@@ -1535,12 +1562,15 @@ def server_fuzz_phase(
     q: bool,
     requests: int = 10_000,
     duration: float | None = None,
+    hook: Callable[[World], None] | None = None,
 ) -> None:
     """Fuzz a real ferry-server with ``requests`` raw requests (module docstring); counts
-    into ``report.server_requests`` / ``report.server_checks``, failures as ``server-fuzz``."""
+    into ``report.server_requests`` / ``report.server_checks``, failures as ``server-fuzz``.
+    ``hook(world)`` runs after every case, before its checks (the tests plant violations
+    with it, to see the invariants catch them)."""
     if requests <= 0:
         return
-    duration = duration if duration is not None else (150.0 if q else 1200.0)
+    duration = duration if duration is not None else (150.0 if q else 1800.0)
     work.mkdir(parents=True, exist_ok=True)
     # on tmpfs when there is one: the server fsyncs every Ack (what a fsync costs is not
     # what is fuzzed here; the kill phases test durability) — 5-10x more requests a second
@@ -1570,7 +1600,7 @@ def server_fuzz_phase(
         good_client(w)
         batch = 0
         while w.requests < requests and time.monotonic() < deadline:
-            _batch(w, seed * 1000 + batch, 50, 10, requests, deadline)
+            _batch(w, seed * 1000 + batch, 50, 10, requests, deadline, hook)
             batch += 1
         if w.requests < requests:
             w.fail(f"only {w.requests} of {requests} requests within {duration:.0f} s")
@@ -1621,7 +1651,9 @@ def server_fuzz_phase(
     say(
         f"  server fuzz: {w.cases} cases, {w.requests} fuzz requests, {w.checks} check "
         f"requests, {w.good_runs} good-client runs, {opened} sessions, "
-        f"{len(w.committed)} uploads stored, {w.failed} failures, {took:.0f} s "
+        f"{len(w.committed)} uploads stored, {w.failed} failures, {took:.0f} s, "
+        f"{w.flaky} examples cut short by hypothesis's replay check "
+        f"(cases: {', '.join(f'{k} {n}' for k, n in sorted(w.kinds.items()))}) "
         f"(server CPU {cpu:.1f} s)"
     )
     if w.failed:

@@ -90,3 +90,34 @@ def test_client_gone_before_100_continue(base: Path, servers: list[FerryServer])
     assert a.status == 417
     s.stop()
     assert "Traceback" not in s.log(200_000)
+
+
+def test_idle_and_stalled_connections_are_dropped(
+    base: Path, servers: list[FerryServer]
+) -> None:
+    """A connection that never sent a whole request stayed open for an hour (aiohttp's
+    default), and a Fragment whose body stalled held its session's lock for ever (every
+    other request on the session then got 503 after a minute): --idle-timeout bounds both."""
+    s = FerryServer(base / "root", ["--idle-timeout", "1"], state_dir=base / "state").start()
+    servers.append(s)
+    sid = create(s.port, "/s.bin")
+    idle = socket.create_connection(("127.0.0.1", s.port), 30)
+    half = socket.create_connection(("127.0.0.1", s.port), 30)
+    half.sendall(b"BITS_POST /s.bin HTTP/1.1\r\nHost: x\r\nBITS-Pack")
+    stalled = socket.create_connection(("127.0.0.1", s.port), 30)
+    stalled.sendall(f"BITS_POST /s.bin HTTP/1.1\r\nHost: x\r\nBITS-Packet-Type: Fragment\r\n"
+                    f"BITS-Session-Id: {sid}\r\nContent-Range: bytes 0-99/100\r\n"
+                    f"Content-Length: 100\r\n\r\n".encode() + b"a" * 40)
+    for sock in (idle, half):
+        sock.settimeout(20)
+        assert sock.recv(100) == b""  # closed by the server
+        sock.close()
+    stalled.settimeout(20)
+    a = read_answer(stalled)  # the stalled fragment is refused; what arrived is kept
+    assert a.status == 400
+    stalled.close()
+    a = bits(s.port, "/s.bin", "Fragment", sid, b"b" * 60,
+             extra={"Content-Range": "bytes 40-99/100"}, timeout=20)
+    assert a.status == 200 and a.h("BITS-Received-Content-Range") == "100"
+    assert bits(s.port, "/s.bin", "Close-Session", sid).status == 200
+    assert (base / "root" / "s.bin").read_bytes() == b"a" * 40 + b"b" * 60

@@ -379,9 +379,11 @@ async def _write(
         try:
             while pos < end:
                 try:
-                    chunk = await request.content.readany()
-                except ConnectionError:
-                    break  # the client went away: what arrived is kept
+                    chunk = await asyncio.wait_for(
+                        request.content.readany(), state.config.idle_timeout
+                    )
+                except (ConnectionError, TimeoutError):
+                    break  # the client went away or stalled: what arrived is kept
                 if not chunk:
                     break
                 if skip:

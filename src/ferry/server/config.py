@@ -12,7 +12,10 @@ from typing import Literal
 NotifyType = Literal["by-reference", "by-value"]
 
 IIS_SESSION_TIMEOUT = 14 * 24 * 3600  # IIS's default: a session idle for 14 days expires
-STATE_DIR_NAME = ".ferry-server"  # the default state directory, inside the root (hidden)
+STATE_DIR_NAME = ".ferry-server"
+# Seconds a connection may wait for a whole request head, or between two bytes of a body:
+# what IIS allows (connectionTimeout) and what a Windows client allows itself to send one
+IDLE_TIMEOUT = 120.0  # the default state directory, inside the root (hidden)
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,9 @@ class ServerConfig:
     * ``notify_url`` / ``notify_type``: the upload-reply back end.
     * ``max_fragment_size``: larger fragments are refused with 413 (the client shrinks them);
       not a command-line flag, for embedding and tests.
+    * ``idle_timeout``: a fragment whose body stalls this long is treated as cut off (what
+      arrived is kept, the session unlocked); ``ferry-server`` also closes a connection that
+      sends no whole request head for this long (embedded: the runner's keepalive_timeout).
     """
 
     root: Path
@@ -41,6 +47,7 @@ class ServerConfig:
     notify_url: str | None = None
     notify_type: NotifyType = "by-reference"
     max_fragment_size: int | None = None
+    idle_timeout: float = IDLE_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.max_upload_size is not None and self.max_upload_size < 0:
@@ -57,6 +64,8 @@ class ServerConfig:
             raise ValueError("notify_type is by-reference or by-value")
         if self.notify_url is not None and not self.notify_url.startswith(("http://", "https://")):
             raise ValueError("notify_url must be an http(s) URL")
+        if self.idle_timeout <= 0:
+            raise ValueError("idle_timeout must be > 0")
         if self.max_fragment_size is not None and self.max_fragment_size < 1:
             raise ValueError("max_fragment_size must be >= 1")
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from .._version import __version__
 from . import ServerConfig, make_app
-from .config import IIS_SESSION_TIMEOUT
+from .config import IDLE_TIMEOUT, IIS_SESSION_TIMEOUT
 
 HELP = """Receive uploads over the BITS Upload Protocol (the server side of ferry's upload
 and upload-reply jobs, and of Windows BITS clients), and serve the files under DIR.
@@ -145,6 +145,15 @@ def _bind(value: str) -> tuple[str, int]:
     metavar="PEM",
     help="The private key of --tls-cert.",
 )
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=IDLE_TIMEOUT,
+    show_default=True,
+    metavar="SEC",
+    help="Close a connection that sends no whole request for this long; a fragment whose "
+    "body stalls this long keeps what arrived and frees its session.",
+)
 @click.version_option(__version__, prog_name="ferry-server")
 @click.option("-v", "--verbose", is_flag=True, help="Log every session event to stderr.")
 def main(
@@ -160,6 +169,7 @@ def main(
     notify_type: str,
     tls_cert: str | None,
     tls_key: str | None,
+    idle_timeout: float,
     verbose: bool,
 ) -> None:
     host, port = _bind(bind)
@@ -176,6 +186,7 @@ def main(
             host_id_fallback_timeout=host_id_fallback_timeout,
             notify_url=notify_url,
             notify_type=notify_type,  # type: ignore[arg-type]
+            idle_timeout=idle_timeout,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -198,7 +209,11 @@ def main(
 
 async def _serve(config: ServerConfig, host: str, port: int, ctx: ssl.SSLContext | None) -> None:
     app = make_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # keepalive_timeout: aiohttp's default keeps a connection that never sends a whole
+    # request for an hour (slow or idle clients could hold every descriptor)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=config.idle_timeout
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=ctx, backlog=256)
