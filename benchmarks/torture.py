@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     say(report.summary())
     if report.kills < args.kills:
         say(f"only {report.kills} of {args.kills} kills happened within the time bound")
+    if args.upload_kills > 0 and report.upload_kills < args.upload_kills:
+        say(f"only {report.upload_kills} of {args.upload_kills} ferryd kills of the upload "
+            "phase happened within its time bound")
     return 1 if report.failures else 0
 
 

@@ -31,9 +31,10 @@ others (some mid-transfer). At the end:
   end's answer;
 * no upload was committed twice: (1) the servers' logs (``session ID closing: PATH``
   before each commit, ``closed`` after it; kept across restarts) name exactly one session
-  per completed destination and none for a cancelled one; (2) the servers run without ``--allow-overwrite``, so a second session for a
-  taken name is refused at Create-Session (the job would fail); (3) each destination's
-  (inode, mtime) never changes once it has appeared;
+  per completed destination and none for a cancelled one; (2) the servers run without
+  ``--allow-overwrite``, so a second session for a taken name is refused at
+  Create-Session (the job would fail); (3) each destination's (inode, mtime) never
+  changes once it has appeared;
 * cancelled jobs left nothing at the server's destination and no reply file;
 * the client's job directories hold the source and (completed upload-reply jobs) the reply
   only: no temporary file; the servers' roots hold the expected destinations only: no
@@ -307,7 +308,8 @@ class ServerKiller(threading.Thread):
     """SIGKILLs a ferry-server (one of ``servers``, at random) while fragment bytes flow
     through its relay, leaves it down a moment and restarts it on the same port, root and
     state directory; after every second such kill, one more aimed at a Close-Session (the
-    commit) — ``kills`` counts the first kind, ``mid_close`` the extra ones."""
+    commit). ``kills`` is how many land mid-fragment (``mid_fragment``; a try that finds no
+    fragment on its way within 5 s kills nothing); ``mid_close`` counts the extra ones."""
 
     def __init__(
         self,
@@ -325,14 +327,14 @@ class ServerKiller(threading.Thread):
         self.interval = interval
         self.stop_event = threading.Event()
         self.times: list[float] = []
-        self.aimed = 0  # kills aimed at a fragment
-        self.mid_fragment = 0  # of which landed while fragment bytes were flowing
+        self.aimed = 0  # tries at a kill mid-fragment
+        self.mid_fragment = 0  # kills that landed while fragment bytes were flowing
         self.mid_close = 0
         self.error: BaseException | None = None
 
     @property
     def done(self) -> bool:
-        return self.aimed >= self.kills
+        return self.mid_fragment >= self.kills
 
     def _wait(self, ready: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -352,10 +354,11 @@ class ServerKiller(threading.Thread):
                 i = self.rng.randrange(len(self.servers))
                 relay = self.relays[i]
                 self.aimed += 1
-                if self._wait(relay.mid_body, 5.0):
-                    self.mid_fragment += 1
+                if not self._wait(relay.mid_body, 5.0):
+                    continue  # no fragment on its way to this server: try again later
+                self.mid_fragment += 1
                 self._kill(i)
-                if self.aimed % 2 == 0 and not self.stop_event.is_set():
+                if self.mid_fragment % 2 == 0 and not self.stop_event.is_set():
 
                     def closing() -> bool:
                         return any(time.monotonic() - r.last_close < 0.01 for r in self.relays)
@@ -413,7 +416,7 @@ def upload_kill_phase(
     max_size: int | None = None,
     active_jobs: int = 5,
     rate: int = 6 * MIB,
-    interval: tuple[float, float] = (0.4, 3.0),
+    interval: tuple[float, float] = (0.3, 2.5),
     server_interval: tuple[float, float] = (1.0, 6.0),
 ) -> None:
     """Run the phase (see the module's docstring); adds to ``report``."""
@@ -526,7 +529,7 @@ def upload_kill_phase(
         skiller.start()
         # The set-up (sources, servers, ferryd) does not count against the duration.
         t0 = time.monotonic()
-        kill_deadline = t0 + duration * 0.7
+        kill_deadline = t0 + duration * 0.8
         hard_deadline = t0 + duration
         next_status = started + 10
         while True:

@@ -124,3 +124,27 @@ def test_cancel_after_a_kill_mid_commit_removes_the_staged_upload(base: Path) ->
             server.stop()
     finally:
         crashing.kill()
+
+
+def test_expiry_removes_a_staged_leftover(base: Path) -> None:
+    """A session whose client never came back after the crash: its expiry removes what the
+    crash left staged beside its destination."""
+    import time
+
+    from ferry.server import ServerConfig
+    from ferry.server.app import STATE_KEY, _stage_name, build, sweep
+    from ferry.server.sessions import Session, new_session_id
+
+    root = base / "root"
+    app = build(ServerConfig(root=root, state_dir=base / "state", session_timeout=60))
+    state = app[STATE_KEY]
+    sid = new_session_id()
+    state.store.create(Session(id=sid, path=["idle.bin"], created=time.time()))
+    (root / _stage_name(sid)).write_bytes(b"staged before a crash")
+    (root / "other.bin").write_bytes(b"not ours")
+    assert sweep(state) == 0  # not expired yet: nothing touched
+    assert len(_staged(root)) == 1
+    os.utime(state.store.dir(sid) / "meta.json", (1, 1))  # idle since 1970
+    assert sweep(state) == 1
+    assert _staged(root) == []
+    assert (root / "other.bin").read_bytes() == b"not ours"
