@@ -9,7 +9,11 @@ and restarts it; then every file, every job's state, the destinations, the bytes
 twice and the store's integrity are checked. Phase 2 (hostile API): schemathesis fuzzing,
 raw malformed requests and path/symlink attacks; never a 500, ferryd never dies, nothing
 outside the attacker's reach changes. harness/torture.py and harness/hostile.py say
-exactly what is checked (the short run in the tests uses them too).
+exactly what is checked (the short run in the tests uses them too). Phase 3
+(``--fleet-kills N``): fleet workers on a throwaway PostgreSQL SIGKILLed mid-transfer
+(harness/torture_fleet.py). Phase 4 (``--secret-restarts N``): marker secrets on real jobs
+while ferryd is killed (harness/torture_secrets.py); then every file of the run is scanned
+for every marker (harness/secrets.py).
 
 Prints ``torture: N kills, M files verified, 0 lost`` (or the failures); exit status 1 on
 any failure. QUICK=1: ~5 kills, smaller files, fewer fuzz cases, < 2 minutes.
