@@ -12,6 +12,11 @@ outside the attacker's reach changes. harness/torture.py and harness/hostile.py 
 exactly what is checked (the short run in the tests uses them too). Phase 3 (ferry-server
 fuzzing, harness/serverfuzz.py): --server-requests raw requests to a real ferry-server,
 invariants checked after every case.
+exactly what is checked (the short run in the tests uses them too). Phase 3
+(``--fleet-kills N``): fleet workers on a throwaway PostgreSQL SIGKILLed mid-transfer
+(harness/torture_fleet.py). Phase 4 (``--secret-restarts N``): marker secrets on real jobs
+while ferryd is killed (harness/torture_secrets.py); then every file of the run is scanned
+for every marker (harness/secrets.py).
 
 Prints ``torture: N kills, M files verified, 0 lost`` (or the failures); exit status 1 on
 any failure. QUICK=1: ~5 kills, smaller files, fewer fuzz cases, < 2 minutes.

@@ -10,6 +10,9 @@ demo share to drive real parts on this machine.
 * ``harness.files``       random files and their SHA-256
 * ``harness.torture``, ``harness.hostile``, ``harness.report``: the torture run's phases
   (SIGKILLs mid-transfer; hostile API requests) and its report
+* ``harness.torture_fleet`` the torture's fleet phase (SIGKILLs of fleet workers)
+* ``harness.secrets``, ``harness.torture_secrets``: marker secrets every phase registers,
+  the scanner of answers, files and stores, and the phase that uses secrets under kills
 
 It lives beside ``benchmarks/`` (not in ``src/``): it is no part of ferry. Scripts started
 from the repository (``python benchmarks/run.py``, ``python scripts/demo.py``) put the

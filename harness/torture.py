@@ -25,7 +25,12 @@ attacks try to make ferryd write outside the caller's reach. As root, ferryd run
 system mode and the attacker is ``nobody``. Checks: never a 500, ferryd never dies, jobs
 that existed before are unchanged, /etc and a root-owned sentinel file are untouched.
 
-``run`` does both phases and returns the Report (``torture: N kills, M files verified,
+Phase 3 (fleet worker kills, harness/torture_fleet.py) and phase 4 (secrets in use under
+kills, harness/torture_secrets.py) run when asked (``fleet_kills``, ``secret_restarts``);
+at the end ``run`` scans every file of the work directory for every marker secret any phase
+registered (harness/secrets.py).
+
+``run`` does the phases and returns the Report (``torture: N kills, M files verified,
 0 lost``, or the failures); ``kill_phase`` and ``harness.hostile.fuzz_phase`` are the
 phases on their own.
 """
