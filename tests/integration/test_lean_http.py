@@ -339,9 +339,17 @@ class RawServer:
     keep-alive timeout fired just as the client reused the connection)."""
 
     def __init__(
-        self, files: dict[str, bytes], *, close_header: bool = False, die_on: int | None = None
+        self,
+        files: dict[str, bytes],
+        *,
+        close_header: bool = False,
+        die_on: int | None = None,
+        chunked: bool = False,
+        status_line: str = "HTTP/1.1 200 OK",
     ) -> None:
         self.files = files
+        self.chunked = chunked  # a 100 Continue first, then chunks with extensions, trailers
+        self.status_line = status_line
         self.close_header = close_header
         self.die_on = die_on
         self.connections = 0
@@ -386,11 +394,20 @@ class RawServer:
                     return
                 name = head.split(b" ")[1].decode().lstrip("/")
                 data = self.files[name]
-                lines = ["HTTP/1.1 200 OK", f"Content-Length: {len(data)}",
-                         f'ETag: "{name}-{len(data)}"']  # fmt: skip
+                lines = [self.status_line, f'ETag: "{name}-{len(data)}"']
+                if self.chunked:
+                    lines.append("Transfer-Encoding: chunked")
+                    body = b"".join(
+                        b"%x;ext=1\r\n%s\r\n" % (len(data[i : i + 7000]), data[i : i + 7000])
+                        for i in range(0, len(data), 7000)
+                    ) + b"0\r\nX-Trailer: yes\r\n\r\n"
+                    conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                else:
+                    lines.append(f"Content-Length: {len(data)}")
+                    body = data
                 if self.close_header:
                     lines.append("Connection: close")
-                conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+                conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
                 with self.lock:
                     self.answered += 1
                 if self.close_header:
@@ -441,6 +458,41 @@ def test_connection_close_is_honoured(d: Daemon, dest: Path) -> None:
         assert server.connections == len(blobs), "no connection reused after a close"
         assert len(mark.lines("lean http: connected to")) == len(blobs)
         assert mark.lines("was gone (") == []
+    finally:
+        server.close()
+
+
+def test_interim_answer_and_chunks_with_extensions_and_trailers(d: Daemon, dest: Path) -> None:
+    blobs = {f"t{i:02d}": os.urandom(50_000 + i) for i in range(6)}
+    server = RawServer(blobs, chunked=True)
+    try:
+        mark = LogMark(d)
+        job = create(d, "chunks", dynamic_content=True)
+        status, body = d.call("POST", f"/v1/jobs/{job}/files", {"files": [
+            {"remote_name": server.url(n), "local_name": str(dest / n)} for n in blobs
+        ]})  # fmt: skip
+        assert status == 200, body
+        act(d, job, "resume")
+        transferred(d, job)
+        act(d, job, "complete")
+        for name, data in blobs.items():
+            assert (dest / name).read_bytes() == data
+        assert len(mark.lines("lean http: GET")) == len(blobs)
+        assert server.connections < len(blobs), "a chunked answer leaves the connection usable"
+    finally:
+        server.close()
+
+
+def test_malformed_status_line_is_invalid(d: Daemon, dest: Path) -> None:
+    server = RawServer({"bad": b"x" * 100}, status_line="HTTP/1.1 OK 200")
+    try:
+        url = server.url("bad")
+        job = create(d, "bad")
+        add(d, job, url, dest / "bad")
+        act(d, job, "resume")
+        j = wait_state(d, job, "ERROR", "TRANSIENT_ERROR", "TRANSFERRED")
+        assert_error(j, "ERROR BG_E_INVALID_SERVER_RESPONSE 0x8020001B REMOTE_FILE", url,
+                     dest / "bad")  # fmt: skip
     finally:
         server.close()
 
