@@ -61,6 +61,12 @@ def _concurrent(sock: str, n: int, clients: int, tag: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+def run(argv: list[str] | None = None) -> dict[str, float]:
+    """``main``'s work: the medians (creations/s; ferryd's CPU µs per creation)."""
     args = list(sys.argv[1:] if argv is None else argv)
     profile = None
     if "--profile" in args:
@@ -100,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"per creation {median(cpu_seq):.0f} / {median(cpu_conc):.0f} µs")  # fmt: skip
         finally:
             d.stop()
-    return 0
+    return {
+        "sequential": median(seq),
+        "concurrent": median(conc),
+        "cpu_us_sequential": median(cpu_seq),
+        "cpu_us_concurrent": median(cpu_conc),
+    }
 
 
 if __name__ == "__main__":

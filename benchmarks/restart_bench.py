@@ -20,6 +20,12 @@ from benchmarks.common import median
 
 
 def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+def run(argv: list[str] | None = None) -> dict[str, float]:
+    """``main``'s work: medians of the start times (s) and of the RSS (MB)."""
     args = list(sys.argv[1:] if argv is None else argv)
     n = int(args[0]) if args else 100_000
     rounds = int(args[1]) if len(args) > 1 else 3
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"restart to serving: empty store {median(t_empty):.3f} s, {n:,} jobs "
               f"{median(t_full):.3f} s (rounds: {', '.join(f'{x:.3f}' for x in t_full)}); "
               f"RSS then {median(rss):.1f} MB")  # fmt: skip
-    return 0
+    return {"jobs": n, "empty": median(t_empty), "full": median(t_full), "rss_mb": median(rss)}
 
 
 if __name__ == "__main__":
