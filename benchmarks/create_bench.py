@@ -87,6 +87,12 @@ def _group(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+def run(argv: list[str] | None = None) -> dict[str, float]:
+    """``main``'s work: the medians (creations/s; ferryd's CPU µs per creation)."""
     args = list(sys.argv[1:] if argv is None else argv)
     profile = None
     if "--profile" in args:
@@ -155,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for d in daemons.values():
                 d.stop()
-    return 0
+    return {
+        "sequential": median(seq["A"]),
+        "concurrent": median(conc["A"]),
+        "cpu_us_sequential": median(cpu_seq["A"]),
+        "cpu_us_concurrent": median(cpu_conc["A"]),
+    }
 
 
 if __name__ == "__main__":

@@ -25,6 +25,12 @@ from benchmarks.common import median
 
 
 def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+def run(argv: list[str] | None = None) -> dict[str, float]:
+    """``main``'s work: medians of the start times (s) and of the RSS (MB)."""
     args = list(sys.argv[1:] if argv is None else argv)
     n = int(args[0]) if args else 100_000
     rounds = int(args[1]) if len(args) > 1 else 3
@@ -64,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         if "B" in fulls:
             ratio = [a / b for a, b in zip(t_full["A"], t_full["B"], strict=True)]
             print(f"A/B start time, rounds' median: {median(ratio):.2f}x")
-    return 0
+    return {"jobs": n, "empty": median(t_empty), "full": median(t_full["A"]),
+            "rss_mb": median(rss["A"])}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -5,12 +5,14 @@ shows medians and ferry / peer ratios, and ferryd's CPU time.
     .venv/bin/python -m benchmarks.transfer_bench small [COUNT] [ROUNDS]
     .venv/bin/python -m benchmarks.transfer_bench big [MIB] [ROUNDS]
 
-small: COUNT x 64 KiB (default 1000) — ``ferry --json transfer`` with COUNT pairs (CLI),
-the same through the library (create, add, resume, wait, complete), ``aria2c -j5 -i
-LIST``, ``curl --parallel --parallel-max 5``.
-big: one MIB MiB file (default 512) — ``ferry --json transfer`` (CLI), ``ferry transfer``
-with its live progress bar on a pseudo-terminal (CLI, as a user sees it), curl, and
-curl followed by an fsync of its output (ferry makes its data durable, curl does not).
+small: COUNT x 64 KiB (default 1000) — ``ferry transfer`` with COUNT pairs as a user runs
+it (its progress bar on a pseudo-terminal: "ferry CLI, bar"), ``ferry --json transfer`` (as a
+script runs it: "ferry CLI"), the same through the library (create, add, resume, wait,
+complete), ``aria2c -j5 -i LIST``, ``curl --parallel --parallel-max 5``.
+big: one MIB MiB file (default 512) — ``ferry transfer`` with its live progress bar on a
+pseudo-terminal (CLI, as a user sees it), ``ferry --json transfer`` (CLI), the library
+(create, add, resume, wait, complete), curl, and curl followed by an fsync of its output
+(ferry makes its data durable, curl does not).
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ ARIA2_QUIET = ["--quiet=true", "--console-log-level=error", "--summary-interval=
                "--check-certificate=false", "--max-tries=1"]  # fmt: skip
 
 
-def destinations(work: Path) -> dict[str, Path]:
+def destinations(work: Path, tmpfs: bool = True) -> dict[str, Path]:
     out = {"disk": work / "out"}
-    if Path("/dev/shm").is_dir():
+    if tmpfs and Path("/dev/shm").is_dir():
         out["tmpfs"] = Path(tempfile.mkdtemp(prefix="fy-shm-", dir="/dev/shm"))
     return out
 
@@ -94,6 +96,7 @@ class Bench:
             self.ab = Daemon(work / "d-ab", log_level="warning", env={var: value})
             self.ab.start()
         self.env = child_env({"FERRY_SOCKET": self.daemon.socket})
+        self.tmpfs_ok = True  # False: the outputs do not fit in /dev/shm, disk only
 
     def close(self) -> None:
         self.daemon.stop()
@@ -158,7 +161,7 @@ class Bench:
         self, label: str, files: dict[str, str], tools: list[str], rounds: int
     ) -> list[dict[str, Any]]:
         rows = []
-        for dest, out in destinations(self.work).items():
+        for dest, out in destinations(self.work, self.tmpfs_ok).items():
             walls: dict[str, list[float]] = {t: [] for t in tools}
             cpu: list[float] = []
             cpu_of: dict[str, list[float]] = {t: [] for t in tools if t.startswith("ferry")}
@@ -216,12 +219,23 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+SMALL_TOOLS = ["ferry CLI, bar", "ferry CLI", "ferry library", "aria2c", "curl"]
+BIG_TOOLS = ["ferry CLI, bar", "ferry CLI", "ferry library", "curl", "curl+fsync"]
+
+
 def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """``main``'s work; the rows (one per destination: medians per tool, ferryd's CPU)."""
     args = list(sys.argv[1:] if argv is None else argv)
     what = args[0] if args else "small"
     rounds = int(args[2]) if len(args) > 2 else 5
     work = short_tmpdir("fy-tb-")
     bench = Bench(work)
+    rows: list[dict[str, Any]] = []
     try:
         if what == "small":
             count = int(args[1]) if len(args) > 1 else 1000
@@ -229,14 +243,17 @@ def main(argv: list[str] | None = None) -> int:
             src.mkdir()
             files = {f"small/f{i:04d}.bin": make_file(src / f"f{i:04d}.bin", 64 * KIB)
                      for i in range(count)}  # fmt: skip
-            tools = ["ferry CLI", "ferry library", "aria2c", "curl"]
+            tools = SMALL_TOOLS.copy()
             if bench.ab is not None:
                 tools.insert(1, "ferry CLI, B")
             rows = bench.compare(f"{count} x 64 KiB", files, tools, rounds)
         else:
             mib = int(args[1]) if len(args) > 1 else 512
+            bench.tmpfs_ok = tmpfs_room(mib)
+            if not bench.tmpfs_ok:
+                print(f"  {mib} MiB: /dev/shm has no room for it: disk only", flush=True)
             files = {"big.bin": make_file(bench.www / "big.bin", mib * MIB)}
-            tools = ["ferry CLI", "ferry CLI, bar", "curl", "curl+fsync"]
+            tools = BIG_TOOLS.copy()
             if bench.ab is not None:
                 tools.insert(1, "ferry CLI, B")
             bench.compare(f"{mib} MiB", files, tools, 1)  # untimed warm-up
@@ -245,7 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.close()
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return rows
+
+
+def tmpfs_room(mib: int) -> bool:
+    """Whether /dev/shm can hold a MIB MiB output with 1 GiB to spare (only one tool's
+    output exists at a time)."""
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return False
+    return free >= (mib + 1024) * MIB
 
 
 if __name__ == "__main__":

@@ -41,3 +41,11 @@ def test_locate_agrees_with_the_library(
 def test_fetch_jobs_without_a_daemon_leaves_it_to_click(tmp_path: Path) -> None:
     assert fetch_jobs(str(tmp_path / "nobody.sock"), False, timeout=5) is None
     assert not os.path.exists(tmp_path / "nobody.sock")
+
+
+def test_client_connect_without_a_daemon_is_daemon_unavailable(tmp_path: Path) -> None:
+    """The CLI's autostart check (``Client.connect``: a connection, no request)."""
+    from ferry.client import Client, DaemonUnavailable
+
+    with Client(str(tmp_path / "nobody.sock")) as c, pytest.raises(DaemonUnavailable):
+        c.connect()

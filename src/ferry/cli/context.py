@@ -39,7 +39,7 @@ class Ctx:
             c = Client(self.choice.path)
             if transfer and self.autostart and not self.choice.explicit:
                 try:
-                    c.status()
+                    c.connect()  # a connection, not a request: one round trip fewer
                 except DaemonUnavailable:
                     c.close()
                     from ..client.autostart import start_user_daemon

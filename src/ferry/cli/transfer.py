@@ -2,9 +2,11 @@
 with a live progress bar, complete on success.
 
 The progress bar is driven by the job's event stream (ferryd publishes every durable
-progress step), so it costs no polling. The bar goes to stderr, leaving stdout for the
-result. A failure leaves the job in place for ``ferry resume``; Ctrl-C cancels it, because
-an interactive transfer the user abandoned should not linger in the queue.
+progress step, at most every ``min_notification_interval_ms``), so it costs no polling, and
+it is drawn without rich (``progress.py``), once per event. The bar goes to stderr, leaving
+stdout for the result. A failure leaves the job in place for ``ferry resume``; Ctrl-C
+cancels it, because an interactive transfer the user abandoned should not linger in the
+queue.
 """
 
 from __future__ import annotations
@@ -131,53 +133,34 @@ def _follow_lines(job: Job) -> JobState:
 def _follow(job: Job) -> JobState:
     """Follow the job's events with a progress bar until it is TRANSFERRED, ERROR or final.
     TRANSIENT_ERROR is shown with the try that comes next and when, and waited out: ferryd
-    retries by itself, as BITS does."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    retries by itself, as BITS does. The bar (``progress.Bar``, no rich) is redrawn once
+    per event and never in between."""
+    from .progress import DIM, YELLOW, Bar
 
-    from .render import console
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[files]} {task.fields[note]}"),
-        console=console(stderr=True),
-        transient=False,
-        # Redrawn 4 times a second, not rich's 10: a transfer's pace is what a user wants
-        # to see, and on a busy machine each redraw is CPU taken from the transfer.
-        refresh_per_second=4,
-    )
-    with progress:
-        task = progress.add_task(job.display_name, total=None, files="", note="")
+    bar = Bar(sys.stderr, job.display_name)
+    try:
         for ev in job.follow():
             p = job.progress
             total = p.get("bytes_total")
-            note = ""
+            note, sgr = "", ""
             if job.state is JobState.TRANSIENT_ERROR and job.error:
                 tries = int(job.data.get("error_count") or 0) + 1
                 retry = retry_text(job.data, countdown=False) or "retrying"
-                note = f"[yellow]{job.error.get('code')} (try {tries}): {retry}"
+                note, sgr = f"{job.error.get('code')} (try {tries}): {retry}", YELLOW
             elif job.state in (JobState.QUEUED, JobState.CONNECTING):
-                note = f"[dim]{job.state.value.lower()}"
-            progress.update(
-                task,
-                total=total if isinstance(total, int) else None,
-                completed=int(p.get("bytes_transferred") or 0),
-                files=f"{p.get('files_transferred', 0)}/{p.get('files_total', 0)} files",
-                note=note,
+                note, sgr = job.state.value.lower(), DIM
+            bar.update(
+                int(p.get("bytes_transferred") or 0),
+                total if isinstance(total, int) else None,
+                f"{p.get('files_transferred', 0)}/{p.get('files_total', 0)} files",
+                note,
+                sgr,
             )
             done = job._observe(ev)
             if done is not None:
                 return done
+    finally:
+        bar.close()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -185,7 +168,7 @@ def _report_done(job: Job, code: str, elapsed: float, json_mode: bool) -> int:
     if json_mode:
         _emit({"result": {"code": code, "hresult": f"0x{hresult_of(code):08X}"}, "job": job.data})
         return 0
-    from rich.filesize import decimal
+    from .table import decimal
 
     p = job.progress
     total = int(p.get("bytes_transferred") or 0)

@@ -131,6 +131,15 @@ class Client:
                 return resp.status, resp.body
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def connect(self) -> None:
+        """Open the kept-alive connection now, without a request: DaemonUnavailable (or
+        E_ACCESSDENIED) when nobody may be reached at the socket. The next call uses it.
+        (The ``ferry`` command's autostart check: a ``status`` call would cost ferryd a
+        request for nothing.)"""
+        with self._lock:
+            if self._conn is None:
+                self._conn = _open(self.socket, self.timeout)
+
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
