@@ -13,9 +13,10 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
+
+from harness.process import stop_process, wait_for_port
 
 MODULES = Path("/usr/lib/apache2/modules")
 NEEDED = (
@@ -169,15 +170,10 @@ CustomLog {self.access_log} who
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KRB5RCACHETYPE": "none", **self.env}
         with open(self.base / "stderr.log", "wb") as stderr:
             self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"apache2 exited: {self.errors()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
+        if wait_for_port(self.proc, self.port, timeout=timeout, every=0.05):
+            return
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"apache2 exited: {self.errors()}")
         self.stop()
         raise RuntimeError(f"apache2 did not start: {self.errors()}")
 
@@ -192,13 +188,7 @@ CustomLog {self.access_log} who
         return self.access_log.read_text(errors="replace").splitlines()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def __enter__(self) -> Apache:

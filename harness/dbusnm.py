@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Self
 
+from harness.process import stop_process
+
 DBUS_DAEMON = shutil.which("dbus-daemon") or "/usr/bin/dbus-daemon"
 DBUS_SEND = shutil.which("dbus-send") or "/usr/bin/dbus-send"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -93,11 +95,5 @@ class MockNetworkManager:
 
     def stop(self) -> None:
         for proc in (self.mock, self.bus):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
         self.mock = self.bus = None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Self
 
 from harness.env import which
+from harness.process import stop_process, wait_for_port
 
 NGINX = which("nginx") or "/usr/sbin/nginx"
 
@@ -119,28 +119,13 @@ class Nginx:
                 self.proc = subprocess.Popen(
                     args, stdin=subprocess.DEVNULL, stdout=err, stderr=err
                 )
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break  # the port was taken meanwhile, or a config error: see the log
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                    return self
-                except OSError:
-                    time.sleep(0.02)
-            self.stop()
+            if wait_for_port(self.proc, self.port):
+                return self
+            self.stop()  # the port was taken meanwhile, or a config error: see the log
         raise RuntimeError(f"nginx did not start:\n{self.error_log()}")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # fast shutdown
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)  # SIGTERM: nginx's fast shutdown
         self.proc = None
 
     def url(self, name: str, slow: bool = False, route: str | None = None) -> str:

@@ -18,7 +18,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Self
 
 from harness.env import short_tmpdir, which
+from harness.process import stop_process, wait_for_port
 
 SQUID = which("squid") or "/usr/sbin/squid"
 
@@ -129,29 +129,14 @@ class Squid:
                     stderr=err,
                     start_new_session=True,
                 )
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                    return self
-                except OSError:
-                    time.sleep(0.05)
+            if wait_for_port(self.proc, self.port, timeout=20, every=0.05):
+                return self
             self.stop()
         raise RuntimeError(f"squid did not start:\n{self.error_log()}")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            # SIGINT/SIGTERM: shut down (shutdown_lifetime 0: at once).
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        # SIGTERM: shut down (shutdown_lifetime 0: at once).
+        stop_process(self.proc, timeout=15)
         self.proc = None
 
     def cleanup(self) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Self
 
 from harness.env import child_env
+from harness.process import stop_process, wait_for_port
 
 PROTOCOL = "{7df0354d-249b-430f-820d-3d2a9bef4931}"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -327,26 +328,13 @@ class NginxFront:
             args += ["-e", str(self.dir / "error.log")]
             with open(self.dir / "nginx.stderr", "ab") as err:
                 self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                    return self
-                except OSError:
-                    time.sleep(0.02)
+            if wait_for_port(self.proc, self.port):
+                return self
             self.stop()
         raise RuntimeError(f"nginx did not start:\n{self.error_log()}")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def error_log(self) -> str:

@@ -16,14 +16,13 @@ code): the ``ferry`` command's start-up time depends on it.
 
 from __future__ import annotations
 
+from ._lazy import lazy_exports
 from ._version import __version__
 
 # Not typing.TYPE_CHECKING: importing typing (and re with it) is a third of what
 # ``ferry --version`` costs. mypy reads any constant of this name the same way.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from .client import (
         AsyncClient,
         AsyncJob,
@@ -60,19 +59,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(where, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())
 
 
 __all__ = [

@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -86,15 +87,42 @@ def _same(a: Path, b: Path) -> bool:
     return ha.digest() == hb.digest()
 
 
+def _start_upload(c: Client, name: str, url: str, src: Path, kind: str = "upload") -> Any:
+    """An upload (or upload-reply) job of one file, resumed; returns the job."""
+    job = c.create_job(name, type=kind)
+    job.add_file(url, str(src))
+    job.resume()
+    return job
+
+
+def _wait_acked(ferryd: Daemon, jid: str, below: int | None = None) -> None:
+    """Until the server has acknowledged part of the upload (and, with ``below``, less
+    than that many bytes)."""
+
+    def acked() -> bool:
+        done = ferryd.call("GET", f"/v1/jobs/{jid}")[1]["progress"]["bytes_transferred"]
+        return done > 0 and (below is None or done < below)
+
+    wait_until(acked, "part of the upload acknowledged", every=0.005)
+
+
+def _transferred_after_outage(ferryd: Daemon, job: Any, timeout: float) -> None:
+    """Wait for TRANSFERRED after the server went away; a server down longer than the
+    retries leaves the job in TRANSIENT_ERROR, which one resume recovers."""
+    body = wait_state(ferryd, job.id, "TRANSFERRED", "ERROR", "TRANSIENT_ERROR", timeout=timeout)
+    if body["state"] == "TRANSIENT_ERROR":
+        job.resume()
+        body = wait_state(ferryd, job.id, "TRANSFERRED", "ERROR", timeout=timeout)
+    assert body["state"] == "TRANSFERRED", (body["error"], ferryd.log())
+
+
 @pytest.mark.parametrize("size", [0, 1, 5 * 1024, 7_000_000, 64 << 20, BIG])
 def test_upload_sizes_byte_identical(
     ferryd: Daemon, server: FerryServer, base: Path, size: int
 ) -> None:
     src = _src(base, f"f{size}", size)
     with Client(ferryd.socket) as c:
-        job = c.create_job(f"up{size}", type="upload")
-        job.add_file(server.url(f"/f{size}"), str(src))
-        job.resume()
+        job = _start_upload(c, f"up{size}", server.url(f"/f{size}"), src)
         body = wait_state(ferryd, job.id, "TRANSFERRED", "ERROR", timeout=300)
         assert body["state"] == "TRANSFERRED", (body["error"], ferryd.log())
         assert body["progress"]["bytes_transferred"] == size
@@ -108,16 +136,8 @@ def test_kill_9_of_ferryd_mid_upload(base: Path, server: FerryServer) -> None:
     try:
         src = _src(base, "k", 48 << 20)
         with Client(ferryd.socket) as c:
-            job = c.create_job("k", type="upload")
-            job.add_file(server.url("/k"), str(src))
-            job.resume()
-            jid = job.id
-
-        def midway() -> bool:
-            p = ferryd.call("GET", f"/v1/jobs/{jid}")[1]["progress"]
-            return 0 < p["bytes_transferred"] < (24 << 20)
-
-        wait_until(midway, "part of the upload acknowledged", every=0.005)
+            jid = _start_upload(c, "k", server.url("/k"), src).id
+        _wait_acked(ferryd, jid, below=24 << 20)
         os.kill(ferryd.pid, signal.SIGKILL)
         assert ferryd.proc is not None
         ferryd.proc.wait()
@@ -138,24 +158,11 @@ def test_server_restart_mid_upload(base: Path, server: FerryServer) -> None:
     try:
         src = _src(base, "r", 48 << 20)
         with Client(ferryd.socket) as c:
-            job = c.create_job("r", type="upload")
-            job.add_file(server.url("/r"), str(src))
-            job.resume()
-            jid = job.id
-            wait_until(
-                lambda: (
-                    ferryd.call("GET", f"/v1/jobs/{jid}")[1]["progress"]["bytes_transferred"] > 0
-                ),
-                "part of the upload acknowledged",
-                every=0.005,
-            )
+            job = _start_upload(c, "r", server.url("/r"), src)
+            _wait_acked(ferryd, job.id)
             server.kill()  # kill -9 of the server, then the same port and state directory
             server.start()
-            body = wait_state(ferryd, jid, "TRANSFERRED", "ERROR", "TRANSIENT_ERROR", timeout=300)
-            if body["state"] == "TRANSIENT_ERROR":  # the server was down longer than retries
-                job.resume()
-                body = wait_state(ferryd, jid, "TRANSFERRED", "ERROR", timeout=300)
-            assert body["state"] == "TRANSFERRED", (body["error"], ferryd.log())
+            _transferred_after_outage(ferryd, job, timeout=300)
             assert job.complete() == "S_OK"
         assert _same(src, base / "root" / "r")
     finally:
@@ -168,16 +175,8 @@ def test_expired_session_starts_over(base: Path) -> None:
     try:
         src = _src(base, "e", 3 << 20)
         with Client(ferryd.socket) as c:
-            job = c.create_job("e", type="upload")
-            job.add_file(server.url("/e"), str(src))
-            job.resume()
-            wait_until(
-                lambda: (
-                    ferryd.call("GET", f"/v1/jobs/{job.id}")[1]["progress"]["bytes_transferred"] > 0
-                ),
-                "some progress",
-                every=0.005,
-            )
+            job = _start_upload(c, "e", server.url("/e"), src)
+            _wait_acked(ferryd, job.id)
             job.suspend()
             time.sleep(2.5)  # the session expires on the server
             job.resume()
@@ -193,9 +192,7 @@ def test_expired_session_starts_over(base: Path) -> None:
 def test_cancel_leaves_nothing(ferryd: Daemon, server: FerryServer, base: Path) -> None:
     src = _src(base, "c", 100_000)
     with Client(ferryd.socket) as c:
-        job = c.create_job("c", type="upload")
-        job.add_file(server.url("/c"), str(src))
-        job.resume()
+        job = _start_upload(c, "c", server.url("/c"), src)
         wait_state(ferryd, job.id, "TRANSFERRED")
         job.cancel()
     assert not (base / "root" / "c").exists()
@@ -208,9 +205,7 @@ def test_complete_twice_and_existing_destination(
     src = _src(base, "x", 1000)
     (base / "root" / "exists").write_bytes(b"old")
     with Client(ferryd.socket) as c:
-        job = c.create_job("x", type="upload")
-        job.add_file(server.url("/exists"), str(src))
-        job.resume()
+        job = _start_upload(c, "x", server.url("/exists"), src)
         body = wait_state(ferryd, job.id, "ERROR", "TRANSFERRED")
         # ferry-server refuses to overwrite by default: 403 E_ACCESSDENIED, final.
         assert body["state"] == "ERROR", body
@@ -254,9 +249,7 @@ def test_upload_reply_with_a_real_back_end(base: Path, size: int) -> None:
         src = _src(base, "rep", size)
         digest = hashlib.sha256(src.read_bytes()).hexdigest()
         with Client(ferryd.socket) as c:
-            job = c.create_job("rep", type="upload-reply")
-            job.add_file(server.url("/rep"), str(src))
-            job.resume()
+            job = _start_upload(c, "rep", server.url("/rep"), src, kind="upload-reply")
             body = wait_state(ferryd, job.id, "TRANSFERRED", "ERROR", timeout=600)
             assert body["state"] == "TRANSFERRED", (body["error"], ferryd.log(), server.log())
             expected = f"{digest} {size}\n".encode()
@@ -291,23 +284,10 @@ def test_farm_host_then_fallback(base: Path) -> None:
     try:
         src = _src(base, "farm", 24 << 20)
         with Client(ferryd.socket) as c:
-            job = c.create_job("farm", type="upload")
-            job.add_file(origin.url("/farm"), str(src))
-            job.resume()
-            jid = job.id
-            wait_until(
-                lambda: (
-                    ferryd.call("GET", f"/v1/jobs/{jid}")[1]["progress"]["bytes_transferred"] > 0
-                ),
-                "part of the upload acknowledged",
-                every=0.005,
-            )
+            job = _start_upload(c, "farm", origin.url("/farm"), src)
+            _wait_acked(ferryd, job.id)
             pinned.kill()
-            body = wait_state(ferryd, jid, "TRANSFERRED", "ERROR", "TRANSIENT_ERROR", timeout=120)
-            if body["state"] == "TRANSIENT_ERROR":
-                job.resume()
-                body = wait_state(ferryd, jid, "TRANSFERRED", "ERROR", timeout=120)
-            assert body["state"] == "TRANSFERRED", (body["error"], ferryd.log())
+            _transferred_after_outage(ferryd, job, timeout=120)
             assert job.complete() == "S_OK"
         assert _same(src, base / "root" / "farm")
         # ferryd went to the pinned host, and back to the origin once it was gone.

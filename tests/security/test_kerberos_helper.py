@@ -141,6 +141,24 @@ def _new_job(c: ferry.Client, name: str, url: str, dest: Path) -> Any:
     return job
 
 
+def _negotiate_job(
+    d: Daemon, who: SessionAgent, name: str, url: str, dest: Path, ccache: str | None = None
+) -> str:
+    """As ``who`` over the raw API: a job (naming ``ccache`` as its Kerberos cache, if
+    given) of one file from ``url`` to ``dest``, with implicit Negotiate to the server."""
+    doc: dict[str, Any] = {"display_name": name}
+    if ccache is not None:
+        doc["krb5ccname"] = ccache
+    status, created = who.call(d.socket, "POST", "/v1/jobs", doc)
+    assert status == 201, created
+    jid: str = created["id"]
+    body = {"files": [{"remote_name": url, "local_name": str(dest)}]}
+    assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/files", body)[0] == 200
+    cred = {"target": "SERVER", "scheme": "NEGOTIATE"}
+    assert who.call(d.socket, "PUT", f"/v1/jobs/{jid}/credentials", cred)[0] == 200
+    return jid
+
+
 def test_seed_example_service_owner_with_kerberos_helper(
     krb_ferryd: Daemon, httpd: Apache, realm: Realm, short_tmp: Path
 ) -> None:
@@ -368,16 +386,8 @@ def test_take_ownership_forgets_the_cache_the_old_owner_named(
     admin_cc = admin_dir / "krb5cc"  # not there yet when the user names it
     mine = owned_dir(short_tmp / "taker", HLP, 0o755)
     with SessionAgent(HLP) as who:
-        status, created = who.call(
-            d.socket, "POST", "/v1/jobs", {"display_name": "take", "krb5ccname": str(admin_cc)}
-        )
-        assert status == 201, created
-        jid = created["id"]
-        body = {"files": [{"remote_name": httpd.url("neg/taken.bin"),
-                           "local_name": str(mine / "taken.bin")}]}  # fmt: skip
-        assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/files", body)[0] == 200
-        cred = {"target": "SERVER", "scheme": "NEGOTIATE"}
-        assert who.call(d.socket, "PUT", f"/v1/jobs/{jid}/credentials", cred)[0] == 200
+        jid = _negotiate_job(d, who, "take", httpd.url("neg/taken.bin"), mine / "taken.bin",
+                             ccache=str(admin_cc))  # fmt: skip
     realm.kinit_as(0, realm.owner, "owner-pw", str(admin_cc))  # root's ticket, later
     status, answer = d.call("POST", f"/v1/jobs/{jid}/take-ownership", {})
     assert status == 200 and answer["job"]["owner"]["uid"] == 0, answer
@@ -671,14 +681,7 @@ def test_service_identity_keytab_and_denial_at_use(
         # The same for a uid in a login session, which names no cache: no keytab for it.
         mine = owned_dir(short_tmp / "sessioned", HLP, 0o755)
         with SessionAgent(HLP) as who:
-            status, created = who.call(d.socket, "POST", "/v1/jobs", {"display_name": "sess"})
-            assert status == 201, created
-            jid = created["id"]
-            body = {"files": [{"remote_name": httpd.url("neg/svc.bin"),
-                               "local_name": str(mine / "sess.bin")}]}  # fmt: skip
-            assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/files", body)[0] == 200
-            cred = {"target": "SERVER", "scheme": "NEGOTIATE"}
-            assert who.call(d.socket, "PUT", f"/v1/jobs/{jid}/credentials", cred)[0] == 200
+            jid = _negotiate_job(d, who, "sess", httpd.url("neg/svc.bin"), mine / "sess.bin")
             assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/resume", {})[0] == 200
             err = wait_state(d, jid, {"ERROR", "TRANSFERRED"})
             assert err["state"] == "ERROR" and err["error"]["code"] == "BG_E_HTTP_ERROR_401", err
@@ -693,16 +696,8 @@ def test_service_identity_keytab_and_denial_at_use(
         os.chown(theirs, OTHER, OTHER)
         cache = mine / "krb5cc"
         with SessionAgent(HLP) as who:
-            status, created = who.call(
-                d.socket, "POST", "/v1/jobs", {"display_name": "swap", "krb5ccname": str(cache)}
-            )
-            assert status == 201, created
-            jid = created["id"]
-            body = {"files": [{"remote_name": httpd.url("neg/svc.bin"),
-                               "local_name": str(mine / "out.bin")}]}  # fmt: skip
-            assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/files", body)[0] == 200
-            cred = {"target": "SERVER", "scheme": "NEGOTIATE"}
-            assert who.call(d.socket, "PUT", f"/v1/jobs/{jid}/credentials", cred)[0] == 200
+            jid = _negotiate_job(d, who, "swap", httpd.url("neg/svc.bin"), mine / "out.bin",
+                                 ccache=str(cache))  # fmt: skip
             os.symlink(theirs, cache)
             os.lchown(cache, HLP, HLP)
             assert who.call(d.socket, "POST", f"/v1/jobs/{jid}/resume", {})[0] == 200

@@ -9,14 +9,12 @@ one line in ``_WHERE`` and one in the ``TYPE_CHECKING`` block.
 
 from __future__ import annotations
 
-from importlib import import_module
+from .._lazy import lazy_exports
 
 # Not typing.TYPE_CHECKING: ``ferry list`` imports this package (for ``wire``), and typing
 # (with re) would cost it more than the rest of its imports (see ferry/__init__.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from ..protocol import SYSTEM_SOCKET
     from ._ops import DaemonUnavailable
     from .aio import AsyncClient, AsyncEventStream, AsyncJob, AsyncTokenOptions
@@ -47,17 +45,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(where, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())
 
 
 __all__ = [
