@@ -51,7 +51,6 @@ from harness.nginx import Nginx
 from harness.upserver import FerryServer
 
 TEMP_GLOB = ".*.ferry-part"
-DEBUG_STATES = False
 # (fraction of the run, signal) of each restart.
 FERRYD_RESTARTS = ((0.10, "TERM"), (0.20, "KILL"), (0.30, "TERM"), (0.40, "KILL"), (0.48, "KILL"))
 SERVER_RESTARTS = ((0.15, "TERM"), (0.33, "KILL"), (0.45, "KILL"))
@@ -355,7 +354,6 @@ def run_soak(
         plan += [(f * duration, what, sig) for f, sig in steps]
     plan.sort()
     live: list[SJob] = []
-    dbg = [0.0]
     created = 0
     pace_until = duration * 0.95  # the last job is due then ...
     create_until = duration  # ... and may be created until then when the run lags
@@ -540,14 +538,6 @@ def run_soak(
                         live.append(sj)
                         submit(c, sj)
                     states = {j.id: j for j in c.jobs()}
-                    if DEBUG_STATES and time.monotonic() - dbg[0] > 2:
-                        dbg[0] = time.monotonic()
-                        tally: dict[str, int] = {}
-                        for sj in live:
-                            j = states.get(sj.id)
-                            k = f"{sj.kind}:{j.state.value if j else None}"
-                            tally[k] = tally.get(k, 0) + 1
-                        say(f"DBG {now:.0f} {sorted(tally.items())}")
                     for sj in live:
                         if sj.done:
                             continue
@@ -563,9 +553,7 @@ def run_soak(
                             if exc.code not in sj.refusals:
                                 result.note(f"{sj.name}: {exc}")
                             sj.refusals.add(exc.code)
-            except (ferry.FerryError, OSError) as exc:
-                if DEBUG_STATES:
-                    say(f"DBG {now:.1f} {type(exc).__name__}: {exc}")
+            except (ferry.FerryError, OSError):
                 time.sleep(0.1)  # ferryd is restarting
                 continue
             time.sleep(0.2)
