@@ -1159,8 +1159,9 @@ def case_forged(draw: st.DrawFn, w: World) -> None:
     h = bits_headers(draw, ptype, sid)
     h.append(("Content-Range", "bytes 0-0/1"))
     w.case_desc += f" forged {ptype} {sid[:40]!r} {url[:40]!r}"
-    body = b"\x00" if ptype == "Fragment" else b""
     target = old if (old is not None and r != 0) else None
+    # a real id on its own URL is a real fragment: it carries the session's byte 0
+    body = b"" if ptype != "Fragment" else content(target.salt, 0, 1) if target else b"\x00"
     size_before = w.data_size(target) if target is not None else None
     a = send(w, Req(url=url, headers=h, body=body, http_ok=_http_ok(url, h)))
     if target is not None:

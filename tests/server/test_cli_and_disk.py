@@ -42,6 +42,7 @@ def test_help_names_every_flag() -> None:
         "--notify-type",
         "--tls-cert",
         "--tls-key",
+        "--idle-timeout",
     ):
         assert flag in out.stdout, flag
 

@@ -374,30 +374,38 @@ async def _write(
     body cut short keeps (and fsyncs) what arrived; the client learns it on its next try."""
     skip = received - first
     pos = received
+    idle = state.config.idle_timeout
     fd = os.open(state.store.data_path(sid), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         try:
-            while pos < end:
-                try:
-                    chunk = await asyncio.wait_for(
-                        request.content.readany(), state.config.idle_timeout
-                    )
-                except (ConnectionError, TimeoutError):
-                    break  # the client went away or stalled: what arrived is kept
-                if not chunk:
-                    break
-                if skip:
-                    if len(chunk) <= skip:
-                        skip -= len(chunk)
-                        continue
-                    chunk = chunk[skip:]
-                    skip = 0
-                chunk = chunk[: end - pos]
-                view = memoryview(chunk)
-                while view:
-                    n = os.pwrite(fd, view, pos)
-                    pos += n
-                    view = view[n:]
+            # A body that stalls for about idle_timeout (between half of it and all of it:
+            # the deadline is pushed back only when half of it is spent, so the timer costs
+            # nothing per chunk) counts as cut off: what arrived is kept
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(loop.time() + idle) as deadline:
+                    while pos < end:
+                        now = loop.time()
+                        if (deadline.when() or now) - now < idle / 2:
+                            deadline.reschedule(now + idle)
+                        try:
+                            chunk = await request.content.readany()
+                        except ConnectionError:
+                            break  # the client went away: what arrived is kept
+                        if not chunk:
+                            break
+                        if skip:
+                            if len(chunk) <= skip:
+                                skip -= len(chunk)
+                                continue
+                            chunk = chunk[skip:]
+                            skip = 0
+                        chunk = chunk[: end - pos]
+                        view = memoryview(chunk)
+                        while view:
+                            n = os.pwrite(fd, view, pos)
+                            pos += n
+                            view = view[n:]
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 os.ftruncate(fd, pos)
