@@ -6,7 +6,9 @@ Phase 1 (kills): jobs of mixed sizes (a few KiB to ~100 MiB) download from nginx
 fault-injecting server (paced, dropping some connections), while a killer thread SIGKILLs
 ferryd at random moments — mid-transfer, mid-``complete``, and during its own start-up —
 and restarts it; then every file, every job's state, the destinations, the bytes fetched
-twice and the store's integrity are checked. Phase 2 (hostile API): schemathesis fuzzing,
+twice and the store's integrity are checked. Phase 2 (hostile API): 10,000 generated
+cases over every route of the OpenAPI document (our schema-driven generator, a tenth by
+schemathesis) as two unprivileged uids, attacks on a third uid's jobs and their secrets,
 raw malformed requests and path/symlink attacks; never a 500, ferryd never dies, nothing
 outside the attacker's reach changes. harness/torture.py and harness/hostile.py say
 exactly what is checked (the short run in the tests uses them too).
@@ -37,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=5 if q else 30)
     p.add_argument("--duration", type=float, default=110.0 if q else 600.0,
                    help="upper bound in seconds for the whole run")
-    p.add_argument("--fuzz-cases", type=int, default=300 if q else 3000,
-                   help="schemathesis cases (-1 skips phase 2)")
+    p.add_argument("--fuzz-cases", type=int, default=1000 if q else 10_000,
+                   help="generated API cases in all (-1 skips phase 2)")
+    p.add_argument("--schemathesis-cases", type=int, default=None,
+                   help="how many of them schemathesis makes (default: a tenth, at most "
+                        "1,000; 0: none)")
     p.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
@@ -46,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         f"at most {args.duration:.0f} s")
     t0 = time.monotonic()
     report = run(kills=args.kills, duration=args.duration, fuzz_cases=args.fuzz_cases,
-                 seed=args.seed, q=q, keep=args.keep)
+                 seed=args.seed, q=q, keep=args.keep,
+                 schemathesis_cases=args.schemathesis_cases)
     say(f"({time.monotonic() - t0:.0f} s)")
     for f in report.failures:
         say(f"FAILURE: {f}")

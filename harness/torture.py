@@ -18,8 +18,12 @@ mid-transfer). At the end it checks:
 * the store passes ``PRAGMA integrity_check`` after every kill (on a copy) and at the end
   (read-only, after a clean stop).
 
-Phase 2 (hostile API, in hostile.py): schemathesis fuzzes every operation of
-/v1/openapi.json (positive and negative cases) through a TCP->Unix forwarder, raw
+Phase 2 (hostile API, in hostile.py): generated cases for every operation of
+/v1/openapi.json (harness/apifuzz.py's schema-driven generator, and a share by
+schemathesis through a TCP->Unix forwarder), as ``nobody`` and a second unprivileged uid
+against their own jobs and a victim uid's (whose jobs carry passwords, write-only headers,
+a client certificate and a helper token: every such attempt is denied and changes
+nothing, and no secret shows in any answer, in ferryd's log or its store), raw
 malformed HTTP and JSON go straight to the socket, and hand-written path and symlink
 attacks try to make ferryd write outside the caller's reach. As root, ferryd runs in
 system mode and the attacker is ``nobody``. Checks: never a 500, ferryd never dies, jobs
@@ -538,6 +542,7 @@ def run(
     max_size: int | None = None,
     use_schemathesis: bool = True,
     keep: bool = False,
+    schemathesis_cases: int | None = None,
 ) -> Report:
     report = Report()
     work = short_tmpdir("ft-")
@@ -546,7 +551,8 @@ def run(
                    max_size=max_size)
         if fuzz_cases >= 0:
             fuzz_phase(work / "f", report, cases=fuzz_cases, seed=seed,
-                       use_schemathesis=use_schemathesis)
+                       use_schemathesis=use_schemathesis,
+                       schemathesis_cases=schemathesis_cases)
     finally:
         if keep or report.failures:
             say(f"work directory kept: {work}")

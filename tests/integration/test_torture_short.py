@@ -7,6 +7,7 @@ in KNOWN_BUGS (then it is an expected failure, shown by ``pytest -rx``)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
 from pathlib import Path
 
@@ -67,17 +68,31 @@ def test_kills_lose_nothing(short_tmp: Path) -> None:
     ],
 )
 def test_hostile_api(short_tmp: Path, use_schemathesis: bool) -> None:
+    """The schemathesis variant: ~900 schema-driven cases over every route plus ~100 by
+    schemathesis, as nobody and a second uid, with the other-user attacks and the secret
+    scan; the other: raw requests and path attacks (each well under a minute)."""
     report = Report()
     fuzz_phase(
         short_tmp / "f",
         report,
-        cases=200,
+        cases=1000 if use_schemathesis else 0,
+        schemathesis_cases=100 if use_schemathesis else 0,
         seed=random.randrange(100_000),
         use_schemathesis=use_schemathesis,
         hand_written=not use_schemathesis,
+        identities=use_schemathesis,
     )
     _check(report)
     if use_schemathesis:
-        assert report.fuzz_cases > 0
+        assert report.fuzz_cases >= 900
+        # every route of the OpenAPI document was hit
+        from ferry.protocol.openapi import openapi_document
+
+        routes = {f"{m.upper()} {p}" for p, ms in openapi_document()["paths"].items()
+                  for m in ms}
+        assert routes <= set(report.fuzz_routes), sorted(routes - set(report.fuzz_routes))
+        assert report.secret_scans >= report.fuzz_cases // 2
+        if os.geteuid() == 0:
+            assert report.identity_attacks > 100
     else:
         assert report.raw_requests > 0 and report.attacks > 0
