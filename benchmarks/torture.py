@@ -7,7 +7,7 @@ fault-injecting server (paced, dropping some connections), while a killer thread
 ferryd at random moments — mid-transfer, mid-``complete``, and during its own start-up —
 and restarts it; then every file, every job's state, the destinations, the bytes fetched
 twice and the store's integrity are checked. Phase 2 (hostile API): 10,000 generated
-cases over every route of the OpenAPI document (our schema-driven generator, a tenth by
+cases over every route of the OpenAPI document (our schema-driven generator, 300 by
 schemathesis) as two unprivileged uids, attacks on a third uid's jobs and their secrets,
 raw malformed requests and path/symlink attacks; never a 500, ferryd never dies, nothing
 outside the attacker's reach changes. harness/torture.py and harness/hostile.py say
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fuzz-cases", type=int, default=1000 if q else 10_000,
                    help="generated API cases in all (-1 skips phase 2)")
     p.add_argument("--schemathesis-cases", type=int, default=None,
-                   help="how many of them schemathesis makes (default: a tenth, at most "
-                        "1,000; 0: none)")
+                   help="how many of them schemathesis makes (default: a twentieth, at "
+                        "most 300; 0: none)")
     p.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
