@@ -6,20 +6,22 @@ Phase 1 (kills): jobs of mixed sizes (a few KiB to ~100 MiB) download from nginx
 fault-injecting server (paced, dropping some connections), while a killer thread SIGKILLs
 ferryd at random moments — mid-transfer, mid-``complete``, and during its own start-up —
 and restarts it; then every file, every job's state, the destinations, the bytes fetched
-twice and the store's integrity are checked. Phase 2 (hostile API): schemathesis fuzzing,
-raw malformed requests and path/symlink attacks; never a 500, ferryd never dies, nothing
-outside the attacker's reach changes. harness/torture.py and harness/hostile.py say
-exactly what is checked (the short run in the tests uses them too). Phase 3 (ferry-server
-fuzzing, harness/serverfuzz.py): --server-requests raw requests to a real ferry-server,
-invariants checked after every case.
-exactly what is checked (the short run in the tests uses them too). Phase 3
-(``--fleet-kills N``): fleet workers on a throwaway PostgreSQL SIGKILLed mid-transfer
-(harness/torture_fleet.py). Phase 4 (``--secret-restarts N``): marker secrets on real jobs
-while ferryd is killed (harness/torture_secrets.py); then every file of the run is scanned
-for every marker (harness/secrets.py).
+twice and the store's integrity are checked. Phase 2 (hostile API, ``--fuzz-cases``):
+10,000 generated cases over every route of the OpenAPI document (our schema-driven
+generator, a share by schemathesis) as two unprivileged uids, attacks on a third uid's jobs
+and their secrets, raw malformed requests and path/symlink attacks; never a 500, ferryd
+never dies, nothing outside the attacker's reach changes. Phase 3 (``--server-requests``):
+raw requests to a real ferry-server, invariants checked after every case
+(harness/serverfuzz.py). Phase 4 (``--upload-kills``): uploads and upload-replies to
+ferry-server while ferryd and ferry-server are SIGKILLed (harness/torture_upload.py).
+Phase 5 (``--fleet-kills``): fleet workers on a throwaway PostgreSQL SIGKILLed
+mid-transfer (harness/torture_fleet.py). Phase 6 (``--secret-restarts``): marker secrets on
+real jobs while ferryd is killed (harness/torture_secrets.py); then every file of the run
+is scanned for every marker (harness/secrets.py). harness/torture.py, harness/hostile.py
+and those modules say exactly what is checked (the short runs in the tests use them too).
 
 Prints ``torture: N kills, M files verified, 0 lost`` (or the failures); exit status 1 on
-any failure. QUICK=1: ~5 kills, smaller files, fewer fuzz cases, < 2 minutes.
+any failure. QUICK=1: every phase smaller (a few minutes on a quiet machine).
 """
 
 from __future__ import annotations
@@ -44,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=5 if q else 30)
     p.add_argument("--duration", type=float, default=110.0 if q else 600.0,
                    help="upper bound in seconds for the whole run")
-    p.add_argument("--fuzz-cases", type=int, default=300 if q else 3000,
-                   help="schemathesis cases (-1 skips phase 2)")
+    p.add_argument("--fuzz-cases", type=int, default=1000 if q else 10_000,
+                   help="generated API cases in all (-1 skips phase 2)")
+    p.add_argument("--schemathesis-cases", type=int, default=None,
+                   help="how many of them schemathesis makes (default: a twentieth, at "
+                        "most 300; 0: none)")
     p.add_argument("--server-requests", type=int, default=300 if q else 10_000,
                    help="raw requests fuzzing a ferry-server (harness/serverfuzz.py; 0 or -1 "
                    "skips)")
@@ -68,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                  server_requests=args.server_requests,
                  upload_kills=args.upload_kills,
                  fleet_kills=args.fleet_kills,
-                 secret_restarts=args.secret_restarts)
+                 secret_restarts=args.secret_restarts,
+                 schemathesis_cases=args.schemathesis_cases)
     say(f"({time.monotonic() - t0:.0f} s)")
     for f in report.failures:
         say(f"FAILURE: {f}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import io
 import json
 import os
 import random
@@ -477,7 +478,16 @@ class IdClient:
         ferryd does not answer within the timeout."""
         conn = self.conn or self._connect()
         try:
-            conn.request(method, target, body=body, headers=dict(headers or {}))
+            try:
+                conn.request(method, target, body=body, headers=dict(headers or {}))
+            except (BrokenPipeError, ConnectionResetError):
+                # ferryd answered (an over-long request line, say) and closed before the
+                # whole request was sent: read the answer it left.
+                answer = _answer_left(conn.sock)
+                if answer is None:
+                    raise
+                self.disconnect()
+                return answer
             resp = conn.getresponse()
             if stream and resp.status < 400:
                 data = b""
@@ -498,6 +508,29 @@ class IdClient:
             return status, json.loads(raw) if raw else None
         except ValueError:
             return status, raw
+
+
+class _Bytes:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, *_: Any, **__: Any) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def _answer_left(sock: Any) -> tuple[int, list[tuple[str, str]], bytes] | None:
+    data = b""
+    with contextlib.suppress(OSError, AttributeError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    if not data.startswith(b"HTTP/1."):
+        return None
+    resp = http.client.HTTPResponse(_Bytes(data))  # type: ignore[arg-type]
+    try:
+        resp.begin()
+        return resp.status, resp.getheaders(), resp.read()
+    except (http.client.HTTPException, OSError):
+        return None
 
 
 # ---- checks ---------------------------------------------------------------------------

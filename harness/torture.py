@@ -18,8 +18,12 @@ mid-transfer). At the end it checks:
 * the store passes ``PRAGMA integrity_check`` after every kill (on a copy) and at the end
   (read-only, after a clean stop).
 
-Phase 2 (hostile API, in hostile.py): schemathesis fuzzes every operation of
-/v1/openapi.json (positive and negative cases) through a TCP->Unix forwarder, raw
+Phase 2 (hostile API, in hostile.py): generated cases for every operation of
+/v1/openapi.json (harness/apifuzz.py's schema-driven generator, and a share by
+schemathesis through a TCP->Unix forwarder), as ``nobody`` and a second unprivileged uid
+against their own jobs and a victim uid's (whose jobs carry passwords, write-only headers,
+a client certificate and a helper token: every such attempt is denied and changes
+nothing, and no secret shows in any answer, in ferryd's log or its store), raw
 malformed HTTP and JSON go straight to the socket, and hand-written path and symlink
 attacks try to make ferryd write outside the caller's reach. As root, ferryd runs in
 system mode and the attacker is ``nobody``. Checks: never a 500, ferryd never dies, jobs
@@ -548,6 +552,7 @@ def run(
     upload_kills: int = 0,
     fleet_kills: int = 0,
     secret_restarts: int = -1,
+    schemathesis_cases: int | None = None,
 ) -> Report:
     from harness import secrets
     from harness.torture_fleet import fleet_kill_phase
@@ -560,7 +565,8 @@ def run(
                    max_size=max_size)
         if fuzz_cases >= 0:
             fuzz_phase(work / "f", report, cases=fuzz_cases, seed=seed,
-                       use_schemathesis=use_schemathesis)
+                       use_schemathesis=use_schemathesis,
+                       schemathesis_cases=schemathesis_cases)
         if server_requests > 0:
             server_fuzz_phase(work / "s", report, seed=seed, q=q, requests=server_requests)
         if upload_kills > 0:  # the upload phase (torture_upload.py): N ferryd kills, N/3 servers

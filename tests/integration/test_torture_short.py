@@ -6,7 +6,7 @@ in KNOWN_BUGS (then it is an expected failure, shown by ``pytest -rx``)."""
 
 from __future__ import annotations
 
-import importlib.util
+import os
 import random
 from pathlib import Path
 
@@ -51,33 +51,34 @@ def test_kills_lose_nothing(short_tmp: Path) -> None:
     assert report.files_verified > 0
 
 
-@pytest.mark.parametrize(
-    "use_schemathesis",
-    [
-        pytest.param(
-            True,
-            marks=pytest.mark.skipif(
-                importlib.util.find_spec("schemathesis") is None,
-                reason="schemathesis is not installed (the dev extras provide it): "
-                "the OpenAPI fuzzing part is skipped; the hand-written attacks still run",
-            ),
-            id="schemathesis",
-        ),
-        pytest.param(False, id="hand-written"),
-    ],
-)
-def test_hostile_api(short_tmp: Path, use_schemathesis: bool) -> None:
+@pytest.mark.parametrize("generated", [True, False], ids=["generated", "hand-written"])
+def test_hostile_api(short_tmp: Path, generated: bool) -> None:
+    """``generated``: 600 schema-driven cases over every route of the OpenAPI document, as
+    nobody and a second uid, with the other-user attacks and the secret scan (schemathesis,
+    ~5 cases a second here, runs only in ``make torture``); the other: the raw requests and
+    path attacks."""
     report = Report()
     fuzz_phase(
         short_tmp / "f",
         report,
-        cases=200,
+        cases=600 if generated else 0,
+        schemathesis_cases=0,
         seed=random.randrange(100_000),
-        use_schemathesis=use_schemathesis,
-        hand_written=not use_schemathesis,
+        use_schemathesis=False,
+        hand_written=not generated,
+        identities=generated,
     )
     _check(report)
-    if use_schemathesis:
-        assert report.fuzz_cases > 0
+    if generated:
+        assert report.fuzz_cases >= 600
+        # every route of the OpenAPI document was hit
+        from ferry.protocol.openapi import openapi_document
+
+        routes = {f"{m.upper()} {p}" for p, ms in openapi_document()["paths"].items()
+                  for m in ms}
+        assert routes <= set(report.fuzz_routes), sorted(routes - set(report.fuzz_routes))
+        assert report.secret_scans >= report.fuzz_cases
+        if os.geteuid() == 0:
+            assert report.identity_attacks > 100
     else:
         assert report.raw_requests > 0 and report.attacks > 0
