@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         return [cmd[0], "-m", "cProfile", "-o", out, *cmd[1:]]
 
     d.command = profiled  # type: ignore[method-assign]
-    d.start()
     import ferry
 
     dest = Path("/dev/shm") / work.name
     try:
+        d.start(timeout=300)
         walls, cpus = [], []
         for r in range(rounds):
             shutil.rmtree(dest, ignore_errors=True)
