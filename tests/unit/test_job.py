@@ -1159,3 +1159,35 @@ def test_replace_remote_prefix_not_on_uploads() -> None:
     with pytest.raises(FerryError) as exc:
         new_job(1, JobType.UPLOAD).plan_replace_remote_prefix("https://", "http://")
     assert exc.value.code == "E_NOTIMPL"
+
+
+def test_job_ids_are_random_version_4_uuids() -> None:
+    """new_job_id draws from a pool of os.urandom bytes: each id must still be a valid
+    random UUID (version 4, RFC 4122 variant), spelled as str(uuid.UUID) spells it."""
+    from ferry.model.job import new_job_id
+
+    ids = [new_job_id() for _ in range(3000)]  # several refills of the 4 KiB pool
+    assert len(set(ids)) == len(ids)
+    for i in ids:
+        u = uuid.UUID(i)
+        assert u.version == 4 and u.variant == uuid.RFC_4122
+        assert str(u) == i
+
+
+def test_job_ids_differ_in_a_forked_child() -> None:
+    """A child forked with the pool half used draws fresh bytes, not the parent's next ids."""
+    import os
+
+    from ferry.model.job import new_job_id
+
+    new_job_id()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write its next id and leave at once
+        os.write(w, new_job_id().encode())
+        os._exit(0)
+    os.close(w)
+    child = os.read(r, 100).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert child != new_job_id()

@@ -116,23 +116,6 @@ def tune_malloc() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 8 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 32 << 20))
 
 
-def release_free_heap() -> bool:
-    """Give the heap's free pages back to the kernel, once, after the start-up load.
-
-    Loading 100,000 jobs parses their records a batch at a time (SQLite rows, the joined
-    JSON text, the parsed dicts), and all of that is freed once the Job objects exist; the
-    freed memory lies between live objects, where glibc never returns it on its own (it
-    trims only the heap's top, past the 32 MiB tune_malloc sets). ``malloc_trim(0)``
-    releases the free pages anywhere in the heap. Not glibc: nothing to do."""
-    try:
-        import ctypes
-
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    return bool(trim(0))
-
-
 def sd_notify(message: str) -> None:
     """Tell systemd about our state, when it asked (NOTIFY_SOCKET)."""
     addr = os.environ.get("NOTIFY_SOCKET")
@@ -290,7 +273,6 @@ async def serve(cfg: Config) -> None:
     # The loaded jobs live as long as the daemon: move them out of the collector's sight so
     # neither this start-up nor every later full collection walks 100,000 jobs again.
     gc.freeze()
-    release_free_heap()
     outbox = Outbox(store, table, clock)
     reports = EngineReports(table, store, outbox, clock, metrics=metrics)
     sessions = SessionTracker()
