@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import ssl
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +23,11 @@ from harness.faultserver import Drop, FaultServer, Status, http_date
 from harness.ferryd import Daemon
 from harness.wait import wait_state
 
+from tests.helpers.faults import cancel_leftovers, module_daemon, serve
 from tests.helpers.jobs import (
     act,
     add,
     assert_error,
-    cancel_all,
     create,
     files,
     get,
@@ -52,27 +50,19 @@ def trusted_ca() -> trustme.CA:
 
 @pytest.fixture(scope="module")
 def d(trusted_ca: trustme.CA) -> Iterator[Daemon]:
-    base = Path(tempfile.mkdtemp(prefix="fy-"))
-    ca_file = base / "extra-ca.pem"
-    trusted_ca.cert_pem.write_to_path(str(ca_file))
-    config = base / "ferryd.toml"
-    config.write_text(f'[daemon]\nstall_timeout = {STALL_TIMEOUT}\nca_file = "{ca_file}"\n')
-    daemon = Daemon(base, ["--config", str(config)])
-    daemon.start()
-    try:
+    def config(base: Path) -> str:
+        ca_file = base / "extra-ca.pem"
+        trusted_ca.cert_pem.write_to_path(str(ca_file))
+        return f'[daemon]\nstall_timeout = {STALL_TIMEOUT}\nca_file = "{ca_file}"\n'
+
+    with module_daemon("fy-", config) as daemon:
         yield daemon
-    finally:
-        code = daemon.stop()
-        shutil.rmtree(base, ignore_errors=True)
-    assert code == 0, f"ferryd exited with {code}:\n{daemon.log()}"
 
 
 @pytest.fixture(autouse=True)
 def _cancel_leftovers(d: Daemon) -> Iterator[None]:
     yield
-    status, body = d.call("GET", "/v1/jobs")
-    assert status == 200
-    cancel_all(d, [j["id"] for j in body["jobs"]])
+    cancel_leftovers(d)
 
 
 @pytest.fixture(scope="module")
@@ -91,18 +81,6 @@ def _tls_server(ca: trustme.CA) -> ServerThread:
 def tls_srv(trusted_ca: trustme.CA) -> Iterator[ServerThread]:
     with _tls_server(trusted_ca) as thread:
         yield thread
-
-
-def serve(srv: ServerThread, name: str, size: int, *steps: Drop | Status, **kw: object) -> bytes:
-    """Put ``size`` random bytes at /f/NAME, with a script of faults for its next requests."""
-    data = os.urandom(size)
-
-    def install() -> None:
-        srv.server.add(name, data, **kw)
-        srv.server.script[name] = list(steps)
-
-    srv.on_loop(install)
-    return data
 
 
 def sha(data: bytes) -> str:
