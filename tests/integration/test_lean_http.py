@@ -17,6 +17,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import nginx
@@ -25,6 +26,7 @@ from harness.faultserver import Drop, FaultServer
 from harness.ferryd import Daemon
 from harness.wait import wait_state, wait_until
 
+from tests.helpers.faults import cancel_leftovers, module_daemon, serve
 from tests.helpers.jobs import (
     act,
     add,
@@ -42,25 +44,14 @@ KiB, MiB = 1 << 10, 1 << 20
 
 @pytest.fixture(scope="module")
 def d() -> Iterator[Daemon]:
-    base = Path(tempfile.mkdtemp(prefix="fy-lean-"))
-    config = base / "ferryd.toml"
-    config.write_text("[daemon]\nstall_timeout = 2.0\n")
-    daemon = Daemon(base, ["--config", str(config)], log_level="debug")
-    daemon.start()
-    try:
+    with module_daemon("fy-lean-", lambda _: "[daemon]\nstall_timeout = 2.0\n") as daemon:
         yield daemon
-    finally:
-        code = daemon.stop()
-        shutil.rmtree(base, ignore_errors=True)
-    assert code == 0, f"ferryd exited with {code}:\n{daemon.log()}"
 
 
 @pytest.fixture(autouse=True)
 def _cancel_leftovers(d: Daemon) -> Iterator[None]:
     yield
-    status, body = d.call("GET", "/v1/jobs")
-    assert status == 200
-    cancel_all(d, [j["id"] for j in body["jobs"]])
+    cancel_leftovers(d)
 
 
 @pytest.fixture(scope="module")
@@ -84,20 +75,45 @@ class LogMark:
         return [ln for ln in log_text(self.d)[self.at :].splitlines() if needle in ln]
 
 
-def serve(srv: ServerThread[FaultServer], name: str, size: int, *steps: Drop, **kw: object):
-    data = os.urandom(size)
-
-    def install() -> None:
-        srv.server.add(name, data, **kw)
-        srv.server.script[name] = list(steps)
-
-    srv.on_loop(install)
-    return data
-
-
-def transferred(d: Daemon, job: str) -> dict[str, object]:
+def transferred(d: Daemon, job: str) -> dict[str, Any]:
     j = wait_state(d, job, "TRANSFERRED", "ERROR", "TRANSIENT_ERROR", timeout=120)
     assert j["state"] == "TRANSFERRED", j
+    return j
+
+
+def start(d: Daemon, name: str, url: str, local: Path, **props: object) -> str:
+    """A new job with one file (``url`` to ``local``), resumed."""
+    job = create(d, name, **props)
+    add(d, job, url, local)
+    act(d, job, "resume")
+    return job
+
+
+def add_files(d: Daemon, job: str, urls: dict[str, Path]) -> None:
+    """Add many files to ``job`` in one request: remote URL to local path."""
+    status, body = d.call("POST", f"/v1/jobs/{job}/files", {"files": [
+        {"remote_name": url, "local_name": str(local)} for url, local in urls.items()
+    ]})  # fmt: skip
+    assert status == 200, body
+
+
+def resume_to_the_end(d: Daemon, job: str, local: Path, data: bytes) -> None:
+    """Resume ``job``; it transfers, completes with S_OK and ``local`` holds ``data``."""
+    act(d, job, "resume")
+    transferred(d, job)
+    assert act(d, job, "complete")["result"]["code"] == "S_OK"
+    assert local.read_bytes() == data
+
+
+def completes_all(d: Daemon, job: str, dest: Path, blobs: dict[str, bytes]) -> dict[str, Any]:
+    """``job`` (resumed, one file a blob, named as in ``blobs`` under ``dest``) transfers and
+    completes with every blob in place and no temporary file left; returns the job as it
+    was when TRANSFERRED."""
+    j = transferred(d, job)
+    assert act(d, job, "complete")["result"]["code"] == "S_OK"
+    for name, data in blobs.items():
+        assert (dest / name).read_bytes() == data, name
+    assert temps(dest) == []
     return j
 
 
@@ -118,18 +134,11 @@ def test_small_files_from_nginx_share_kept_alive_connections(
     try:
         mark = LogMark(d)
         job = create(d, "many")
-        status, body = d.call("POST", f"/v1/jobs/{job}/files", {"files": [
-            {"remote_name": web.url(n), "local_name": str(dest / n)} for n in blobs
-        ]})  # fmt: skip
-        assert status == 200, body
+        add_files(d, job, {web.url(n): dest / n for n in blobs})
         act(d, job, "resume")
-        j = transferred(d, job)
+        j = completes_all(d, job, dest, blobs)
         assert j["progress"]["bytes_transferred"] == sum(len(b) for b in blobs.values())
         assert j["progress"]["files_transferred"] == len(blobs)
-        assert act(d, job, "complete")["result"]["code"] == "S_OK"
-        for name, data in blobs.items():
-            assert (dest / name).read_bytes() == data, name
-        assert temps(dest) == []
         connected = mark.lines("lean http: connected to")
         assert 1 <= len(connected) <= 16, "kept-alive connections carry many files"
         assert len(mark.lines("lean http: GET")) == len(blobs)
@@ -179,9 +188,7 @@ def test_drop_mid_body_then_resume_with_range(
     data = serve(srv, "ldrop", 2 * MiB, Drop(700_000))
     url, local = srv.server.url("/f/ldrop"), dest / "ldrop.bin"
     mark = LogMark(d)
-    job = create(d, "drop")
-    add(d, job, url, local)
-    act(d, job, "resume")
+    job = start(d, "drop", url, local)
     j = wait_state(d, job, "TRANSIENT_ERROR", "ERROR", "TRANSFERRED")
     assert_error(
         j, "TRANSIENT_ERROR BG_E_CONNECTION_CLOSED 0x8020002E GENERAL_TRANSPORT", url, local
@@ -190,13 +197,10 @@ def test_drop_mid_body_then_resume_with_range(
     kept = f["bytes_transferred"]
     assert 0 < kept <= 700_000
     assert only_temp(dest).read_bytes() == data[:kept]
-    act(d, job, "resume")
-    transferred(d, job)
+    resume_to_the_end(d, job, local, data)
     second = srv.server.requests_for("ldrop")[-1]
     assert second.range == f"bytes={kept}-"
     assert second.headers.get("If-Range") == srv.server.files["ldrop"].etag
-    assert act(d, job, "complete")["result"]["code"] == "S_OK"
-    assert local.read_bytes() == data
     assert len(mark.lines(f"lean http: GET {url} from byte")) == 2
 
 
@@ -206,16 +210,11 @@ def test_200_instead_of_206_starts_over(
     data = serve(srv, "noranges", 1 * MiB, Drop(400_000), ranges=False)
     url, local = srv.server.url("/f/noranges"), dest / "nr.bin"
     mark = LogMark(d)
-    job = create(d, "noranges")
-    add(d, job, url, local)
-    act(d, job, "resume")
+    job = start(d, "noranges", url, local)
     wait_state(d, job, "TRANSIENT_ERROR", "ERROR", "TRANSFERRED")
     assert files(d, job)[0]["bytes_transferred"] > 0
-    act(d, job, "resume")
-    transferred(d, job)
+    resume_to_the_end(d, job, local, data)
     assert srv.server.requests_for("noranges")[-1].range is not None  # asked; got a 200
-    act(d, job, "complete")
-    assert local.read_bytes() == data
     assert len(mark.lines(f"lean http: GET {url} from byte")) == 2
 
 
@@ -224,9 +223,7 @@ def test_changed_validator_is_remote_file_changed(
 ) -> None:
     serve(srv, "changing", 1 * MiB, Drop(300_000))
     url, local = srv.server.url("/f/changing"), dest / "ch.bin"
-    job = create(d, "changing")
-    add(d, job, url, local)
-    act(d, job, "resume")
+    job = start(d, "changing", url, local)
     wait_state(d, job, "TRANSIENT_ERROR", "ERROR", "TRANSFERRED")
     new = serve(srv, "changing", 1 * MiB)  # same size, other bytes, another ETag
     mark = LogMark(d)
@@ -234,10 +231,7 @@ def test_changed_validator_is_remote_file_changed(
     j = wait_state(d, job, "ERROR", "TRANSFERRED")
     assert_error(j, "ERROR BG_E_REMOTE_FILE_CHANGED 0x80200073 REMOTE_FILE", url, local)
     assert only_temp(dest).stat().st_size == 0
-    act(d, job, "resume")
-    transferred(d, job)
-    act(d, job, "complete")
-    assert local.read_bytes() == new
+    resume_to_the_end(d, job, local, new)
     assert len(mark.lines(f"lean http: GET {url} from byte")) == 2
 
 
@@ -247,9 +241,7 @@ def test_body_longer_than_announced_is_invalid(
     data = serve(srv, "llong", 20_000)
     url, local = srv.server.url("/longer/llong?extra=64"), dest / "long.bin"
     mark = LogMark(d)
-    job = create(d, "long")
-    add(d, job, url, local)
-    act(d, job, "resume")
+    job = start(d, "long", url, local)
     j = wait_state(d, job, "ERROR", "TRANSIENT_ERROR", "TRANSFERRED")
     assert_error(j, "ERROR BG_E_INVALID_SERVER_RESPONSE 0x8020001B REMOTE_FILE", url, local)
     (f,) = files(d, job)
@@ -263,9 +255,7 @@ def test_body_shorter_than_announced_is_never_a_file(
     data = serve(srv, "lshort", 300_000)
     url, local = srv.server.url("/drop/lshort?after=100000"), dest / "short.bin"
     mark = LogMark(d)
-    job = create(d, "short")
-    add(d, job, url, local)
-    act(d, job, "resume")
+    job = start(d, "short", url, local)
     j = wait_state(d, job, "TRANSIENT_ERROR", "ERROR", "TRANSFERRED")
     assert_error(j, "TRANSIENT_ERROR BG_E_CONNECTION_CLOSED 0x8020002E GENERAL_TRANSPORT")
     (f,) = files(d, job)
@@ -280,17 +270,12 @@ def test_chunked_body_missing_size_then_dynamic_content(
     data = serve(srv, "lchunked", 700_000)
     url, local = srv.server.url("/nolength/lchunked"), dest / "chunked.bin"
     mark = LogMark(d)
-    job = create(d, "chunked")
-    add(d, job, url, local)
-    act(d, job, "resume")
+    job = start(d, "chunked", url, local)
     j = wait_state(d, job, "ERROR", "TRANSFERRED")
     assert_error(j, "ERROR BG_E_MISSING_FILE_SIZE 0x80200011 REMOTE_FILE", url, local)
     status, _ = d.call("PATCH", f"/v1/jobs/{job}", {"dynamic_content": True})
     assert status == 200
-    act(d, job, "resume")
-    transferred(d, job)
-    act(d, job, "complete")
-    assert local.read_bytes() == data
+    resume_to_the_end(d, job, local, data)
     assert len(mark.lines(f"lean http: GET {url} from byte 0")) == 2
 
 
@@ -300,9 +285,7 @@ def test_redirect_goes_through_aiohttp(
     data = serve(srv, "lredir", 200_000)
     url, local = srv.server.url("/redirect/2/lredir"), dest / "redir.bin"
     mark = LogMark(d)
-    job = create(d, "redirect")
-    add(d, job, url, local)
-    act(d, job, "resume")
+    job = start(d, "redirect", url, local)
     transferred(d, job)
     assert files(d, job)[0]["final_url"] == srv.server.url("/f/lredir")
     act(d, job, "complete")
@@ -320,9 +303,7 @@ def test_status_errors_keep_their_codes(
     ]:  # fmt: skip
         url = srv.server.url(path)
         mark = LogMark(d)
-        job = create(d, "status")
-        add(d, job, url, dest / "x.bin")
-        act(d, job, "resume")
+        job = start(d, "status", url, dest / "x.bin")
         j = wait_state(d, job, "ERROR", "TRANSIENT_ERROR", "TRANSFERRED")
         assert_error(j, expected, url, dest / "x.bin")
         assert mark.lines(f"lean http: GET {url} from byte 0")
@@ -414,12 +395,9 @@ class RawServer:
                     return
 
 
-def _raw_job(d: Daemon, server: RawServer, dest: Path) -> str:
-    job = create(d, "raw")
-    status, body = d.call("POST", f"/v1/jobs/{job}/files", {"files": [
-        {"remote_name": server.url(n), "local_name": str(dest / n)} for n in server.files
-    ]})  # fmt: skip
-    assert status == 200, body
+def _raw_job(d: Daemon, server: RawServer, dest: Path, **props: object) -> str:
+    job = create(d, "raw", **props)
+    add_files(d, job, {server.url(n): dest / n for n in server.files})
     act(d, job, "resume")
     return job
 
@@ -432,11 +410,8 @@ def test_connection_that_dies_when_reused_is_retried_on_a_fresh_one(
     try:
         mark = LogMark(d)
         job = _raw_job(d, server, dest)
-        j = transferred(d, job)
+        j = completes_all(d, job, dest, blobs)
         assert j["error_count"] == 0, j
-        act(d, job, "complete")
-        for name, data in blobs.items():
-            assert (dest / name).read_bytes() == data
         assert server.killed >= 1, "some kept-alive connection was reused and died"
         assert len(mark.lines("was gone (")) == server.killed
         assert server.answered == len(blobs)
@@ -450,11 +425,8 @@ def test_connection_close_is_honoured(d: Daemon, dest: Path) -> None:
     try:
         mark = LogMark(d)
         job = _raw_job(d, server, dest)
-        j = transferred(d, job)
+        j = completes_all(d, job, dest, blobs)
         assert j["error_count"] == 0, j
-        act(d, job, "complete")
-        for name, data in blobs.items():
-            assert (dest / name).read_bytes() == data
         assert server.connections == len(blobs), "no connection reused after a close"
         assert len(mark.lines("lean http: connected to")) == len(blobs)
         assert mark.lines("was gone (") == []
@@ -467,16 +439,8 @@ def test_interim_answer_and_chunks_with_extensions_and_trailers(d: Daemon, dest:
     server = RawServer(blobs, chunked=True)
     try:
         mark = LogMark(d)
-        job = create(d, "chunks", dynamic_content=True)
-        status, body = d.call("POST", f"/v1/jobs/{job}/files", {"files": [
-            {"remote_name": server.url(n), "local_name": str(dest / n)} for n in blobs
-        ]})  # fmt: skip
-        assert status == 200, body
-        act(d, job, "resume")
-        transferred(d, job)
-        act(d, job, "complete")
-        for name, data in blobs.items():
-            assert (dest / name).read_bytes() == data
+        job = _raw_job(d, server, dest, dynamic_content=True)
+        completes_all(d, job, dest, blobs)
         assert len(mark.lines("lean http: GET")) == len(blobs)
         assert server.connections < len(blobs), "a chunked answer leaves the connection usable"
     finally:
@@ -487,9 +451,7 @@ def test_malformed_status_line_is_invalid(d: Daemon, dest: Path) -> None:
     server = RawServer({"bad": b"x" * 100}, status_line="HTTP/1.1 OK 200")
     try:
         url = server.url("bad")
-        job = create(d, "bad")
-        add(d, job, url, dest / "bad")
-        act(d, job, "resume")
+        job = start(d, "bad", url, dest / "bad")
         j = wait_state(d, job, "ERROR", "TRANSIENT_ERROR", "TRANSFERRED")
         assert_error(j, "ERROR BG_E_INVALID_SERVER_RESPONSE 0x8020001B REMOTE_FILE", url,
                      dest / "bad")  # fmt: skip
@@ -507,12 +469,8 @@ def test_switched_off_everything_goes_through_aiohttp(
     off = Daemon(tmp_path / "off", env={"FERRY_LEAN_HTTP": "0"}, log_level="debug")
     off.start()
     try:
-        job = create(off, "off")
-        add(off, job, srv.server.url("/f/loff"), dest / "off.bin")
-        act(off, job, "resume")
-        transferred(off, job)
-        act(off, job, "complete")
-        assert (dest / "off.bin").read_bytes() == data
+        job = start(off, "off", srv.server.url("/f/loff"), dest / "off.bin")
+        completes_all(off, job, dest, {"off.bin": data})
         assert "lean http:" not in log_text(off)
     finally:
         assert off.stop() == 0
@@ -551,9 +509,7 @@ def test_tmpfs_destination_drop_resume_and_many_files(
 ) -> None:
     data = serve(srv, "lshm", 3 * MiB, Drop(1_500_000))
     url, local = srv.server.url("/f/lshm"), shm_dest / "shm.bin"
-    job = create(d, "shm")
-    add(d, job, url, local)
-    act(d, job, "resume")
+    job = start(d, "shm", url, local)
     j = wait_state(d, job, "TRANSIENT_ERROR", "ERROR", "TRANSFERRED")
     assert_error(
         j, "TRANSIENT_ERROR BG_E_CONNECTION_CLOSED 0x8020002E GENERAL_TRANSPORT", url, local
@@ -561,21 +517,10 @@ def test_tmpfs_destination_drop_resume_and_many_files(
     kept = files(d, job)[0]["bytes_transferred"]
     assert 0 < kept <= 1_500_000, "what arrived was synced and reported"
     assert only_temp(shm_dest).read_bytes() == data[:kept]
-    act(d, job, "resume")
-    transferred(d, job)
-    act(d, job, "complete")
-    assert local.read_bytes() == data
+    resume_to_the_end(d, job, local, data)
 
     blobs = {f"m{i:02d}": serve(srv, f"lshm{i}", 40 * KiB + i) for i in range(40)}
     job = create(d, "shm-many")
-    status, body = d.call("POST", f"/v1/jobs/{job}/files", {"files": [
-        {"remote_name": srv.server.url(f"/f/lshm{i}"), "local_name": str(shm_dest / n)}
-        for i, n in enumerate(blobs)
-    ]})  # fmt: skip
-    assert status == 200, body
+    add_files(d, job, {srv.server.url(f"/f/lshm{i}"): shm_dest / n for i, n in enumerate(blobs)})
     act(d, job, "resume")
-    transferred(d, job)
-    act(d, job, "complete")
-    for name, blob in blobs.items():
-        assert (shm_dest / name).read_bytes() == blob
-    assert temps(shm_dest) == []
+    completes_all(d, job, shm_dest, blobs)
