@@ -88,6 +88,7 @@ from hypothesis.errors import FlakyStrategyDefinition, HypothesisWarning
 from harness.env import say
 from harness.report import Report
 from harness.upserver import PROTOCOL, FerryServer, read_answer
+from harness.upserver import Answer as Ans
 
 __all__ = ["World", "server_fuzz_phase"]
 
@@ -301,12 +302,6 @@ class Req:
         return head.encode("utf-8", "surrogateescape") + b"\r\n", body
 
 
-@dataclass
-class Ans:
-    status: int
-    headers: dict[str, str]
-
-
 def send(w: World, req: Req, held_session: Sess | None = None) -> Ans | None:
     """Send one request as its mode says; the answer, or None when none is awaited (cut,
     held) or the server closed the connection without one (the HTTP layer refusing)."""
@@ -350,7 +345,7 @@ def send(w: World, req: Req, held_session: Sess | None = None) -> Ans | None:
             # keep-alive timeout closes the connection), answer 400, or just close
             s.settimeout(1.0)
             with contextlib.suppress(TimeoutError, ConnectionError, ValueError, IndexError):
-                a = read_final(s, "GET")
+                a = read_answer(s, "GET", final=True)
                 check_answer(w, req, a)
             return None
         return _read(w, s, req, allow_close=not req.http_ok)
@@ -367,36 +362,9 @@ def send(w: World, req: Req, held_session: Sess | None = None) -> Ans | None:
             s.close()
 
 
-def read_final(s: socket.socket, method: str) -> Ans:
-    """The final answer on s, interim 1xx answers (100 Continue) skipped."""
-    buf = b""
-    while True:
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"connection closed before an answer: {buf[:200]!r}")
-            buf += chunk
-        head, buf = buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        hdrs: dict[str, str] = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            hdrs[k.strip().lower()] = v.strip()
-        if 100 <= status < 200:
-            continue
-        length = 0 if method == "HEAD" else int(hdrs.get("content-length", "0"))
-        while len(buf) < length:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        return Ans(status, hdrs)
-
-
 def _read(w: World, s: socket.socket, req: Req, *, allow_close: bool) -> Ans | None:
     try:
-        a = read_final(s, req.method)
+        a = read_answer(s, req.method, final=True)
     except ConnectionError:
         if not allow_close:
             w.fail(

@@ -174,20 +174,25 @@ def raw_request(
             s.close()
 
 
-def read_answer(s: socket.socket, method: str = "BITS_POST") -> Answer:
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"connection closed before an answer: {buf!r}")
-        buf += chunk
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    hdrs: dict[str, str] = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        hdrs[k.strip().lower()] = v.strip()
+def read_answer(s: socket.socket, method: str = "BITS_POST", *, final: bool = False) -> Answer:
+    """The next answer on ``s``; with ``final``, interim 1xx answers (100 Continue) are
+    read past and the final one returned."""
+    rest = b""
+    while True:
+        while b"\r\n\r\n" not in rest:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"connection closed before an answer: {rest[:200]!r}")
+            rest += chunk
+        head, rest = rest.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs: dict[str, str] = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        if not (final and 100 <= status < 200):
+            break
     length = 0 if method == "HEAD" else int(hdrs.get("content-length", "0"))
     while len(rest) < length:
         chunk = s.recv(65536)
