@@ -445,6 +445,26 @@ def _act(job: Any, tj: TJob, report: Report) -> None:
     tj.final_at = time.monotonic()
 
 
+def check_file(job: str, f: TFile, acknowledged: bool, report: Report) -> bool:
+    """A file of ``job`` once it is over: if the job was completed (``acknowledged``), it is
+    there with its source's bytes (else it counts as lost); if cancelled, it is not there.
+    True when it was verified intact."""
+    if not acknowledged:
+        if f.local.exists():
+            report.fail(f"{job} was cancelled but {f.local} exists")
+        return False
+    if not f.local.is_file():
+        report.lost += 1
+        report.fail(f"{job}: {f.local} is missing")
+        return False
+    if sha256_file(f.local) != f.sha:
+        report.lost += 1
+        report.fail(f"{job}: {f.local} differs from its source "
+                    f"({f.local.stat().st_size} of {f.size} bytes)")  # fmt: skip
+        return False
+    return True
+
+
 def _verify_jobs(d: Daemon, jobs: list[TJob], report: Report) -> None:
     import ferry
 
@@ -461,17 +481,8 @@ def _verify_jobs(d: Daemon, jobs: list[TJob], report: Report) -> None:
         for f in tj.files:
             if tj.expected == "ACKNOWLEDGED":
                 expected_names.add(f.local.name)
-                if not f.local.is_file():
-                    report.lost += 1
-                    report.fail(f"{tj.name}: {f.local} is missing")
-                elif sha256_file(f.local) != f.sha:
-                    report.lost += 1
-                    report.fail(f"{tj.name}: {f.local} differs from its source "
-                                f"({f.local.stat().st_size} of {f.size} bytes)")
-                else:
-                    report.files_verified += 1
-            elif f.local.exists():
-                report.fail(f"{tj.name} was cancelled but {f.local} exists")
+            if check_file(tj.name, f, tj.expected == "ACKNOWLEDGED", report):
+                report.files_verified += 1
         present = {p.name for p in tj.dest.iterdir()}
         extra = present - expected_names
         temps = {p.name for p in temp_files([tj.dest])}

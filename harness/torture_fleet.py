@@ -40,12 +40,12 @@ from harness import secrets
 from harness.env import ensure_tools, say
 from harness.faultserver import FaultServer
 from harness.ferryd import Daemon
-from harness.files import KIB, MIB, make_file, sha256_file
+from harness.files import KIB, MIB, make_file
 from harness.fleet import Fleet, lease_holders, overlapping_fetches, wait_takeover
 from harness.nginx import Nginx
 from harness.postgres import PgCluster, available
 from harness.report import Report
-from harness.torture import CHECKPOINT_WINDOW, IN_FLIGHT, TEMP_GLOB
+from harness.torture import CHECKPOINT_WINDOW, IN_FLIGHT, TEMP_GLOB, TFile, check_file
 
 __all__ = ["fleet_kill_phase"]
 
@@ -54,20 +54,10 @@ HEADER = "X-Ferry-Torture-Token"
 
 
 @dataclass
-class FFile:
-    server: str  # "nginx" or "fault"
-    key: str  # the name the server counts bytes under
-    url: str
-    local: Path
-    size: int
-    sha: str
-
-
-@dataclass
 class FJob:
     name: str
     fate: str  # "complete", "cancel" (once TRANSFERRED) or "cancel-early"
-    files: list[FFile]
+    files: list[TFile]
     created: float
     id: str = ""
     expected: str | None = None
@@ -143,7 +133,7 @@ def fleet_kill_phase(
                 server = "nginx" if nginx is not None and rng.random() < 0.4 else "fault"
                 url = nginx.url(link.name, route="slow") if nginx is not None and \
                     server == "nginx" else fault.url(link.name)
-                files.append(FFile(server, link.name, url, fleet.shared / f"fj{n:03d}-{k}",
+                files.append(TFile(server, link.name, url, fleet.shared / f"fj{n:03d}-{k}",
                                    size, sha))
             fate = rng.choices(("complete", "cancel", "cancel-early"), (0.75, 0.1, 0.15))[0]
             fj = FJob(f"fj{n:03d}", fate, files, time.monotonic())
@@ -347,17 +337,8 @@ def _verify(
         for f in fj.files:
             if fj.expected == "ACKNOWLEDGED":
                 expected_names.add(f.local.name)
-                if not f.local.is_file():
-                    report.lost += 1
-                    report.fail(f"{fj.name}: {f.local} is missing")
-                elif sha256_file(f.local) != f.sha:
-                    report.lost += 1
-                    report.fail(f"{fj.name}: {f.local} differs from its source "
-                                f"({f.local.stat().st_size} of {f.size} bytes)")
-                else:
-                    report.fleet_files_verified += 1
-            elif f.local.exists():
-                report.fail(f"{fj.name} was cancelled but {f.local} exists")
+            if check_file(fj.name, f, fj.expected == "ACKNOWLEDGED", report):
+                report.fleet_files_verified += 1
     present = {p.name for p in fleet.shared.iterdir()}
     temps = {p.name for p in fleet.shared.glob(TEMP_GLOB)}
     if temps:
