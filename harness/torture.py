@@ -156,7 +156,39 @@ class TJob:
     refusals: dict[str, int] = field(default_factory=dict)
 
 
-class Killer(threading.Thread):
+class KillThread(threading.Thread):
+    """A thread that kills something at random intervals (``interval``, seconds) until
+    ``done`` (``kills`` kills, by default) or ``stop_event``; each wake-up is one ``round``.
+    ``times`` holds when each kill landed; ``error`` what ended the thread early (the driver
+    reports it)."""
+
+    def __init__(
+        self, name: str, kills: int, rng: random.Random, interval: tuple[float, float]
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self.kills = kills
+        self.rng = rng
+        self.interval = interval
+        self.stop_event = threading.Event()
+        self.times: list[float] = []
+        self.error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return len(self.times) >= self.kills
+
+    def round(self) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        try:
+            while not self.done and not self.stop_event.wait(self.rng.uniform(*self.interval)):
+                self.round()
+        except BaseException as exc:  # reported by the driver
+            self.error = exc
+
+
+class Killer(KillThread):
     """SIGKILLs ferryd at random moments and restarts it; sometimes kills it again while it
     is still starting (loading the store, requeueing). Checks the store after every kill."""
 
@@ -169,21 +201,12 @@ class Killer(threading.Thread):
         scratch: Path,
         interval: tuple[float, float],
     ) -> None:
-        super().__init__(name="killer", daemon=True)
+        super().__init__("killer", kills, rng, interval)
         self.d = daemon
-        self.kills = kills
-        self.rng = rng
         self.report = report
         self.scratch = scratch
-        self.interval = interval
         self.lock = threading.Lock()
-        self.stop_event = threading.Event()
-        self.times: list[float] = []
-        self.error: BaseException | None = None
-
-    @property
-    def done(self) -> bool:
-        return len(self.times) >= self.kills
+        self.moments: dict[str, int] = {}  # kills by the kind of moment aimed at
 
     def _kill(self) -> None:
         self.d.kill()
@@ -192,19 +215,22 @@ class Killer(threading.Thread):
         if result != "ok":
             self.report.fail(f"store integrity after kill {len(self.times)}: {result}")
 
-    def run(self) -> None:
-        try:
-            while not self.done and not self.stop_event.wait(self.rng.uniform(*self.interval)):
-                with self.lock:
-                    self._kill()
-                    if not self.done and self.rng.random() < 0.15:
-                        t0 = self.d.spawn()  # and kill it again before it serves
-                        time.sleep(self.rng.uniform(0.0, 0.3))
-                        self._kill()
-                        del t0
-                    self.d.start()
-        except BaseException as exc:  # reported by the driver
-            self.error = exc
+    def aim(self) -> str:
+        """Wait for the moment of the next kill; its kind, counted in ``moments``. Here: none
+        (a random moment); a subclass may wait for a kind of moment first."""
+        return "random"
+
+    def round(self) -> None:
+        moment = self.aim()
+        with self.lock:
+            self._kill()
+            self.moments[moment] = self.moments.get(moment, 0) + 1
+            if not self.done and self.rng.random() < 0.15:
+                self.d.spawn()  # and kill it again before it serves
+                time.sleep(self.rng.uniform(0.0, 0.3))
+                self._kill()
+                self.moments["start-up"] = self.moments.get("start-up", 0) + 1
+            self.d.start()
 
 
 def build_pool(www: Path, q: bool, max_size: int | None) -> dict[str, tuple[int, str]]:

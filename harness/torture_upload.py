@@ -69,7 +69,7 @@ from harness.env import say
 from harness.ferryd import Daemon
 from harness.files import KIB, MIB, make_file, sha256_file
 from harness.report import Report
-from harness.torture import Killer, integrity_check, retrying
+from harness.torture import Killer, KillThread, integrity_check, retrying
 from harness.upserver import FerryServer
 
 __all__ = ["ReplyBackend", "PacedRelay", "upload_kill_phase"]
@@ -269,9 +269,8 @@ class UploadKiller(Killer):
         super().__init__(*args, **kw)
         self.relay = relay
         self.acting = acting
-        self.moments: dict[str, int] = {}
 
-    def _moment(self) -> str:
+    def aim(self) -> str:
         kind = self.rng.choice(("fragment", "reply", "complete", "random"))
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline and not self.stop_event.is_set():
@@ -287,24 +286,8 @@ class UploadKiller(Killer):
             time.sleep(0.005)
         return "random"
 
-    def run(self) -> None:
-        try:
-            while not self.done and not self.stop_event.wait(self.rng.uniform(*self.interval)):
-                moment = self._moment()
-                with self.lock:
-                    self._kill()
-                    self.moments[moment] = self.moments.get(moment, 0) + 1
-                    if not self.done and self.rng.random() < 0.15:
-                        self.d.spawn()  # and kill it again before it serves
-                        time.sleep(self.rng.uniform(0.0, 0.3))
-                        self._kill()
-                        self.moments["start-up"] = self.moments.get("start-up", 0) + 1
-                    self.d.start()
-        except BaseException as exc:  # reported by the driver
-            self.error = exc
 
-
-class ServerKiller(threading.Thread):
+class ServerKiller(KillThread):
     """SIGKILLs a ferry-server (one of ``servers``, at random) while fragment bytes flow
     through its relay, leaves it down a moment and restarts it on the same port, root and
     state directory; after every second such kill, one more aimed at a Close-Session (the
@@ -319,18 +302,12 @@ class ServerKiller(threading.Thread):
         relays: list[PacedRelay],
         interval: tuple[float, float],
     ) -> None:
-        super().__init__(name="server-killer", daemon=True)
+        super().__init__("server-killer", kills, rng, interval)
         self.servers = servers
-        self.kills = kills
-        self.rng = rng
         self.relays = relays
-        self.interval = interval
-        self.stop_event = threading.Event()
-        self.times: list[float] = []
         self.aimed = 0  # tries at a kill mid-fragment
         self.mid_fragment = 0  # kills that landed while fragment bytes were flowing
         self.mid_close = 0
-        self.error: BaseException | None = None
 
     @property
     def done(self) -> bool:
@@ -348,28 +325,24 @@ class ServerKiller(threading.Thread):
         time.sleep(self.rng.uniform(0.0, 1.0))
         self.servers[i].start()
 
-    def run(self) -> None:
-        try:
-            while not self.done and not self.stop_event.wait(self.rng.uniform(*self.interval)):
-                i = self.rng.randrange(len(self.servers))
-                relay = self.relays[i]
-                self.aimed += 1
-                if not self._wait(relay.mid_body, 5.0):
-                    continue  # no fragment on its way to this server: try again later
-                self.mid_fragment += 1
-                self._kill(i)
-                if self.mid_fragment % 2 == 0 and not self.stop_event.is_set():
+    def round(self) -> None:
+        i = self.rng.randrange(len(self.servers))
+        relay = self.relays[i]
+        self.aimed += 1
+        if not self._wait(relay.mid_body, 5.0):
+            return  # no fragment on its way to this server: try again later
+        self.mid_fragment += 1
+        self._kill(i)
+        if self.mid_fragment % 2 == 0 and not self.stop_event.is_set():
 
-                    def closing() -> bool:
-                        return any(time.monotonic() - r.last_close < 0.01 for r in self.relays)
+            def closing() -> bool:
+                return any(time.monotonic() - r.last_close < 0.01 for r in self.relays)
 
-                    if self._wait(closing, 10.0):
-                        time.sleep(self.rng.uniform(0.0, 0.04))
-                        j = max(range(len(self.relays)), key=lambda k: self.relays[k].last_close)
-                        self.mid_close += 1
-                        self._kill(j)
-        except BaseException as exc:  # reported by the driver
-            self.error = exc
+            if self._wait(closing, 10.0):
+                time.sleep(self.rng.uniform(0.0, 0.04))
+                j = max(range(len(self.relays)), key=lambda k: self.relays[k].last_close)
+                self.mid_close += 1
+                self._kill(j)
 
 
 # ---- jobs ---------------------------------------------------------------------------------------
