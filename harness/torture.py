@@ -126,6 +126,26 @@ def retrying(fn: Callable[[], Any], timeout: float = 60.0) -> Any:
         time.sleep(0.05)
 
 
+def ensure_job(d: Daemon, name: str, files: list[tuple[str, str]], **props: Any) -> str:
+    """The id of the job called ``name``, created (with ``props``), given ``files`` (remote,
+    local) and resumed, all in one go, for ``retrying``: a retry after a kill in between
+    finds the half-made job by name and finishes it."""
+    import ferry
+
+    with ferry.Client(socket=d.socket) as c:
+        try:
+            job = c.get_job(name)
+        except ferry.FerryError as exc:
+            if exc.code != "BG_E_NOT_FOUND":
+                raise
+            job = c.create_job(name, **props)
+        if not job.data["progress"]["files_total"]:
+            job.add_files(files)
+        if job.state is ferry.JobState.SUSPENDED:
+            job.resume()
+        return job.id
+
+
 # ---- phase 1: kills -----------------------------------------------------------------------------
 
 
@@ -307,23 +327,8 @@ def kill_phase(
         tj = TJob(f"torture-{n:03d}", fate, files, dest, time.monotonic())
         priority = rng.choice(("normal", "normal", "normal", "high", "low", "foreground"))
 
-        def create() -> str:
-            with ferry.Client(socket=d.socket) as c:
-                # Created, filled and resumed in one go: a retry after a kill in between
-                # finds the half-made job by name and finishes it.
-                try:
-                    job = c.get_job(tj.name)
-                except ferry.FerryError as exc:
-                    if exc.code != "BG_E_NOT_FOUND":
-                        raise
-                    job = c.create_job(tj.name, priority=priority)
-                if not job.data["progress"]["files_total"]:
-                    job.add_files([(f.url, str(f.local)) for f in files])
-                if job.state is ferry.JobState.SUSPENDED:
-                    job.resume()
-                return job.id
-
-        tj.id = retrying(create)
+        pairs = [(f.url, str(f.local)) for f in files]
+        tj.id = retrying(lambda: ensure_job(d, tj.name, pairs, priority=priority))
         jobs.append(tj)
         report.jobs += 1
 

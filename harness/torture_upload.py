@@ -69,7 +69,7 @@ from harness.env import say
 from harness.ferryd import Daemon
 from harness.files import KIB, MIB, make_file, sha256_file
 from harness.report import Report
-from harness.torture import Killer, KillThread, integrity_check, retrying
+from harness.torture import Killer, KillThread, ensure_job, integrity_check, retrying
 from harness.upserver import FerryServer
 
 __all__ = ["ReplyBackend", "PacedRelay", "upload_kill_phase"]
@@ -474,21 +474,7 @@ def upload_kill_phase(
             uj = UJob(f"torture-up-{n:03d}", kind, fate, server, url, url_path, src, size,
                       pool[size][1], jdir)  # fmt: skip
 
-            def create() -> str:
-                with ferry.Client(socket=d.socket) as c:
-                    try:
-                        job = c.get_job(uj.name)
-                    except ferry.FerryError as exc:
-                        if exc.code != "BG_E_NOT_FOUND":
-                            raise
-                        job = c.create_job(uj.name, type=kind)
-                    if not job.data["progress"]["files_total"]:
-                        job.add_file(url, str(src))
-                    if job.state is ferry.JobState.SUSPENDED:
-                        job.resume()
-                    return job.id
-
-            uj.id = retrying(create)
+            uj.id = retrying(lambda: ensure_job(d, uj.name, [(url, str(src))], type=kind))
             jobs.append(uj)
             report.jobs += 1
 
