@@ -146,6 +146,19 @@ def ensure_job(d: Daemon, name: str, files: list[tuple[str, str]], **props: Any)
         return job.id
 
 
+def stop_and_check(d: Daemon, lock: threading.Lock, report: Report) -> None:
+    """At a phase's end: stop ``d`` (if up) with SIGTERM, holding ``lock`` (the killer's, so
+    it does not restart it meanwhile); it must exit 0 and leave an intact store."""
+    with lock:
+        code = d.stop() if d.alive() else None
+    if code not in (None, 0):
+        report.fail(f"ferryd exited with status {code} on SIGTERM:\n{d.log(3000)}")
+    if d.db_path.exists():
+        result = integrity_check(d.db_path)
+        if result != "ok":
+            report.fail(f"store integrity at the end: {result}")
+
+
 # ---- phase 1: kills -----------------------------------------------------------------------------
 
 
@@ -388,14 +401,7 @@ def kill_phase(
             report.fail(f"could not verify the jobs: {exc}")
     finally:
         killer.stop_event.set()
-        with killer.lock:
-            code = d.stop() if d.alive() else None
-        if code not in (None, 0):
-            report.fail(f"ferryd exited with status {code} on SIGTERM:\n{d.log(3000)}")
-        if d.db_path.exists():
-            result = integrity_check(d.db_path)
-            if result != "ok":
-                report.fail(f"store integrity at the end: {result}")
+        stop_and_check(d, killer.lock, report)
         if nginx is not None:
             nginx.stop()
         fault.stop()

@@ -69,7 +69,7 @@ from harness.env import say
 from harness.ferryd import Daemon
 from harness.files import KIB, MIB, make_file, sha256_file
 from harness.report import Report
-from harness.torture import Killer, KillThread, ensure_job, integrity_check, retrying
+from harness.torture import Killer, KillThread, ensure_job, retrying, stop_and_check
 from harness.upserver import FerryServer
 
 __all__ = ["ReplyBackend", "PacedRelay", "upload_kill_phase"]
@@ -567,15 +567,7 @@ def upload_kill_phase(
         if skiller is not None:
             skiller.stop_event.set()
             skiller.join(30)
-        lock = killer.lock if killer is not None else threading.Lock()
-        with lock:
-            code = d.stop() if d.alive() else None
-        if code not in (None, 0):
-            report.fail(f"ferryd exited with status {code} on SIGTERM:\n{d.log(3000)}")
-        if d.db_path.exists():
-            result = integrity_check(d.db_path)
-            if result != "ok":
-                report.fail(f"store integrity at the end: {result}")
+        stop_and_check(d, killer.lock if killer is not None else threading.Lock(), report)
         for relay in relays.values():
             relay.stop()
         for s in servers.values():
