@@ -812,6 +812,12 @@ def do_fragment(draw: st.DrawFn, w: World, s: Sess, *, lifecycle: bool = False) 
         req.mode = "halfclose" if mode == "whole" else mode
     if req.mode in ("cut", "halfclose"):
         req.http_ok = False  # an incomplete request: the HTTP parser may answer it (400)
+    if cl is not None and cl != -1 and cl < len(body):
+        # Bytes past Content-Length are the start of a next request on the connection; when
+        # they are not HTTP and arrive in the same read, aiohttp's parser answers 400 for the
+        # whole read and drops the request it had already parsed: no Ack is owed then (the
+        # stored bytes are still checked below).
+        req.http_ok = False
     w.case_desc += f" frag[{label} {rng_v!r} {req.mode} cl={cl}]"
     size_before = w.data_size(s)
     a = send(w, req, s)
