@@ -43,7 +43,8 @@ from benchmarks.common import quick  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     q = quick()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kills", type=int, default=5 if q else 30)
+    p.add_argument("--kills", type=int, default=5 if q else 30,
+                   help="SIGKILLs of ferryd mid-download (phase 1; 0 skips it)")
     p.add_argument("--duration", type=float, default=110.0 if q else 600.0,
                    help="upper bound in seconds for the whole run")
     p.add_argument("--fuzz-cases", type=int, default=1000 if q else 10_000,

@@ -609,8 +609,9 @@ def run(
     report = Report()
     work = short_tmpdir("ft-")
     try:
-        kill_phase(work / "k", report, kills=kills, duration=duration * 0.75, seed=seed, q=q,
-                   max_size=max_size)
+        if kills > 0:  # --kills 0 runs the other phases alone
+            kill_phase(work / "k", report, kills=kills, duration=duration * 0.75, seed=seed,
+                       q=q, max_size=max_size)
         if fuzz_cases >= 0:
             fuzz_phase(work / "f", report, cases=fuzz_cases, seed=seed,
                        use_schemathesis=use_schemathesis,
