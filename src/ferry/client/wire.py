@@ -137,22 +137,28 @@ class Connection:
         _, status, fields, will_close = self._read_head()
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             return Response(status, b"", will_close)
+        body, to_close = self._read_body(fields)
+        will_close = will_close or to_close
+        if self._buf:
+            raise ConnectionLost("the daemon sent more than one response")
+        return Response(status, body, will_close)
+
+    def _read_body(self, fields: dict[str, str]) -> tuple[bytes, bool]:
+        """A whole body framed by ``fields``: chunked, by Content-Length, or up to the close
+        (then True: the connection is done)."""
         if "chunked" in fields.get("transfer-encoding", "").lower():
-            body = self._read_chunked()
-        elif "content-length" in fields:
+            return self._read_chunked(), False
+        if "content-length" in fields:
             length = _content_length(fields)
             self._need(length)
             body = bytes(self._buf[:length])
             del self._buf[:length]
-        else:
-            while self._fill():
-                pass
-            body = bytes(self._buf)
-            self._buf.clear()
-            will_close = True
-        if self._buf:
-            raise ConnectionLost("the daemon sent more than one response")
-        return Response(status, body, will_close)
+            return body, False
+        while self._fill():
+            pass
+        body = bytes(self._buf)
+        self._buf.clear()
+        return body, True
 
     # ---- a streamed body (the event stream) ---------------------------------------------
 
@@ -164,17 +170,7 @@ class Connection:
         self.sock.sendall(encode_request("GET", target, None, headers))
         _, status, fields, will_close = self._read_head()
         if not 200 <= status < 300:
-            if "chunked" in fields.get("transfer-encoding", "").lower():
-                body = self._read_chunked()
-            elif "content-length" in fields:
-                length = _content_length(fields)
-                self._need(length)
-                body = bytes(self._buf[:length])
-            else:
-                while self._fill():
-                    pass
-                body = bytes(self._buf)
-            return Response(status, body, True)
+            return Response(status, self._read_body(fields)[0], True)
         self._chunked = "chunked" in fields.get("transfer-encoding", "").lower()
         self._left: int | None = None  # bytes left of the chunk (or of the whole body)
         if not self._chunked and "content-length" in fields:
