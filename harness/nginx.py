@@ -21,6 +21,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -81,6 +82,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+
+def launch(
+    binary: str, workdir: Path, render: Callable[[int], str], attempts: int = 5
+) -> tuple[subprocess.Popen[bytes], int] | None:
+    """Run nginx in the foreground from ``workdir`` with the configuration ``render(port)``
+    on a free port (another, if that one was taken meanwhile: a config error shows in
+    ``workdir``'s error.log / nginx.stderr); (process, port) once it accepts, else None."""
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    for _ in range(attempts):
+        port = _free_port()
+        conf = workdir / "nginx.conf"
+        conf.write_text(render(port))
+        # -e: the error log nginx opens before it reads the configuration (>= 1.19.5).
+        args = [binary, "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"]
+        args += ["-e", str(workdir / "error.log")]
+        with open(workdir / "nginx.stderr", "ab") as err:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        if wait_for_port(proc, port):
+            return proc, port
+        stop_process(proc)
+    return None
+
 class Nginx:
     def __init__(
         self, root: Path, workdir: Path, *, rate: int = 32 << 20, binary: str | None = None
@@ -99,29 +122,21 @@ class Nginx:
     def start(self, attempts: int = 5) -> Self:
         """Start on a free port (another, if that one was taken meanwhile) and wait until it
         accepts connections."""
-        (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
-        for _ in range(attempts):
-            self.port = _free_port()
-            conf = self.dir / "nginx.conf"
-            conf.write_text(
-                _CONF.format(
-                    user="user root;" if os.geteuid() == 0 else "",
-                    dir=self.dir,
-                    port=self.port,
-                    root=self.root,
-                    rate=self.rate,
-                )
-            )
-            # -e: the error log nginx opens before it reads the configuration (>= 1.19.5).
-            args = [self.binary, "-c", str(conf), "-p", str(self.dir), "-g", "daemon off;"]
-            args += ["-e", str(self.dir / "error.log")]
-            with open(self.dir / "nginx.stderr", "ab") as err:
-                self.proc = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=err, stderr=err
-                )
-            if wait_for_port(self.proc, self.port):
-                return self
-            self.stop()  # the port was taken meanwhile, or a config error: see the log
+        started = launch(
+            self.binary,
+            self.dir,
+            lambda port: _CONF.format(
+                user="user root;" if os.geteuid() == 0 else "",
+                dir=self.dir,
+                port=port,
+                root=self.root,
+                rate=self.rate,
+            ),
+            attempts,
+        )
+        if started is not None:
+            self.proc, self.port = started
+            return self
         raise RuntimeError(f"nginx did not start:\n{self.error_log()}")
 
     def stop(self) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Self
 
 from harness.env import child_env
-from harness.process import stop_process, wait_for_port
+from harness.process import stop_process
 
 PROTOCOL = "{7df0354d-249b-430f-820d-3d2a9bef4931}"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -313,29 +313,24 @@ class NginxFront:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, attempts: int = 5) -> Self:
-        from harness.nginx import NGINX, _free_port
+        from harness.nginx import NGINX, launch
 
-        (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
-        for _ in range(attempts):
-            self.port = _free_port()
-            conf = self.dir / "nginx.conf"
-            conf.write_text(
-                NGINX_FRONT.format(
-                    user="user root;" if os.geteuid() == 0 else "",
-                    dir=self.dir,
-                    port=self.port,
-                    upstream=self.upstream,
-                    cert=self.cert,
-                    key=self.key,
-                )
-            )
-            args = [NGINX, "-c", str(conf), "-p", str(self.dir), "-g", "daemon off;"]
-            args += ["-e", str(self.dir / "error.log")]
-            with open(self.dir / "nginx.stderr", "ab") as err:
-                self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-            if wait_for_port(self.proc, self.port):
-                return self
-            self.stop()
+        started = launch(
+            NGINX,
+            self.dir,
+            lambda port: NGINX_FRONT.format(
+                user="user root;" if os.geteuid() == 0 else "",
+                dir=self.dir,
+                port=port,
+                upstream=self.upstream,
+                cert=self.cert,
+                key=self.key,
+            ),
+            attempts,
+        )
+        if started is not None:
+            self.proc, self.port = started
+            return self
         raise RuntimeError(f"nginx did not start:\n{self.error_log()}")
 
     def stop(self) -> None:
